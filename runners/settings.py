@@ -1,0 +1,176 @@
+"""Engine settings: one typed object read from the environment.
+
+Every variable is listed in the README's table; `describe()` renders that table's rows so the
+README and the code cannot drift apart silently (a test compares them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import UserError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, *, name: str = "duration") -> float:
+    """'90', '90s', '15m', '2h', '7d' -> seconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise UserError(f"{name}={text!r} is not a duration.", field=name, fix=f"{name}=30m (s, m, h or d)")
+    value, unit = match.groups()
+    return float(value) * _UNIT_SECONDS[(unit or "s").lower()]
+
+
+def _env(env: dict[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = _env(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserError(f"{name}={raw!r} is not a whole number.", field=name, fix=f"{name}={default}") from None
+    if value < minimum:
+        raise UserError(f"{name} must be at least {minimum}.", field=name, fix=f"{name}={default}")
+    return value
+
+
+def _duration(env: dict[str, str], name: str, default: str) -> float:
+    return parse_duration(_env(env, name, default) or default, name=name)
+
+
+def _list(env: dict[str, str], name: str) -> list[str] | None:
+    raw = _env(env, name)
+    if raw is None:
+        return None
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def default_data_dir() -> Path:
+    return Path(os.path.expanduser("~/.tunebot"))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the README's environment table."""
+
+    name: str
+    default: str
+    unit: str
+    meaning: str
+
+
+# name, default as shown, unit, meaning
+SETTINGS_TABLE: list[Setting] = [
+    Setting("TUNEBOT_DATA_DIR", "~/.tunebot", "path", "Jobs' outputs, logs, datasets, caches, the SQLite database"),
+    Setting("TUNEBOT_DATABASE_URL", "sqlite:///$TUNEBOT_DATA_DIR/tunebot.db", "URL",
+            "SQLAlchemy URL; `postgresql+psycopg://user:pw@host/db` for PostgreSQL"),
+    Setting("TUNEBOT_GPUS", "all visible", "list", "GPU indices the runner may use, e.g. `0,1,2,3`"),
+    Setting("TUNEBOT_CPU_SLOTS", "1", "jobs", "Jobs run at once when the host has no GPU"),
+    Setting("TUNEBOT_MAX_JOBS_PER_USER", "2", "jobs", "Running jobs (deployments included) one user may hold"),
+    Setting("TUNEBOT_CANCEL_GRACE", "30s", "duration", "Time between SIGTERM and SIGKILL on cancel"),
+    Setting("TUNEBOT_DEFAULT_MODEL", "(none)", "path/id", "Model used when a train request names none"),
+    Setting("TUNEBOT_DEFAULT_DATASET", "(none)", "name", "Dataset used when a train request names none"),
+    Setting("TUNEBOT_LLAMAFACTORY_CLI", "llamafactory-cli beside Python", "path", "The `llamafactory-cli` to run"),
+    Setting("TUNEBOT_WEBCHAT_CLI", "(none)", "path",
+            "`llamafactory-cli` of a separate environment with gradio, enabling `mode=webchat`"),
+    Setting("TUNEBOT_DEPLOY_HOST", "127.0.0.1", "host", "Address deployments' API servers bind to"),
+    Setting("TUNEBOT_PUBLIC_URL", "(bind address)", "URL", "Host people reach deployments and chat pages at"),
+    Setting("TUNEBOT_DEPLOY_TIMEOUT", "10m", "duration", "How long a deployment may take to answer `/v1/models`"),
+    Setting("TUNEBOT_DEPLOY_IDLE", "2h", "duration", "A deployment unused this long is stopped, freeing its slot"),
+    Setting("TUNEBOT_DEPLOY_API_KEY", "on", "on/off", "Protect each deployment with its own API key"),
+    Setting("TUNEBOT_WEB_HOST", "127.0.0.1", "host", "Address of the chat-page server"),
+    Setting("TUNEBOT_WEB_PORT", "7860", "port", "Port of the chat-page server (the seed's web port); 0 = any"),
+    Setting("TUNEBOT_POLL_INTERVAL", "1s", "duration", "How often the runner checks its jobs and the queue"),
+    Setting("TUNEBOT_LOG_LEVEL", "INFO", "level", "Python log level"),
+]
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None
+    gpus: list[str] | None = None
+    cpu_slots: int = 1
+    max_jobs_per_user: int = 2
+    cancel_grace: float = 30.0
+    default_model: str | None = None
+    default_dataset: str | None = None
+    llamafactory_cli: str | None = None
+    webchat_cli: str | None = None
+    deploy_host: str = "127.0.0.1"
+    public_url: str | None = None
+    deploy_timeout: float = 600.0
+    deploy_idle: float = 7200.0
+    deploy_api_key: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = 7860
+    poll_interval: float = 1.0
+    log_level: str = "INFO"
+    # Extra environment for job subprocesses (tests use it; never secrets from users).
+    job_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(os.path.expanduser(_env(env, "TUNEBOT_DATA_DIR") or str(default_data_dir())))
+        api_key_flag = (_env(env, "TUNEBOT_DEPLOY_API_KEY", "on") or "on").lower()
+        if api_key_flag not in {"on", "off", "1", "0", "true", "false", "yes", "no"}:
+            raise UserError("TUNEBOT_DEPLOY_API_KEY must be on or off.", field="TUNEBOT_DEPLOY_API_KEY")
+        return cls(
+            data_dir=data_dir,
+            database_url=_env(env, "TUNEBOT_DATABASE_URL"),
+            gpus=_list(env, "TUNEBOT_GPUS"),
+            cpu_slots=_int(env, "TUNEBOT_CPU_SLOTS", 1, minimum=1),
+            max_jobs_per_user=_int(env, "TUNEBOT_MAX_JOBS_PER_USER", 2, minimum=1),
+            cancel_grace=_duration(env, "TUNEBOT_CANCEL_GRACE", "30s"),
+            default_model=_env(env, "TUNEBOT_DEFAULT_MODEL"),
+            default_dataset=_env(env, "TUNEBOT_DEFAULT_DATASET"),
+            llamafactory_cli=_env(env, "TUNEBOT_LLAMAFACTORY_CLI"),
+            webchat_cli=_env(env, "TUNEBOT_WEBCHAT_CLI"),
+            deploy_host=_env(env, "TUNEBOT_DEPLOY_HOST", "127.0.0.1") or "127.0.0.1",
+            public_url=_env(env, "TUNEBOT_PUBLIC_URL"),
+            deploy_timeout=_duration(env, "TUNEBOT_DEPLOY_TIMEOUT", "10m"),
+            deploy_idle=_duration(env, "TUNEBOT_DEPLOY_IDLE", "2h"),
+            deploy_api_key=api_key_flag in {"on", "1", "true", "yes"},
+            web_host=_env(env, "TUNEBOT_WEB_HOST", "127.0.0.1") or "127.0.0.1",
+            web_port=_int(env, "TUNEBOT_WEB_PORT", 7860, minimum=0),
+            poll_interval=_duration(env, "TUNEBOT_POLL_INTERVAL", "1s"),
+            log_level=(_env(env, "TUNEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
+        )
+
+    # Derived locations, all under the data dir.
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tunebot.db'}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+def settings_field_names() -> list[str]:
+    return [f.name for f in fields(Settings)]

@@ -1,0 +1,314 @@
+"""The job store: SQLite (WAL) by default, PostgreSQL when the URL says so.
+
+Every change that two processes could race on is one conditional UPDATE (claim a queued job,
+move a job from one state to another) or an INSERT guarded by a primary key (slot leases), so
+it is atomic on both databases without `SELECT ... FOR UPDATE`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func, inspect, text, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from .errors import UserError
+from .job import (
+    ACTIVE_STATES,
+    AuditEntry,
+    Job,
+    JobEvent,
+    RunnerBeat,
+    SchemaVersion,
+    SlotLease,
+    now,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _add_column(conn, table: str, column_sql: str) -> None:
+    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column_sql}"))
+
+
+# Schema history. Version 1 is the tables as first released; each later entry upgrades an
+# existing database in place (never drop, never recreate), so stored jobs survive upgrades.
+# create_all() only adds missing tables; columns added to existing tables go here.
+MIGRATIONS: dict[int, Callable[[Any], None]] = {
+    1: lambda conn: None,
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(
+                    f"Cannot create the data directory {Path(path).parent}: {exc.strerror}.",
+                    field="TUNEBOT_DATA_DIR",
+                    fix="point TUNEBOT_DATA_DIR at a directory this user can write",
+                ) from None
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_sqlite = url.startswith("sqlite")
+
+    # --- schema -------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the version now in place."""
+        try:
+            with self.engine.begin() as conn:
+                existing = set(inspect(conn).get_table_names())
+                SQLModel.metadata.create_all(conn)
+                if "schema_version" in existing:
+                    current = conn.execute(select(func.max(SchemaVersion.version))).scalar() or 0
+                elif "job" in existing:
+                    current = 1  # a database from before versioning was recorded
+                else:
+                    current = 0
+                for version in sorted(v for v in MIGRATIONS if v > current):
+                    if current > 0 or version > 1:
+                        MIGRATIONS[version](conn)
+                    conn.execute(SchemaVersion.__table__.insert().values(version=version, applied_at=now()))
+                    current = version
+                return current
+        except OperationalError as exc:
+            raise UserError(
+                f"Cannot open the job database ({self.safe_url}): {exc.orig}.",
+                field="TUNEBOT_DATABASE_URL",
+                fix="check TUNEBOT_DATA_DIR is writable, or that the PostgreSQL server is up",
+            ) from None
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        try:
+            return self.engine.url.render_as_string(hide_password=True)
+        except Exception:  # pragma: no cover - defensive
+            return "database"
+
+    def schema_version(self) -> int:
+        with Session(self.engine) as s:
+            return s.exec(select(func.max(SchemaVersion.version))).one() or 0
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # --- jobs ---------------------------------------------------------------------------
+    def add_job(self, job: Job) -> tuple[Job, bool]:
+        """Store a new job. With a request_key seen before, returns the existing job and False."""
+        if job.request_key:
+            existing = self.find_by_request(job.request_key)
+            if existing is not None:
+                return existing, False
+        with self.session() as s:
+            s.add(job)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                existing = self.find_by_request(job.request_key) if job.request_key else None
+                if existing is None:
+                    raise
+                return existing, False
+            s.refresh(job)
+        self.add_event(job.id, "state", {"state": job.state})
+        return job, True
+
+    def find_by_request(self, request_key: str) -> Job | None:
+        with self.session() as s:
+            return s.exec(select(Job).where(Job.request_key == request_key)).first()
+
+    def get(self, job_id: int | str) -> Job:
+        jid = parse_job_id(job_id)
+        with self.session() as s:
+            job = s.get(Job, jid)
+        if job is None:
+            raise UserError(f"There is no job #{jid}.", field="job", fix="`jobs` lists the jobs there are")
+        return job
+
+    def find(self, job_id: int) -> Job | None:
+        with self.session() as s:
+            return s.get(Job, job_id)
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        kinds: Iterable[str] | None = None,
+        user: str | None = None,
+        channel: str | None = None,
+        parent_id: int | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[Job]:
+        query = select(Job)
+        if states is not None:
+            query = query.where(Job.state.in_(list(states)))
+        if kinds is not None:
+            query = query.where(Job.kind.in_(list(kinds)))
+        if user is not None:
+            query = query.where(Job.user == user)
+        if channel is not None:
+            query = query.where(Job.channel == channel)
+        if parent_id is not None:
+            query = query.where(Job.parent_id == parent_id)
+        if since is not None:
+            query = query.where(Job.finished_at >= since)
+        query = query.order_by(Job.id.desc() if newest_first else Job.id.asc())
+        if limit:
+            query = query.limit(limit)
+        with self.session() as s:
+            return list(s.exec(query).all())
+
+    def update(self, job_id: int, **values: Any) -> None:
+        with self.session() as s:
+            s.exec(update(Job).where(Job.id == job_id).values(**values))
+            s.commit()
+
+    def transition(self, job_id: int, from_states: Iterable[str], to_state: str, **values: Any) -> bool:
+        """Move a job to `to_state` only if it is in one of `from_states`; True if it moved."""
+        with self.session() as s:
+            result = s.exec(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(list(from_states)))
+                .values(state=to_state, **values)
+            )
+            s.commit()
+            moved = result.rowcount == 1
+        if moved:
+            self.add_event(job_id, "state", {"state": to_state, **_public(values)})
+        return moved
+
+    def count_active(self, user: str) -> int:
+        with self.session() as s:
+            return s.exec(
+                select(func.count()).select_from(Job).where(Job.user == user, Job.state.in_(ACTIVE_STATES))
+            ).one()
+
+    # --- events -------------------------------------------------------------------------
+    def add_event(self, job_id: int, type_: str, data: dict[str, Any] | None = None) -> int:
+        with self.session() as s:
+            ev = JobEvent(job_id=job_id, type=type_, data=data or {})
+            s.add(ev)
+            s.commit()
+            return ev.id
+
+    def events_since(self, cursor: int = 0, *, job_id: int | None = None, limit: int = 500) -> list[JobEvent]:
+        query = select(JobEvent).where(JobEvent.id > cursor)
+        if job_id is not None:
+            query = query.where(JobEvent.job_id == job_id)
+        with self.session() as s:
+            return list(s.exec(query.order_by(JobEvent.id).limit(limit)).all())
+
+    def last_event_id(self) -> int:
+        with self.session() as s:
+            return s.exec(select(func.max(JobEvent.id))).one() or 0
+
+    # --- slots --------------------------------------------------------------------------
+    def lease_slots(self, host: str, slots: list[str], job_id: int) -> bool:
+        """Take all of `slots` on `host` for the job, or none of them."""
+        with self.session() as s:
+            for slot in slots:
+                s.add(SlotLease(host=host, slot=slot, job_id=job_id))
+            try:
+                s.commit()
+                return True
+            except IntegrityError:
+                s.rollback()
+                return False
+
+    def release_slots(self, job_id: int) -> None:
+        with self.session() as s:
+            for lease in s.exec(select(SlotLease).where(SlotLease.job_id == job_id)).all():
+                s.delete(lease)
+            s.commit()
+
+    def leased_slots(self, host: str) -> dict[str, int]:
+        with self.session() as s:
+            return {
+                lease.slot: lease.job_id
+                for lease in s.exec(select(SlotLease).where(SlotLease.host == host)).all()
+            }
+
+    # --- audit and runners --------------------------------------------------------------
+    def audit(self, user: str, action: str, job_id: int | None = None, **detail: Any) -> None:
+        with self.session() as s:
+            s.add(AuditEntry(user=user, action=action, job_id=job_id, detail=detail))
+            s.commit()
+
+    def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        with self.session() as s:
+            return list(s.exec(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)).all())
+
+    def beat(self, runner_id: str, host: str, pid: int) -> None:
+        with self.session() as s:
+            beat = s.get(RunnerBeat, runner_id)
+            if beat is None:
+                s.add(RunnerBeat(id=runner_id, host=host, pid=pid))
+            else:
+                beat.seen_at = now()
+                s.add(beat)
+            s.commit()
+
+    def forget_runner(self, runner_id: str) -> None:
+        with self.session() as s:
+            beat = s.get(RunnerBeat, runner_id)
+            if beat is not None:
+                s.delete(beat)
+                s.commit()
+
+    def live_runners(self, within: float = 15.0) -> list[RunnerBeat]:
+        with self.session() as s:
+            return list(s.exec(select(RunnerBeat).where(RunnerBeat.seen_at >= now() - within)).all())
+
+
+_SECRET_FIELDS = {"api_key"}
+
+
+def _public(values: dict[str, Any]) -> dict[str, Any]:
+    """Event data from transition values, without secrets or bulky fields."""
+    keep = {}
+    for key, value in values.items():
+        if key in _SECRET_FIELDS or key in {"args", "spec", "log_tail"}:
+            continue
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            keep[key] = value
+    return keep
+
+
+def parse_job_id(value: int | str) -> int:
+    """'12', '#12', 12 -> 12; anything else is the user's mistake."""
+    if isinstance(value, int):
+        return value
+    raw = str(value).strip().lstrip("#")
+    if not raw.isdigit():
+        raise UserError(f"{value!r} is not a job id.", field="job", fix="use the number shown as #N, e.g. `status 12`")
+    return int(raw)
