@@ -1,0 +1,283 @@
+"""The front door of the engine: turn requests into validated, queued jobs; cancel, resume, undeploy.
+
+Front ends (the CLI, Slack) call only this and read the job store's event stream. Nothing here
+knows about Slack; who asked and where travels as a `Requester`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import recipes, validation
+from .errors import UserError
+from .hardware import Hardware, detect, slots_for
+from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
+from .recipes import Recipe
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+_DEMO_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked, and where the answers go (empty for the command line)."""
+
+    user: str = ""
+    channel: str = ""
+    thread_ts: str = ""
+    request_key: str | None = None  # a redelivered request with the same key makes no new job
+
+
+CLI = Requester()
+
+
+class JobQueue:
+    def __init__(self, settings: Settings, store: Store, hardware: Hardware | None = None):
+        self.settings = settings
+        self.store = store
+        self.hardware = hardware or detect()
+        self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
+
+    # --- submitting ---------------------------------------------------------------------
+    def submit_train(self, *, preset: str | None = None, pairs: dict[str, str] | None = None,
+                     yaml_text: str | None = None, requester: Requester = CLI) -> Job:
+        existing = self._seen(requester)
+        if existing:
+            return existing
+        recipe = recipes.train_recipe(
+            preset=preset,
+            pairs=pairs,
+            yaml_text=yaml_text,
+            default_model=self.settings.default_model,
+            default_dataset=self.settings.default_dataset,
+        )
+        return self._queue(recipe, requester)
+
+    def submit_eval(self, source: int | str | None = None, *, model: str | None = None,
+                    pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+        existing = self._seen(requester)
+        if existing:
+            return existing
+        recipe = recipes.eval_recipe(
+            self._source(source, model, pairs, "evaluate"),
+            pairs,
+            default_dataset=self._default_eval_dataset(source, model),
+            gpu=self.hardware.has_gpu,
+        )
+        return self._queue(recipe, requester)
+
+    def submit_export(self, source: int | str | None = None, *, model: str | None = None,
+                      pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+        existing = self._seen(requester)
+        if existing:
+            return existing
+        recipe = recipes.export_recipe(self._source(source, model, pairs, "export"), pairs,
+                                       gpu=self.hardware.has_gpu)
+        return self._queue(recipe, requester)
+
+    def submit_deploy(self, source: int | str | None = None, *, model: str | None = None,
+                      pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+        existing = self._seen(requester)
+        if existing:
+            return existing
+        recipe = recipes.deploy_recipe(self._source(source, model, pairs, "deploy"), pairs)
+        if recipe.mode == "webchat" and not self.settings.webchat_cli:
+            raise UserError(
+                "mode=webchat needs LLaMA-Factory's Gradio chat in an environment of its own (gradio "
+                "downgrades packages tunebot needs), and the operator has not set TUNEBOT_WEBCHAT_CLI.",
+                field="mode",
+                fix="mode=api: every deployment already gets a chat page link",
+            )
+        return self._queue(recipe, requester)
+
+    def _seen(self, requester: Requester) -> Job | None:
+        return self.store.find_by_request(requester.request_key) if requester.request_key else None
+
+    def _source(self, source: int | str | None, model: str | None, pairs: dict[str, str] | None,
+                purpose: str) -> recipes.ModelSource:
+        if source is not None and model:
+            raise UserError(f"{purpose.capitalize()} takes a job or model=PATH, not both.", field="model")
+        if source is not None:
+            job = self.store.get(source)
+            return recipes.source_from_job(job, purpose)
+        if model:
+            template = (pairs or {}).get("template")
+            return recipes.source_from_model(model, template)
+        raise UserError(
+            f"What should I {purpose}?", field="job", fix=f"`{purpose_command(purpose)} 12` (a train job) or model=PATH"
+        )
+
+    def _default_eval_dataset(self, source: int | str | None, model: str | None) -> str | None:
+        if source is not None:
+            parent = self.store.get(source)
+            if parent.args.get("dataset") == recipes.DEMO_DATASET:
+                return recipes.DEMO_EVAL_DATASET
+        return None
+
+    # --- the common path ----------------------------------------------------------------
+    def prepare(self, recipe: Recipe) -> Recipe:
+        """Resolve the model and datasets and check everything; raises UserError, queues nothing."""
+        args = dict(recipe.args)
+        model = str(args["model_name_or_path"])
+        if model == recipes.TINY_MODEL:
+            from .tinymodel import ensure_tiny_model
+
+            model = str(ensure_tiny_model(self.settings.models_dir))
+        else:
+            model = validation.resolve_model_path(model, self.settings.models_dir)
+        args["model_name_or_path"] = model
+        validation.check_adapter(args.get("adapter_name_or_path"))
+        for key in ("dataset", "eval_dataset"):
+            if key in args:
+                for name in validation.dataset_names(args[key]):
+                    self._require_dataset(name)
+        recipe.args = args
+        validation.check_hardware(recipe, self.hardware, self.slots)
+        if validation.llamafactory_available():
+            recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
+        recipe.model = model if recipe.kind == JobKind.TRAIN or not recipe.parent_id else recipe.model
+        return recipe
+
+    def _require_dataset(self, name: str) -> None:
+        from . import datasets
+
+        if name in (recipes.DEMO_DATASET, recipes.DEMO_EVAL_DATASET):
+            self.ensure_demo_datasets()
+        datasets.get_dataset(self.settings.data_dir, name)
+
+    def ensure_demo_datasets(self) -> None:
+        """Register the embedded demo sets on first use."""
+        from . import datasets
+        from .demo_data import write_demo_datasets
+
+        with _DEMO_LOCK:
+            known = {d.name for d in datasets.list_datasets(self.settings.data_dir)}
+            if {recipes.DEMO_DATASET, recipes.DEMO_EVAL_DATASET} <= known:
+                return
+            files = write_demo_datasets(self.settings.cache_dir / "demo-data")
+            datasets.add_dataset(self.settings.data_dir, recipes.DEMO_DATASET, files["train"])
+            datasets.add_dataset(self.settings.data_dir, recipes.DEMO_EVAL_DATASET, files["eval"])
+
+    def _queue(self, recipe: Recipe, requester: Requester) -> Job:
+        recipe = self.prepare(recipe)
+        job = Job(
+            kind=recipe.kind.value,
+            state=JobState.QUEUED.value,
+            preset=recipe.preset,
+            spec=recipe.spec,
+            args=recipe.args,
+            parent_id=recipe.parent_id,
+            model=recipe.model,
+            dataset=recipe.dataset,
+            method=recipe.method,
+            mode=recipe.mode,
+            n_slots=recipe.n_slots,
+            user=requester.user,
+            channel=requester.channel,
+            thread_ts=requester.thread_ts,
+            request_key=requester.request_key,
+        )
+        job, created = self.store.add_job(job)
+        if not created:
+            return job
+        work_dir = self.settings.jobs_dir / str(job.id)
+        args = recipes.with_outputs(job.kind, job.args, work_dir, self._dataset_dir())
+        self.store.update(job.id, args=args, work_dir=str(work_dir), log_path=str(work_dir / "job.log"))
+        self.store.audit(requester.user or "cli", f"submit {job.kind}", job.id, channel=requester.channel,
+                         preset=recipe.preset)
+        return self.store.get(job.id)
+
+    def _dataset_dir(self) -> Path:
+        from .datasets import dataset_dir
+
+        return dataset_dir(self.settings.data_dir)
+
+    # --- acting on jobs -----------------------------------------------------------------
+    def cancel(self, job_ref: int | str, *, by: str = "", admin: bool = True) -> Job:
+        job = self.store.get(job_ref)
+        self._check_owner(job, by, admin, "cancel")
+        if job.is_final:
+            raise UserError(f"Job #{job.id} has already ended ({job.state}); there is nothing to cancel.", field="job")
+        if self.store.transition(job.id, [JobState.QUEUED.value], JobState.CANCELLED.value,
+                                 finished_at=now(), cancelled_by=by or "cli", error="Cancelled while queued."):
+            self.store.audit(by or "cli", "cancel", job.id, state="queued")
+            return self.store.get(job.id)
+        # Running: the worker that owns the process stops it (SIGTERM, then SIGKILL after a grace period).
+        self.store.update(job.id, cancel_requested=True, cancelled_by=by or "cli")
+        self.store.add_event(job.id, "message", {"text": "cancel requested"})
+        self.store.audit(by or "cli", "cancel", job.id, state=job.state)
+        return self.store.get(job.id)
+
+    def undeploy(self, job_ref: int | str, *, by: str = "", admin: bool = True) -> Job:
+        job = self.store.get(job_ref)
+        if job.kind != JobKind.DEPLOY.value:
+            deployments = [d for d in self.store.list_jobs(kinds=[JobKind.DEPLOY.value], parent_id=job.id)
+                           if d.state in (*ACTIVE_STATES, JobState.QUEUED.value)]
+            if not deployments:
+                raise UserError(f"Job #{job.id} has no running deployment.", field="job")
+            job = deployments[0]
+        return self.cancel(job.id, by=by, admin=admin)
+
+    def resume(self, job_ref: int | str, *, by: str = "", admin: bool = True,
+               request_key: str | None = None) -> Job:
+        job = self.store.get(job_ref)
+        self._check_owner(job, by, admin, "resume")
+        if job.kind != JobKind.TRAIN.value:
+            raise UserError(f"Only train jobs can be resumed; #{job.id} is a {job.kind} job.", field="job")
+        if job.state not in RESUMABLE_STATES:
+            raise UserError(
+                f"Job #{job.id} is {job.state}; only interrupted, failed or cancelled train jobs can be resumed.",
+                field="job",
+            )
+        checkpoint = recipes.last_checkpoint(Path(job.work_dir) / "output")
+        args = dict(job.args)
+        if checkpoint is not None:
+            args["resume_from_checkpoint"] = str(checkpoint)
+        else:
+            args.pop("resume_from_checkpoint", None)
+        moved = self.store.transition(
+            job.id, RESUMABLE_STATES, JobState.QUEUED.value,
+            args=args, attempt=job.attempt + 1, exit_code=None, error=None, advice=None, log_tail=None,
+            cancel_requested=False, cancelled_by=None, finished_at=None, pid=None, proc_start=None,
+            runner_id=None, progress={**job.progress, "resumed_from": checkpoint.name if checkpoint else None},
+        )
+        if not moved:
+            raise UserError(f"Job #{job.id} changed state meanwhile; try again.", field="job")
+        self.store.add_event(job.id, "message", {
+            "text": f"resuming from {checkpoint.name}" if checkpoint else "no checkpoint yet: starting over"})
+        self.store.audit(by or "cli", "resume", job.id, checkpoint=checkpoint.name if checkpoint else None)
+        return self.store.get(job.id)
+
+    def _check_owner(self, job: Job, by: str, admin: bool, action: str) -> None:
+        if admin or not job.user or job.user == by:
+            return
+        raise UserError(
+            f"Only <@{job.user}> (who started #{job.id}) or an admin may {action} it.", field="job"
+        )
+
+    # --- reading ------------------------------------------------------------------------
+    def get(self, job_ref: int | str) -> Job:
+        return self.store.get(job_ref)
+
+    def jobs(self, **filters: Any) -> list[Job]:
+        return self.store.list_jobs(**filters)
+
+    def position(self, job: Job) -> int | None:
+        """1-based place in the queue, for 'waiting (3rd in line)'."""
+        if job.state != JobState.QUEUED.value:
+            return None
+        queued = self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False)
+        for index, other in enumerate(queued, start=1):
+            if other.id == job.id:
+                return index
+        return None
+
+
+def purpose_command(purpose: str) -> str:
+    return {"evaluate": "eval"}.get(purpose, purpose)

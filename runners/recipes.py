@@ -1,0 +1,578 @@
+"""A job request -> the LLaMA-Factory argument set for each kind of job.
+
+Pure functions over plain data: presets, the friendly keys people type (`lr=1e-4`), a pasted
+LLaMA-Factory YAML. Values stay as typed here; `validation` converts them with LLaMA-Factory's
+own parser, which is the one place each argument is declared.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .job import Job, JobKind, JobState
+
+TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama
+DEMO_DATASET = "demo"  # the embedded Chinese+English demo set (registered on first use)
+DEMO_EVAL_DATASET = "demo-eval"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    values: dict[str, Any]
+
+
+# LLaMA-Factory 0.9.5 WebUI defaults for fields the seed document does not give.
+_WEBUI_DEFAULTS: dict[str, Any] = {
+    "stage": "sft",
+    "do_train": True,
+    "finetuning_type": "lora",
+    "learning_rate": 5e-5,
+    "num_train_epochs": 3.0,
+    "max_grad_norm": 1.0,
+    "max_samples": 100000,
+    "cutoff_len": 2048,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 8,
+    "val_size": 0,
+    "lr_scheduler_type": "cosine",
+    "logging_steps": 5,
+    "save_steps": 100,
+    "warmup_steps": 0,
+    "packing": False,
+    "optim": "adamw_torch",
+    "lora_rank": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0,
+    "lora_target": "all",
+    "bf16": True,
+    "report_to": "none",
+    "trust_remote_code": True,
+    "ddp_timeout": 180000000,
+    "plot_loss": True,
+}
+
+PRESETS: dict[str, Preset] = {
+    "seed": Preset(
+        "seed",
+        "The seed document's WebUI recipe: LoRA+ SFT of Llama-3-8B-Instruct "
+        "(lr 1e-4, bf16, grad-accum 2, LoRA+ ratio 16, LoRA on all linear layers)",
+        {
+            **_WEBUI_DEFAULTS,
+            "template": "llama3",
+            "learning_rate": 1e-4,
+            "bf16": True,
+            "gradient_accumulation_steps": 2,
+            "loraplus_lr_ratio": 16.0,
+            "lora_target": "all",
+        },
+    ),
+    "seed-cli": Preset(
+        "seed-cli",
+        "The seed document's `llamafactory-cli train` command (LoRA, lr 5e-5, batch 2 x accum 8, cutoff 1024)",
+        {
+            "stage": "sft",
+            "do_train": True,
+            "preprocessing_num_workers": 16,
+            "finetuning_type": "lora",
+            # The document says `bitsandbytes`; LLaMA-Factory 0.9.5 calls it `bnb`.
+            "quantization_method": "bnb",
+            "template": "llama3",
+            "flash_attn": "auto",
+            "cutoff_len": 1024,
+            "learning_rate": 5e-5,
+            "num_train_epochs": 3.0,
+            "max_samples": 100000,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 8,
+            "lr_scheduler_type": "cosine",
+            "max_grad_norm": 1.0,
+            "logging_steps": 5,
+            "save_steps": 100,
+            "warmup_steps": 0,
+            "optim": "adamw_torch",
+            "packing": False,
+            "report_to": "none",
+            "bf16": True,
+            "plot_loss": True,
+            "ddp_timeout": 180000000,
+            "lora_rank": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0,
+            "lora_target": "all",
+        },
+    ),
+    "tiny": Preset(
+        "tiny",
+        "A tiny local Llama on the embedded demo data: minutes on a CPU, for demos and tests",
+        {
+            **_WEBUI_DEFAULTS,
+            "model_name_or_path": TINY_MODEL,
+            "dataset": DEMO_DATASET,
+            "template": "llama3",
+            "bf16": False,
+            "learning_rate": 5e-3,
+            "num_train_epochs": 8.0,
+            "cutoff_len": 128,
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "logging_steps": 1,
+            "save_steps": 8,
+            "lora_rank": 16,
+            "lora_alpha": 32,
+            "lr_scheduler_type": "constant",
+            "preprocessing_num_workers": 1,
+            "dataloader_num_workers": 0,
+        },
+    ),
+}
+DEFAULT_PRESET = "seed"
+
+# What tunebot always sets on a train run, whatever the preset or YAML says.
+_TRAIN_ALWAYS = {"plot_loss": True, "include_num_input_tokens_seen": "non_padding", "save_total_limit": 2}
+
+# Friendly keys (the WebUI's field names and short forms) -> LLaMA-Factory argument names.
+TRAIN_KEYS = {
+    "model": "model_name_or_path",
+    "template": "template",
+    "dataset": "dataset",
+    "lr": "learning_rate",
+    "learning_rate": "learning_rate",
+    "epochs": "num_train_epochs",
+    "cutoff": "cutoff_len",
+    "batch": "per_device_train_batch_size",
+    "batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "accum": "gradient_accumulation_steps",
+    "rank": "lora_rank",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "target": "lora_target",
+    "loraplus": "loraplus_lr_ratio",
+    "lora_plus": "loraplus_lr_ratio",
+    "loraplus_ratio": "loraplus_lr_ratio",
+    "lora+": "loraplus_lr_ratio",
+    "steps": "max_steps",
+    "samples": "max_samples",
+    "warmup": "warmup_steps",
+    "scheduler": "lr_scheduler_type",
+}
+EVAL_KEYS = {
+    "dataset": "eval_dataset",
+    "batch": "per_device_eval_batch_size",
+    "batch_size": "per_device_eval_batch_size",
+    "samples": "max_samples",
+    "cutoff": "cutoff_len",
+    "template": "template",
+}
+EXPORT_KEYS = {"shard": "export_size", "shard_gb": "export_size", "device": "export_device", "template": "template"}
+DEPLOY_KEYS = {"template": "template"}
+
+COMPUTE_TYPES = ("bf16", "fp16", "fp32", "pure_bf16")
+METHODS = ("lora", "qlora", "freeze", "full")
+DEPLOY_MODES = ("api", "webchat")
+
+# Keys tunebot owns: where outputs go and where datasets live.
+_MANAGED = {"output_dir", "dataset_dir", "export_dir", "overwrite_output_dir", "logging_dir"}
+
+
+@dataclass
+class Recipe:
+    """What a front end asked for, resolved: the LLaMA-Factory arguments and what to show."""
+
+    kind: JobKind
+    args: dict[str, Any]
+    model: str
+    dataset: str | None = None
+    method: str | None = None
+    preset: str | None = None
+    n_slots: int = 1
+    mode: str | None = None
+    parent_id: int | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compute_type(self) -> str:
+        return compute_type_of(self.args)
+
+
+def compute_type_of(args: dict[str, Any]) -> str:
+    if _truthy(args.get("pure_bf16")):
+        return "pure_bf16"
+    if _truthy(args.get("bf16")):
+        return "bf16"
+    if _truthy(args.get("fp16")):
+        return "fp16"
+    return "fp32"
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def parse_yaml_spec(text: str) -> dict[str, Any]:
+    """A pasted LLaMA-Factory YAML (code fences allowed) -> its argument dict."""
+    body = re.sub(r"^\s*```[a-zA-Z]*\s*\n?|\n?\s*```\s*$", "", text.strip())
+    try:
+        data = yaml.safe_load(body)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(
+            f"The YAML could not be read{where}: {getattr(exc, 'problem', exc)}.",
+            field="yaml",
+            fix="paste a LLaMA-Factory config such as `learning_rate: 1.0e-4` one key per line",
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError("The YAML must be a mapping of LLaMA-Factory arguments (key: value lines).", field="yaml")
+    return {str(k): v for k, v in data.items()}
+
+
+def _apply_compute(args: dict[str, Any], value: str) -> None:
+    value = value.strip().lower()
+    if value not in COMPUTE_TYPES:
+        raise UserError(
+            f"compute={value!r} is not a compute type.", field="compute", fix="compute=bf16 (or fp16, fp32, pure_bf16)"
+        )
+    for key in ("bf16", "fp16", "pure_bf16"):
+        args.pop(key, None)
+    if value != "fp32":
+        args[value] = True
+
+
+def _apply_method(args: dict[str, Any], value: str) -> None:
+    value = value.strip().lower()
+    if value not in METHODS:
+        raise UserError(f"method={value!r} is not a fine-tuning method.", field="method", fix="method=lora (or qlora, freeze, full)")
+    if value == "qlora":
+        args["finetuning_type"] = "lora"
+        args.setdefault("quantization_bit", 4)
+        args["quantization_method"] = "bnb"
+    else:
+        args["finetuning_type"] = value
+        args.pop("quantization_bit", None)
+    if value in ("freeze", "full"):
+        for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "loraplus_lr_ratio"):
+            args.pop(key, None)
+
+
+def method_of(args: dict[str, Any]) -> str:
+    ftype = str(args.get("finetuning_type", "lora"))
+    if ftype == "lora" and args.get("quantization_bit") not in (None, "", "none"):
+        return "qlora"
+    return ftype
+
+
+def _apply_pairs(args: dict[str, Any], pairs: dict[str, str], keys: dict[str, str]) -> int:
+    """Overlay key=value pairs; returns the number of GPUs asked for (gpus=N)."""
+    n_slots = int(args.pop("_gpus", 1))
+    for raw_key, value in pairs.items():
+        key = raw_key.strip().lower().replace("-", "_") if raw_key.strip() != "lora+" else "lora+"
+        if key in ("compute", "compute_type", "precision"):
+            _apply_compute(args, str(value))
+        elif key == "method":
+            _apply_method(args, str(value))
+        elif key == "gpus":
+            try:
+                n_slots = int(value)
+            except ValueError:
+                raise UserError(f"gpus={value!r} is not a whole number.", field="gpus", fix="gpus=2") from None
+            if n_slots < 1:
+                raise UserError("gpus must be at least 1.", field="gpus", fix="gpus=1")
+        elif key in _MANAGED:
+            raise UserError(
+                f"`{key}` is set by tunebot (each job has its own output folder and the dataset registry).",
+                field=key,
+                fix=f"leave out {key}=…",
+            )
+        else:
+            args[keys.get(key, key)] = value
+    return n_slots
+
+
+def train_recipe(
+    *,
+    preset: str | None = None,
+    pairs: dict[str, str] | None = None,
+    yaml_text: str | None = None,
+    default_model: str | None = None,
+    default_dataset: str | None = None,
+) -> Recipe:
+    pairs = dict(pairs or {})
+    if yaml_text:
+        args = parse_yaml_spec(yaml_text)
+        for key in _MANAGED & set(args):
+            args.pop(key)  # a pasted config's paths are the WebUI host's, not ours
+        if preset:
+            args = {**PRESETS[_preset_name(preset)].values, **args}
+    else:
+        args = dict(PRESETS[_preset_name(preset or DEFAULT_PRESET)].values)
+    n_slots = _apply_pairs(args, pairs, TRAIN_KEYS)
+    stage = str(args.get("stage", "sft"))
+    if stage != "sft":
+        raise UserError(
+            f"stage={stage} is not supported: tunebot runs supervised fine-tuning (stage sft).",
+            field="stage",
+            fix="stage: sft",
+        )
+    args["stage"] = "sft"
+    args["do_train"] = True
+    args.update(_TRAIN_ALWAYS)
+    if not args.get("model_name_or_path"):
+        if not default_model:
+            raise UserError(
+                "No model given.",
+                field="model",
+                fix="add model=/path/to/Meta-Llama-3-8B-Instruct (or ask the operator to set TUNEBOT_DEFAULT_MODEL)",
+            )
+        args["model_name_or_path"] = default_model
+    if not args.get("dataset"):
+        if not default_dataset:
+            raise UserError(
+                "No dataset given.",
+                field="dataset",
+                fix="add dataset=train (see `datasets`), or ask the operator to set TUNEBOT_DEFAULT_DATASET",
+            )
+        args["dataset"] = default_dataset
+    return Recipe(
+        kind=JobKind.TRAIN,
+        args=args,
+        model=str(args["model_name_or_path"]),
+        dataset=str(args["dataset"]),
+        method=method_of(args),
+        preset=None if yaml_text and not preset else _preset_name(preset or DEFAULT_PRESET),
+        n_slots=n_slots,
+        spec={"preset": preset, "pairs": pairs, "yaml": yaml_text},
+    )
+
+
+def _preset_name(name: str) -> str:
+    if name not in PRESETS:
+        known = ", ".join(PRESETS)
+        raise UserError(f"There is no preset {name!r}.", field="preset", fix=f"use one of: {known}")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where eval/export/deploy take their weights from."""
+
+    model: str  # base model path (or a merged export)
+    adapter: str | None  # LoRA adapter folder, if any
+    template: str | None
+    finetuning_type: str
+    parent_id: int | None
+    compute: str | None = None
+    quantization_bit: Any = None
+
+
+def source_from_job(job: Job, purpose: str) -> ModelSource:
+    """The weights a finished train or export job left behind, for `purpose` (eval/export/deploy)."""
+    if job.kind == JobKind.TRAIN.value:
+        if job.state != JobState.SUCCEEDED.value or not job.artifacts.get("adapter"):
+            state = job.state if job.state != JobState.SUCCEEDED.value else "finished without an adapter"
+            raise UserError(
+                f"Job #{job.id} has no adapter to {purpose} yet: it is {state}.",
+                field="job",
+                fix=f"wait until #{job.id} has succeeded (`status {job.id}`), or `resume {job.id}` if it stopped",
+            )
+        ftype = str(job.args.get("finetuning_type", "lora"))
+        output = job.artifacts["adapter"]
+        if ftype == "lora":
+            return ModelSource(
+                model=str(job.args["model_name_or_path"]),
+                adapter=output,
+                template=job.args.get("template"),
+                finetuning_type="lora",
+                parent_id=job.id,
+                compute=compute_type_of(job.args),
+                quantization_bit=job.args.get("quantization_bit"),
+            )
+        # freeze/full fine-tuning writes a whole model.
+        return ModelSource(output, None, job.args.get("template"), ftype, job.id, compute_type_of(job.args))
+    if job.kind == JobKind.EXPORT.value:
+        if job.state != JobState.SUCCEEDED.value or not job.artifacts.get("model"):
+            raise UserError(
+                f"Export #{job.id} has no merged model yet: it is {job.state}.",
+                field="job",
+                fix=f"wait until #{job.id} has succeeded (`status {job.id}`)",
+            )
+        return ModelSource(job.artifacts["model"], None, job.args.get("template"), "lora", job.id)
+    if purpose == "deploy" or job.kind != JobKind.DEPLOY.value:
+        raise UserError(
+            f"Job #{job.id} is a {job.kind} job; {purpose} takes a train job"
+            + (" or an export job" if purpose == "deploy" else "")
+            + " (or model=PATH for a base model).",
+            field="job",
+        )
+    raise UserError(f"Job #{job.id} is a {job.kind} job; {purpose} takes a train job.", field="job")
+
+
+def source_from_model(model: str, template: str | None = None) -> ModelSource:
+    return ModelSource(model=model, adapter=None, template=template, finetuning_type="lora", parent_id=None)
+
+
+def _base_infer_args(source: ModelSource) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "model_name_or_path": source.model,
+        "finetuning_type": source.finetuning_type if source.adapter else "lora",
+        "trust_remote_code": True,
+    }
+    if source.adapter:
+        args["adapter_name_or_path"] = source.adapter
+    if source.template:
+        args["template"] = source.template
+    if source.quantization_bit not in (None, "", "none"):
+        args["quantization_bit"] = source.quantization_bit
+        args["quantization_method"] = "bnb"
+    return args
+
+
+def _require_template(args: dict[str, Any], purpose: str) -> None:
+    if not args.get("template"):
+        raise UserError(
+            f"{purpose.capitalize()} of a base model needs its chat template.",
+            field="template",
+            fix="add template=llama3 (LLaMA-Factory's template name for the model)",
+        )
+
+
+def eval_recipe(source: ModelSource, pairs: dict[str, str] | None = None, *, default_dataset: str | None = None,
+                gpu: bool = False) -> Recipe:
+    args = _base_infer_args(source)
+    args.update(
+        {
+            "stage": "sft",
+            "do_predict": True,
+            "predict_with_generate": True,
+            "cutoff_len": 1024,
+            "max_samples": 100000,
+            "per_device_eval_batch_size": 2,
+            # The WebUI's Evaluate & Predict defaults.
+            "max_new_tokens": 512,
+            "top_p": 0.7,
+            "temperature": 0.95,
+            "report_to": "none",
+            "ddp_timeout": 180000000,
+        }
+    )
+    if gpu and source.compute in ("bf16", "fp16"):
+        args[source.compute] = True
+    pairs = dict(pairs or {})
+    n_slots = _apply_pairs(args, pairs, EVAL_KEYS)
+    if not args.get("eval_dataset"):
+        if not default_dataset:
+            raise UserError("No eval dataset given.", field="dataset", fix="add dataset=eval (see `datasets`)")
+        args["eval_dataset"] = default_dataset
+    _require_template(args, "evaluation")
+    return Recipe(
+        kind=JobKind.EVAL,
+        args=args,
+        model=source.model,
+        dataset=str(args["eval_dataset"]),
+        method=source.finetuning_type,
+        n_slots=n_slots,
+        parent_id=source.parent_id,
+        spec={"pairs": pairs},
+    )
+
+
+def export_recipe(source: ModelSource, pairs: dict[str, str] | None = None, *, gpu: bool = False) -> Recipe:
+    if not source.adapter:
+        raise UserError(
+            "Export merges a LoRA adapter into its base model; this source has no adapter.",
+            field="job",
+            fix="export a LoRA train job: `export 12`",
+        )
+    args = _base_infer_args(source)
+    # Merge on the GPU when there is one; shards of 5 GB like the WebUI.
+    args.update({"export_size": 5, "export_device": "auto" if gpu else "cpu", "export_legacy_format": False})
+    pairs = dict(pairs or {})
+    n_slots = _apply_pairs(args, pairs, EXPORT_KEYS)
+    _require_template(args, "export")
+    return Recipe(
+        kind=JobKind.EXPORT,
+        args=args,
+        model=source.model,
+        method=source.finetuning_type,
+        n_slots=n_slots,
+        parent_id=source.parent_id,
+        spec={"pairs": pairs},
+    )
+
+
+def deploy_recipe(source: ModelSource, pairs: dict[str, str] | None = None) -> Recipe:
+    args = _base_infer_args(source)
+    args["infer_backend"] = "huggingface"
+    pairs = dict(pairs or {})
+    mode = str(pairs.pop("mode", "api")).strip().lower()
+    if mode not in DEPLOY_MODES:
+        raise UserError(f"mode={mode!r} is not a deploy mode.", field="mode", fix="mode=api (or webchat)")
+    n_slots = _apply_pairs(args, pairs, DEPLOY_KEYS)
+    _require_template(args, "deployment")
+    return Recipe(
+        kind=JobKind.DEPLOY,
+        args=args,
+        model=source.model,
+        method=source.finetuning_type,
+        n_slots=n_slots,
+        mode=mode,
+        parent_id=source.parent_id,
+        spec={"pairs": pairs, "mode": mode},
+    )
+
+
+def with_outputs(kind: str, args: dict[str, Any], work_dir: Path, dataset_dir: Path) -> dict[str, Any]:
+    """The job's own folders filled in: where LLaMA-Factory writes and reads datasets."""
+    args = dict(args)
+    if kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
+        args["output_dir"] = str(work_dir / "output")
+        args["dataset_dir"] = str(dataset_dir)
+    elif kind == JobKind.EXPORT.value:
+        args["export_dir"] = str(work_dir / "model")
+    return args
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` folder a train run left, if any."""
+    best: tuple[int, Path] | None = None
+    if not output_dir.is_dir():
+        return None
+    for child in output_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", child.name)
+        if match and child.is_dir() and (child / "trainer_state.json").exists():
+            step = int(match.group(1))
+            if best is None or step > best[0]:
+                best = (step, child)
+    return best[1] if best else None
+
+
+def preset_help() -> list[tuple[str, str]]:
+    return [(p.name, p.description) for p in PRESETS.values()]
+
+
+def friendly_defaults(preset: str = DEFAULT_PRESET) -> dict[str, str]:
+    """A preset as the modal form's fields (the WebUI's names)."""
+    args = PRESETS[_preset_name(preset)].values
+    return {
+        "model": str(args.get("model_name_or_path", "")),
+        "method": method_of(args),
+        "dataset": str(args.get("dataset", "")),
+        "lr": f"{args.get('learning_rate', 5e-5):g}",
+        "compute": compute_type_of(args),
+        "grad_accum": str(args.get("gradient_accumulation_steps", 8)),
+        "loraplus": f"{args.get('loraplus_lr_ratio', 0) or 0:g}",
+        "target": str(args.get("lora_target", "all")),
+        "epochs": f"{args.get('num_train_epochs', 3.0):g}",
+        "cutoff": str(args.get("cutoff_len", 2048)),
+        "batch": str(args.get("per_device_train_batch_size", 2)),
+    }

@@ -1,0 +1,505 @@
+"""The runner loop: claim queued jobs, start their processes, follow them, and record how they end.
+
+One `Worker` per runner process. Several may share a database (and a host): claims and slot
+leases are atomic in the store, so a job never starts twice and a GPU is never handed out twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import deploy
+from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
+from .backends.local import read_exit_file
+from .hardware import Hardware, detect, slots_for
+from .job import ACTIVE_STATES, Job, JobKind, JobState, now
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+PLOT_EVERY = 30.0  # seconds between partial loss plots of a running job
+RECOVER_EVERY = 30.0
+BEAT_EVERY = 5.0
+
+
+@dataclass
+class Running:
+    job_id: int
+    kind: str
+    handle: ProcessHandle
+    follower: Any = None  # TrainerLogFollower for train jobs
+    term_sent_at: float | None = None
+    killed: bool = False
+    stop_reason: str | None = None  # why tunebot stopped it (idle deployment, start-up timeout)
+    last_plot_at: float = 0.0
+    new_points: bool = False
+    ready: bool = False
+    seen_step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def llamafactory_cli(settings: Settings) -> str:
+    """`llamafactory-cli` beside this Python (a venv's bin/), else on PATH."""
+    if settings.llamafactory_cli:
+        return settings.llamafactory_cli
+    beside = Path(sys.executable).parent / "llamafactory-cli"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("llamafactory-cli") or "llamafactory-cli"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        backend: Backend | None = None,
+        hardware: Hardware | None = None,
+        runner_id: str | None = None,
+        only_job: int | None = None,
+    ):
+        self.settings = settings
+        self.store = store
+        self.backend = backend or LocalBackend()
+        self.hardware = hardware or detect()
+        self.host = self.hardware.host or socket.gethostname()
+        self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
+        self.runner_id = runner_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.only_job = only_job
+        self.chat_base: str | None = None  # e.g. http://host:7860, set when the chat-page server runs
+        self.running: dict[int, Running] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_beat = 0.0
+        self._last_recover = 0.0
+        self._lock = threading.RLock()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.store.beat(self.runner_id, self.host, os.getpid())
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="tunebot-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop. Job processes keep running: a later tunebot re-attaches to them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.store.forget_runner(self.runner_id)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep the runner alive; the job-level code records job failures
+                log.exception("runner tick failed")
+            self._stop.wait(self.settings.poll_interval)
+
+    def tick(self) -> None:
+        with self._lock:
+            t = now()
+            if t - self._last_beat >= BEAT_EVERY:
+                self.store.beat(self.runner_id, self.host, os.getpid())
+                self._last_beat = t
+            if t - self._last_recover >= RECOVER_EVERY:
+                self.recover()
+            self._watch()
+            self._claim()
+
+    def idle(self) -> bool:
+        return not self.running
+
+    # --- recovery -----------------------------------------------------------------------
+    def recover(self) -> None:
+        """Adopt this host's jobs whose runner is gone: re-attach if the process lives, else settle them."""
+        self._last_recover = now()
+        live = {r.id for r in self.store.live_runners()} - {self.runner_id}
+        for job in self.store.list_jobs(states=ACTIVE_STATES):
+            if job.id in self.running or job.host != self.host or job.runner_id in live:
+                continue
+            if self.only_job is not None and job.id != self.only_job:
+                continue
+            exit_path = Path(job.work_dir) / "exit.json"
+            handle = self.backend.reattach(job.pid or 0, job.proc_start, exit_path) if job.pid else None
+            if handle is not None:
+                self.store.update(job.id, runner_id=self.runner_id)
+                run = Running(job.id, job.kind, handle, seen_step=int(job.progress.get("step") or 0))
+                run.ready = job.state == JobState.SERVING.value
+                if job.kind == JobKind.TRAIN.value:
+                    run.follower = self._follower(job)
+                self.running[job.id] = run
+                self.store.add_event(job.id, "message", {"text": "tunebot restarted and re-attached to this job"})
+                log.info("re-attached to job #%s (pid %s)", job.id, job.pid)
+                continue
+            code = read_exit_file(exit_path) if job.pid else None
+            if code is not None:
+                self._finish(job, code, None)
+            else:
+                self.store.release_slots(job.id)
+                self.store.transition(
+                    job.id, ACTIVE_STATES, JobState.INTERRUPTED.value, finished_at=now(),
+                    error="tunebot restarted and the job's process was gone.",
+                    advice=f"`resume {job.id}` continues from the last checkpoint." if job.kind == "train" else None,
+                )
+        # Leases whose job has ended (a crash between finishing and releasing).
+        for _slot, job_id in self.store.leased_slots(self.host).items():
+            job = self.store.find(job_id)
+            if job is None or job.is_final:
+                self.store.release_slots(job_id)
+
+    # --- claiming and launching ---------------------------------------------------------
+    def free_slots(self) -> list[str]:
+        leased = self.store.leased_slots(self.host)
+        return [s for s in self.slots if s not in leased]
+
+    def _claim(self) -> None:
+        if self.only_job is not None:
+            job = self.store.find(self.only_job)
+            candidates = [job] if job is not None and job.state == JobState.QUEUED.value else []
+        else:
+            candidates = self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False, limit=200)
+        busy_users: dict[str, int] = {}
+        for job in candidates:
+            if job.user:
+                active = busy_users.get(job.user)
+                if active is None:
+                    active = busy_users[job.user] = self.store.count_active(job.user)
+                if active >= self.settings.max_jobs_per_user:
+                    continue  # this user waits; others behind them may go
+            free = self.free_slots()
+            if job.n_slots > len(free):
+                return  # first in line waits for slots: FIFO
+            slots = free[: job.n_slots]
+            if not self.store.lease_slots(self.host, slots, job.id):
+                return  # another runner took them; try next tick
+            first_state = JobState.STARTING.value if job.kind == JobKind.DEPLOY.value else JobState.RUNNING.value
+            claimed = self.store.transition(
+                job.id, [JobState.QUEUED.value], first_state,
+                runner_id=self.runner_id, host=self.host, slots=slots, started_at=now(),
+                finished_at=None, exit_code=None,
+            )
+            if not claimed:
+                self.store.release_slots(job.id)
+                continue
+            if job.user:
+                busy_users[job.user] = busy_users.get(job.user, 0) + 1
+            self._launch(self.store.get(job.id), slots)
+
+    def _launch(self, job: Job, slots: list[str]) -> None:
+        work_dir = Path(job.work_dir or self.settings.jobs_dir / str(job.id))
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            config = work_dir / "config.yaml"
+            config.write_text(yaml.safe_dump(job.args, sort_keys=False, allow_unicode=True), encoding="utf-8")
+            env = self._job_env(job, slots)
+            values: dict[str, Any] = {}
+            if job.kind == JobKind.DEPLOY.value:
+                port = deploy.free_port(self.settings.deploy_host)
+                api_key = deploy.new_api_key() if self.settings.deploy_api_key else None
+                values.update(port=port, api_key=api_key)
+                if job.mode == "webchat":
+                    env.update(GRADIO_SERVER_NAME=self.settings.deploy_host, GRADIO_SERVER_PORT=str(port))
+                else:
+                    env.update(API_HOST=self.settings.deploy_host, API_PORT=str(port),
+                               API_MODEL_NAME=deploy.model_name(job))
+                    if api_key:
+                        env["API_KEY"] = api_key
+            argv = self._argv(job, config)
+            log_path = Path(job.log_path or work_dir / "job.log")
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
+                         f"{' '.join(argv)}\n")
+            handle = self.backend.launch(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path,
+                                                    exit_path=work_dir / "exit.json"))
+        except OSError as exc:
+            self.store.release_slots(job.id)
+            self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, finished_at=now(),
+                                  error=f"Could not start the job: {exc.strerror or exc}.",
+                                  advice="check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed")
+            return
+        self.store.update(job.id, pid=handle.pid, proc_start=handle.proc_start, **values)
+        run = Running(job.id, job.kind, handle, seen_step=0)
+        if job.kind == JobKind.TRAIN.value:
+            run.follower = self._follower(job)
+            run.seen_step = int(job.progress.get("step") or 0) if job.attempt > 1 else 0
+        self.running[job.id] = run
+        self.store.add_event(job.id, "message", {"text": "started", "pid": handle.pid, "slots": slots})
+
+    def _argv(self, job: Job, config: Path) -> list[str]:
+        cli = llamafactory_cli(self.settings)
+        if job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
+            return [cli, "train", str(config)]
+        if job.kind == JobKind.EXPORT.value:
+            return [cli, "export", str(config)]
+        if job.mode == "webchat":
+            return [self.settings.webchat_cli or cli, "webchat", str(config)]
+        return [cli, "api", str(config)]
+
+    def _job_env(self, job: Job, slots: list[str]) -> dict[str, str]:
+        env = dict(os.environ)
+        cache = self.settings.cache_dir
+        env.update(
+            HF_HOME=str(cache / "huggingface"),
+            MPLCONFIGDIR=str(cache / "matplotlib"),
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONUNBUFFERED="1",
+            DISABLE_VERSION_CHECK="1",
+            # torchrun (multi-GPU) is called bare by LLaMA-Factory's launcher: this venv's bin/ first.
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        )
+        model = str(job.args.get("model_name_or_path", ""))
+        if Path(model).is_absolute() and Path(model).exists():
+            env["HF_HUB_OFFLINE"] = "1"  # a local model: no hub round trips (they cost ~1 min to fail)
+        if self.hardware.has_gpu:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(slots)
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        if len(slots) > 1 and job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
+            env.update(FORCE_TORCHRUN="1", NPROC_PER_NODE=str(len(slots)),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(deploy.free_port()))
+        else:
+            env.pop("FORCE_TORCHRUN", None)
+        for key in ("API_KEY", "API_PORT", "API_HOST"):
+            env.pop(key, None)
+        env.update(self.settings.job_env)
+        return env
+
+    def _follower(self, job: Job):
+        from .progress import TrainerLogFollower
+
+        return TrainerLogFollower(Path(job.work_dir) / "output" / "trainer_log.jsonl")
+
+    # --- watching -----------------------------------------------------------------------
+    def _watch(self) -> None:
+        if not self.running:
+            return
+        jobs = {j.id: j for j in self.store.list_jobs(states=ACTIVE_STATES)}
+        for job_id, run in list(self.running.items()):
+            job = jobs.get(job_id) or self.store.find(job_id)
+            if job is None:
+                self.running.pop(job_id, None)
+                continue
+            if run.follower is not None:
+                self._follow(job, run)
+            if job.kind == JobKind.DEPLOY.value:
+                self._watch_deployment(job, run)
+            if job.cancel_requested and run.term_sent_at is None:
+                self._stop_process(run, reason=None)
+            if run.term_sent_at is not None and not run.killed and now() - run.term_sent_at > self.settings.cancel_grace:
+                self.backend.signal(run.handle, force=True)
+                run.killed = True
+            code = self.backend.poll(run.handle)
+            if code is not None:
+                if run.follower is not None:
+                    self._follow(job, run)
+                self.running.pop(job_id, None)
+                self._finish(self.store.get(job_id), code, run)
+
+    def _stop_process(self, run: Running, reason: str | None) -> None:
+        run.stop_reason = reason
+        run.term_sent_at = now()
+        self.backend.signal(run.handle)
+
+    def _follow(self, job: Job, run: Running) -> None:
+        points = run.follower.poll()
+        fresh = [p for p in points if p.step > run.seen_step or p.eval_loss is not None and p.step >= run.seen_step]
+        if not fresh:
+            if run.new_points and now() - run.last_plot_at >= PLOT_EVERY:
+                self._plot(job, run, final=False)
+            return
+        for point in fresh:
+            self.store.add_event(job.id, "progress", point.to_dict())
+        run.seen_step = max(run.seen_step, max(p.step for p in fresh))
+        latest = {**job.progress, **{k: v for k, v in fresh[-1].to_dict().items() if v is not None}}
+        self.store.update(job.id, progress=latest)
+        run.new_points = True
+        if now() - run.last_plot_at >= PLOT_EVERY:
+            self._plot(job, run, final=False)
+
+    def _plot(self, job: Job, run: Running | None, *, final: bool) -> str | None:
+        from .plots import render_loss_plot
+        from .progress import read_trainer_log
+
+        points = read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
+        if run is not None:
+            run.last_plot_at = now()
+            run.new_points = False
+        if not points:
+            return None
+        dest = Path(job.work_dir) / "loss.png"
+        try:
+            render_loss_plot(points, dest, title=f"#{job.id} {Path(job.model).name}",
+                             subtitle=f"{job.method or ''} · {job.dataset or ''}" + ("" if final else " · in progress"))
+        except Exception:
+            log.exception("loss plot of job #%s failed", job.id)
+            return None
+        fresh = self.store.get(job.id)
+        self.store.update(job.id, artifacts={**fresh.artifacts, "plot": str(dest)})
+        self.store.add_event(job.id, "plot", {"path": str(dest), "final": final, "points": len(points)})
+        return str(dest)
+
+    def _watch_deployment(self, job: Job, run: Running) -> None:
+        if run.term_sent_at is not None:
+            return
+        base = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
+        if job.state == JobState.STARTING.value:
+            ready = job.mode == "webchat" and deploy.port_in_use(self.settings.deploy_host, job.port or 0)
+            ready = ready or (job.mode != "webchat" and deploy.is_ready(base, job.api_key, timeout=1.0))
+            if ready:
+                if job.mode == "webchat":
+                    url = deploy.web_url(self.settings.public_url, self.settings.deploy_host, job.port)
+                else:
+                    url = deploy.api_url(self.settings.public_url, self.settings.deploy_host, job.port)
+                chat_url = f"{self.chat_base}/chat/{job.id}/" if self.chat_base and job.mode != "webchat" else url
+                self.store.transition(job.id, [JobState.STARTING.value], JobState.SERVING.value,
+                                      url=url, chat_url=chat_url, last_activity=now())
+                run.ready = True
+            elif now() - (job.started_at or now()) > self.settings.deploy_timeout:
+                self._stop_process(run, reason=(
+                    f"the model did not answer within {self.settings.deploy_timeout:.0f} s "
+                    "(TUNEBOT_DEPLOY_TIMEOUT); large models can need minutes to load"))
+            return
+        if job.state == JobState.SERVING.value:
+            activity = job.last_activity or job.started_at or now()
+            try:  # the API server logs every request: a growing log is use too
+                activity = max(activity, Path(job.log_path).stat().st_mtime)
+            except OSError:
+                pass
+            if now() - activity > self.settings.deploy_idle:
+                self._stop_process(run, reason=f"idle for {self.settings.deploy_idle / 3600:g} h (TUNEBOT_DEPLOY_IDLE)")
+
+    # --- finishing ----------------------------------------------------------------------
+    def _finish(self, job: Job, code: int, run: Running | None) -> None:
+        from .failures import explain_failure
+
+        self.store.release_slots(job.id)
+        values: dict[str, Any] = {"finished_at": now(), "exit_code": code}
+        stop_reason = run.stop_reason if run else None
+        if job.kind == JobKind.DEPLOY.value:
+            if job.cancel_requested or (stop_reason and job.state == JobState.SERVING.value):
+                values["error"] = f"Stopped: {stop_reason}." if stop_reason else f"Undeployed by {job.cancelled_by}."
+                self.store.transition(job.id, ACTIVE_STATES, JobState.STOPPED.value, **values)
+                return
+            failure = explain_failure(_read_log(job), code)
+            values.update(error=f"The deployment {stop_reason}." if stop_reason else failure.reason,
+                          advice=failure.advice, log_tail=failure.tail)
+            self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
+            return
+        if job.kind == JobKind.TRAIN.value:
+            self._plot(job, run, final=True)
+            job = self.store.get(job.id)
+        if job.cancel_requested:
+            values["error"] = f"Cancelled by {job.cancelled_by or 'request'}."
+            if job.kind == JobKind.TRAIN.value:
+                values["advice"] = f"`resume {job.id}` continues from the last checkpoint."
+            self.store.transition(job.id, ACTIVE_STATES, JobState.CANCELLED.value, **values)
+            return
+        if code == 0:
+            try:
+                values.update(self._collect(job))
+            except _MissingOutput as exc:
+                values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
+                self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
+                return
+            self.store.transition(job.id, ACTIVE_STATES, JobState.SUCCEEDED.value, **values)
+            self.store.add_event(job.id, "result", {"kind": job.kind, "metrics": values.get("metrics", {}),
+                                                    "artifacts": values.get("artifacts", {})})
+            return
+        failure = explain_failure(_read_log(job), code)
+        values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
+        if job.kind == JobKind.TRAIN.value and (Path(job.work_dir) / "output").is_dir():
+            from .recipes import last_checkpoint
+
+            if last_checkpoint(Path(job.work_dir) / "output") is not None:
+                values["advice"] = ((failure.advice + " ") if failure.advice else "") + (
+                    f"`resume {job.id}` continues from the last checkpoint.")
+        self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
+
+    def _collect(self, job: Job) -> dict[str, Any]:
+        """What a successful job left behind: artifacts and metrics."""
+        work = Path(job.work_dir)
+        artifacts = dict(job.artifacts)
+        metrics = dict(job.metrics)
+        if job.kind == JobKind.TRAIN.value:
+            output = work / "output"
+            has_weights = (output / "adapter_config.json").exists() or (output / "config.json").exists()
+            if not has_weights:
+                raise _MissingOutput("Training ended without writing an adapter or model.")
+            artifacts["adapter"] = str(output)
+            results = _read_json(output / "train_results.json")
+            for key in ("train_loss", "train_runtime", "train_samples_per_second", "epoch"):
+                if key in results:
+                    metrics[key] = results[key]
+            for key in ("tokens_per_s", "total_tokens", "step", "total"):
+                if job.progress.get(key) is not None:
+                    metrics[key] = job.progress[key]
+        elif job.kind == JobKind.EVAL.value:
+            from .results import read_predict_results, sample_predictions
+
+            output = work / "output"
+            scores = read_predict_results(output)
+            if not scores:
+                raise _MissingOutput("The evaluation ended without predict_results.json.")
+            metrics.update(scores)
+            artifacts["predictions"] = str(output / "generated_predictions.jsonl")
+            artifacts["results"] = str(output / "predict_results.json")
+            artifacts["samples"] = sample_predictions(output, n=3)
+        elif job.kind == JobKind.EXPORT.value:
+            model_dir = work / "model"
+            if not (model_dir / "config.json").exists():
+                raise _MissingOutput("The export ended without a merged model (no config.json).")
+            artifacts["model"] = str(model_dir)
+            metrics["size_bytes"] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+        return {"artifacts": artifacts, "metrics": metrics}
+
+
+class _MissingOutput(Exception):
+    pass
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_log(job: Job, limit: int = 200_000) -> str:
+    """The end of the job's log, this attempt only."""
+    try:
+        with open(job.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    marker = text.rfind("=== tunebot:")
+    return text[marker:] if marker >= 0 else text
+
+
+def wait_for(store: Store, job_id: int, states: tuple[str, ...], timeout: float, poll: float = 0.2) -> Job:
+    """Block until the job reaches one of `states` (tests, the CLI); returns the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = store.get(job_id)
+        if job.state in states or time.monotonic() > deadline:
+            return job
+        time.sleep(poll)
