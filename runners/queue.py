@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import recipes, validation
+from . import deploy, recipes, validation
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
@@ -87,6 +87,10 @@ class JobQueue:
         if existing:
             return existing
         recipe = recipes.deploy_recipe(self._source(source, model, pairs, "deploy"), pairs)
+        port = recipe.spec.get("port")
+        if port and deploy.port_in_use(self.settings.deploy_host, port):
+            raise UserError(f"Port {port} is already in use on the runner.", field="port",
+                            fix="leave out port= to get a free one, or pick another")
         if recipe.mode == "webchat" and not self.settings.webchat_cli:
             raise UserError(
                 "mode=webchat needs LLaMA-Factory's Gradio chat in an environment of its own (gradio "
@@ -141,7 +145,9 @@ class JobQueue:
         validation.check_hardware(recipe, self.hardware, self.slots)
         if validation.llamafactory_available():
             recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
-        recipe.model = model if recipe.kind == JobKind.TRAIN or not recipe.parent_id else recipe.model
+        recipe.model = model
+        if recipe.parent_id:
+            recipe.model = self.store.get(recipe.parent_id).model  # the model people know it by
         return recipe
 
     def _require_dataset(self, name: str) -> None:

@@ -517,6 +517,14 @@ def deploy_recipe(source: ModelSource, pairs: dict[str, str] | None = None) -> R
     mode = str(pairs.pop("mode", "api")).strip().lower()
     if mode not in DEPLOY_MODES:
         raise UserError(f"mode={mode!r} is not a deploy mode.", field="mode", fix="mode=api (or webchat)")
+    port = pairs.pop("port", None)
+    if port is not None:
+        try:
+            port = int(port)
+        except ValueError:
+            raise UserError(f"port={port!r} is not a port number.", field="port", fix="port=8000") from None
+        if not 1 <= port <= 65535:
+            raise UserError(f"port={port} is out of range.", field="port", fix="port=8000")
     n_slots = _apply_pairs(args, pairs, DEPLOY_KEYS)
     _require_template(args, "deployment")
     return Recipe(
@@ -527,7 +535,7 @@ def deploy_recipe(source: ModelSource, pairs: dict[str, str] | None = None) -> R
         n_slots=n_slots,
         mode=mode,
         parent_id=source.parent_id,
-        spec={"pairs": pairs, "mode": mode},
+        spec={"pairs": pairs, "mode": mode, "port": port},
     )
 
 

@@ -10,6 +10,7 @@ import difflib
 import functools
 import re
 import threading
+import typing
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,12 @@ def _parser(family: str):
 
     classes = _TRAIN_ARGS if family == "train" else _INFER_ARGS
     parser = HfArgumentParser(classes)
+    # The declared types, not `Field.type`: HfArgumentParser narrows `str | bool` fields to bool.
     annotations = {}
     for cls in classes:
+        hints = typing.get_type_hints(cls)
         for f in dataclass_fields(cls):
-            annotations[f.name] = str(f.type)
+            annotations[f.name] = str(hints.get(f.name, f.type))
     return parser, {a.dest: a for a in parser._actions if a.dest != "help"}, annotations
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -52,14 +53,15 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def llamafactory_cli(settings: Settings) -> str:
-    """`llamafactory-cli` beside this Python (a venv's bin/), else on PATH."""
+def llamafactory_cli(settings: Settings) -> list[str]:
+    """The command that runs LLaMA-Factory: TUNEBOT_LLAMAFACTORY_CLI (may carry arguments, e.g.
+    `python3 -m llamafactory.cli`), else `llamafactory-cli` beside this Python, else on PATH."""
     if settings.llamafactory_cli:
-        return settings.llamafactory_cli
+        return shlex.split(settings.llamafactory_cli)
     beside = Path(sys.executable).parent / "llamafactory-cli"
     if beside.exists():
-        return str(beside)
-    return shutil.which("llamafactory-cli") or "llamafactory-cli"
+        return [str(beside)]
+    return [shutil.which("llamafactory-cli") or "llamafactory-cli"]
 
 
 class Worker:
@@ -210,7 +212,7 @@ class Worker:
             env = self._job_env(job, slots)
             values: dict[str, Any] = {}
             if job.kind == JobKind.DEPLOY.value:
-                port = deploy.free_port(self.settings.deploy_host)
+                port = job.spec.get("port") or deploy.free_port(self.settings.deploy_host)
                 api_key = deploy.new_api_key() if self.settings.deploy_api_key else None
                 values.update(port=port, api_key=api_key)
                 if job.mode == "webchat":
@@ -244,12 +246,12 @@ class Worker:
     def _argv(self, job: Job, config: Path) -> list[str]:
         cli = llamafactory_cli(self.settings)
         if job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            return [cli, "train", str(config)]
+            return [*cli, "train", str(config)]
         if job.kind == JobKind.EXPORT.value:
-            return [cli, "export", str(config)]
+            return [*cli, "export", str(config)]
         if job.mode == "webchat":
-            return [self.settings.webchat_cli or cli, "webchat", str(config)]
-        return [cli, "api", str(config)]
+            return [*shlex.split(self.settings.webchat_cli or ""), "webchat", str(config)]
+        return [*cli, "api", str(config)]
 
     def _job_env(self, job: Job, slots: list[str]) -> dict[str, str]:
         env = dict(os.environ)

@@ -1,0 +1,152 @@
+"""How jobs read in a terminal: one-line summaries, details, and a live progress bar."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from runners.job import FINAL_STATES, Job, JobState
+from runners.progress import format_eta, progress_bar
+from runners.store import Store
+
+STATE_MARK = {
+    "queued": "…", "running": "▶", "starting": "▶", "serving": "●", "succeeded": "✓",
+    "failed": "✗", "cancelled": "■", "interrupted": "⏸", "stopped": "■",
+}
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def job_line(job: Job) -> str:
+    model = job.model.rstrip("/").rsplit("/", 1)[-1] if job.model else "?"
+    parts = [f"#{job.id}", job.kind, f"{STATE_MARK.get(job.state, '')} {job.state}", model]
+    if job.dataset:
+        parts.append(f"on {job.dataset}")
+    if job.parent_id:
+        parts.append(f"from #{job.parent_id}")
+    if job.state == JobState.RUNNING.value and job.progress.get("percent") is not None:
+        parts.append(f"{job.progress['percent']:.0f}%")
+    if job.url and job.state == JobState.SERVING.value:
+        parts.append(job.url)
+    return "  ".join(parts)
+
+
+def progress_line(progress: dict[str, Any]) -> str:
+    bits = [progress_bar(progress.get("percent"))]
+    if progress.get("step") is not None:
+        bits.append(f"step {progress['step']}/{progress.get('total') or '?'}")
+    if progress.get("loss") is not None:
+        bits.append(f"loss {progress['loss']:.4f}")
+    if progress.get("eval_loss") is not None:
+        bits.append(f"eval loss {progress['eval_loss']:.4f}")
+    if progress.get("remaining_s") is not None:
+        bits.append(f"ETA {format_eta(progress['remaining_s'])}")
+    if progress.get("tokens_per_s"):
+        bits.append(f"{progress['tokens_per_s']:,.0f} tok/s")
+    return "  ".join(bits)
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    names = [("rouge-1", "ROUGE-1"), ("rouge-2", "ROUGE-2"), ("rouge-l", "ROUGE-L"), ("bleu-4", "BLEU-4")]
+    rows = [f"  {label:<8} {metrics[key]:6.2f}" for key, label in names if metrics.get(key) is not None]
+    return "\n".join(rows)
+
+
+def job_details(job: Job) -> str:
+    lines = [job_line(job), f"  asked by {job.user or 'cli'}  created {_when(job.created_at)}"
+             f"  started {_when(job.started_at)}  ended {_when(job.finished_at)}"]
+    if job.method:
+        lines.append(f"  method {job.method}  preset {job.preset or '-'}  slots {','.join(job.slots) or '-'}")
+    if job.progress:
+        lines.append("  " + progress_line(job.progress))
+    if job.metrics:
+        table = metrics_table(job.metrics)
+        if table:
+            lines.append(table)
+        for key in ("train_loss", "train_runtime", "tokens_per_s"):
+            if job.metrics.get(key) is not None:
+                lines.append(f"  {key} {job.metrics[key]}")
+    for key, value in job.artifacts.items():
+        if key == "samples":
+            continue
+        lines.append(f"  {key}: {value}")
+    if job.url:
+        lines.append(f"  API: {job.url}")
+    if job.chat_url:
+        lines.append(f"  chat page: {job.chat_url}")
+    if job.error:
+        lines.append(f"  {job.error}")
+    if job.advice:
+        lines.append(f"  advice: {job.advice}")
+    if job.log_tail and job.state == JobState.FAILED.value:
+        lines.append("  last log lines:\n    " + job.log_tail.replace("\n", "\n    "))
+    lines.append(f"  log: {job.log_path}")
+    return "\n".join(lines)
+
+
+def print_deployment(job: Job) -> None:
+    print(f"#{job.id} serving: API {job.url}")
+    if job.chat_url:
+        key = f"#key={job.api_key}" if job.api_key else ""
+        print(f"  chat page: {job.chat_url}{key}")
+    if job.api_key:
+        print(f"  API key (keep it to yourself): {job.api_key}")
+
+
+def follow(store: Store, job_id: int, *, stop_at_serving: bool = False, out=None) -> Job:
+    """Print a job's events as they come until it ends (or serves); returns the job."""
+    out = out or sys.stdout
+    cursor = 0
+    tty = out.isatty()
+    last_progress = ""
+    while True:
+        for event in store.events_since(cursor, job_id=job_id):
+            cursor = event.id
+            if event.type == "progress":
+                last_progress = progress_line(event.data)
+                if tty:
+                    out.write("\r" + last_progress + "   ")
+                    out.flush()
+                continue
+            if last_progress and tty:
+                out.write("\n")
+            text = describe_event(event.type, event.data)
+            if text:
+                out.write(f"#{job_id} {text}\n")
+                out.flush()
+        job = store.get(job_id)
+        if job.state in FINAL_STATES or (stop_at_serving and job.state == JobState.SERVING.value):
+            if last_progress and not tty:
+                out.write(f"#{job_id} {last_progress}\n")
+            return job
+        time.sleep(0.3)
+
+
+def describe_event(kind: str, data: dict[str, Any]) -> str | None:
+    if kind == "state":
+        text = data.get("state", "")
+        if data.get("error"):
+            text += f": {data['error']}"
+        return text
+    if kind == "message":
+        return data.get("text")
+    if kind == "plot" and data.get("final"):
+        return f"loss plot: {data.get('path')}"
+    if kind == "result":
+        metrics = data.get("metrics", {})
+        table = metrics_table(metrics)
+        return "results:\n" + table if table else None
+    return None
+
+
+def dataset_added(info) -> str:
+    verb = "replaced" if getattr(info, "replaced", False) else "added"
+    return f"{verb} dataset {info.name}: {info.rows} rows, {info.format} format ({info.file})"
+
+
+def dataset_line(info) -> str:
+    return f"{info.name:<20} {info.format:<9} {info.rows if info.rows is not None else '?':>7} rows  {info.file or ''}"
