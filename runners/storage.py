@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -68,7 +67,7 @@ STORAGE_SETTINGS_TABLE: list[Setting] = [
     Setting("TUNEBOT_OSS_PREFIX", "tunebot", "key prefix", "Artifacts go under `<prefix>/<job-id>/<kind>/`"),
     Setting("TUNEBOT_OSS_ACCESS_KEY_ID", "(none)", "secret", "AccessKey id (or an STS temporary one)"),
     Setting("TUNEBOT_OSS_ACCESS_KEY_SECRET", "(none)", "secret", "AccessKey secret; never logged or posted"),
-    Setting("TUNEBOT_OSS_SECURITY_TOKEN", "(none)", "secret", "STS security token, with a temporary key pair"),
+    Setting("TUNEBOT_OSS_SECURITY_TOKEN", "(none)", "secret", "STS security token (temporary key pair)"),
     Setting("TUNEBOT_OSS_SECURITY_TOKEN_EXPIRES", "(unknown: links last 1h)", "time",
             "The STS token's `Expiration` (ISO 8601); signed links never outlive it"),
     Setting("TUNEBOT_OSS_REGION", "(none: V1 signatures)", "region",
@@ -110,11 +109,13 @@ class StorageSettings:
         url_expires = parse_duration(get("TUNEBOT_OSS_URL_EXPIRES") or "7d", name="TUNEBOT_OSS_URL_EXPIRES")
         if not 0 < url_expires <= MAX_URL_EXPIRES:
             raise UserError("TUNEBOT_OSS_URL_EXPIRES must be more than 0 and at most 7d (OSS's limit for "
-                            "signed links).", field="TUNEBOT_OSS_URL_EXPIRES", fix="TUNEBOT_OSS_URL_EXPIRES=7d")
+                            "signed links).", field="TUNEBOT_OSS_URL_EXPIRES",
+                            fix="TUNEBOT_OSS_URL_EXPIRES=7d")
         prefix = (get("TUNEBOT_OSS_PREFIX") or "tunebot").strip("/")
         if not all(_SEGMENT.match(part) for part in prefix.split("/")):
             raise UserError(f"TUNEBOT_OSS_PREFIX={prefix!r} is not a usable key prefix.",
-                            field="TUNEBOT_OSS_PREFIX", fix="TUNEBOT_OSS_PREFIX=tunebot (letters, digits, . _ - /)")
+                            field="TUNEBOT_OSS_PREFIX",
+                            fix="TUNEBOT_OSS_PREFIX=tunebot (letters, digits, . _ - /)")
         settings = cls(
             backend=backend,
             oss_endpoint=get("TUNEBOT_OSS_ENDPOINT"),
@@ -137,7 +138,7 @@ class StorageSettings:
             ) if not value]
             if missing:
                 raise UserError(f"TUNEBOT_STORAGE=oss also needs {', '.join(missing)}.", field=missing[0],
-                                fix="Set them in the environment of the bot and the runner (never in a message).")
+                                fix="Set them in the bot's and the runner's environment, never in a message.")
         return settings
 
     def link_lifetime(self, now: float | None = None) -> float:
@@ -149,9 +150,10 @@ class StorageSettings:
             return min(self.url_expires, STS_DEFAULT_LIFETIME)
         left = self.oss_token_expires_at - now
         if left < 1:
-            raise UserError(f"The STS token in TUNEBOT_OSS_SECURITY_TOKEN expired at {_iso(self.oss_token_expires_at)}.",
+            expired = _iso(self.oss_token_expires_at)
+            raise UserError(f"The STS token in TUNEBOT_OSS_SECURITY_TOKEN expired at {expired}.",
                             field="TUNEBOT_OSS_SECURITY_TOKEN",
-                            fix="Get a new token (with its key id, secret and Expiration) and restart tunebot.")
+                            fix="Get a new token (with its key id, secret and Expiration); restart tunebot.")
         return min(self.url_expires, left)
 
 
@@ -182,7 +184,8 @@ def job_key(job_id: int, kind: str, name: str = "") -> str:
     if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 0:
         raise UserError(f"Job id {job_id!r} is not a job number.", field="job")
     if not _KIND.match(kind):
-        raise UserError(f"Artifact kind {kind!r} is not a plain word.", field="kind", fix="adapter, export, eval, ...")
+        raise UserError(f"Artifact kind {kind!r} is not a plain word.", field="kind",
+                        fix="adapter, export, eval, plot, config, ...")
     key = f"{job_id}/{kind}"
     return check_key(f"{key}/{name.strip('/')}") if name.strip("/") else key
 
@@ -201,7 +204,8 @@ def _check_member(path: str) -> str:
     pure = PurePosixPath(path)
     if (not path or pure.is_absolute() or any(part in ("", ".", "..") for part in path.split("/"))
             or "\\" in path or any(ord(ch) < 32 for ch in path)):
-        raise UserError(f"The manifest lists {path!r}, which is not a path inside the artifact.", field="manifest")
+        raise UserError(f"The manifest lists {path!r}, which is not a path inside the artifact.",
+                        field="manifest")
     return path
 
 
@@ -344,7 +348,7 @@ class Storage(ABC):
         # The old manifest goes first: while files change, nobody may take the directory as whole.
         self._delete(f"{key}/{MANIFEST_NAME}")
         files = []
-        for path, name, size in zip(members, names, sizes):
+        for path, name, size in zip(members, names, sizes, strict=True):
             file_progress = None
             if progress:
                 def file_progress(n: int, _total: int, base: int = done) -> None:
@@ -405,7 +409,8 @@ class Storage(ABC):
         if head is None:
             return None
         size, crc = head
-        return StoredObject(key, self.location(key), False, size, (StoredFile(key.rsplit("/", 1)[-1], size, crc),))
+        entry = StoredFile(key.rsplit("/", 1)[-1], size, crc)
+        return StoredObject(key, self.location(key), False, size, (entry,))
 
     def link(self, key: str) -> str:
         """A link people can open: signed URL (OSS) or file:// URI; a directory's is its manifest's."""
@@ -445,7 +450,8 @@ class Storage(ABC):
         }
         if links_expire_at is not None:
             manifest["links_expire_at"] = _iso(links_expire_at)
-        self._write_bytes(f"{key}/{MANIFEST_NAME}", json.dumps(manifest, indent=1).encode(), "application/json")
+        data = json.dumps(manifest, indent=1).encode()
+        self._write_bytes(f"{key}/{MANIFEST_NAME}", data, "application/json")
         return manifest
 
     def _load_manifest(self, key: str) -> dict:
@@ -455,8 +461,8 @@ class Storage(ABC):
             if self._head(key) is not None:
                 raise UserError(f"{self.location(key)} is a single file, not a directory.", field="key",
                                 fix="Fetch it as a file.")
-            raise UserError(f"{where} has no {MANIFEST_NAME}: the upload never finished (or nothing is there), "
-                            "so tunebot will not use it.", field="key",
+            raise UserError(f"{where} has no {MANIFEST_NAME}: the upload never finished (or nothing is "
+                            "there), so tunebot will not use it.", field="key",
                             fix="Upload the directory again; it is whole once its manifest is written.")
         return _parse_manifest(data, where)
 
@@ -587,11 +593,13 @@ class OssStorage(Storage):
     Every transfer ends with a CRC-64 comparison between the local file and the object.
     """
 
-    def __init__(self, settings: StorageSettings, checkpoint_dir: Path, *, session: oss2.Session | None = None):
+    def __init__(self, settings: StorageSettings, checkpoint_dir: Path, *,
+                 session: oss2.Session | None = None):
         if not (settings.oss_endpoint and settings.oss_bucket and settings.oss_access_key_id
                 and settings.oss_access_key_secret):
             raise UserError("OSS storage needs TUNEBOT_OSS_ENDPOINT, TUNEBOT_OSS_BUCKET, "
-                            "TUNEBOT_OSS_ACCESS_KEY_ID and TUNEBOT_OSS_ACCESS_KEY_SECRET.", field="TUNEBOT_STORAGE")
+                            "TUNEBOT_OSS_ACCESS_KEY_ID and TUNEBOT_OSS_ACCESS_KEY_SECRET.",
+                            field="TUNEBOT_STORAGE")
         self.settings = settings
         _SecretFilter.guard(settings)
         endpoint = settings.oss_endpoint if "://" in settings.oss_endpoint else f"https://{settings.oss_endpoint}"
@@ -606,10 +614,12 @@ class OssStorage(Storage):
         try:
             # enable_crc=False: tunebot checks whole files itself (below), which also covers parts
             # sent before a resume; oss2's per-request CRC would hash every byte a second time.
-            self._bucket = oss2.Bucket(auth, endpoint, settings.oss_bucket, session=session, region=settings.oss_region,
-                                       enable_crc=False, connect_timeout=settings.connect_timeout)
+            self._bucket = oss2.Bucket(auth, endpoint, settings.oss_bucket, session=session,
+                                       region=settings.oss_region, enable_crc=False,
+                                       connect_timeout=settings.connect_timeout)
         except oss2.exceptions.ClientError as error:
-            raise UserError(f"OSS settings are not usable: {error.body or error}.", field="TUNEBOT_OSS_ENDPOINT",
+            raise UserError(f"OSS settings are not usable: {error.body or error}.",
+                            field="TUNEBOT_OSS_ENDPOINT",
                             fix="TUNEBOT_OSS_ENDPOINT=https://oss-cn-hangzhou.aliyuncs.com") from None
         checkpoint_dir = Path(checkpoint_dir)
         self._upload_store = oss2.ResumableStore(root=str(checkpoint_dir), dir="upload")
@@ -627,8 +637,8 @@ class OssStorage(Storage):
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crc64") as pool:
             local_crc = pool.submit(file_crc64, local)
             self._call("uploading", key, oss2.resumable_upload, self._bucket, self._full_key(key), str(local),
-                       store=self._upload_store, multipart_threshold=s.multipart_threshold, part_size=s.part_size,
-                       num_threads=s.threads, progress_callback=progress)
+                       store=self._upload_store, multipart_threshold=s.multipart_threshold,
+                       part_size=s.part_size, num_threads=s.threads, progress_callback=progress)
             crc = local_crc.result()
         head = self._head(key)
         size = local.stat().st_size
@@ -636,8 +646,8 @@ class OssStorage(Storage):
             # A damaged object must not be read as good later.
             self._call("removing the damaged copy at", key, self._bucket.delete_object, self._full_key(key))
             got = f"{head[0]} bytes, CRC-64 {head[1]}" if head else "nothing"
-            raise UserError(f"The upload of {local} to {self.location(key)} arrived damaged (OSS holds {got}; the "
-                            f"local file is {size} bytes, CRC-64 {crc}). The local file is kept.",
+            raise UserError(f"The upload of {local} to {self.location(key)} arrived damaged (OSS holds "
+                            f"{got}; the local file is {size} bytes, CRC-64 {crc}). The local file is kept.",
                             fix="Run the upload again.")
         return crc
 
@@ -650,9 +660,9 @@ class OssStorage(Storage):
         if expected is None:
             expected = StoredFile(dest.name, head[0], head[1])
         partial = dest.with_name(dest.name + ".partial")
-        self._call("downloading", key, oss2.resumable_download, self._bucket, self._full_key(key), str(partial),
-                   multiget_threshold=s.multipart_threshold, part_size=s.part_size, num_threads=s.threads,
-                   progress_callback=progress, store=self._download_store)
+        self._call("downloading", key, oss2.resumable_download, self._bucket, self._full_key(key),
+                   str(partial), multiget_threshold=s.multipart_threshold, part_size=s.part_size,
+                   num_threads=s.threads, progress_callback=progress, store=self._download_store)
         size, crc = partial.stat().st_size, file_crc64(partial)
         if size != expected.size or (expected.crc64 is not None and crc != expected.crc64):
             partial.unlink()
@@ -690,8 +700,8 @@ class OssStorage(Storage):
 
     def _sign(self, key: str, lifetime: float) -> str:
         seconds = max(int(lifetime), 1)
-        return self._call("signing a link to", key, self._bucket.sign_url, "GET", self._full_key(key), seconds,
-                          slash_safe=True)
+        return self._call("signing a link to", key, self._bucket.sign_url, "GET", self._full_key(key),
+                          seconds, slash_safe=True)
 
     def _file_link(self, key: str) -> tuple[str, float | None]:
         now = time.time()
@@ -730,16 +740,16 @@ class OssStorage(Storage):
                             f"{error.strerror or error}.") from None
 
     def _explain(self, error: oss2.exceptions.OssError, doing: str, key: str) -> UserError:
-        s, where = self.settings, self.location(key)
-        status, code = error.status, error.code or ""
-        answer = f"{status} {code}".strip()
+        s, where, bucket = self.settings, self.location(key), self.settings.oss_bucket
+        code = error.code or ""
+        answer = f"{error.status} {code}".strip()
         resume = " An upload resumes where it stopped when run again." if doing == "uploading" else ""
         if isinstance(error, oss2.exceptions.RequestError):
-            found = re.search(r"\[Errno -?\d+\] [^'\")]+|timed out|Connection refused|Name or service not known",
-                              str(error))
+            found = re.search(r"\[Errno -?\d+\] [^'\")]+|timed out|Connection refused", str(error))
             reason = found.group(0) if found else type(error.exception).__name__
-            return self._user_error(f"Could not reach OSS at {s.oss_endpoint} while {doing} {where} ({reason}).{resume}",
-                                    "TUNEBOT_OSS_ENDPOINT", "Check TUNEBOT_OSS_ENDPOINT and this host's network.")
+            return self._user_error(f"Could not reach OSS at {s.oss_endpoint} while {doing} {where} "
+                                    f"({reason}).{resume}", "TUNEBOT_OSS_ENDPOINT",
+                                    "Check TUNEBOT_OSS_ENDPOINT and this host's network.")
         if isinstance(error, oss2.exceptions.InconsistentError):
             return self._user_error(f"{where} arrived damaged while {doing} (CRC-64 mismatch).{resume}", None,
                                     "Run it again.")
@@ -747,34 +757,37 @@ class OssStorage(Storage):
             fix = "Set TUNEBOT_OSS_ACCESS_KEY_SECRET to the secret that belongs to TUNEBOT_OSS_ACCESS_KEY_ID"
             if s.oss_region:
                 fix += f", and check TUNEBOT_OSS_REGION={s.oss_region} is the bucket's region"
-            return self._user_error(f"OSS refused the credentials ({answer}) for bucket {s.oss_bucket} while {doing} "
-                                    f"{where}: the access key secret does not match the key id.",
+            return self._user_error(f"OSS refused the credentials ({answer}) for bucket {bucket} while "
+                                    f"{doing} {where}: the access key secret does not match the key id.",
                                     "TUNEBOT_OSS_ACCESS_KEY_SECRET", fix + ".")
         if code == "InvalidAccessKeyId":
-            return self._user_error(f"OSS refused the credentials ({answer}) for bucket {s.oss_bucket}: it does not "
-                                    f"know the access key id {s.oss_access_key_id}.", "TUNEBOT_OSS_ACCESS_KEY_ID",
-                                    "Set TUNEBOT_OSS_ACCESS_KEY_ID (and its secret) to a key of this account.")
+            return self._user_error(f"OSS refused the credentials ({answer}) for bucket {bucket}: it does "
+                                    f"not know the access key id {s.oss_access_key_id}.",
+                                    "TUNEBOT_OSS_ACCESS_KEY_ID",
+                                    "Set TUNEBOT_OSS_ACCESS_KEY_ID (and its secret) to a key of the account.")
         if code in ("InvalidSecurityToken", "SecurityTokenExpired"):
-            return self._user_error(f"OSS refused the STS token ({answer}) for bucket {s.oss_bucket} while {doing} "
-                                    f"{where}.", "TUNEBOT_OSS_SECURITY_TOKEN",
+            return self._user_error(f"OSS refused the STS token ({answer}) for bucket {bucket} while "
+                                    f"{doing} {where}.", "TUNEBOT_OSS_SECURITY_TOKEN",
                                     "Get a new STS token with its key id and secret, and restart tunebot.")
         if code == "RequestTimeTooSkewed":
-            return self._user_error(f"OSS refused the request ({answer}): this host's clock is off by more than "
-                                    "15 minutes.", None, "Synchronise the clock (NTP) and run it again.")
+            return self._user_error(f"OSS refused the request ({answer}): this host's clock is off by more "
+                                    "than 15 minutes.", None, "Synchronise the clock (NTP) and run it again.")
         if code == "NoSuchBucket":
-            return self._user_error(f"OSS has no bucket {s.oss_bucket} at {s.oss_endpoint} ({answer}).",
-                                    "TUNEBOT_OSS_BUCKET", "Check TUNEBOT_OSS_BUCKET and TUNEBOT_OSS_ENDPOINT (region).")
-        if status == 404:
+            return self._user_error(f"OSS has no bucket {bucket} at {s.oss_endpoint} ({answer}).",
+                                    "TUNEBOT_OSS_BUCKET",
+                                    "Check TUNEBOT_OSS_BUCKET and TUNEBOT_OSS_ENDPOINT (its region).")
+        if error.status == 404:
             return self._user_error(f"There is no artifact at {where} ({answer}).", "key", None)
-        if status == 403:
+        if error.status == 403:
             return self._user_error(f"OSS denied {doing} {where} ({answer}: {error.message}).", None,
-                                    f"Allow this key to read and write {s.oss_bucket}/{s.oss_prefix}/* "
-                                    "(RAM policy oss:GetObject, oss:PutObject, oss:DeleteObject, "
-                                    "oss:ListParts, oss:AbortMultipartUpload).")
-        if status >= 500:
-            return self._user_error(f"OSS failed while {doing} {where} ({answer}).{resume}", None, "Run it again.")
-        return self._user_error(f"OSS answered {answer} while {doing} {where}: {error.message or 'no reason given'}.",
-                                None, None)
+                                    f"Allow this key to read and write {bucket}/{s.oss_prefix}/* (RAM "
+                                    "policy: oss:GetObject, oss:PutObject, oss:DeleteObject, oss:ListParts, "
+                                    "oss:AbortMultipartUpload).")
+        if error.status >= 500:
+            return self._user_error(f"OSS failed while {doing} {where} ({answer}).{resume}", None,
+                                    "Run it again.")
+        return self._user_error(f"OSS answered {answer} while {doing} {where}: "
+                                f"{error.message or 'no reason given'}.", None, None)
 
     def _user_error(self, message: str, field: str | None, fix: str | None) -> UserError:
         return UserError(_SecretFilter.redact(message), field=field, fix=fix)
@@ -813,7 +826,10 @@ class _SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return False
-        record.msg, record.args = self.redact(record.getMessage()), None
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args, record.exc_info, record.exc_text = self.redact(message), None, None, None
         return True
 
 

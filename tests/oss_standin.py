@@ -15,7 +15,8 @@ disk under `root` as lists of segment files, so completing a 1 GiB multipart upl
 
 Knobs for tests: `fail_parts_after` (accept that many parts, then answer 500 to every further part:
 an interrupted upload), `corrupt_gets` (flip one byte of each GET body, headers untouched: damage
-in transit), `advance_clock(seconds)` (make signed URLs expire without sleeping). `calls` counts
+in transit), `corrupt_uploads` (flip the first byte of each stored PUT body or part, as if damaged
+on the way in), `advance_clock(seconds)` (make signed URLs expire without sleeping). `calls` counts
 operations; `parts_accepted` counts parts stored.
 
 Run alone (the benchmark does, so server and client do not share a GIL):
@@ -144,6 +145,7 @@ class OssStandin:
         self.port = port
         self.fail_parts_after: int | None = None
         self.corrupt_gets = False
+        self.corrupt_uploads = False
         self.calls: Counter[str] = Counter()
         self.parts_accepted = 0
         self._clock_offset = 0.0
@@ -208,6 +210,22 @@ class OssStandin:
             return [up.key for up in self._uploads.values()]
 
     # --- storage ----------------------------------------------------------------------------
+    def check_part_allowed(self) -> None:
+        if self.fail_parts_after is not None and self.parts_accepted >= self.fail_parts_after:
+            raise _Refusal(500, "InternalError", "The stand-in was told to fail this part (an interruption).")
+
+    def replace_object(self, key: str, obj: _Object | None) -> None:
+        """Store, overwrite or (None) delete an object; its old bytes leave the disk. Hold the lock."""
+        old = self._objects.pop(key, None)
+        if obj is not None:
+            self._objects[key] = obj
+        if old is not None:
+            self.forget(old.segments)
+
+    def forget(self, blobs) -> None:
+        for blob in blobs:
+            blob.path.unlink(missing_ok=True)
+
     def _new_blob_path(self) -> Path:
         return self.root / f"blob-{next(self._blob_ids):08d}"
 
@@ -215,8 +233,11 @@ class OssStandin:
         """Stream a request body to disk, hashing as it goes."""
         path = self._new_blob_path()
         md5, crc, size = hashlib.md5(), _new_crc64(), 0
+        corrupt = self.corrupt_uploads
         with open(path, "wb") as out:
             for chunk in _body_chunks(reader, length, chunked):
+                if corrupt and chunk:
+                    chunk, corrupt = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
                 out.write(chunk)
                 md5.update(chunk)
                 crc.update(chunk)
@@ -289,7 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif method == "DELETE":
             self._delete_object(key)
         else:
-            raise _Refusal(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
+            raise _Refusal(405, "MethodNotAllowed", "The method is not allowed against this resource.")
 
     def _header(self, name: str) -> str:
         return self.headers.get(name, "") or ""
@@ -360,26 +381,27 @@ class _Handler(BaseHTTPRequestHandler):
         elif auth.startswith("OSS "):
             self._verify_v1_header(bucket, key)
         else:
-            raise _Refusal(403, "AccessDenied", "You have no right to access this object because of bucket acl.")
+            raise _Refusal(403, "AccessDenied", "Anonymous access is forbidden for this operation.")
 
     def _check_key_and_token(self, access_key_id: str, token: str | None) -> None:
         state = self.server_state
         if access_key_id != state.access_key_id:
-            raise _Refusal(403, "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in our "
-                           "records.", OSSAccessKeyId=access_key_id)
+            raise _Refusal(403, "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in "
+                           "our records.", OSSAccessKeyId=access_key_id)
         if state.security_token is not None and token != state.security_token:
             raise _Refusal(403, "InvalidSecurityToken", "The security token you provided is invalid.")
 
     def _check_signature(self, expected: str, provided: str, string_to_sign: str, access_key_id: str) -> None:
         if not hmac.compare_digest(expected, provided):
-            raise _Refusal(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
-                           "signature you provided. Check your key and signing method.",
-                           OSSAccessKeyId=access_key_id, SignatureProvided=provided, StringToSign=string_to_sign)
+            raise _Refusal(403, "SignatureDoesNotMatch", "The request signature we calculated does not match "
+                           "the signature you provided. Check your key and signing method.",
+                           OSSAccessKeyId=access_key_id, SignatureProvided=provided,
+                           StringToSign=string_to_sign)
 
     def _check_clock(self, when: float) -> None:
         if abs(self.server_state.now() - when) > _MAX_CLOCK_SKEW:
-            raise _Refusal(403, "RequestTimeTooSkewed", "The difference between the request time and the current "
-                           "time is too large.")
+            raise _Refusal(403, "RequestTimeTooSkewed", "The difference between the request time and the "
+                           "current time is too large.")
 
     def _v1_string_to_sign(self, bucket: str, key: str, date: str) -> str:
         oss_headers = sorted((name.lower(), value) for name, value in self.headers.items()
@@ -416,7 +438,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _Refusal(403, "AccessDenied", "Expires is not a number.") from None
         string_to_sign = self._v1_string_to_sign(bucket, key, str(expires))
-        self._check_signature(self._v1_signature(string_to_sign), query["Signature"], string_to_sign, access_key_id)
+        expected = self._v1_signature(string_to_sign)
+        self._check_signature(expected, query["Signature"], string_to_sign, access_key_id)
         if self.server_state.now() > expires:
             raise _Refusal(403, "AccessDenied", "Request has expired.", Expires=str(expires))
 
@@ -485,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
         obj = _Object([blob], blob.size, f'"{blob.md5}"', blob.crc,
                       self._header("Content-Type") or "application/octet-stream", blob.mtime, "Normal")
         with state._lock:
-            state._objects[key] = obj
+            state.replace_object(key, obj)
             state.calls["PutObject"] += 1
         self._send(200, headers={"ETag": obj.etag, "x-oss-hash-crc64ecma": str(obj.crc)})
 
@@ -544,7 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _delete_object(self, key: str) -> None:
         state = self.server_state
         with state._lock:
-            state._objects.pop(key, None)
+            state.replace_object(key, None)
             state.calls["DeleteObject"] += 1
         self._send(204)
 
@@ -553,11 +576,12 @@ class _Handler(BaseHTTPRequestHandler):
         upload_id = uuid.uuid4().hex.upper()
         self._drain_body()
         with state._lock:
-            state._uploads[upload_id] = _Upload(key, self._header("Content-Type") or "application/octet-stream",
-                                                state.now())
+            content_type = self._header("Content-Type") or "application/octet-stream"
+            state._uploads[upload_id] = _Upload(key, content_type, state.now())
             state.calls["InitiateMultipartUpload"] += 1
-        self._send_xml(200, f"<InitiateMultipartUploadResult><Bucket>{state.bucket}</Bucket><Key>{escape(key)}"
-                            f"</Key><UploadId>{upload_id}</UploadId></InitiateMultipartUploadResult>")
+        self._send_xml(200, f"<InitiateMultipartUploadResult><Bucket>{state.bucket}</Bucket>"
+                            f"<Key>{escape(key)}</Key><UploadId>{upload_id}</UploadId>"
+                            "</InitiateMultipartUploadResult>")
 
     def _upload_for(self, key: str) -> _Upload:
         upload = self.server_state._uploads.get(self._query["uploadId"])
@@ -576,14 +600,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(400, "InvalidArgument", "Part number must be an integer between 1 and 10000.")
         with state._lock:
             self._upload_for(key)
-            interrupted = state.fail_parts_after is not None and state.parts_accepted >= state.fail_parts_after
-        if interrupted:
-            raise _Refusal(500, "InternalError", "The stand-in was told to fail this part (interrupted upload).")
+            state.check_part_allowed()
         blob = self._store_body()
         with state._lock:
-            upload = self._upload_for(key)
-            if state.fail_parts_after is not None and state.parts_accepted >= state.fail_parts_after:
-                raise _Refusal(500, "InternalError", "The stand-in was told to fail this part (interrupted upload).")
+            try:
+                upload = self._upload_for(key)
+                state.check_part_allowed()  # another thread may have reached the limit meanwhile
+            except _Refusal:
+                state.forget([blob])
+                raise
+            if number in upload.parts:
+                state.forget([upload.parts[number]])
             upload.parts[number] = blob
             state.parts_accepted += 1
             state.calls["UploadPart"] += 1
@@ -627,18 +654,20 @@ class _Handler(BaseHTTPRequestHandler):
             for number, etag in listed:
                 blob = upload.parts.get(number)
                 if blob is None or blob.md5 != etag:
-                    raise _Refusal(400, "InvalidPart", "One or more of the specified parts could not be found.",
-                                   PartNumber=str(number))
+                    raise _Refusal(400, "InvalidPart", "One or more of the specified parts could not be "
+                                   "found.", PartNumber=str(number))
                 segments.append(blob)
             if any(seg.size < _MIN_PART_SIZE for seg in segments[:-1]):
-                raise _Refusal(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum size.")
+                raise _Refusal(400, "EntityTooSmall", "A part other than the last is below 100 KiB.")
             crc, size = 0, 0
             for seg in segments:
                 crc, size = _combine_crc64(crc, seg.crc, seg.size), size + seg.size
             etag_md5 = hashlib.md5(b"".join(bytes.fromhex(seg.md5) for seg in segments)).hexdigest().upper()
             obj = _Object(segments, size, f'"{etag_md5}-{len(segments)}"', crc, upload.content_type,
                           state.now(), "Multipart")
-            state._objects[key] = obj
+            state.replace_object(key, obj)
+            unused = [blob for number, blob in upload.parts.items() if number not in {n for n, _ in listed}]
+            state.forget(unused)
             del state._uploads[self._query["uploadId"]]
             state.calls["CompleteMultipartUpload"] += 1
         self._send_xml(200, f"<CompleteMultipartUploadResult><Location>{state.endpoint}/{state.bucket}/"
@@ -650,7 +679,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server_state
         self._drain_body()
         with state._lock:
-            self._upload_for(key)
+            state.forget(self._upload_for(key).parts.values())
             del state._uploads[self._query["uploadId"]]
             state.calls["AbortMultipartUpload"] += 1
         self._send(204)
