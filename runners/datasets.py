@@ -304,11 +304,12 @@ def _check_conversation(row: dict[str, Any], where: str, style: str) -> None:
         side = "user" if role in user_roles else "assistant"
         if turns == 0 and side != "user":
             raise UserError(
-                f"{where}: the conversation must start with a {user_name} turn, got {role}.", field="file"
+                f"{where}: the conversation must start with a user turn ({user_name}), got {role}.",
+                field="file",
             )
         if side == previous_side:
             raise UserError(
-                f"{where}: conversation must alternate {user_name}/{assistant_name}, "
+                f"{where}: conversation must alternate user/assistant ({user_name}/{assistant_name}), "
                 f"got two {side} turns (messages {index - 1} and {index}).",
                 field="file",
             )
@@ -317,7 +318,9 @@ def _check_conversation(row: dict[str, Any], where: str, style: str) -> None:
     if turns == 0:
         raise UserError(f"{where}: the conversation has only a system message.", field="file")
     if previous_side != "assistant":
-        raise UserError(f"{where}: the conversation must end with an {assistant_name} turn.", field="file")
+        raise UserError(
+            f"{where}: the conversation must end with an assistant turn ({assistant_name}).", field="file"
+        )
 
 
 def _columns_and_tags(style: str, rows: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:

@@ -38,6 +38,7 @@ _PROGRESS_BAR = re.compile(
 _WARNING_LINE = re.compile(
     r"^\[WARNING\|"  # LLaMA-Factory / transformers logger
     r"|^W\d{4} \d\d:\d\d:\d\d"  # torch's glog-style warnings from torchrun
+    r"|^\[W\d{4} \d\d:\d\d:\d\d"  # torch's C++ warnings: [W1128 03:12:05.118 ProcessGroupNCCL.cpp:1575]
     r"|^\S*:\d+: \w*Warning: "  # Python warnings.warn output
     r"|^\s+warnings\.warn\("  # ... and the source line printed after it
     r"|^\s*\^[\^~\s]*$"  # traceback position markers: ^^^^^^
@@ -367,6 +368,10 @@ _CAUSES: list[_Cause] = [
 _SIGKILL_IN_LOG = re.compile(r"Signal 9 \(SIGKILL\) received by PID|exitcode\s*: -9 |^Killed$", re.M)
 
 
+# torchrun itself receiving SIGTERM (a cancel reaches the launcher first).
+_SIGTERM_IN_LOG = re.compile(r"SignalException: Process \d+ got signal: 15")
+
+
 def _cause_line(lines: list[_Line], pattern: re.Pattern[str]) -> int | None:
     """Index of the last line the cause's pattern matches, so the tail can end there."""
     for index in range(len(lines) - 1, -1, -1):
@@ -405,7 +410,7 @@ def explain_failure(log_text: str, exit_code: int | None, *, max_lines: int = TA
     if exit_code in (-9, 137) or _SIGKILL_IN_LOG.search(text):
         reason, advice = _killed_reason()
         return Failure(reason, advice, _tail(lines, None, max_lines), "killed")
-    if exit_code in (-15, 143):
+    if exit_code in (-15, 143) or _SIGTERM_IN_LOG.search(text):
         return Failure(
             "The job was stopped (SIGTERM): it was cancelled, or the host is shutting down.",
             None,
