@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from slack_standin import APP_ID, BOT_ID, BOT_USER_ID, TEAM_ID
+from tests.slack_standin import APP_ID, BOT_ID, BOT_USER_ID, TEAM_ID
 
 SIGNING_SECRET = "tunebot-test-signing-secret"
 # Slack's (and Bolt's) limit: a signature older than 5 minutes is refused.

@@ -24,10 +24,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from slack_signing import event_callback, slash_command_payload
-from slack_standin import APP_ID, SlackStandin
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
+
+from tests.slack_signing import event_callback, slash_command_payload
+from tests.slack_standin import APP_ID, SlackStandin
 
 
 @dataclass

@@ -17,7 +17,11 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryIntervalCalculator
 from slack_sdk.signature import SignatureVerifier
-from slack_signing import (
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tests.slack_signing import (
     CHANNEL_ID,
     HUMAN_USER_ID,
     SIGNING_SECRET,
@@ -34,11 +38,8 @@ from slack_signing import (
     stale_timestamp,
     view_submission_payload,
 )
-from slack_standin import SlackStandin, block_kit_problems
-from socket_standin import SocketModeStandin
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.routing import Route
+from tests.slack_standin import SlackStandin, block_kit_problems
+from tests.socket_standin import SocketModeStandin
 
 
 def tiny_png(width: int = 4, height: int = 3) -> bytes:

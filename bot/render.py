@@ -1,0 +1,839 @@
+"""Block Kit for tunebot's messages and the train form: pure functions, no Slack calls.
+
+Each `render_*` returns `{"text": fallback, "blocks": [...]}` ready for chat.postMessage,
+chat.update, chat.postEphemeral or a `respond`. Everything a person or a log wrote is escaped
+(`&`, `<`, `>`: a log line saying `<!channel>` must not ping a channel) and cut to Slack's limits
+(3000 characters a text block, 150 a header, 50 blocks a message). A job's `api_key` is never
+read here; `render_deploy_key` takes the key as an argument, for the requester's eyes only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from bot.parsing import COMMAND, SUBCOMMANDS, THREAD_COMMANDS
+from runners.errors import UserError
+from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
+from runners.progress import format_eta, progress_bar
+from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
+
+# Slack's limits (Block Kit reference), counted like Slack counts: UTF-16 code units.
+MAX_BLOCKS = 50
+MAX_MODAL_BLOCKS = 100
+SECTION_TEXT_MAX = 3000
+FIELD_TEXT_MAX = 2000
+HEADER_TEXT_MAX = 150
+BUTTON_TEXT_MAX = 75
+CONTEXT_ELEMENTS_MAX = 10
+FALLBACK_TEXT_MAX = 3000
+MODAL_TITLE_MAX = 24
+OPTION_TEXT_MAX = 75
+
+# Buttons on a job message: action_id -> what it does; the button's value is the job id.
+ACTION_EVAL = "job_eval"
+ACTION_EXPORT = "job_export"
+ACTION_DEPLOY = "job_deploy"
+ACTION_CANCEL = "job_cancel"
+ACTION_RESUME = "job_resume"
+ACTION_UNDEPLOY = "job_undeploy"
+JOB_ACTIONS = (ACTION_EVAL, ACTION_EXPORT, ACTION_DEPLOY, ACTION_CANCEL, ACTION_RESUME, ACTION_UNDEPLOY)
+
+TRAIN_FORM_CALLBACK = "train_form"
+
+STATE_EMOJI = {
+    JobState.QUEUED.value: ":hourglass_flowing_sand:",
+    JobState.RUNNING.value: ":gear:",
+    JobState.SUCCEEDED.value: ":white_check_mark:",
+    JobState.FAILED.value: ":x:",
+    JobState.CANCELLED.value: ":no_entry_sign:",
+    JobState.INTERRUPTED.value: ":warning:",
+    JobState.STARTING.value: ":hourglass:",
+    JobState.SERVING.value: ":large_green_circle:",
+    JobState.STOPPED.value: ":black_square_for_stop:",
+}
+KIND_EMOJI = {
+    JobKind.TRAIN.value: ":brain:",
+    JobKind.EVAL.value: ":bar_chart:",
+    JobKind.EXPORT.value: ":package:",
+    JobKind.DEPLOY.value: ":rocket:",
+}
+METRIC_LABELS = (("rouge-1", "ROUGE-1"), ("rouge-2", "ROUGE-2"), ("rouge-l", "ROUGE-L"), ("bleu-4", "BLEU-4"))
+
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+
+
+# -- text helpers ---------------------------------------------------------------------------------
+
+
+def slack_len(text: str) -> int:
+    """Length as Slack counts it (UTF-16 code units: an emoji outside the BMP counts 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _cut(text: str, units: int) -> str:
+    """The longest prefix of `text` within `units` UTF-16 units."""
+    if slack_len(text) <= units:
+        return text
+    out, used = [], 0
+    for ch in text:
+        size = 2 if ord(ch) > 0xFFFF else 1
+        if used + size > units:
+            break
+        out.append(ch)
+        used += size
+    return "".join(out)
+
+
+def truncate(text: str, limit: int, marker: str = "…") -> str:
+    """`text` cut to `limit` (Slack's counting), ending in `marker` when cut."""
+    if slack_len(text) <= limit:
+        return text
+    return _cut(text, max(0, limit - slack_len(marker))) + marker
+
+
+def truncate_tail(text: str, limit: int, marker: str = "…") -> str:
+    """Keep the end of `text` (the last log lines matter most), starting with `marker` when cut."""
+    if slack_len(text) <= limit:
+        return text
+    reversed_cut = _cut(text[::-1], max(0, limit - slack_len(marker)))[::-1]
+    # Start at a line boundary when one is near, so the first line shown is whole.
+    newline = reversed_cut.find("\n")
+    if 0 <= newline < 200:
+        reversed_cut = reversed_cut[newline:]
+    return marker + reversed_cut
+
+
+def escape(text: Any) -> str:
+    """Slack's three control characters escaped, so text shows as written and pings nobody."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mention(user: str | None) -> str:
+    if not user:
+        return "the command line"
+    if _USER_ID.match(user):
+        return f"<@{user}>"
+    return escape(user)
+
+
+def code(text: Any) -> str:
+    """Inline code; backticks inside would end it early, so they become look-alikes."""
+    value = escape(text).replace("`", "ˋ").replace("\n", " ")
+    return f"`{value}`" if value else "` `"
+
+
+def code_block(text: str, limit: int = SECTION_TEXT_MAX) -> str:
+    """A ``` block of `text`, keeping its end when it must be cut, within `limit` overall."""
+    body = escape(text).replace("```", "ˋˋˋ").strip("\n") or " "
+    return "```\n" + truncate_tail(body, limit - 8) + "\n```"
+
+
+def link(url: str, label: str | None = None) -> str:
+    url = escape(url).replace("|", "%7C")
+    return f"<{url}|{escape(label).replace('|', '¦')}>" if label else f"<{url}>"
+
+
+def slack_date(ts: float | None, fmt: str = "{date_short_pretty} at {time}") -> str:
+    """A time every reader sees in their own time zone."""
+    if not ts:
+        return "—"
+    fallback = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(ts)}^{fmt}|{fallback}>"
+
+
+def plain(text: str, limit: int = HEADER_TEXT_MAX) -> dict[str, Any]:
+    return {"type": "plain_text", "text": truncate(text or " ", limit), "emoji": True}
+
+
+def mrkdwn(text: str, limit: int = SECTION_TEXT_MAX) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": truncate(text or " ", limit)}
+
+
+def section(text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "section", "text": mrkdwn(text), **extra}
+
+
+def fields_section(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Up to 10 `*label*\\nvalue` fields, two columns wide in Slack."""
+    return {
+        "type": "section",
+        "fields": [mrkdwn(f"*{label}*\n{value}", FIELD_TEXT_MAX) for label, value in pairs[:10]],
+    }
+
+
+def context(*texts: str) -> dict[str, Any]:
+    elements = [mrkdwn(t) for t in texts if t][:CONTEXT_ELEMENTS_MAX]
+    return {"type": "context", "elements": elements or [mrkdwn(" ")]}
+
+
+def header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": plain(text, HEADER_TEXT_MAX)}
+
+
+def message(text: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The payload: fallback text (notifications, screen readers) and at most 50 blocks."""
+    if len(blocks) > MAX_BLOCKS:
+        hidden = len(blocks) - (MAX_BLOCKS - 1)
+        blocks = blocks[: MAX_BLOCKS - 1] + [context(f"…and {hidden} more not shown.")]
+    return {"text": truncate(text, FALLBACK_TEXT_MAX), "blocks": blocks}
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+
+def kind_label(job: Job) -> str:
+    return f"{str(job.kind).capitalize()} #{job.id}"
+
+
+def short_model(model: str | None) -> str:
+    model = (model or "").rstrip("/")
+    return model.rsplit("/", 1)[-1] if model else "?"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def progress_text(progress: dict[str, Any]) -> str:
+    """`▓▓▓░░ 40%` · step 40/100 · loss 1.234 · ETA 3m 05s · 1,234 tokens/s."""
+    percent = _number(progress.get("percent"))
+    step, total = progress.get("step"), progress.get("total")
+    if percent is None and _number(step) is not None and _number(total):
+        percent = 100.0 * float(step) / float(total)
+    bits = [f"`{progress_bar(percent)}`"]
+    if step is not None:
+        bits.append(f"step {step}/{total or '?'}")
+    for key, label in (("loss", "loss"), ("eval_loss", "eval loss")):
+        value = _number(progress.get(key))
+        if value is not None:
+            bits.append(f"{label} {value:.4g}")
+    epoch = _number(progress.get("epoch"))
+    if epoch is not None:
+        bits.append(f"epoch {epoch:.2f}")
+    remaining = _number(progress.get("remaining_s"))
+    if remaining is not None:
+        bits.append(f"ETA {format_eta(remaining)}")
+    speed = _number(progress.get("tokens_per_s"))
+    if speed:
+        bits.append(f"{speed:,.0f} tokens/s")
+    return " · ".join(bits)
+
+
+def job_actions(job: Job) -> list[str]:
+    """The buttons a job's message offers in its current state (action_ids, in order)."""
+    kind, state = job.kind, job.state
+    if kind == JobKind.DEPLOY.value:
+        if state == JobState.SERVING.value:
+            return [ACTION_UNDEPLOY]
+        if state in (JobState.QUEUED.value, JobState.STARTING.value):
+            return [ACTION_CANCEL]
+        return []
+    if state in (JobState.QUEUED.value, JobState.RUNNING.value):
+        return [ACTION_CANCEL]
+    if kind == JobKind.TRAIN.value:
+        if state == JobState.SUCCEEDED.value:
+            return [ACTION_EVAL, ACTION_EXPORT, ACTION_DEPLOY]
+        if state in RESUMABLE_STATES:
+            return [ACTION_RESUME]
+    if kind == JobKind.EXPORT.value and state == JobState.SUCCEEDED.value:
+        return [ACTION_DEPLOY]
+    return []
+
+
+def _confirm(title: str, text: str, confirm: str, deny: str) -> dict[str, Any]:
+    return {
+        "title": plain(title, 100),
+        "text": mrkdwn(text, 300),
+        "confirm": plain(confirm, 30),
+        "deny": plain(deny, 30),
+        "style": "danger",
+    }
+
+
+def _button(action_id: str, job: Job) -> dict[str, Any]:
+    labels = {
+        ACTION_EVAL: "Eval",
+        ACTION_EXPORT: "Export",
+        ACTION_DEPLOY: "Deploy",
+        ACTION_CANCEL: "Cancel",
+        ACTION_RESUME: "Resume",
+        ACTION_UNDEPLOY: "Undeploy",
+    }
+    button: dict[str, Any] = {
+        "type": "button",
+        "action_id": action_id,
+        "text": plain(labels[action_id], BUTTON_TEXT_MAX),
+        "value": str(job.id),
+    }
+    if action_id in (ACTION_EVAL, ACTION_RESUME):
+        button["style"] = "primary"
+    if action_id == ACTION_CANCEL:
+        button["style"] = "danger"
+        then = " It can be resumed from its last checkpoint." if job.kind == JobKind.TRAIN.value else ""
+        button["confirm"] = _confirm(
+            f"Cancel {kind_label(job)}?", f"The run stops now.{then}", "Cancel it", "Keep it"
+        )
+    if action_id == ACTION_UNDEPLOY:
+        button["style"] = "danger"
+        button["confirm"] = _confirm(
+            f"Stop {kind_label(job)}?",
+            "Its URL stops answering and its GPU is freed.",
+            "Undeploy",
+            "Keep serving",
+        )
+    return button
+
+
+def actions_block(job: Job) -> dict[str, Any] | None:
+    buttons = [_button(action_id, job) for action_id in job_actions(job)]
+    return {"type": "actions", "block_id": f"job_actions_{job.id}", "elements": buttons} if buttons else None
+
+
+def _with_actions(blocks: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
+    block = actions_block(job)
+    return [*blocks, block] if block else blocks
+
+
+def _state_text(job: Job, queue_position: int | None = None) -> str:
+    text = f"{STATE_EMOJI.get(job.state, ':grey_question:')} {escape(job.state)}"
+    if job.state == JobState.QUEUED.value and queue_position:
+        text += f" ({_ordinal(queue_position)} in line)"
+    if job.attempt and job.attempt > 1:
+        text += f" · attempt {job.attempt}"
+    return text
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _job_fields(job: Job, queue_position: int | None = None) -> list[tuple[str, str]]:
+    fields = [("State", _state_text(job, queue_position)), ("Asked by", mention(job.user))]
+    fields.append(("Model", code(job.model) if job.model else "—"))
+    if job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value) or job.dataset:
+        fields.append(("Dataset", code(job.dataset) if job.dataset else "—"))
+    if job.method:
+        fields.append(("Method", escape(job.method)))
+    if job.preset:
+        fields.append(("Preset", escape(job.preset)))
+    if job.parent_id:
+        fields.append(("From", f"#{job.parent_id}"))
+    if job.kind == JobKind.DEPLOY.value and job.mode:
+        fields.append(("Mode", escape(job.mode)))
+    return fields
+
+
+def render_job_message(job: Job, *, queue_position: int | None = None) -> dict[str, Any]:
+    """The job's root message, edited in place as the job moves."""
+    blocks: list[dict[str, Any]] = [
+        header(f"{KIND_EMOJI.get(job.kind, '')} {kind_label(job)} · {short_model(job.model)}"),
+        fields_section(_job_fields(job, queue_position)),
+    ]
+    fallback = f"{kind_label(job)} {job.state}: {short_model(job.model)}"
+    if job.dataset:
+        fallback += f" on {job.dataset}"
+    progress = job.progress or {}
+    if progress and job.state in (
+        JobState.RUNNING.value,
+        JobState.SUCCEEDED.value,
+        JobState.FAILED.value,
+        JobState.CANCELLED.value,
+        JobState.INTERRUPTED.value,
+    ):
+        blocks.append(section(progress_text(progress)))
+        if job.state == JobState.RUNNING.value and _number(progress.get("percent")) is not None:
+            fallback += f" ({progress['percent']:.0f}%)"
+    if job.state == JobState.FAILED.value:
+        reason = escape(truncate(job.error or "it stopped with an error", 500))
+        blocks.append(section(f"*Failed:* {reason}\nThe reason and the last log lines are in the thread."))
+    if job.kind == JobKind.DEPLOY.value and job.state == JobState.SERVING.value:
+        lines = []
+        if job.chat_url:
+            lines.append(f"*Chat page:* {link(job.chat_url)}")
+        if job.url and job.url != job.chat_url:
+            lines.append(f"*API:* {code(job.url)} (OpenAI-compatible)")
+        if lines:
+            blocks.append(section("\n".join(lines)))
+    times = [f"Asked {slack_date(job.created_at)}"]
+    duration = job.duration()
+    if duration is not None:
+        times.append(("ran " if job.is_final else "running for ") + format_eta(duration))
+    blocks.append(context(" · ".join(times)))
+    return message(fallback, _with_actions(blocks, job))
+
+
+def render_started(job: Job, *, config_attached: bool = True) -> dict[str, Any]:
+    """The thread's first post: the job has a process now."""
+    where = f" on {escape(job.host)}" if job.host else ""
+    slots = ""
+    if job.slots:
+        slots = f" ({len(job.slots)} GPU{'s' if len(job.slots) != 1 else ''}: {escape(','.join(job.slots))})"
+    resumed = " Resuming from its last checkpoint." if job.attempt and job.attempt > 1 else ""
+    what = code(job.model)
+    if job.dataset:
+        what += f" on {code(job.dataset)}"
+    if job.method:
+        what += f" ({escape(job.method)})"
+    text = f":arrow_forward: *{kind_label(job)} started*{where}{slots}: {what}.{resumed}"
+    blocks = [section(text)]
+    if config_attached:
+        blocks.append(context("The exact LLaMA-Factory config it runs with is attached below."))
+    return message(f"{kind_label(job)} started: {short_model(job.model)}", blocks)
+
+
+def _final_loss(job: Job) -> str:
+    progress = job.progress or {}
+    bits = []
+    loss = _number(progress.get("loss"))
+    if loss is not None:
+        bits.append(f"final loss {loss:.4g}")
+    eval_loss = _number(progress.get("eval_loss"))
+    if eval_loss is not None:
+        bits.append(f"eval loss {eval_loss:.4g}")
+    if progress.get("step") is not None:
+        bits.append(f"{progress['step']} steps")
+    speed = _number(progress.get("tokens_per_s"))
+    if speed:
+        bits.append(f"{speed:,.0f} tokens/s")
+    return ", ".join(bits)
+
+
+def render_finished(job: Job) -> dict[str, Any]:
+    """The post when a job ends (a failure goes to `render_failure`), @-mentioning the requester."""
+    if job.state == JobState.FAILED.value:
+        return render_failure(job, job.error, job.advice, job.log_tail)
+    who = mention(job.user)
+    took = job.duration()
+    took_text = format_eta(took) if took is not None else None
+    emoji = STATE_EMOJI.get(job.state, "")
+    label = kind_label(job)
+    if job.state == JobState.SUCCEEDED.value:
+        text = f"{emoji} {who} *{label} finished*" + (f" in {took_text}." if took_text else ".")
+        details = _final_loss(job) if job.kind == JobKind.TRAIN.value else ""
+        if details:
+            text += f" {details[0].upper()}{details[1:]}."
+        if job.kind == JobKind.TRAIN.value:
+            text += " Next: evaluate, export or deploy it with the buttons below."
+    elif job.state == JobState.CANCELLED.value:
+        by = f" by {mention(job.cancelled_by)}" if job.cancelled_by else ""
+        text = f"{emoji} {who} *{label} was cancelled*{by}" + (f" after {took_text}." if took_text else ".")
+    elif job.state == JobState.INTERRUPTED.value:
+        text = f"{emoji} {who} *{label} was interrupted*: its process ended while tunebot was away."
+    elif job.state == JobState.STOPPED.value:
+        by = f" by {mention(job.cancelled_by)}" if job.cancelled_by else ""
+        text = f"{emoji} {who} *{label} stopped*{by}; its URL no longer answers."
+    else:
+        text = f"{emoji} {who} *{label}* is {escape(job.state)}."
+    if job.kind == JobKind.TRAIN.value and job.state in RESUMABLE_STATES:
+        text += " `resume` continues from the last checkpoint."
+    plain_text = re.sub(r"[*`]", "", text)
+    return message(plain_text, _with_actions([section(text)], job))
+
+
+def render_failure(job: Job, reason: str | None, advice: str | None, tail: str | None) -> dict[str, Any]:
+    """Why a job failed, in plain words, what to try, and the last log lines; mentions the requester."""
+    why = reason or (
+        f"it exited with code {job.exit_code}" if job.exit_code is not None else "it stopped with an error"
+    )
+    head = (
+        f"{STATE_EMOJI[JobState.FAILED.value]} {mention(job.user)} *{kind_label(job)} failed:* {escape(why)}"
+    )
+    blocks = [section(truncate(head, SECTION_TEXT_MAX))]
+    if advice:
+        blocks.append(section(f":bulb: *What to try:* {escape(advice)}"))
+    if tail and tail.strip():
+        blocks.append(section(code_block(tail)))
+    fallback = f"{kind_label(job)} failed: {why}"
+    return message(fallback, _with_actions(blocks, job))
+
+
+def _metric(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name, metrics.get(f"predict_{name}"))
+    return _number(value)
+
+
+def render_eval_result(
+    job: Job,
+    metrics: dict[str, Any],
+    previous_metrics: dict[str, Any] | None = None,
+    samples: Iterable[dict[str, Any]] = (),
+    *,
+    previous_job_id: int | None = None,
+) -> dict[str, Any]:
+    """ROUGE-1/2/L and BLEU-4 as a table, with the change since this model's previous eval, and
+    three sample predictions."""
+    rows = []
+    compare = bool(previous_metrics)
+    for key, label in METRIC_LABELS:
+        value = _metric(metrics, key)
+        if value is None:
+            continue
+        row = f"{label:<8} {value:>7.2f}"
+        if compare:
+            old = _metric(previous_metrics or {}, key)
+            row += f"  {value - old:>+7.2f}" if old is not None else "      new"
+        rows.append(row)
+    title = f"{'Metric':<8} {'Score':>7}" + (f"  {'Change':>7}" if compare else "")
+    table = "\n".join([title, *rows]) if rows else "No scores were written."
+    on = f" on {code(job.dataset)}" if job.dataset else ""
+    of = f" of #{job.parent_id}" if job.parent_id else ""
+    head = f"{KIND_EMOJI[JobKind.EVAL.value]} {mention(job.user)} *{kind_label(job)}{of}*{on}:"
+    if compare:
+        since = f" #{previous_job_id}" if previous_job_id else " the previous eval"
+        note = f"Change against{since} of this model (positive is better)."
+    else:
+        note = "The first eval of this model: nothing to compare with yet."
+    blocks: list[dict[str, Any]] = [section(head), section(code_block(table)), context(note)]
+    for i, sample in enumerate(list(samples)[:3], start=1):
+        prompt = " ".join(str(sample.get("prompt") or "").split())
+        text = (
+            f"*Sample {i}*\n*Prompt:* {escape(truncate(prompt, 600))}\n"
+            f"*Model:* {escape(truncate(str(sample.get('predict') or '').strip(), 1000))}\n"
+            f"*Expected:* {escape(truncate(str(sample.get('label') or '').strip(), 1000))}"
+        )
+        blocks.append(section(text))
+    scores = ", ".join(
+        f"{label} {_metric(metrics, key):.2f}"
+        for key, label in METRIC_LABELS
+        if _metric(metrics, key) is not None
+    )
+    return message(f"{kind_label(job)}{of}: {scores or 'no scores'}", blocks)
+
+
+def render_export(job: Job, location: str) -> dict[str, Any]:
+    """Where the merged model went."""
+    where = link(location, truncate(location, 80)) if re.match(r"^https?://", location) else code(location)
+    of = f" of #{job.parent_id}" if job.parent_id else ""
+    text = f"{KIND_EMOJI[JobKind.EXPORT.value]} {mention(job.user)} *{kind_label(job)}{of} is ready:* {where}"
+    return message(f"{kind_label(job)}{of} is ready: {location}", _with_actions([section(text)], job))
+
+
+def render_deploy(job: Job, url: str | None, chat_url: str | None) -> dict[str, Any]:
+    """The deployment's addresses (its API key goes to the requester alone: `render_deploy_key`)."""
+    of = f" from #{job.parent_id}" if job.parent_id else ""
+    emoji = KIND_EMOJI[JobKind.DEPLOY.value]
+    lines = [f"{emoji} {mention(job.user)} *{kind_label(job)}{of} is serving* {code(job.model)}"]
+    if chat_url:
+        lines.append(f"*Chat page:* {link(chat_url)}")
+    if url and url != chat_url:
+        lines.append(f"*API:* {code(url)} (OpenAI-compatible)")
+    lines.append("Reply in this thread to chat with the model.")
+    if job.user:
+        lines.append(f"The API key was sent to {mention(job.user)} privately.")
+    fallback = f"{kind_label(job)} is serving: {chat_url or url or ''}"
+    return message(fallback, _with_actions([section("\n".join(lines))], job))
+
+
+def render_deploy_key(job: Job, api_key: str, *, model_name: str | None = None) -> dict[str, Any]:
+    """The one message that shows a deployment's API key: post it ephemeral, to the requester only."""
+    lines = [f":key: Your API key for {kind_label(job)}: {code(api_key)}", "Only you can see this message."]
+    if job.url:
+        body = '{"model": "%s", "messages": [{"role": "user", "content": "Hello"}]}' % (model_name or "MODEL")
+        example = (
+            f"curl {job.url.rstrip('/')}/chat/completions \\\n"
+            f"  -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\n"
+            f"  -d '{body}'"
+        )
+        lines.append(code_block(example))
+    return message(f"Your API key for {kind_label(job)}", [section("\n".join(lines))])
+
+
+def render_jobs(jobs: Sequence[Job], *, title: str = "Jobs") -> dict[str, Any]:
+    """One line per job, newest first as given."""
+    if not jobs:
+        text = f"No jobs yet. Start one with `{COMMAND} train`."
+        return message(text, [section(text)])
+    lines = []
+    for job in jobs:
+        bits = [
+            f"{STATE_EMOJI.get(job.state, '')} *#{job.id}* {escape(job.kind)}",
+            code(short_model(job.model)),
+        ]
+        if job.dataset:
+            bits.append(f"on {code(job.dataset)}")
+        if job.parent_id:
+            bits.append(f"from #{job.parent_id}")
+        percent = _number((job.progress or {}).get("percent"))
+        state = escape(job.state) + (
+            f" {percent:.0f}%" if job.state == JobState.RUNNING.value and percent else ""
+        )
+        bits.append(state)
+        if job.state == JobState.SERVING.value and (job.chat_url or job.url):
+            bits.append(link(job.chat_url or job.url or ""))
+        bits.append(mention(job.user))
+        lines.append(" · ".join(bits))
+    blocks: list[dict[str, Any]] = [header(title)]
+    chunk: list[str] = []
+    for line in lines:
+        line = truncate(line, SECTION_TEXT_MAX)
+        if chunk and slack_len("\n".join([*chunk, line])) > SECTION_TEXT_MAX:
+            blocks.append(section("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        blocks.append(section("\n".join(chunk)))
+    fallback = f"{title}: " + ", ".join(f"#{j.id} {j.kind} {j.state}" for j in jobs[:30])
+    return message(fallback, blocks)
+
+
+# -- help and errors ------------------------------------------------------------------------------
+
+_HELP_GROUPS = (
+    ("Fine-tune", ("train",)),
+    ("Results", ("eval", "export", "deploy", "undeploy")),
+    ("Jobs", ("status", "jobs", "cancel", "resume")),
+    ("Datasets", ("datasets", "dataset add")),
+    (
+        "Channel digests",
+        ("schedule daily", "schedule weekly", "schedule cron", "schedule list", "schedule off"),
+    ),
+)
+
+
+def render_help(allowed_summary: str, topic: str | None = None) -> dict[str, Any]:
+    """What tunebot does, every command with its usage, and who may spend GPU time here."""
+    if topic and topic.lower() in SUBCOMMANDS:
+        spec = SUBCOMMANDS[topic.lower()]
+        example = code(f"{COMMAND} {spec.example}")
+        text = f"*{COMMAND} {escape(spec.usage)}*\n{escape(spec.summary)}.\nExample: {example}"
+        return message(f"{COMMAND} {spec.usage}", [section(text), context(escape(allowed_summary))])
+    blocks: list[dict[str, Any]] = [
+        header("tunebot: fine-tune, evaluate, export and deploy LLMs"),
+        section(
+            f"Each job gets a message that shows its progress, and a thread for everything about it. "
+            f"`{COMMAND} train` alone opens a form like LLaMA-Factory's WebUI."
+        ),
+    ]
+    for title, names in _HELP_GROUPS:
+        lines = [f"*{title}*"]
+        for name in names:
+            spec = SUBCOMMANDS[name]
+            lines.append(f"{code(f'{COMMAND} {spec.usage}')} {escape(spec.summary)}")
+        blocks.append(section("\n".join(lines)))
+    replies = ", ".join(f"`{word}`" for word in THREAD_COMMANDS)
+    blocks.append(
+        section(
+            f"*In a job's thread* reply {replies} to act on that job; `@tunebot help` answers anywhere. "
+            "In a deployed model's thread, anything else you write is a chat turn with the model."
+        )
+    )
+    blocks.append(context(f":lock: {escape(allowed_summary)}"))
+    return message(f"tunebot help: {COMMAND} train | eval | export | deploy | status | jobs | help", blocks)
+
+
+def render_error(error: UserError) -> dict[str, Any]:
+    """An ephemeral reply to a mistake: the problem in the engine's words and a corrected example."""
+    blocks = [section(f":warning: {escape(error.message)}")]
+    if error.fix:
+        fix = error.fix
+        shown = code_block(fix, 2900) if "\n" in fix or "`" in fix else code(fix)
+        blocks.append(section(f"*Fix:* {shown}"))
+    return message(error.text(), blocks)
+
+
+# -- the train form -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FormField:
+    key: str  # block_id and action_id; a key=value key the engine accepts
+    label: str
+    hint: str = ""
+    options: tuple[tuple[str, str], ...] = ()  # (value, label) for a select
+    multiline: bool = False
+    placeholder: str = ""
+
+
+_METHOD_LABELS = {
+    "lora": "LoRA",
+    "qlora": "QLoRA (4-bit LoRA)",
+    "freeze": "Freeze (train the last layers)",
+    "full": "Full fine-tuning",
+}
+_COMPUTE_LABELS = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "pure_bf16": "pure bf16"}
+
+FORM_FIELDS: tuple[FormField, ...] = (
+    FormField(
+        "model",
+        "Model",
+        "A local path on the GPU host, or a Hugging Face model id.",
+        placeholder="/models/Meta-Llama-3-8B-Instruct",
+    ),
+    FormField("method", "Fine-tuning method", options=tuple((m, _METHOD_LABELS.get(m, m)) for m in METHODS)),
+    FormField(
+        "dataset",
+        "Dataset",
+        "A registered dataset (`/tune datasets`); several: train,extra.",
+        placeholder="train",
+    ),
+    FormField("learning_rate", "Learning rate", placeholder="1e-4"),
+    FormField(
+        "compute", "Compute type", options=tuple((c, _COMPUTE_LABELS.get(c, c)) for c in COMPUTE_TYPES)
+    ),
+    FormField("gradient_accumulation_steps", "Gradient accumulation steps", placeholder="2"),
+    FormField("loraplus_lr_ratio", "LoRA+ learning-rate ratio", "0 turns LoRA+ off.", placeholder="16"),
+    FormField(
+        "lora_target", "LoRA target modules", "`all`, or names such as q_proj,v_proj.", placeholder="all"
+    ),
+    FormField("num_train_epochs", "Epochs", placeholder="3"),
+    FormField("cutoff_len", "Cutoff length (tokens)", placeholder="2048"),
+    FormField("per_device_train_batch_size", "Batch size per device", placeholder="2"),
+    FormField(
+        "yaml",
+        "Or paste a LLaMA-Factory YAML",
+        "If you paste one, it is the config: only the fields above that you changed are applied on top.",
+        multiline=True,
+        placeholder="model_name_or_path: ...\nlearning_rate: 1.0e-4",
+    ),
+)
+_FORM_KEYS = {f.key for f in FORM_FIELDS}
+# LLaMA-Factory's names (and the engine's short keys) for the form's fields.
+_FIELD_OF = {
+    **{alias: target for alias, target in TRAIN_KEYS.items() if target in _FORM_KEYS},
+    "model": "model",
+    "model_name_or_path": "model",
+    "finetuning_type": "method",
+    "quantization_bit": "method",
+    "bf16": "compute",
+    "fp16": "compute",
+    "pure_bf16": "compute",
+    "compute_type": "compute",
+    "precision": "compute",
+}
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def form_defaults(defaults: dict[str, Any]) -> dict[str, str]:
+    """The form's initial values from a preset's LLaMA-Factory arguments (or the form's own keys)."""
+    out: dict[str, str] = {}
+    for key, value in defaults.items():
+        target = key if key in _FORM_KEYS else _FIELD_OF.get(key)
+        if target and target not in ("method", "compute") and value not in (None, ""):
+            out.setdefault(target, _as_text(value))
+    if "method" in defaults:
+        out["method"] = str(defaults["method"])
+    elif "finetuning_type" in defaults:
+        out["method"] = method_of(defaults)
+    if "compute" in defaults:
+        out["compute"] = str(defaults["compute"])
+    elif any(k in defaults for k in ("bf16", "fp16", "pure_bf16")):
+        out["compute"] = compute_type_of(defaults)
+    for key in ("model", "dataset"):  # the form's own keys win over LLaMA-Factory's names
+        if defaults.get(key):
+            out[key] = _as_text(defaults[key])
+    return out
+
+
+def _input_block(spec: FormField, initial: str | None) -> dict[str, Any]:
+    if spec.options:
+        options = [{"text": plain(label, OPTION_TEXT_MAX), "value": value} for value, label in spec.options]
+        element: dict[str, Any] = {
+            "type": "static_select",
+            "action_id": spec.key,
+            "options": options,
+            "placeholder": plain("Choose", 150),
+        }
+        chosen = [o for o in options if o["value"] == initial]
+        if chosen:
+            element["initial_option"] = chosen[0]
+    else:
+        element = {"type": "plain_text_input", "action_id": spec.key, "multiline": spec.multiline}
+        if spec.placeholder:
+            element["placeholder"] = plain(spec.placeholder, 150)
+        if initial:
+            element["initial_value"] = truncate(initial, 3000)
+    block: dict[str, Any] = {
+        "type": "input",
+        "block_id": spec.key,
+        "optional": True,
+        "label": plain(spec.label, 150),
+        "element": element,
+    }
+    if spec.hint:
+        block["hint"] = plain(spec.hint, 150)
+    return block
+
+
+def render_train_modal(
+    defaults: dict[str, Any], *, private_metadata: str = "", title: str = "Fine-tune a model"
+) -> dict[str, Any]:
+    """The `/tune train` form, mirroring LLaMA-Factory's WebUI, filled in from `defaults` (the
+    engine's `seed` preset). Returns the view for views.open; its callback_id is "train_form"."""
+    initial = form_defaults(defaults)
+    blocks = [
+        section("The fields start at the `seed` recipe. Each job gets a message here with its progress."),
+        *[_input_block(spec, initial.get(spec.key)) for spec in FORM_FIELDS],
+    ]
+    return {
+        "type": "modal",
+        "callback_id": TRAIN_FORM_CALLBACK,
+        "title": plain(title, MODAL_TITLE_MAX),
+        "submit": plain("Train", MODAL_TITLE_MAX),
+        "close": plain("Cancel", MODAL_TITLE_MAX),
+        "private_metadata": private_metadata[:3000],
+        "blocks": blocks,
+    }
+
+
+def _initial_values(blocks: Sequence[dict[str, Any]]) -> dict[str, str]:
+    initial: dict[str, str] = {}
+    for block in blocks:
+        element = block.get("element") or {}
+        if "initial_value" in element:
+            initial[block.get("block_id", "")] = element["initial_value"]
+        elif element.get("initial_option"):
+            initial[block.get("block_id", "")] = element["initial_option"]["value"]
+    return initial
+
+
+def modal_values(view_or_state: dict[str, Any]) -> dict[str, str]:
+    """A submitted train form -> key=value pairs for the engine (`yaml` holds a pasted YAML).
+
+    Give it the submitted `view` (preferred) or just `view["state"]`. With the view, when a YAML
+    was pasted, fields left at their initial value are dropped: the YAML is the config and only
+    what the person changed goes on top of it.
+    """
+    state = view_or_state.get("state", view_or_state)
+    values: dict[str, str] = {}
+    for block_id, actions in (state.get("values") or {}).items():
+        for entry in actions.values():
+            kind = entry.get("type")
+            if kind in ("static_select", "radio_buttons"):
+                value = (entry.get("selected_option") or {}).get("value")
+            else:
+                value = entry.get("value")
+            if value is None:
+                continue
+            value = str(value) if block_id == "yaml" else str(value).strip()
+            if value.strip():
+                values[block_id] = value
+    if "yaml" in values and "blocks" in view_or_state:
+        initial = _initial_values(view_or_state["blocks"])
+        values = {k: v for k, v in values.items() if k == "yaml" or initial.get(k) != v}
+    return values
+
+
+def render_modal_errors(error: UserError, values: dict[str, str] | None = None) -> dict[str, Any]:
+    """A view_submission answer that shows the engine's complaint under the field it is about."""
+    field = (error.field or "").strip().lower()
+    block = field if field in _FORM_KEYS else _FIELD_OF.get(field)
+    if block is None:
+        block = "yaml" if values and "yaml" in values else "model"
+    return {"response_action": "errors", "errors": {block: truncate(error.text(), 2000)}}
