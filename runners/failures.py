@@ -41,7 +41,7 @@ _WARNING_LINE = re.compile(
     r"|^\[W\d{4} \d\d:\d\d:\d\d"  # torch's C++ warnings: [W1128 03:12:05.118 ProcessGroupNCCL.cpp:1575]
     r"|^\S*:\d+: \w*Warning: "  # Python warnings.warn output
     r"|^\s+warnings\.warn\("  # ... and the source line printed after it
-    r"|^\s*\^[\^~\s]*$"  # traceback position markers: ^^^^^^
+    r"|^\s*[\^~][\^~\s]*$"  # traceback position markers: ^^^^^^ or ~~~~^^^^
 )
 _EXCEPTION_LINE = re.compile(
     r"^((?:[A-Za-z_]\w*\.)*(?:[A-Za-z_]\w*(?:Error|Exception)|StopIteration|KeyboardInterrupt|SystemExit))"
@@ -160,6 +160,13 @@ def _nccl(match: re.Match[str], text: str, raw: str) -> tuple[str, str | None]:
 def _undefined_dataset(match: re.Match[str], text: str, raw: str) -> tuple[str, str | None]:
     return f"Dataset `{match.group(1)}` is not registered.", (
         "Check the name against the list of datasets, or add the file first."
+    )
+
+
+def _missing_column(match: re.Match[str], text: str, raw: str) -> tuple[str, str | None]:
+    return f"The dataset has no `{match.group(1)}` column, which its dataset_info.json entry expects.", (
+        "Add the dataset through tunebot, which writes the columns the file really has, "
+        "or add the key to every row."
     )
 
 
@@ -309,6 +316,14 @@ _CAUSES: list[_Cause] = [
         "dataset",
         re.compile(r"Failed to load JSON from file|JSONDecodeError|ArrowInvalid: JSON parse error"),
         _bad_json,
+    ),
+    # The converter indexes every configured column; a hand-written entry naming a missing key fails here.
+    _Cause(
+        "dataset",
+        re.compile(
+            r"llamafactory/data/converter\.py\", line \d+, in __call__\n(?:.*\n)*?KeyError: '([^']+)'"
+        ),
+        _missing_column,
     ),
     _Cause("dataset", re.compile(r"Cannot find valid samples"), _no_valid_samples),
     _Cause("dataset", re.compile(r"Cannot find sufficient samples"), _too_few_samples),

@@ -47,18 +47,14 @@ def read_predict_results(output_dir: Path) -> dict[str, float]:
     """Metrics of a finished predict run, keyed rouge-1, rouge-2, rouge-l, bleu-4 (percent, 0-100),
     runtime_s, samples_per_s, steps_per_s; keys LLaMA-Factory did not write are left out.
 
-    Raises UserError when predict_results.json is missing or unreadable.
+    {} when predict_results.json does not exist (the run did not get that far); UserError when it
+    exists but is damaged or has no ROUGE/BLEU scores.
     """
     path = Path(output_dir) / PREDICT_RESULTS
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(
-            f"No evaluation results in {Path(output_dir)}: {PREDICT_RESULTS} is missing, so the evaluation "
-            "did not finish.",
-            field="job",
-            fix="look at the job's log for the failure, then run the evaluation again",
-        ) from None
+        return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}).", field="job") from None
     if not isinstance(data, dict):
