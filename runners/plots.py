@@ -9,16 +9,24 @@ import tempfile
 from pathlib import Path
 
 
+def _is_writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
+
+
 def _ensure_matplotlib_config_dir() -> None:
-    # matplotlib writes its font cache under ~/.config/matplotlib; a service user often has no
-    # writable home, and then every process rebuilds the cache (seconds) and logs a warning.
+    # matplotlib keeps its font cache under ~/.cache/matplotlib (config under ~/.config); a service
+    # user often has no writable home, and then every process rebuilds the cache (seconds) and warns.
     if os.environ.get("MPLCONFIGDIR"):
         return
-    home_config = Path(os.path.expanduser("~")) / ".config" / "matplotlib"
-    probe = home_config if home_config.exists() else home_config.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if os.access(probe, os.W_OK):
+    home = Path(os.path.expanduser("~"))
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")
+    if _is_writable_dir(config_home / "matplotlib") and _is_writable_dir(cache_home / "matplotlib"):
         return
     fallback = Path(tempfile.gettempdir()) / f"tunebot-matplotlib-{os.getuid()}"
     fallback.mkdir(mode=0o700, exist_ok=True)
@@ -40,16 +48,17 @@ EVAL_COLOR = "#d62728"
 
 
 def smooth(values: list[float]) -> list[float]:
-    """Exponential moving average weighted like LLaMA-Factory's own training_loss.png (TensorBoard style):
-    the more points, the stronger the smoothing."""
+    """Exponential moving average weighted like LLaMA-Factory's own training_loss.png (the more
+    points, the stronger the smoothing), bias-corrected as TensorBoard does so the line does not
+    cling to the first value."""
     if not values:
         return []
     weight = 1.8 * (1 / (1 + math.exp(-0.05 * len(values))) - 0.5)
     smoothed = []
-    last = values[0]
-    for value in values:
-        last = last * weight + (1 - weight) * value
-        smoothed.append(last)
+    running = 0.0
+    for index, value in enumerate(values):
+        running = running * weight + (1 - weight) * value
+        smoothed.append(running / (1 - weight ** (index + 1)))
     return smoothed
 
 
@@ -72,14 +81,16 @@ def build_loss_figure(points: list[Progress], *, title: str, subtitle: str | Non
 
     if train:
         steps, losses = zip(*train, strict=True)
+        # Few points: show them plainly; many: faint dots under the smoothed line.
+        few = len(train) < 50
         axes.scatter(
             steps,
             losses,
-            s=10,
+            s=18 if few else 10,
             color=TRAIN_COLOR,
-            alpha=0.3,
+            alpha=0.55 if few else 0.3,
             linewidths=0,
-            label="train loss (raw)",
+            label=f"train loss (last {losses[-1]:.4g})",
             gid="train-raw",
         )
         axes.plot(
@@ -87,7 +98,8 @@ def build_loss_figure(points: list[Progress], *, title: str, subtitle: str | Non
             smooth(list(losses)),
             color=TRAIN_COLOR,
             linewidth=2,
-            label=f"train loss (smoothed), last {losses[-1]:.4g}",
+            marker="o" if len(train) == 1 else None,
+            label="train loss, smoothed",
             gid="train-smoothed",
         )
     if evals:
@@ -99,7 +111,7 @@ def build_loss_figure(points: list[Progress], *, title: str, subtitle: str | Non
             marker="o",
             markersize=5,
             linewidth=1.5,
-            label=f"eval loss, last {losses[-1]:.4g}",
+            label=f"eval loss (last {losses[-1]:.4g})",
             gid="eval",
         )
     if not train and not evals:
@@ -117,7 +129,8 @@ def build_loss_figure(points: list[Progress], *, title: str, subtitle: str | Non
     all_steps = [step for step, _ in train + evals]
     if total and total > 0:
         # Leave room for the steps still to come, so a live plot shows how far along the run is.
-        axes.set_xlim(0, max(total, max(all_steps, default=0)))
+        right = max(total, max(all_steps, default=0))
+        axes.set_xlim(0, right + max(0.5, right * 0.015))  # room for the last marker
     elif len(set(all_steps)) == 1:
         axes.set_xlim(all_steps[0] - 1, all_steps[0] + 1)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
