@@ -63,7 +63,7 @@ _CHAT_WORDS = [
 
 MARKER = "tunebot-model.json"
 # Bump when what build_model writes changes; cached models built by an older builder are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 TINY_MODEL_DIR = "tiny-llama3"
 
 
@@ -186,7 +186,8 @@ def model_config(shape: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
         initializer_range=0.02,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TEXT),
+        # Llama-3-Instruct's: the tokenizer's eos; a Trainer otherwise rewrites it, with a warning.
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         architectures=["LlamaForCausalLM"],
     )
@@ -219,7 +220,7 @@ def build_model(dest: Path, *, shape: str = "tiny", device: str | None = None, s
     # Like Llama-3-Instruct: a turn ends at <|eot_id|>, a document at <|end_of_text|>.
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[tokenizer.convert_tokens_to_ids(EOT), config.eos_token_id],
+        eos_token_id=[tokenizer.convert_tokens_to_ids(EOT), tokenizer.convert_tokens_to_ids(END_OF_TEXT)],
         pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(dest, max_shard_size="5GB")
