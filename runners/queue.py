@@ -223,12 +223,18 @@ class JobQueue:
     def undeploy(self, job_ref: int | str, *, by: str = "", admin: bool = True) -> Job:
         job = self.store.get(job_ref)
         if job.kind != JobKind.DEPLOY.value:
-            deployments = [d for d in self.store.list_jobs(kinds=[JobKind.DEPLOY.value], parent_id=job.id)
-                           if d.state in (*ACTIVE_STATES, JobState.QUEUED.value)]
+            deployments = self.deployments_of(job.id, (*ACTIVE_STATES, JobState.QUEUED.value))
             if not deployments:
                 raise UserError(f"Job #{job.id} has no running deployment.", field="job")
             job = deployments[0]
         return self.cancel(job.id, by=by, admin=admin)
+
+    def deployments_of(self, job_id: int, states: tuple[str, ...]) -> list[Job]:
+        """Deployments of a job: of the job itself, or of a model exported from it; newest first."""
+        sources = [job_id] + [e.id for e in self.store.list_jobs(kinds=[JobKind.EXPORT.value], parent_id=job_id)]
+        found = [d for source in sources
+                 for d in self.store.list_jobs(kinds=[JobKind.DEPLOY.value], parent_id=source, states=states)]
+        return sorted(found, key=lambda d: d.id, reverse=True)
 
     def resume(self, job_ref: int | str, *, by: str = "", admin: bool = True,
                request_key: str | None = None) -> Job:

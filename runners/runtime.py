@@ -80,8 +80,7 @@ class Runtime:
         """One chat turn with a deployment (a deploy job, or a train/export job that has one)."""
         job = self.store.get(job_ref)
         if job.kind != JobKind.DEPLOY.value:
-            serving = [d for d in self.store.list_jobs(kinds=[JobKind.DEPLOY.value], parent_id=job.id)
-                       if d.state == JobState.SERVING.value]
+            serving = self.queue.deployments_of(job.id, (JobState.SERVING.value,))
             if not serving:
                 raise UserError(f"Job #{job.id} has no serving deployment.", field="job", fix=f"`deploy {job.id}`")
             job = serving[0]
