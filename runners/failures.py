@@ -35,6 +35,9 @@ _PROGRESS_BAR = re.compile(
     r"|\[\d{1,2}:\d{2}(?::\d{2})?<"  # tqdm: [00:01<00:02, ...]
     r"|\d+ (?:examples|it) \[\d{1,2}:\d{2}"  # tqdm without total: 0 examples [00:00, ? examples/s]
 )
+# Everything up to the last tqdm status bracket "[00:01<00:02, 3.5it/s]": what follows it on the
+# same line is a message printed while the bar was drawn.
+_PROGRESS_BAR_PREFIX = re.compile(r"^.*\[\d{1,2}:\d{2}(?::\d{2})?[,<][^\]]*\]")
 _WARNING_LINE = re.compile(
     r"^\[WARNING\|"  # LLaMA-Factory / transformers logger
     r"|^W\d{4} \d\d:\d\d:\d\d"  # torch's glog-style warnings from torchrun
@@ -67,7 +70,13 @@ def _meaningful_lines(log_text: str) -> list[_Line]:
             continue
         rank_match = _RANK_PREFIX.match(text)
         content = text[rank_match.end() :] if rank_match else text
-        if _PROGRESS_BAR.search(content) or _WARNING_LINE.search(content):
+        if _PROGRESS_BAR.search(content):
+            prefix = _PROGRESS_BAR_PREFIX.match(content)
+            content = content[prefix.end() :].strip() if prefix else ""
+            text = content
+            if not content:
+                continue
+        if _WARNING_LINE.search(content):
             continue
         if rank_match:
             # Every rank prints the same traceback; keep the first rank's copy.
@@ -366,6 +375,12 @@ _CAUSES: list[_Cause] = [
         _nccl,
     ),
     _Cause("missing_package", re.compile(r"No module named '([\w.]+)'"), _missing_package),
+    # transformers' require_version, which LLaMA-Factory uses for jieba/nltk/rouge_chinese.
+    _Cause(
+        "missing_package",
+        re.compile(r"The '([\w.-]+)[^']*' distribution was not found and is required by this application"),
+        _missing_package,
+    ),
     _Cause(
         "missing_package",
         re.compile(r"(\S+) is required for a normal functioning of this module, but found (\S+?)\."),
