@@ -512,7 +512,13 @@ def add_dataset(
     own name. The stored file is named after the dataset and a digest of its content.
     """
     validate_dataset_name(name)
-    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if isinstance(source, bytes):
+        raw = source
+    else:
+        try:
+            raw = Path(source).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise UserError(f"Cannot read {source}: {exc.strerror}.", field="file") from None
     if filename is None and not isinstance(source, bytes):
         filename = Path(source).name
     check = check_dataset(raw)

@@ -351,6 +351,13 @@ def test_failed_registry_write_keeps_the_old_entry_and_file(tmp_path, monkeypatc
     assert leftovers == [".dataset_info.lock"]
 
 
+def test_unreadable_source_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="Cannot read .*missing.jsonl: No such file or directory"):
+        add_dataset(tmp_path, "x", tmp_path / "missing.jsonl")
+    with pytest.raises(UserError, match="Is a directory"):
+        add_dataset(tmp_path, "x", tmp_path)
+
+
 def test_damaged_registry_is_not_overwritten(tmp_path):
     folder = dataset_dir(tmp_path)
     folder.mkdir(parents=True)
