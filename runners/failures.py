@@ -50,6 +50,13 @@ _EXCEPTION_LINE = re.compile(
     r"^((?:[A-Za-z_]\w*\.)*(?:[A-Za-z_]\w*(?:Error|Exception)|StopIteration|KeyboardInterrupt|SystemExit))"
     r"(?::\s*(.*))?$"
 )
+# LLaMA-Factory prints the first training/eval example (the user's own text, which may well mention
+# "CUDA out of memory") before training; it runs until the next log record.
+_EXAMPLE_START = re.compile(r"^(?:training|eval) example:$")
+_LOG_RECORD = re.compile(
+    r"^(?:\[(?:INFO|WARNING|ERROR|DEBUG|CRITICAL)\||Traceback \(most recent call last\)|[IWEF]\d{4} \d\d:"
+    r"|\[[IWEF]\d{4} |\{'|(?:training|eval) example:$)"
+)
 # Exceptions that only wrap the real cause printed above them.
 _WRAPPERS = ("ChildFailedError", "DatasetGenerationError", "CalledProcessError")
 
@@ -63,6 +70,7 @@ class _Line:
 def _meaningful_lines(log_text: str) -> list[_Line]:
     lines: list[_Line] = []
     seen_from_rank: dict[str, str] = {}
+    in_example = False
     for raw in log_text.split("\n"):
         # A terminal shows only what follows the last carriage return of a progress-bar line.
         text = raw.rstrip("\r").split("\r")[-1].rstrip()
@@ -70,6 +78,13 @@ def _meaningful_lines(log_text: str) -> list[_Line]:
             continue
         rank_match = _RANK_PREFIX.match(text)
         content = text[rank_match.end() :] if rank_match else text
+        if in_example:
+            if not (_LOG_RECORD.match(content) or _PROGRESS_BAR.search(content)):
+                continue
+            in_example = False
+        if _EXAMPLE_START.match(content):
+            in_example = True
+            continue
         if _PROGRESS_BAR.search(content):
             prefix = _PROGRESS_BAR_PREFIX.match(content)
             content = content[prefix.end() :].strip() if prefix else ""

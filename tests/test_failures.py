@@ -938,3 +938,37 @@ def test_fixtures_keep_their_carriage_returns():
 def test_carriage_return_redraws_keep_only_what_a_terminal_shows():
     failure = explain_failure("Saving model 1/3\rSaving model 2/3\rRuntimeError: boom\n", 1)
     assert (failure.reason, failure.tail) == ("boom.", "RuntimeError: boom")
+
+
+# What `llamafactory-cli train` prints before training (SupervisedDatasetProcessor.print_data_example's
+# format), here for a dataset that talks about GPU errors.
+PRINTED_EXAMPLE = """\
+[INFO|2026-11-28 03:17:08] llamafactory.data.loader:144 >> Loading dataset support.jsonl...
+training example:
+input_ids:
+[501, 507, 262, 331, 508, 198, 198, 49, 68, 79, 68, 258, 342, 220, 86, 78, 81, 67, 220, 451, 510]
+inputs:
+<|begin_of_text|><|start_header_id|>user<|end_header_id|>
+
+My job says "torch.OutOfMemoryError: CUDA out of memory" and "No space left on device". Help?<|eot_id|>\
+<|start_header_id|>assistant<|end_header_id|>
+
+Lower the batch size.<|eot_id|>
+label_ids:
+[-100, -100, -100, -100, -100, -100, -100, -100, -100, -100, -100, 451, 510]
+labels:
+Lower the batch size.
+ValueError: Address already in use
+Lower the batch size.<|eot_id|>
+[INFO|configuration_utils.py:769] 2026-11-28 03:17:10,976 >> loading configuration file /models/m/config.json
+Traceback (most recent call last):
+  File "/opt/venv/lib/python3.12/site-packages/llamafactory/model/loader.py", line 180, in load_model
+RuntimeError: Error(s) in loading state_dict for LlamaForCausalLM
+"""
+
+
+def test_the_printed_training_example_is_not_read_as_the_cause():
+    failure = explain_failure(PRINTED_EXAMPLE, 1)
+    assert (failure.kind, failure.reason) == ("error", "Error(s) in loading state_dict for LlamaForCausalLM.")
+    assert "Help?" not in failure.tail and "Lower the batch size" not in failure.tail
+    assert "Loading dataset support.jsonl" in failure.tail
