@@ -289,8 +289,10 @@ def ensure_model(models_dir: Path, *, shape: str = "tiny", name: str | None = No
     with _exclusive(models_dir / f".{path.name}.lock"):
         if is_complete(path, shape):
             return path
+        # Only the lock holder builds: any scratch directory left is from a build that died.
+        for stale in models_dir.glob(f".{path.name}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         scratch = path.with_name(f".{path.name}.building-{os.getpid()}-{int(time.time())}")
-        shutil.rmtree(scratch, ignore_errors=True)
         build_model(scratch, shape=shape)
         marker = _marker(shape) | {"files": _model_files(scratch)}
         (scratch / MARKER).write_text(json.dumps(marker, indent=1) + "\n")

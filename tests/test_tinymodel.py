@@ -106,6 +106,14 @@ def test_incomplete_model_directory_is_rebuilt(tmp_path: Path) -> None:
     assert (path / "model.safetensors").stat().st_size > 0
 
 
+def test_scratch_of_a_dead_build_is_cleared(tmp_path: Path) -> None:
+    stale = tmp_path / ".tiny-llama3.building-999-1"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    ensure_tiny_model(tmp_path)
+    assert not stale.exists()
+
+
 def test_concurrent_callers_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real_build = tinymodel.build_model
