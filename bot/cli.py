@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
         return COMMANDS[args.command](settings, args)
     except UserError as exc:
         print(f"tunebot: {exc.text()}", file=sys.stderr)

@@ -375,7 +375,8 @@ def render_started(job: Job, *, config_attached: bool = True) -> dict[str, Any]:
     where = f" on {escape(job.host)}" if job.host else ""
     slots = ""
     if job.slots:
-        slots = f" ({len(job.slots)} GPU{'s' if len(job.slots) != 1 else ''}: {escape(','.join(job.slots))})"
+        unit = "CPU slot" if all(str(s).startswith("cpu") for s in job.slots) else "GPU"
+        slots = f" ({len(job.slots)} {unit}{'s' if len(job.slots) != 1 else ''}: {escape(','.join(job.slots))})"
     resumed = " Resuming from its last checkpoint." if job.attempt and job.attempt > 1 else ""
     what = code(job.model)
     if job.dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from datetime import datetime
@@ -150,3 +151,86 @@ def dataset_added(info) -> str:
 
 def dataset_line(info) -> str:
     return f"{info.name:<20} {info.format:<9} {info.rows if info.rows is not None else '?':>7} rows  {info.file or ''}"
+
+
+EMOJI = {
+    "arrow_forward": "▶", "bar_chart": "📊", "package": "📦", "rocket": "🚀", "key": "🔑", "bulb": "💡",
+    "white_check_mark": "✅", "x": "❌", "hourglass_flowing_sand": "⏳", "black_square_for_stop": "⏹",
+    "double_vertical_bar": "⏸", "large_green_circle": "🟢", "brain": "🧠", "warning": "⚠️",
+}
+
+
+def blocks_to_text(message: dict[str, Any]) -> str:
+    """A Block Kit message as terminal text (what a person would read in Slack)."""
+    lines: list[str] = []
+    for block in message.get("blocks") or []:
+        kind = block.get("type")
+        if kind == "header":
+            lines.append(block["text"]["text"])
+        elif kind == "section":
+            if block.get("text"):
+                lines.append(block["text"]["text"])
+            for field in block.get("fields") or []:
+                lines.append("  " + field["text"].replace("\n", " "))
+        elif kind == "context":
+            lines.append("  " + " ".join(e.get("text", "") for e in block.get("elements", [])))
+        elif kind == "actions":
+            labels = [e.get("text", {}).get("text", "") for e in block.get("elements", [])]
+            lines.append("  [" + "] [".join(labels) + "]")
+    text = "\n".join(lines) if lines else message.get("text", "")
+    text = re.sub(r"<!date\^\d+\^[^|>]*\|([^>]*)>", r"\1", text)
+    text = re.sub(r":([a-z0-9_+-]+):", lambda m: EMOJI.get(m.group(1), m.group(0)), text)
+    text = re.sub(r"<(https?://[^|>]+)\|([^>]+)>", r"\2 (\1)", text)
+    text = re.sub(r"<(https?://[^>]+)>", r"\1", text)
+    text = re.sub(r"<@([^>]+)>", r"@\1", text)
+    return re.sub(r"(?<!\w)\*([^*\n]+)\*(?!\w)", r"\1", text)
+
+
+class ThreadPrinter:
+    """Prints, for jobs followed in a terminal, the posts their Slack thread would get."""
+
+    def __init__(self, store: Store, out=None):
+        self.store = store
+        self.out = out or sys.stdout
+        self.cursor: dict[int, int] = {}
+        self.last_quarter: dict[int, int] = {}
+
+    def _print(self, job: Job, text: str) -> None:
+        prefix = f"  │ #{job.id} "
+        self.out.write(prefix + text.replace("\n", "\n  │    ") + "\n")
+        self.out.flush()
+
+    def drain(self, job_id: int) -> None:
+        from . import render
+
+        for event in self.store.events_since(self.cursor.get(job_id, 0), job_id=job_id):
+            self.cursor[job_id] = event.id
+            job = self.store.get(job_id)
+            data = event.data
+            if event.type == "state" and data.get("state") == JobState.QUEUED.value and event.id:
+                self._print(job, blocks_to_text(render.render_job_message(job)))
+            elif event.type == "message" and data.get("text") == "started":
+                self._print(job, blocks_to_text(render.render_started(job)) + f"\n[file] {job.work_dir}/config.yaml")
+            elif event.type == "progress":
+                quarter = int((data.get("percent") or 0) // 25)
+                if quarter > self.last_quarter.get(job_id, 0) or data.get("step") == 1:
+                    self.last_quarter[job_id] = quarter
+                    self._print(job, "(root message edited) " + progress_line(data))
+            elif event.type == "plot" and data.get("final"):
+                self._print(job, f"[file] loss plot: {data.get('path')}")
+            elif event.type == "state":
+                self._state(job, data.get("state"), render)
+
+    def _state(self, job: Job, state: str | None, render) -> None:
+        if state == JobState.SERVING.value:
+            self._print(job, blocks_to_text(render.render_deploy(job, job.url, job.chat_url)))
+            if job.api_key:
+                self._print(job, "(only the requester sees this) "
+                            + blocks_to_text(render.render_deploy_key(job, job.api_key)))
+        elif state == JobState.SUCCEEDED.value and job.kind == "eval":
+            self._print(job, blocks_to_text(render.render_eval_result(
+                job, job.metrics, None, job.artifacts.get("samples") or [])))
+        elif state == JobState.SUCCEEDED.value and job.kind == "export":
+            self._print(job, blocks_to_text(render.render_export(job, job.artifacts.get("model", ""))))
+        elif state in FINAL_STATES:
+            self._print(job, blocks_to_text(render.render_finished(job)))
