@@ -328,8 +328,8 @@ class Storage(ABC):
         crc = self._upload(local, key, progress)
         log.info("stored %s (%s)", self.location(key), human_size(size))
         link, expires_at = self._file_link(key)
-        return StoredObject(key, self.location(key), False, size, (StoredFile(local.name, size, crc),),
-                            link, expires_at)
+        entry = StoredFile(key.rsplit("/", 1)[-1], size, crc)
+        return StoredObject(key, self.location(key), False, size, (entry,), link, expires_at)
 
     def put_dir(self, local_dir: Path, key: str, *, progress: ProgressCallback | None = None) -> StoredObject:
         """Store every file under `local_dir` at `key/...`, then the manifest, last."""
@@ -372,7 +372,8 @@ class Storage(ABC):
         """Fetch a stored directory into `dest_dir`, every file checked against its manifest.
 
         Refuses a directory without a manifest (an upload that never finished). Files already in
-        `dest_dir` that match the manifest are kept, so a second fetch costs a local read only.
+        `dest_dir` that match the manifest are kept, so a second fetch costs a local read only;
+        files the manifest does not list are left alone.
         """
         key, dest_dir = check_key(key), Path(dest_dir)
         manifest = self._load_manifest(key)
