@@ -1,0 +1,205 @@
+"""What a `/tune` command, a button or a thread reply does, apart from Slack's plumbing.
+
+Every entry point takes a parsed command and an `Origin` (who asked, where, and the request's
+key) and returns the message to show that person; a refusal or a mistake is a `UserError`
+(the listener shows `render_error`). The job's story itself is posted by the notifier from the
+engine's event stream, so nothing here posts to a channel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from runners import datasets
+from runners.errors import UserError
+from runners.job import ACTIVE_STATES, Job, JobState
+from runners.queue import Requester
+
+from . import replies
+from .auth import audit
+from .parsing import Command, ThreadCommand
+from .render import (
+    ACTION_CANCEL,
+    ACTION_DEPLOY,
+    ACTION_EVAL,
+    ACTION_EXPORT,
+    ACTION_RESUME,
+    ACTION_UNDEPLOY,
+    render_help,
+    render_job_message,
+    render_jobs,
+)
+from .services import Services
+from .threads import job_of_thread, jobs_in_thread, story_thread
+
+log = logging.getLogger(__name__)
+
+# Commands that spend GPU time (or change what others train on): allowed users only.
+SPENDING = ("train", "eval", "export", "deploy", "resume", "dataset add")
+# Commands answered with "checking…" first, because the engine validates them (it may take seconds).
+CHECKED = ("train", "eval", "export", "deploy", "resume")
+BUTTON_COMMANDS = {
+    ACTION_EVAL: "eval",
+    ACTION_EXPORT: "export",
+    ACTION_DEPLOY: "deploy",
+    ACTION_CANCEL: "cancel",
+    ACTION_RESUME: "resume",
+    ACTION_UNDEPLOY: "undeploy",
+}
+JOBS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked, in which channel (and thread), and the key that makes a redelivery a no-op."""
+
+    user: str
+    channel: str
+    thread_ts: str = ""
+    request_key: str | None = None
+
+
+def answer_command(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    """Do what `command` asks for `origin`; returns the reply for that person."""
+    name = command.name
+    if name in SPENDING:
+        services.access.require(origin.user, origin.channel)
+    handler = _HANDLERS.get(name)
+    if handler is None:
+        if name.startswith("schedule"):
+            return _schedule(services, command, origin)
+        raise UserError(f"`{name}` is not something I can do from here.", fix="/tune help")
+    return handler(services, command, origin)
+
+
+def answer_thread_command(services: Services, root: Job, reply: ThreadCommand,
+                          origin: Origin) -> dict[str, Any]:
+    """A reply in a job's thread (`status`, `eval dataset=x`, …) acts on that thread's job."""
+    if reply.name == "help":
+        return render_help(services.access.summary(origin.user, origin.channel), None)
+    target = root
+    if reply.name == "cancel" and root.is_final:
+        # The model's thread may hold a running eval or export: that is what "cancel" means then.
+        active = [j for j in jobs_in_thread(services.store, root.channel, story_thread(root))
+                  if not j.is_final and j.kind != "deploy"]
+        if active:
+            target = active[-1]
+    return answer_command(services, Command(reply.name, [str(target.id)], dict(reply.pairs)), origin)
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+def _requester(origin: Origin, *, channel: str | None = None, thread_ts: str = "") -> Requester:
+    return Requester(user=origin.user, channel=origin.channel if channel is None else channel,
+                     thread_ts=thread_ts, request_key=origin.request_key)
+
+
+def _train(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    preset = command.args[0] if command.args else None
+    again = _seen(services, origin)
+    job = services.queue.submit_train(preset=preset, pairs=dict(command.pairs), yaml_text=command.yaml,
+                                      requester=_requester(origin))
+    return replies.render_queued(job, position=services.queue.position(job), again=again)
+
+
+def _seen(services: Services, origin: Origin) -> bool:
+    """Did this very request (a redelivery) already make a job?"""
+    return bool(origin.request_key) and services.store.find_by_request(origin.request_key) is not None
+
+
+def _on_job(kind: str):
+    def submit(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+        pairs = dict(command.pairs)
+        model = pairs.pop("model", None)
+        channel, thread_ts, thread_of = origin.channel, "", None
+        if command.job is not None:
+            source = services.queue.get(command.job)
+            if source.channel and story_thread(source):
+                # Into the source job's thread: one thread tells the model's whole story.
+                channel, thread_ts = source.channel, story_thread(source)
+                root = job_of_thread(services.store, channel, thread_ts)
+                thread_of = root.id if root is not None else source.id
+        again = _seen(services, origin)
+        submit_fn = {"eval": services.queue.submit_eval, "export": services.queue.submit_export,
+                     "deploy": services.queue.submit_deploy}[kind]
+        job = submit_fn(command.job, model=model, pairs=pairs,
+                        requester=_requester(origin, channel=channel, thread_ts=thread_ts))
+        return replies.render_queued(job, position=services.queue.position(job), thread_of=thread_of,
+                                     again=again)
+
+    return submit
+
+
+def _cancel(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    job = services.queue.cancel(command.job, by=origin.user, admin=services.access.is_admin(origin.user))
+    return replies.render_cancel(job)
+
+
+def _undeploy(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    job = services.queue.undeploy(command.job, by=origin.user, admin=services.access.is_admin(origin.user))
+    return replies.render_cancel(job)
+
+
+def _resume(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    job = services.queue.resume(command.job, by=origin.user, admin=services.access.is_admin(origin.user),
+                                request_key=origin.request_key)
+    return replies.render_resumed(job)
+
+
+def _status(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    if command.job is not None:
+        job = services.queue.get(command.job)
+        return render_job_message(job, queue_position=services.queue.position(job))
+    jobs = services.queue.jobs(states=[*ACTIVE_STATES, JobState.QUEUED.value], newest_first=False)
+    if not jobs:
+        return replies.render_text("Nothing is running or queued. `/tune jobs` lists the recent jobs.")
+    return render_jobs(jobs, title="Running and queued")
+
+
+def _jobs(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    everything = bool(command.args) and command.args[0].lower() == "all"
+    if command.args and not everything:
+        raise UserError(f"`jobs {command.args[0]}`: I only know `jobs` and `jobs all`.", fix="/tune jobs all")
+    jobs = services.queue.jobs(limit=None if everything else JOBS_SHOWN)
+    title = "All jobs" if everything else f"The last {JOBS_SHOWN} jobs" if len(jobs) == JOBS_SHOWN else "Jobs"
+    return render_jobs(jobs, title=title)
+
+
+def _datasets(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    return replies.render_datasets(datasets.list_datasets(services.runtime.settings.data_dir))
+
+
+def _help(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    topic = " ".join(command.args) if command.args else None
+    return render_help(services.access.summary(origin.user, origin.channel), topic)
+
+
+def _schedule(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    try:
+        schedules = importlib.import_module("bot.schedules")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bot.schedules":
+            raise
+        return replies.render_unavailable("Schedules are not available yet in this tunebot.")
+    audit(services.store, origin.user, command.name, None, channel=origin.channel)
+    return schedules.handle_schedule_command(command, user=origin.user, channel=origin.channel,
+                                             runtime=services.runtime, client=services.client)
+
+
+_HANDLERS = {
+    "train": _train,
+    "eval": _on_job("eval"),
+    "export": _on_job("export"),
+    "deploy": _on_job("deploy"),
+    "cancel": _cancel,
+    "undeploy": _undeploy,
+    "resume": _resume,
+    "status": _status,
+    "jobs": _jobs,
+    "datasets": _datasets,
+    "help": _help,
+}

@@ -1,0 +1,121 @@
+"""`/tune …`: parsed and acknowledged at once; the work (validation, the engine) runs lazily."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from slack_bolt import Ack, BoltContext, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from runners.errors import UserError
+from runners.recipes import DEFAULT_PRESET, PRESETS
+
+from ... import uploads
+from ...auth import audit
+from ...commands import CHECKED, Origin, answer_command
+from ...parsing import COMMAND, Command, extract_yaml, parse_command
+from ...render import render_error, render_help, render_train_modal
+from ...replies import render_checking, render_dataset_prompt, render_text
+from ...services import Services, services_of
+from ..answers import answering_errors
+
+_YAML_LINE = re.compile(r"^\s*[A-Za-z_][\w.\-]*\s*:\s*\S", re.MULTILINE)
+
+
+def parse_tune(text: str) -> Command:
+    """The command's text -> Command; `train` followed by YAML lines without a ``` block works too."""
+    try:
+        return parse_command(text)
+    except UserError:
+        first, _, rest = text.strip().partition("\n")
+        if first.strip().lower() == "train" and _YAML_LINE.search(rest):
+            return Command("train", yaml=extract_yaml(rest))
+        raise
+
+
+def _opens_form(command: Command) -> bool:
+    return command.name == "train" and not command.args and not command.pairs and command.yaml is None
+
+
+def ack_tune(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
+    services = services_of(context)
+    text = command.get("text") or ""
+    try:
+        parsed = parse_tune(text)
+    except UserError as error:
+        ack(**render_error(error))
+        return
+    if parsed.name == "help":
+        topic = " ".join(parsed.args) if parsed.args else None
+        ack(**render_help(services.access.summary(command.get("user_id"), command.get("channel_id")), topic))
+    elif parsed.name in CHECKED and not _opens_form(parsed):
+        ack(**render_checking(f"{COMMAND} {text.strip()}"[:200]))
+    else:
+        ack()
+
+
+def run_tune(command: dict[str, Any], respond: Respond, client: WebClient, context: BoltContext,
+             logger: logging.Logger) -> None:
+    services = services_of(context)
+    try:
+        parsed = parse_tune(command.get("text") or "")
+    except UserError:
+        return  # the ack said what is wrong
+    if parsed.name == "help":
+        return  # the ack was the answer
+    origin = Origin(user=command["user_id"], channel=command["channel_id"],
+                    request_key=command.get("trigger_id"))
+
+    def reply(message: dict[str, Any]) -> None:
+        respond(**message, response_type="ephemeral")
+
+    with answering_errors(reply, logger):
+        if _opens_form(parsed):
+            open_train_form(services, client, command["trigger_id"], origin)
+        elif parsed.name == "dataset add":
+            reply(ask_for_dataset_file(services, client, parsed.args[0], origin))
+        else:
+            reply(answer_command(services, parsed, origin))
+
+
+def form_defaults(services: Services) -> dict[str, Any]:
+    """The form starts at the seed recipe, with the operator's default model and dataset."""
+    defaults: dict[str, Any] = dict(PRESETS[DEFAULT_PRESET].values)
+    settings = services.runtime.settings
+    defaults["model"] = settings.default_model or ""
+    defaults["dataset"] = settings.default_dataset or ""
+    if not services.queue.hardware.has_gpu:
+        defaults["bf16"] = False  # fp32: what a host without a GPU can run
+    return defaults
+
+
+def open_train_form(services: Services, client: WebClient, trigger_id: str, origin: Origin) -> None:
+    services.access.require(origin.user, origin.channel)
+    metadata = json.dumps({"channel": origin.channel})
+    view = render_train_modal(form_defaults(services), private_metadata=metadata)
+    client.views_open(trigger_id=trigger_id, view=view)
+
+
+def ask_for_dataset_file(services: Services, client: WebClient, name: str, origin: Origin,
+                         thread_ts: str | None = None) -> dict[str, Any]:
+    """Post the prompt the file is shared in reply to; remember it."""
+    from runners.datasets import validate_dataset_name
+
+    services.access.require(origin.user, origin.channel, "add datasets")
+    validate_dataset_name(name)
+    try:
+        posted = client.chat_postMessage(channel=origin.channel, thread_ts=thread_ts,
+                                         **render_dataset_prompt(name, origin.user))
+    except SlackApiError as error:
+        if error.response.get("error") in ("not_in_channel", "channel_not_found"):
+            raise UserError("I cannot post in this conversation, so I cannot ask for the file here.",
+                            fix="invite me with `/invite @tunebot`, or share the file with the message "
+                                f"`{COMMAND} dataset add {name}`") from None
+        raise
+    uploads.remember_prompt(services.store, origin.channel, thread_ts or posted["ts"], origin.user, name)
+    audit(services.store, origin.user, "dataset prompt", None, name=name, channel=origin.channel)
+    return render_text(f":inbox_tray: Reply to my message in this channel with the file for {name!r}.")

@@ -1,0 +1,93 @@
+"""The train form's submit: the engine checks it before the ack, so its complaint shows under the field.
+
+The ack must leave within Slack's 3 seconds, and the first check of a process may take longer
+(LLaMA-Factory's parser is imported then). So the check runs with a deadline: past it the form
+closes and the answer follows as an ephemeral message in the channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from slack_bolt import Ack, BoltContext
+
+from runners.errors import UserError
+from runners.job import Job
+from runners.queue import Requester
+
+from ...commands import Origin
+from ...render import modal_values, render_error, render_modal_errors
+from ...replies import render_queued, render_text
+from ...services import Services, services_of
+
+CHECK_DEADLINE_S = 2.0
+
+
+def _channel_of(view: dict[str, Any]) -> str:
+    try:
+        return str(json.loads(view.get("private_metadata") or "{}").get("channel") or "")
+    except ValueError:
+        return ""
+
+
+def submit_form(services: Services, values: dict[str, str], yaml_text: str | None, origin: Origin) -> Job:
+    requester = Requester(user=origin.user, channel=origin.channel, request_key=origin.request_key)
+    return services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=requester)
+
+
+def train_form_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext,
+                         logger: logging.Logger) -> None:
+    services = services_of(context)
+    user = body["user"]["id"]
+    origin = Origin(user=user, channel=_channel_of(view), request_key=body.get("trigger_id"))
+    values = modal_values(view)
+    if not services.access.may_spend(user, origin.channel):
+        ack(**render_modal_errors(services.access.refusal(user, origin.channel), values))
+        return
+    pairs = {k: v for k, v in values.items() if k != "yaml"}
+    check = services.checks.submit(submit_form, services, pairs, values.get("yaml"), origin)
+    try:
+        job = check.result(timeout=CHECK_DEADLINE_S)
+    except UserError as error:
+        ack(**render_modal_errors(error, values))
+        return
+    except FutureTimeout:
+        ack()
+        check.add_done_callback(lambda done: _tell_later(services, origin, done, logger))
+        return
+    except Exception:
+        logger.exception("checking the train form failed")
+        ack(response_action="errors", errors={"model": "tunebot failed to check this form; see its log."})
+        return
+    ack()
+    _tell(services, origin, render_queued(job, position=services.queue.position(job)), logger)
+
+
+def _tell_later(services: Services, origin: Origin, done: Future, logger: logging.Logger) -> None:
+    try:
+        job = done.result()
+    except UserError as error:
+        message = render_error(error)
+        message["blocks"].insert(0, {"type": "section", "text": {
+            "type": "mrkdwn", "text": "Your train form could not be queued:"}})
+        _tell(services, origin, message, logger)
+        return
+    except Exception:
+        logger.exception("checking the train form failed")
+        failed = render_text(":boom: tunebot failed to check your train form; see its log.")
+        _tell(services, origin, failed, logger)
+        return
+    _tell(services, origin, render_queued(job, position=services.queue.position(job)), logger)
+
+
+def _tell(services: Services, origin: Origin, message: dict[str, Any], logger: logging.Logger) -> None:
+    if not origin.channel:
+        return
+    try:
+        services.ephemeral(origin.channel, origin.user, **message)
+    except Exception:
+        logger.exception("could not answer the train form")

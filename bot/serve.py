@@ -1,0 +1,191 @@
+"""`tunebot serve`: the engine, the notifier and the Slack app in one process.
+
+Socket Mode by default (no public URL: the app dials out to Slack); `--http` serves
+`/slack/events` through uvicorn instead. Bolt's Starlette adapter calls `app.dispatch` on the
+event loop, so one slow request would hold up every other; here dispatch runs in a thread pool.
+SIGINT and SIGTERM stop the transport first (no new work), then the notifier, the outbox and the
+runner (running jobs keep running and are re-attached next start).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import anyio
+from slack_bolt import App
+from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
+from slack_bolt.error import BoltError
+from slack_sdk.errors import SlackApiError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from runners.errors import UserError
+from runners.settings import Settings
+
+from .settings import BotSettings
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+# Requests dispatched at once; Bolt acks on the dispatching thread, so this bounds acks in flight.
+DISPATCH_THREADS = 64
+
+
+def asgi_app(app: App, *, threads: int = DISPATCH_THREADS) -> Starlette:
+    """`/slack/events` (commands, events, interactivity) and `/healthz`, dispatching off the event loop."""
+    limiter = anyio.CapacityLimiter(threads)
+
+    async def events(request: Request) -> Response:
+        body = await request.body()
+        bolt_request = to_bolt_request(request, body)
+        bolt_response = await anyio.to_thread.run_sync(app.dispatch, bolt_request, limiter=limiter)
+        return to_starlette_response(bolt_response)
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route(EVENTS_PATH, events, methods=["POST"]), Route("/healthz", health)])
+
+
+class HttpServer:
+    """uvicorn serving `asgi_app(app)` in a thread (so signals stay with the main thread)."""
+
+    def __init__(self, app: App, host: str, port: int):
+        import uvicorn
+
+        config = uvicorn.Config(asgi_app(app), host=host, port=port, log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, name="tunebot-http", daemon=True)
+
+    def start(self, timeout: float = 15.0) -> HttpServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise UserError("The HTTP server did not start (is the port in use?).", field="--port",
+                                fix="tunebot serve --http --port 3001")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def _token_refused(error: Exception) -> UserError:
+    reason = str(error)
+    if isinstance(error, SlackApiError) and error.response is not None:
+        reason = str(error.response.get("error"))
+    return UserError(f"Slack refused SLACK_BOT_TOKEN ({reason}).", field="SLACK_BOT_TOKEN",
+                     fix="copy the Bot User OAuth Token (xoxb-…) again from the app's Install App page, "
+                         "and check the app is installed in the workspace")
+
+
+def _start_notifier(runtime: Any, client: Any, bot_settings: BotSettings) -> tuple[Any, Any]:
+    """The outbox and the notifier that tells each job's story; (None, None) if not built yet."""
+    try:
+        from .delivery import Delivery
+    except ImportError:  # pragma: no cover - while the delivery module is being written
+        log.warning("bot.delivery is missing: posting without the outbox, and no job stories")
+        return None, None
+    delivery = Delivery(client, runtime.store, edit_every=bot_settings.status_edit_every)
+    try:
+        from .notifier import Notifier
+    except ImportError:  # pragma: no cover
+        log.warning("bot.notifier is missing: job stories are not posted")
+        return delivery.start(), None
+    notifier = Notifier(runtime, delivery, bot_settings)
+    delivery.start()
+    notifier.start()
+    return delivery, notifier
+
+
+def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
+          bot_settings: BotSettings | None = None, stop: threading.Event | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or `stop` is set). Missing or refused tokens: a message and exit code 2."""
+    from runners.runtime import Runtime
+
+    from .app import build_app, slack_client
+
+    try:
+        bot_settings = bot_settings or BotSettings.from_env()
+        bot_settings.check(http=http)
+        client = slack_client(bot_settings)
+        try:
+            identity = client.auth_test()
+        except SlackApiError as error:
+            raise _token_refused(error) from None
+        runtime = Runtime(settings)
+    except UserError as error:
+        print(f"tunebot: {error.text()}", file=sys.stderr)
+        return 2
+    log.info("Slack: %s; bot %s in %s", bot_settings.describe(), identity.get("user_id"),
+             identity.get("team"))
+
+    stop = stop or threading.Event()
+    previous = _install_signal_handlers(stop)
+    runtime.start(worker=runner)
+    delivery, notifier = _start_notifier(runtime, client, bot_settings)
+    transport: Any = None
+    try:
+        try:
+            app = build_app(bot_settings, runtime, client=client, delivery=delivery, verify_token=False)
+        except BoltError as error:
+            print(f"tunebot: {_token_refused(error).text()}", file=sys.stderr)
+            return 2
+        if http:
+            transport = HttpServer(app, host, port).start()
+            url = f"http://{host}:{transport.port}{EVENTS_PATH}"
+            print(f"tunebot: serving Slack requests on {url}", flush=True)
+        else:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            transport = SocketModeHandler(app, bot_settings.app_token)
+            transport.connect()
+            print("tunebot: connected to Slack (Socket Mode)", flush=True)
+        if not runner:
+            print("tunebot: no runner in this process; `tunebot worker` runs the jobs", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("tunebot: stopping", flush=True)
+        return 0
+    except UserError as error:
+        print(f"tunebot: {error.text()}", file=sys.stderr)
+        return 2
+    finally:
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:  # pragma: no cover - best effort at shutdown
+                log.exception("closing the Slack connection failed")
+        for part in (notifier, delivery):
+            if part is not None:
+                part.stop()
+        runtime.stop()
+        _restore_signal_handlers(previous)
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
