@@ -25,6 +25,7 @@ import yaml
 from . import deploy
 from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
 from .backends.local import read_exit_file
+from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
 from .settings import Settings
@@ -415,7 +416,7 @@ class Worker:
         if code == 0:
             try:
                 values.update(self._collect(job))
-            except _MissingOutput as exc:
+            except (_MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
                 return

@@ -115,7 +115,9 @@ def test_resume_continues_a_really_interrupted_run_from_its_checkpoint(tmp_path,
                    240, interval=0.2, what="a checkpoint")
     finally:
         worker.stop()
-    os.killpg(store.get(job.id).pid, signal.SIGKILL)  # the machine lost the run while tunebot was down
+    pid = store.get(job.id).pid
+    os.killpg(pid, signal.SIGKILL)  # the machine lost the run while tunebot was down
+    wait_until(lambda: not _running(pid), 30, what="the killed run to be gone")
 
     worker = Worker(settings, store, hardware=CPU)
     worker.start()
@@ -135,6 +137,14 @@ def test_resume_continues_a_really_interrupted_run_from_its_checkpoint(tmp_path,
     # LLaMA-Factory really started from the checkpoint: its second run's first logged step is past it.
     second_run = log.split("attempt 2", 1)[1]
     assert f"Continuing training from checkpoint" in second_run or "Resuming training from" in second_run
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # --- bad input: refused before anything is queued ---------------------------------------------
