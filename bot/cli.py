@@ -205,6 +205,22 @@ def cmd_show(settings: Settings, args) -> int:
         print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
     else:
         print(terminal.job_details(job))
+        remote = job.artifacts.get("remote") or {}
+        if remote and settings.storage.backend != "local":
+            from runners.artifacts import describe
+            from runners.storage import open_storage
+
+            storage = open_storage(settings.storage, settings.data_dir)
+            for name, record in remote.items():
+                try:
+                    info = describe(storage, record)
+                except UserError as exc:
+                    print(f"  {name}: {record.get('location')} ({exc.message})")
+                    continue
+                expires = f", link valid until {info['link_expires_at']}" if info.get("link_expires_at") else ""
+                print(f"  {name}: {info['location']} ({info['size_text']}{expires})\n    {info['link']}")
+        for name, error in (job.artifacts.get("remote_errors") or {}).items():
+            print(f"  {name}: not uploaded: {error}")
     return 0
 
 

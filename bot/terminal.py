@@ -72,7 +72,7 @@ def job_details(job: Job) -> str:
             if job.metrics.get(key) is not None:
                 lines.append(f"  {key} {job.metrics[key]}")
     for key, value in job.artifacts.items():
-        if key == "samples":
+        if key in ("samples", "remote", "remote_errors"):
             continue
         lines.append(f"  {key}: {value}")
     if job.url:

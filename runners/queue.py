@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import deploy, recipes, validation
+from . import artifacts, deploy, recipes, validation
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
@@ -128,15 +128,18 @@ class JobQueue:
     def prepare(self, recipe: Recipe) -> Recipe:
         """Resolve the model and datasets and check everything; raises UserError, queues nothing."""
         args = dict(recipe.args)
+        parent = self.store.get(recipe.parent_id) if recipe.parent_id else None
+        in_store = artifacts.missing_inputs(args, parent)  # fetched by the runner before it starts
         model = str(args["model_name_or_path"])
         if model == recipes.TINY_MODEL:
             from .tinymodel import ensure_tiny_model
 
             model = str(ensure_tiny_model(self.settings.models_dir))
-        else:
+        elif "model_name_or_path" not in in_store:
             model = validation.resolve_model_path(model, self.settings.models_dir)
         args["model_name_or_path"] = model
-        validation.check_adapter(args.get("adapter_name_or_path"))
+        if "adapter_name_or_path" not in in_store:
+            validation.check_adapter(args.get("adapter_name_or_path"))
         for key in ("dataset", "eval_dataset"):
             if key in args:
                 for name in validation.dataset_names(args[key]):
@@ -145,9 +148,7 @@ class JobQueue:
         validation.check_hardware(recipe, self.hardware, self.slots)
         if validation.llamafactory_available():
             recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
-        recipe.model = model
-        if recipe.parent_id:
-            recipe.model = self.store.get(recipe.parent_id).model  # the model people know it by
+        recipe.model = parent.model if parent else model  # the name people know it by
         return recipe
 
     def _require_dataset(self, name: str) -> None:

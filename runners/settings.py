@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -120,6 +121,8 @@ class Settings:
     log_level: str = "INFO"
     # Extra environment for job subprocesses (tests use it; never secrets from users).
     job_env: dict[str, str] = field(default_factory=dict)
+    # The artifact store (runners/storage.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
+    storage: Any = field(default_factory=lambda: _storage_settings(None))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -148,6 +151,7 @@ class Settings:
             web_port=_int(env, "TUNEBOT_WEB_PORT", 7860, minimum=0),
             poll_interval=_duration(env, "TUNEBOT_POLL_INTERVAL", "1s"),
             log_level=(_env(env, "TUNEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
+            storage=_storage_settings(env),
         )
 
     # Derived locations, all under the data dir.
@@ -170,6 +174,12 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+
+def _storage_settings(env: dict[str, str] | None):
+    from .storage import StorageSettings  # storage imports this module's helpers
+
+    return StorageSettings() if env is None else StorageSettings.from_env(env)
 
 
 def settings_field_names() -> list[str]:

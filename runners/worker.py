@@ -16,13 +16,14 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import deploy
+from . import artifacts, deploy
 from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
 from .backends.local import read_exit_file
 from .errors import UserError
@@ -86,6 +87,14 @@ class Worker:
         self.only_job = only_job
         self.chat_base: str | None = None  # e.g. http://host:7860, set when the chat-page server runs
         self.running: dict[int, Running] = {}
+        self.storage = None  # the artifact store, when it is remote (OSS); local job folders otherwise
+        if getattr(settings.storage, "backend", "local") != "local":
+            from .storage import open_storage
+
+            self.storage = open_storage(settings.storage, settings.data_dir)
+        # Uploads and input fetches take minutes for a merged 8B model: off the runner loop.
+        self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tunebot-transfer")
+        self._fetching: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_beat = 0.0
@@ -104,6 +113,7 @@ class Worker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._transfers.shutdown(wait=False, cancel_futures=True)
         self.store.forget_runner(self.runner_id)
 
     def _loop(self) -> None:
@@ -134,7 +144,7 @@ class Worker:
         self._last_recover = now()
         live = {r.id for r in self.store.live_runners()} - {self.runner_id}
         for job in self.store.list_jobs(states=ACTIVE_STATES):
-            if job.id in self.running or job.host != self.host or job.runner_id in live:
+            if job.id in self.running or job.id in self._fetching or job.host != self.host or job.runner_id in live:
                 continue
             if self.only_job is not None and job.id != self.only_job:
                 continue
@@ -202,6 +212,30 @@ class Worker:
                 continue
             if job.user:
                 busy_users[job.user] = busy_users.get(job.user, 0) + 1
+            claimed_job = self.store.get(job.id)
+            parent = self.store.find(claimed_job.parent_id) if claimed_job.parent_id else None
+            if self.storage is not None and artifacts.missing_inputs(claimed_job.args, parent):
+                self._fetching.add(job.id)
+                self._transfers.submit(self._fetch_then_launch, claimed_job, parent, slots)
+            else:
+                self._launch(claimed_job, slots)
+
+    def _fetch_then_launch(self, job: Job, parent: Job | None, slots: list[str]) -> None:
+        """Inputs kept only in the artifact store (e.g. exported on another host) come first."""
+        try:
+            self.store.add_event(job.id, "message", {"text": "fetching its inputs from the artifact store"})
+            args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
+            self.store.update(job.id, args=args)
+        except (UserError, OSError) as exc:
+            text = exc.text() if isinstance(exc, UserError) else str(exc)
+            with self._lock:
+                self._fetching.discard(job.id)
+                self.store.release_slots(job.id)
+                self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, finished_at=now(),
+                                      error=f"Could not fetch its inputs from the artifact store: {text}")
+            return
+        with self._lock:
+            self._fetching.discard(job.id)
             self._launch(self.store.get(job.id), slots)
 
     def _launch(self, job: Job, slots: list[str]) -> None:
@@ -423,6 +457,8 @@ class Worker:
             self.store.transition(job.id, ACTIVE_STATES, JobState.SUCCEEDED.value, **values)
             self.store.add_event(job.id, "result", {"kind": job.kind, "metrics": values.get("metrics", {}),
                                                     "artifacts": values.get("artifacts", {})})
+            if self.storage is not None:
+                self._transfers.submit(self._upload, job.id)
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
@@ -433,6 +469,24 @@ class Worker:
                 values["advice"] = ((failure.advice + " ") if failure.advice else "") + (
                     f"`resume {job.id}` continues from the last checkpoint.")
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
+
+    def _upload(self, job_id: int) -> None:
+        """Copy a succeeded job's artifacts to the store; say in its events what went where."""
+        job = self.store.get(job_id)
+        records, errors = artifacts.upload_job(job, self.storage)
+        fresh = self.store.get(job_id)
+        remote = {**(fresh.artifacts.get("remote") or {}), **records}
+        self.store.update(job_id, artifacts={**fresh.artifacts, "remote": remote, "remote_errors": errors})
+        for name, record in records.items():
+            data = {"name": name, "location": record["location"], "size": record["size"]}
+            try:
+                data["link"] = artifacts.describe(self.storage, record)["link"]
+            except UserError:
+                pass
+            self.store.add_event(job_id, "upload", data)
+        for name, error in errors.items():
+            self.store.add_event(job_id, "upload", {"name": name, "error": error,
+                                                    "local": str(Path(job.work_dir))})
 
     def _collect(self, job: Job) -> dict[str, Any]:
         """What a successful job left behind: artifacts and metrics."""
