@@ -31,9 +31,12 @@ _LEADING_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*")
 _HUMAN_SUBTYPES = (None, "thread_broadcast", "file_share")
 
 
+EMPTY_ANSWER = "_(an empty answer)_"
+
+
 def render_chat_answer(answer: str, deployment: Job) -> dict[str, Any]:
     """The model's answer, posted in the thread; its first block carries the answer marker."""
-    text = escape(answer.strip()) or "_(an empty answer)_"
+    text = escape(answer.strip()) or EMPTY_ANSWER
     chunks = [text[i : i + SECTION_TEXT_MAX - 10] for i in range(0, min(len(text), 40 * SECTION_TEXT_MAX),
                                                                     SECTION_TEXT_MAX - 10)]
     blocks = [section(chunk) for chunk in chunks[:45]]
@@ -51,7 +54,7 @@ def _answer_text(msg: dict[str, Any]) -> str:
     parts = [b.get("text", {}).get("text", "") for b in msg.get("blocks") or []
              if b.get("type") == "section" and isinstance(b.get("text"), dict)]
     text = "".join(parts) if parts else msg.get("text", "")
-    return unescape_slack(text)
+    return "" if text == EMPTY_ANSWER else unescape_slack(text)
 
 
 def _human_text(msg: dict[str, Any], bot_user_id: str | None) -> str | None:
