@@ -81,8 +81,11 @@ def bot_settings(slack: SlackStandin) -> BotSettings:
 
 def fake_cli_settings(settings: Settings, **env: str) -> Settings:
     """The engine with the stand-in llamafactory-cli: jobs run in a second, not a minute."""
-    return replace(settings, llamafactory_cli=f"{sys.executable} {FAKE_CLI}",
-                   job_env={"FAKE_STEPS": "3", "FAKE_STEP_SECONDS": "0.05", **env})
+    return replace(
+        settings,
+        llamafactory_cli=f"{sys.executable} {FAKE_CLI}",
+        job_env={"FAKE_STEPS": "3", "FAKE_STEP_SECONDS": "0.05", **env},
+    )
 
 
 @pytest.fixture
@@ -108,19 +111,37 @@ class SlackBot:
     def services(self) -> Services:
         return self.app.tunebot  # type: ignore[attr-defined]
 
-    def command(self, text: str, *, user: str = HUMAN_USER_ID, channel: str = CHANNEL_ID,
-                trigger_id: str | None = None) -> HttpResult:
-        request = signed_slash_command(text, user_id=user, channel_id=channel,
-                                       response_url=self.slack.new_response_url(),
-                                       trigger_id=trigger_id or new_trigger_id())
+    def command(
+        self,
+        text: str,
+        *,
+        user: str = HUMAN_USER_ID,
+        channel: str = CHANNEL_ID,
+        trigger_id: str | None = None,
+    ) -> HttpResult:
+        request = signed_slash_command(
+            text,
+            user_id=user,
+            channel_id=channel,
+            response_url=self.slack.new_response_url(),
+            trigger_id=trigger_id or new_trigger_id(),
+        )
         return post(self.url, request)
 
-    def event(self, event: dict[str, Any], *, event_id: str | None = None,
-              retry_num: int | None = None) -> HttpResult:
+    def event(
+        self, event: dict[str, Any], *, event_id: str | None = None, retry_num: int | None = None
+    ) -> HttpResult:
         return post(self.url, signed_event(event_callback(event, event_id=event_id), retry_num=retry_num))
 
-    def reply(self, thread_ts: str, text: str, *, user: str = HUMAN_USER_ID, event_id: str | None = None,
-              retry_num: int | None = None) -> dict[str, Any]:
+    def reply(
+        self,
+        thread_ts: str,
+        text: str,
+        *,
+        user: str = HUMAN_USER_ID,
+        event_id: str | None = None,
+        retry_num: int | None = None,
+    ) -> dict[str, Any]:
         """A person replies in a thread: the message exists in the stand-in and its event arrives."""
         message = self.slack.add_message(CHANNEL_ID, text, user=user, thread_ts=thread_ts)
         event = message_event(text, user=user, ts=message["ts"], thread_ts=thread_ts)
@@ -131,14 +152,26 @@ class SlackBot:
         message = self.slack.add_message(CHANNEL_ID, text, user=user, thread_ts=thread_ts)
         return self.event(app_mention_event(text, user=user, ts=message["ts"], thread_ts=thread_ts))
 
-    def click(self, message: dict[str, Any], action_id: str, *, user: str = HUMAN_USER_ID,
-              trigger_id: str | None = None) -> HttpResult:
-        payload = block_actions_payload(message, action_id, user_id=user,
-                                        response_url=self.slack.new_response_url(), trigger_id=trigger_id)
+    def click(
+        self,
+        message: dict[str, Any],
+        action_id: str,
+        *,
+        user: str = HUMAN_USER_ID,
+        trigger_id: str | None = None,
+    ) -> HttpResult:
+        payload = block_actions_payload(
+            message,
+            action_id,
+            user_id=user,
+            response_url=self.slack.new_response_url(),
+            trigger_id=trigger_id,
+        )
         return post(self.url, signed_interactive(payload))
 
-    def submit(self, view: dict[str, Any], values: dict[str, Any] | None = None, *,
-               user: str = HUMAN_USER_ID) -> HttpResult:
+    def submit(
+        self, view: dict[str, Any], values: dict[str, Any] | None = None, *, user: str = HUMAN_USER_ID
+    ) -> HttpResult:
         return post(self.url, signed_interactive(view_submission_payload(view, values, user_id=user)))
 
     def responses(self) -> list[dict[str, Any]]:
@@ -150,14 +183,21 @@ class SlackBot:
 
     def wait_response(self, count: int = 1, timeout: float = 30.0) -> dict[str, Any]:
         """The count-th answer posted to a response_url (a slash command's or a button's)."""
-        found = self.slack.wait_for(lambda: len(self.responses()) >= count and self.responses(),
-                                    timeout=timeout, what=f"{count} response_url post(s)")
+        found = self.slack.wait_for(
+            lambda: len(self.responses()) >= count and self.responses(),
+            timeout=timeout,
+            what=f"{count} response_url post(s)",
+        )
         return found[count - 1]
 
-    def wait_ephemeral(self, user: str = HUMAN_USER_ID, count: int = 1, timeout: float = 30.0) -> dict[str, Any]:
-        found = self.slack.wait_for(lambda: len(self.slack.ephemerals(user)) >= count
-                                    and self.slack.ephemerals(user), timeout=timeout,
-                                    what=f"{count} ephemeral(s) to {user}")
+    def wait_ephemeral(
+        self, user: str = HUMAN_USER_ID, count: int = 1, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        found = self.slack.wait_for(
+            lambda: len(self.slack.ephemerals(user)) >= count and self.slack.ephemerals(user),
+            timeout=timeout,
+            what=f"{count} ephemeral(s) to {user}",
+        )
         return found[count - 1]
 
     def post_job_message(self, job: Job) -> str:
@@ -183,8 +223,9 @@ class SlackBot:
         return self.slack.message(fresh.channel, fresh.message_ts)
 
 
-def start_bot(slack: SlackStandin, bot_settings: BotSettings, runtime: Runtime, *,
-              delivery: Any | None = None) -> Iterator[SlackBot]:
+def start_bot(
+    slack: SlackStandin, bot_settings: BotSettings, runtime: Runtime, *, delivery: Any | None = None
+) -> Iterator[SlackBot]:
     app = build_app(bot_settings, runtime, client=quick_client(slack), delivery=delivery)
     try:
         with serve_asgi(asgi_app(app)) as base:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bot.render import ACTION_CANCEL, ACTION_DEPLOY, ACTION_EVAL, ACTION_EXPORT, ACTION_RESUME, ACTION_UNDEPLOY
+from bot.render import (
+    ACTION_CANCEL,
+    ACTION_DEPLOY,
+    ACTION_EVAL,
+    ACTION_EXPORT,
+    ACTION_RESUME,
+    ACTION_UNDEPLOY,
+)
 from runners.queue import Requester
 from tests.slack_fixtures import (
     ADMIN_ID,
@@ -21,8 +28,9 @@ __all__ = ["bot", "bot_settings", "db_url", "runtime", "slack"]  # fixtures
 
 
 def train(bot, **pairs: str):
-    return bot.runtime.queue.submit_train(preset="tiny", pairs=pairs,
-                                          requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
+    return bot.runtime.queue.submit_train(
+        preset="tiny", pairs=pairs, requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+    )
 
 
 def test_cancel_on_a_queued_job_by_its_owner_cancels_it(bot) -> None:
@@ -88,8 +96,9 @@ def test_undeploy_on_a_serving_deployment_stops_it(bot) -> None:
     bot.runtime.start(web=False)
     wait_job(bot.runtime, job.id)
     bot.runtime.worker.stop()
-    deployment = bot.runtime.queue.submit_deploy(job.id, requester=Requester(user=HUMAN_USER_ID,
-                                                                             channel=CHANNEL_ID))
+    deployment = bot.runtime.queue.submit_deploy(
+        job.id, requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+    )
     # As if it came up: the button is only on a serving deployment's message.
     bot.runtime.store.update(deployment.id, state="serving", port=1, url="http://127.0.0.1:1/v1")
     message = bot.job_message(deployment)

@@ -45,18 +45,24 @@ def test_a_reply_in_a_deployed_models_thread_is_a_chat_turn_with_its_history(bot
         serving = wait_job(bot.runtime, deployment.id, ("serving", *FINAL), timeout=180)
         assert serving.state == "serving", f"{serving.error}\n{serving.log_tail}"
         # The notifier's post about it: a status post, not part of the conversation.
-        bot.slack.add_message(CHANNEL_ID, render_deploy(serving, serving.url, serving.chat_url)["text"],
-                              thread_ts=thread, bot=True)
+        bot.slack.add_message(
+            CHANNEL_ID,
+            render_deploy(serving, serving.url, serving.chat_url)["text"],
+            thread_ts=thread,
+            bot=True,
+        )
 
         bot.reply(thread, "Hello there, model")
-        first = bot.slack.wait_for_call("chat.postMessage", lambda c: c.params.get("thread_ts") == thread,
-                                        timeout=120)
+        first = bot.slack.wait_for_call(
+            "chat.postMessage", lambda c: c.params.get("thread_ts") == thread, timeout=120
+        )
         assert first.params["blocks"][0]["block_id"] == f"{ANSWER_MARKER}_{deployment.id}"
         bot.reply(thread, "status")  # a command to the bot, not a chat turn
         bot.wait_ephemeral()
         bot.reply(thread, f"<@{bot.slack.bot_user_id}> And a second question?")
-        bot.slack.wait_for_call("chat.postMessage", lambda c: c.params.get("thread_ts") == thread,
-                                count=2, timeout=120)
+        bot.slack.wait_for_call(
+            "chat.postMessage", lambda c: c.params.get("thread_ts") == thread, count=2, timeout=120
+        )
     finally:
         bot.runtime.chat = real_chat
         bot.runtime.queue.undeploy(deployment.id, by=HUMAN_USER_ID)
@@ -78,8 +84,13 @@ def test_the_conversation_is_human_turns_and_the_models_answers_only() -> None:
         return {"ts": ts, "user": user, "text": text}
 
     def ours(ts: str, text: str, answer: bool) -> dict:
-        blocks = [{"type": "section", "block_id": f"{ANSWER_MARKER}_3" if answer else "x",
-                   "text": {"type": "mrkdwn", "text": text}}]
+        blocks = [
+            {
+                "type": "section",
+                "block_id": f"{ANSWER_MARKER}_3" if answer else "x",
+                "text": {"type": "mrkdwn", "text": text},
+            }
+        ]
         return {"ts": ts, "user": bot_user, "bot_id": bot_id, "text": text, "blocks": blocks}
 
     thread = [

@@ -21,14 +21,22 @@ from tests.slack_fixtures import (
     texts,
     wait_job,
 )
-from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID, new_trigger_id, post, signed_slash_command, stale_timestamp
+from tests.slack_signing import (
+    CHANNEL_ID,
+    HUMAN_USER_ID,
+    new_trigger_id,
+    post,
+    signed_slash_command,
+    stale_timestamp,
+)
 
 __all__ = ["bot", "bot_settings", "db_url", "runtime", "slack"]  # fixtures
 
 
 def queued_train(bot, user: str = HUMAN_USER_ID, **pairs: str):
-    return bot.runtime.queue.submit_train(preset="tiny", pairs=pairs,
-                                          requester=Requester(user=user, channel=CHANNEL_ID))
+    return bot.runtime.queue.submit_train(
+        preset="tiny", pairs=pairs, requester=Requester(user=user, channel=CHANNEL_ID)
+    )
 
 
 def trained(bot, user: str = HUMAN_USER_ID):
@@ -85,8 +93,9 @@ def test_train_acks_at_once_then_queues_one_job_for_the_requester(bot) -> None:
 
 
 def test_a_redelivered_command_makes_one_job(bot) -> None:
-    request = signed_slash_command("train tiny", response_url=bot.slack.new_response_url(),
-                                   trigger_id=new_trigger_id())
+    request = signed_slash_command(
+        "train tiny", response_url=bot.slack.new_response_url(), trigger_id=new_trigger_id()
+    )
     assert post(bot.url, request).status == 200
     assert post(bot.url, request).status == 200
     bot.wait_response(2)
@@ -105,7 +114,9 @@ def test_the_engines_refusal_is_shown_word_for_word_and_nothing_is_queued(bot) -
 
 
 def test_a_pasted_yaml_is_the_config_with_or_without_a_code_block(bot) -> None:
-    yaml_text = "model_name_or_path: tiny\ndataset: demo\ntemplate: llama3\nbf16: false\nlearning_rate: 3.0e-3\n"
+    yaml_text = (
+        "model_name_or_path: tiny\ndataset: demo\ntemplate: llama3\nbf16: false\nlearning_rate: 3.0e-3\n"
+    )
     bot.command("train\n```\n" + yaml_text + "```")
     bot.wait_response()
     bot.command("train\n" + yaml_text.replace("3.0e-3", "2.0e-3"))
@@ -123,8 +134,12 @@ def test_train_with_no_arguments_opens_the_form_with_the_seed_defaults(bot) -> N
     assert opened.params["trigger_id"] == trigger
     [view] = bot.slack.views()
     assert view["callback_id"] == "train_form"
-    initial = {b["block_id"]: b["element"].get("initial_value") or (b["element"].get("initial_option") or {})
-               .get("value") for b in view["blocks"] if b["type"] == "input"}
+    initial = {
+        b["block_id"]: b["element"].get("initial_value")
+        or (b["element"].get("initial_option") or {}).get("value")
+        for b in view["blocks"]
+        if b["type"] == "input"
+    }
     assert initial["learning_rate"] == "0.0001" and initial["loraplus_lr_ratio"] == "16"
     assert initial["compute"] == "fp32"  # this host has no GPU
     assert bot.runtime.store.list_jobs() == []
@@ -147,7 +162,10 @@ def test_an_unauthorised_user_is_refused_politely_and_nothing_is_queued(bot) -> 
 def test_cancel_is_for_the_owner_or_an_admin(bot) -> None:
     job = queued_train(bot)
     bot.command(f"cancel {job.id}", user=OTHER_USER_ID)
-    assert f"Only <@{HUMAN_USER_ID}> (who started #{job.id}) or an admin may cancel it." in bot.wait_response()["text"]
+    assert (
+        f"Only <@{HUMAN_USER_ID}> (who started #{job.id}) or an admin may cancel it."
+        in bot.wait_response()["text"]
+    )
     assert bot.runtime.store.get(job.id).state == "queued"
     bot.command(f"cancel {job.id}", user=ADMIN_ID)
     assert f"Train #{job.id}* is cancelled" in bot.wait_response(2)["blocks"][0]["text"]["text"]
@@ -218,12 +236,17 @@ def test_schedule_commands_go_to_the_schedules_module_or_say_it_is_missing(bot, 
         seen.update(name=command.name, user=user, channel=channel, runtime=runtime)
         return {"text": "2 digests", "blocks": []}
 
-    monkeypatch.setitem(sys.modules, "bot.schedules",
-                        types.SimpleNamespace(handle_schedule_command=handle_schedule_command))
+    monkeypatch.setitem(
+        sys.modules, "bot.schedules", types.SimpleNamespace(handle_schedule_command=handle_schedule_command)
+    )
     bot.command("schedule daily 09:00 Asia/Shanghai")
     assert bot.wait_response(2)["text"] == "2 digests"
-    assert seen == {"name": "schedule daily", "user": HUMAN_USER_ID, "channel": CHANNEL_ID,
-                    "runtime": bot.runtime}
+    assert seen == {
+        "name": "schedule daily",
+        "user": HUMAN_USER_ID,
+        "channel": CHANNEL_ID,
+        "runtime": bot.runtime,
+    }
 
 
 # --- the HTTP endpoint itself --------------------------------------------------------------

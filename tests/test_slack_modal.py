@@ -19,8 +19,16 @@ def open_form(bot, user: str = HUMAN_USER_ID) -> dict:
 
 def test_a_good_form_closes_and_queues_the_job_in_the_channel_it_came_from(bot) -> None:
     view = open_form(bot)
-    result = bot.submit(view, {"model": "tiny", "dataset": "demo", "learning_rate": "2e-3",
-                               "num_train_epochs": "2", "compute": "fp32"})
+    result = bot.submit(
+        view,
+        {
+            "model": "tiny",
+            "dataset": "demo",
+            "learning_rate": "2e-3",
+            "num_train_epochs": "2",
+            "compute": "fp32",
+        },
+    )
     assert result.status == 200 and result.body == b""  # an empty ack closes the form
     [job] = bot.runtime.store.list_jobs()
     assert (job.user, job.channel, job.preset) == (HUMAN_USER_ID, CHANNEL_ID, "seed")
@@ -44,7 +52,9 @@ def test_the_engines_complaint_shows_under_the_field_it_is_about(bot) -> None:
 
 def test_a_pasted_yaml_in_the_form_is_the_config_and_changed_fields_go_on_top(bot) -> None:
     view = open_form(bot)
-    yaml_text = "model_name_or_path: tiny\ndataset: demo\ntemplate: llama3\nbf16: false\nnum_train_epochs: 1\n"
+    yaml_text = (
+        "model_name_or_path: tiny\ndataset: demo\ntemplate: llama3\nbf16: false\nnum_train_epochs: 1\n"
+    )
     assert bot.submit(view, {"yaml": yaml_text, "num_train_epochs": "4"}).body == b""
     [job] = bot.runtime.store.list_jobs()
     assert job.args["num_train_epochs"] == 4.0 and job.spec["yaml"] == yaml_text
@@ -59,7 +69,9 @@ def test_someone_who_may_not_spend_gpu_time_gets_no_form_and_no_job(bot) -> None
     assert bot.slack.views() == []
     # A form opened before the rules changed is still refused on submit.
     view = open_form(bot)
-    refused = ack_json(bot.submit(view, {"model": "tiny", "dataset": "demo", "compute": "fp32"}, user=OUTSIDER_ID))
+    refused = ack_json(
+        bot.submit(view, {"model": "tiny", "dataset": "demo", "compute": "fp32"}, user=OUTSIDER_ID)
+    )
     assert "Sorry, you may not" in next(iter(refused["errors"].values()))
     assert bot.runtime.store.list_jobs() == []
 

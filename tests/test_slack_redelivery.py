@@ -23,7 +23,9 @@ def test_racing_claims_of_one_event_id_let_exactly_one_through(store) -> None:
 
 
 def test_a_thread_reply_redelivered_over_http_queues_one_eval(bot) -> None:
-    job = bot.runtime.queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
+    job = bot.runtime.queue.submit_train(
+        preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+    )
     ts = bot.post_job_message(job)
     bot.runtime.start(web=False)
     wait_job(bot.runtime, job.id)
@@ -31,7 +33,9 @@ def test_a_thread_reply_redelivered_over_http_queues_one_eval(bot) -> None:
     reply = bot.slack.add_message(CHANNEL_ID, "eval", thread_ts=ts)
     event = message_event("eval", ts=reply["ts"], thread_ts=ts)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda n: bot.event(event, event_id="Ev0REDELIV1", retry_num=n or None), range(3)))
+        results = list(
+            pool.map(lambda n: bot.event(event, event_id="Ev0REDELIV1", retry_num=n or None), range(3))
+        )
     assert [r.status for r in results] == [200, 200, 200]
     bot.wait_ephemeral()
     bot.reply(ts, "status")

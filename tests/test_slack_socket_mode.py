@@ -12,8 +12,15 @@ from bot.render import ACTION_CANCEL
 from runners.queue import Requester
 from tests.delivery_fixtures import quick_client
 from tests.slack_fixtures import SlackBot, bot_settings, db_url, runtime, slack, texts
-from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID, block_actions_payload, message_event, new_trigger_id, \
-    slash_command_payload, view_submission_payload
+from tests.slack_signing import (
+    CHANNEL_ID,
+    HUMAN_USER_ID,
+    block_actions_payload,
+    message_event,
+    new_trigger_id,
+    slash_command_payload,
+    view_submission_payload,
+)
 from tests.socket_standin import SocketModeStandin
 
 __all__ = ["bot_settings", "db_url", "runtime", "slack"]  # fixtures
@@ -45,8 +52,9 @@ def test_help_and_mistakes_travel_in_the_ack_payload(sock) -> None:
 
 def test_train_is_acked_then_queued_and_a_redelivered_command_makes_one_job(sock) -> None:
     standin, bot = sock
-    payload = slash_command_payload("train tiny", response_url=bot.slack.new_response_url(),
-                                    trigger_id=new_trigger_id())
+    payload = slash_command_payload(
+        "train tiny", response_url=bot.slack.new_response_url(), trigger_id=new_trigger_id()
+    )
     first = standin.push("slash_commands", payload)
     assert "Checking" in texts(standin.wait_for_ack(first).payload)
     assert standin.ack_delay(first) < 3.0
@@ -58,7 +66,9 @@ def test_train_is_acked_then_queued_and_a_redelivered_command_makes_one_job(sock
 
 def test_events_buttons_and_the_form_over_the_socket(sock) -> None:
     standin, bot = sock
-    job = bot.runtime.queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
+    job = bot.runtime.queue.submit_train(
+        preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+    )
     message = bot.job_message(job)
     reply = bot.slack.add_message(CHANNEL_ID, "status", thread_ts=message["ts"])
     event = message_event("status", ts=reply["ts"], thread_ts=message["ts"])
@@ -75,10 +85,19 @@ def test_events_buttons_and_the_form_over_the_socket(sock) -> None:
     standin.wait_for_ack(standin.push_slash_command("train"))
     bot.slack.wait_for_call("views.open", timeout=10)
     view = bot.slack.views()[-1]
-    errors = standin.wait_for_ack(standin.push_interactive(view_submission_payload(
-        view, {"model": "tiny", "dataset": "demo", "compute": "bf16"})))
-    assert errors.payload["response_action"] == "errors" and "bf16 needs a GPU" in errors.payload["errors"]["compute"]
-    good = standin.wait_for_ack(standin.push_interactive(view_submission_payload(
-        view, {"model": "tiny", "dataset": "demo", "compute": "fp32"})))
+    errors = standin.wait_for_ack(
+        standin.push_interactive(
+            view_submission_payload(view, {"model": "tiny", "dataset": "demo", "compute": "bf16"})
+        )
+    )
+    assert (
+        errors.payload["response_action"] == "errors"
+        and "bf16 needs a GPU" in errors.payload["errors"]["compute"]
+    )
+    good = standin.wait_for_ack(
+        standin.push_interactive(
+            view_submission_payload(view, {"model": "tiny", "dataset": "demo", "compute": "fp32"})
+        )
+    )
     assert not good.payload
     assert len(bot.runtime.store.list_jobs()) == 2

@@ -25,7 +25,9 @@ ALPACA_ROWS = [{"instruction": f"Say {i}", "input": "", "output": f"{i}"} for i 
 
 
 def job_thread(bot, *, run: bool = False):
-    job = bot.runtime.queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
+    job = bot.runtime.queue.submit_train(
+        preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+    )
     ts = bot.post_job_message(job)
     if run:
         bot.runtime.start(web=False)
@@ -78,8 +80,11 @@ def test_messages_from_bots_and_outside_job_threads_are_ignored(bot) -> None:
     job, ts = job_thread(bot)
     bot.event(message_event("cancel", thread_ts=ts, bot_id="B0OTHERBOT", user="U0OTHERBOT"))
     own = bot.slack.add_message(CHANNEL_ID, "cancel", thread_ts=ts, bot=True)
-    bot.event(message_event("cancel", ts=own["ts"], thread_ts=ts, user=bot.slack.bot_user_id,
-                            bot_id=bot.slack.bot_id))
+    bot.event(
+        message_event(
+            "cancel", ts=own["ts"], thread_ts=ts, user=bot.slack.bot_user_id, bot_id=bot.slack.bot_id
+        )
+    )
     root = bot.slack.add_message(CHANNEL_ID, "lunch?")
     bot.reply(root["ts"], "cancel")
     bot.reply(ts, "status")  # a handled one, to know the ones before were processed
@@ -124,8 +129,12 @@ def test_a_file_shared_with_dataset_add_is_checked_and_registered(bot) -> None:
 
 def test_a_bad_row_is_named_and_nothing_is_registered(bot) -> None:
     rows = [*ALPACA_ROWS[:2], {"instruction": "no output here"}]
-    event = bot.slack.share_file(CHANNEL_ID, "broken.jsonl", "\n".join(json.dumps(r) for r in rows).encode(),
-                                 text=f"<@{bot.slack.bot_user_id}> dataset add broken")
+    event = bot.slack.share_file(
+        CHANNEL_ID,
+        "broken.jsonl",
+        "\n".join(json.dumps(r) for r in rows).encode(),
+        text=f"<@{bot.slack.bot_user_id}> dataset add broken",
+    )
     bot.event(event)
     told = bot.wait_ephemeral()
     assert "row 3" in told["text"].lower() and told["thread_ts"] == event["ts"]
@@ -142,7 +151,9 @@ def test_dataset_add_prompts_for_the_file_and_a_reply_with_it_registers_it(bot) 
     assert f"<@{HUMAN_USER_ID}>" in texts(prompt.params)
     assert "Reply to my message" in bot.wait_response()["text"]
     prompt_ts = prompt.response["ts"]
-    shared = bot.slack.share_file(CHANNEL_ID, "faq.json", json.dumps(ALPACA_ROWS).encode(), thread_ts=prompt_ts)
+    shared = bot.slack.share_file(
+        CHANNEL_ID, "faq.json", json.dumps(ALPACA_ROWS).encode(), thread_ts=prompt_ts
+    )
     bot.event(shared)
     done = bot.slack.wait_for_call("chat.postMessage", count=2, timeout=10)
     assert done.params["thread_ts"] == prompt_ts
@@ -156,8 +167,13 @@ def test_dataset_add_prompts_for_the_file_and_a_reply_with_it_registers_it(bot) 
 
 
 def test_only_allowed_people_add_datasets_from_a_shared_file(bot) -> None:
-    event = bot.slack.share_file(CHANNEL_ID, "x.jsonl", json.dumps(ALPACA_ROWS[0]).encode(), user=OUTSIDER_ID,
-                                 text="/tune dataset add sneaky")
+    event = bot.slack.share_file(
+        CHANNEL_ID,
+        "x.jsonl",
+        json.dumps(ALPACA_ROWS[0]).encode(),
+        user=OUTSIDER_ID,
+        text="/tune dataset add sneaky",
+    )
     bot.event(event)
     assert "Sorry, you may not add datasets here" in bot.wait_ephemeral(OUTSIDER_ID)["text"]
     assert datasets.list_datasets(bot.runtime.settings.data_dir) == []
