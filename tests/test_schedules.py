@@ -18,6 +18,8 @@ from slack_sdk import WebClient
 from sqlalchemy import create_engine, func, select
 
 from bot import schedules
+from bot.app import build_app
+from bot.delivery import Delivery
 from bot.parsing import parse_command
 from bot.schedules import (
     SCHEDULE_SETTINGS_TABLE,
@@ -29,32 +31,27 @@ from bot.schedules import (
     parse_schedule,
     weekday_field,
 )
+from bot.serve import EVENTS_PATH, asgi_app
+from bot.settings import BotSettings
 from runners.errors import UserError
 from runners.hardware import Hardware
 from runners.job import Job
 from runners.queue import JobQueue, Requester
+from runners.runtime import Runtime
 from runners.worker import Worker, wait_for
-from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID
+from tests.slack_signing import (
+    CHANNEL_ID,
+    HUMAN_USER_ID,
+    SIGNING_SECRET,
+    post,
+    serve_asgi,
+    signed_slash_command,
+)
 from tests.slack_standin import SlackStandin, block_kit_problems
 
 FAKE = Path(__file__).parent / "fakes" / "llamafactory_cli.py"
 CPU = Hardware(host="testhost", gpus=(), cpu_count=2)
 UTC = timezone.utc
-
-
-class WebDelivery:
-    """The Delivery contract (post, upload) straight over a WebClient."""
-
-    def __init__(self, client: WebClient):
-        self.client = client
-
-    def post(self, channel, *, text, blocks=None, thread_ts=None):
-        answer = self.client.chat_postMessage(channel=channel, text=text, blocks=blocks, thread_ts=thread_ts)
-        return answer["ts"]
-
-    def upload(self, channel, thread_ts=None, *, path, filename, title):
-        self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, file=str(path), filename=filename,
-                                    title=title)
 
 
 @pytest.fixture
@@ -69,13 +66,29 @@ def client(slack) -> WebClient:
 
 
 @pytest.fixture
-def make_scheduler(store, client):
-    """Schedulers against the test's database; all stopped at the end."""
+def deliveries(client):
+    """Outboxes (bot.delivery) on the stand-in, stopped at the end."""
+    made: list[Delivery] = []
+
+    def make(store) -> Delivery:
+        made.append(Delivery(client, store).start())
+        return made[-1]
+
+    yield make
+    for delivery in made:
+        delivery.stop()
+
+
+@pytest.fixture
+def make_scheduler(store, deliveries):
+    """Schedulers against the test's database, posting through the outbox; all stopped at the end."""
     made: list[Scheduler] = []
 
-    def make(settings: ScheduleSettings | None = None, *, lease_ttl: float = 30.0, start: bool = True):
-        scheduler = Scheduler(SimpleNamespace(store=store), WebDelivery(client),
-                              settings or ScheduleSettings(), lease_ttl=lease_ttl)
+    def make(settings: ScheduleSettings | None = None, *, lease_ttl: float = 30.0, start: bool = True,
+             runtime=None):
+        runtime = runtime or SimpleNamespace(store=store)
+        scheduler = Scheduler(runtime, deliveries(runtime.store), settings or ScheduleSettings(),
+                              lease_ttl=lease_ttl)
         made.append(scheduler)
         return scheduler.start() if start else scheduler
 
@@ -290,6 +303,35 @@ def test_a_schedule_fires_and_posts_the_channels_digest(make_scheduler, client, 
     assert scheduler.digest(1).last_digest_at is not None
 
 
+def test_a_schedule_made_by_a_signed_slash_command_fires_and_posts(settings, slack, client, make_scheduler):
+    runtime = Runtime(settings)  # the app's engine (its runner is not started: no jobs here)
+    scheduler = make_scheduler(runtime=runtime)
+    bot_settings = BotSettings(bot_token=slack.bot_token, signing_secret=SIGNING_SECRET,
+                               api_url=slack.base_url, allowed_users=frozenset({"*"}))
+    app = build_app(bot_settings, runtime, client=client, delivery=scheduler.delivery, verify_token=False)
+    with serve_asgi(asgi_app(app)) as base:
+        request = signed_slash_command("schedule daily 09:00 Asia/Shanghai",
+                                       response_url=slack.new_response_url())
+        result = post(base + EVENTS_PATH, request)
+        assert result.status == 200
+        answer = slack.wait_for(lambda: slack.responses(), timeout=10, what="the ephemeral answer")[-1]
+        assert answer["response_type"] == "ephemeral"
+        assert answer["text"] == "Digest #1 scheduled: daily at 09:00 (Asia/Shanghai)."
+        listed = post(base + EVENTS_PATH, signed_slash_command("schedule list",
+                                                               response_url=slack.new_response_url()))
+        assert listed.status == 200
+        slack.wait_for(lambda: len(slack.responses()) == 2, timeout=10, what="the list")
+        assert "daily at 09:00 (Asia/Shanghai)" in slack.responses()[-1]["text"]
+
+    nxt = scheduler._aps.get_job(f"digest:{CHANNEL_ID}:1").next_run_time
+    assert nxt.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%H:%M") == "09:00"
+    fire_soon(scheduler, 1)
+    slack.wait_for(lambda: digests_in(slack), timeout=10, what="the digest")
+    [digest] = digests_in(slack)
+    assert digest["text"].startswith("Digest · daily at 09:00 (Asia/Shanghai)")
+    assert block_kit_problems(digest["blocks"]) == []
+
+
 def test_schedules_survive_a_restart_and_a_new_scheduler_fires_them(make_scheduler, client, store, slack):
     first = make_scheduler()
     run("schedule weekly wed 08:15 Europe/Berlin", first, client)
@@ -388,7 +430,7 @@ def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(set
     job = queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
     root = client.chat_postMessage(channel=CHANNEL_ID, text=f"Train #{job.id} queued")["ts"]
     store.update(job.id, message_ts=root)  # what the notifier records
-    make_scheduler(ScheduleSettings(progress_every=1.5, stall_after=60.0))
+    scheduler = make_scheduler(ScheduleSettings(progress_every=1.5, stall_after=60.0))
     worker = Worker(s, store, hardware=CPU)
     worker.start()
     try:
@@ -396,6 +438,9 @@ def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(set
     finally:
         worker.stop()
     assert done.state == "succeeded", done.error
+    delivery = scheduler.delivery
+    scheduler.stop()  # waits for a sweep under way
+    assert delivery.flush(timeout=10)
 
     thread = slack.thread(CHANNEL_ID, root)
     posts = [m for m in thread if m.get("text", "").startswith(f"Train #{job.id}: step")]
