@@ -139,7 +139,7 @@ _SPECS = [
         "A digest on a cron schedule",
         'schedule cron "0 9 * * 1-5"',
         min_args=1,
-        max_args=2,
+        max_args=6,  # the five fields may come unquoted, then a time zone
     ),
     CommandSpec("schedule list", "schedule list", "This channel's digests", "schedule list"),
     CommandSpec(

@@ -315,13 +315,18 @@ def parse_schedule(command: Command, default_tz: str) -> ScheduleSpec:
         spec = ScheduleSpec("weekly", f"{minute} {hour} * * {_APS_DAY[day]}", tz.key,
                             f"weekly on {_DAY_LABEL[day]} at {hour:02d}:{minute:02d} ({tz.key})")
     elif command.name == "schedule cron":
+        if len(args) > 2:  # typed without quotes: the fields as words, then perhaps a time zone
+            if len(args) not in (5, 6):
+                raise _cron_error(" ".join(args), f"it has {len(args)} fields, not 5 "
+                                  "(minute hour day-of-month month day-of-week).")
+            args = [" ".join(args[:5]), *args[5:]]
         raw = args[0].strip()
         tz_arg = args[1] if len(args) > 1 else None
         expr = _CRON_MACROS.get(raw.lower(), raw)
         fields = expr.split()
         if len(fields) != 5:
             raise _cron_error(raw, f"it has {len(fields)} field{'s' if len(fields) != 1 else ''}, "
-                              "not 5 (minute hour day-of-month month day-of-week); quote it.")
+                              "not 5 (minute hour day-of-month month day-of-week).")
         minute, hour, day, month, dow = fields
         if day not in ("*", "?") and dow not in ("*", "?"):
             raise _cron_error(raw, "it limits both the day of the month and the day of the week, which "

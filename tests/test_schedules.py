@@ -148,6 +148,9 @@ def test_daily_weekly_and_cron_become_cron_triggers_in_their_time_zone():
     # crontab's 1-5 is Monday to Friday (APScheduler 3 alone would read Tuesday to Saturday)
     assert fires == ["Mon", "Tue", "Wed", "Thu", "Fri", "Mon", "Tue"]
     assert spec_of("schedule cron @daily").cron == "0 0 * * *"
+    unquoted = spec_of("schedule cron 0 9 * * 1-5 Asia/Shanghai")
+    assert (unquoted.cron, unquoted.tz) == (cron.cron, "Asia/Shanghai")
+    assert spec_of("schedule cron 30 7 * * sun").cron == "30 7 * * sun"
     assert spec_of('schedule cron "0 9 * * *"').cron == spec_of("schedule daily 09:00").cron
 
 
@@ -167,6 +170,7 @@ def test_crontab_weekdays_are_translated_to_names(field, names):
     ("schedule daily 09:00 ../../etc/passwd", "is not a time zone"),
     ("schedule weekly someday 09:00", "`someday` is not a day of the week"),
     ('schedule cron "0 9 * *"', "it has 4 fields, not 5"),
+    ("schedule cron 0 9 * *", "it has 4 fields, not 5"),
     ('schedule cron "61 9 * * *"', "is not a cron expression I can use"),
     ('schedule cron "0 9 * * 8"', "`8` is not a day of the week"),
     ('schedule cron "0 9 1 * 1"', "limits both the day of the month and the day of the week"),
