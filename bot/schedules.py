@@ -83,6 +83,7 @@ SWEEP_JOB_ID = "progress-sweep"
 DIGEST_MISFIRE_GRACE_S = 12 * 3600
 # Digests closer together than this would flood a channel.
 MIN_DIGEST_INTERVAL_S = 15 * 60
+MAX_DIGESTS_PER_CHANNEL = 10
 LEASE_NAME = "scheduler"
 DEFAULT_LEASE_TTL_S = 30.0
 
@@ -584,6 +585,8 @@ class Scheduler:
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> Scheduler:
+        if self._aps is not None:
+            return self
         create_tables(self.store.engine)
         self._jobstore_engine = make_engine(self.store.url)
         jobstore = SQLAlchemyJobStore(engine=self._jobstore_engine, tablename=JOBSTORE_TABLE)
@@ -733,6 +736,13 @@ class Scheduler:
     def add_digest(self, channel: str, spec: ScheduleSpec, *, user: str) -> tuple[DigestSchedule, bool]:
         """Schedule a digest; (the schedule, True) — or (the same one already there, False)."""
         aps = self._require_running()
+        mine = self.all_digests(channel)
+        same = [d for d in mine if d.cron == spec.cron and d.tz == spec.tz]
+        if same:
+            return same[0], False
+        if len(mine) >= MAX_DIGESTS_PER_CHANNEL:
+            raise UserError(f"This channel has {len(mine)} digests already; that is the most it may have.",
+                            field="schedule", fix=f"{COMMAND} schedule off ID stops one")
         try:
             with self.store.engine.begin() as conn:
                 new_id = conn.execute(insert(digest_table).values(
@@ -863,7 +873,8 @@ class Scheduler:
             if plot is not None:
                 point = pp.latest_point(points)
                 step = f"{point.step}/{point.total or '?'}" if point else "?"
-                self.delivery.upload(job.channel, thread_ts, path=plot, filename=plot.name,
+                self.delivery.upload(job.channel, thread_ts, path=plot,
+                                     filename=f"loss-{job.id}-step{point.step if point else 0}.png",
                                      title=f"#{job.id} loss at step {step}")
         new_state = pp.after_post(state, decision, points, now=now)
         if new_state != stored:
@@ -877,8 +888,9 @@ class Scheduler:
 
         point = pp.latest_point(points)
         step = point.step if point else 0
-        dest = Path(job.work_dir) / "progress" / f"loss-{job.id}-step{step}.png"
-        subtitle = " · ".join(bit for bit in (job.method, job.dataset, "in progress") if bit)
+        # One file, redrawn each time: the outbox keeps the bytes it was given when the post was queued.
+        dest = Path(job.work_dir) / "progress_loss.png"
+        subtitle = " · ".join(bit for bit in (job.method, job.dataset, f"step {step}") if bit)
         return render_loss_plot(points, dest, title=f"#{job.id} {Path(job.model).name}", subtitle=subtitle)
 
 

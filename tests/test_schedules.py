@@ -278,6 +278,16 @@ def test_bad_input_is_answered_and_loses_or_duplicates_nothing(make_scheduler, c
     assert sorted((j.id, j.next_run_time) for j in scheduler._aps.get_jobs()) == before_jobs
 
 
+def test_a_channel_has_at_most_ten_digests(make_scheduler, client, store):
+    scheduler = make_scheduler()
+    for hour in range(10):
+        assert "scheduled" in run(f"schedule daily {hour:02d}:00", scheduler, client)["text"]
+    refused = run("schedule daily 23:00", scheduler, client)
+    assert "has 10 digests already" in refused["text"]
+    assert len(stored_rows(store)) == 10
+    assert "Already scheduled" in run("schedule daily 05:00", scheduler, client)["text"]
+
+
 def test_without_a_running_scheduler_the_command_says_digests_are_off(store, client):
     answer = handle_schedule_command(parse_command("schedule list"), user=HUMAN_USER_ID, channel=CHANNEL_ID,
                                      runtime=SimpleNamespace(store=store), client=client)
