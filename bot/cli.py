@@ -206,7 +206,7 @@ def cmd_show(settings: Settings, args) -> int:
     else:
         print(terminal.job_details(job))
         remote = job.artifacts.get("remote") or {}
-        if remote and settings.storage.backend != "local":
+        if remote and settings.storage is not None and settings.storage.backend != "local":
             from runners.artifacts import describe
             from runners.storage import open_storage
 

@@ -13,11 +13,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .job import Job, JobKind
-from .storage import Storage, job_key
+
+if TYPE_CHECKING:  # storage needs oss2; a runner without OSS never imports it
+    from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ def upload_job(job: Job, storage: Storage) -> tuple[dict[str, dict], dict[str, s
 
     An upload that fails leaves the local files in place; calling again resumes (OSS checkpoints).
     """
+    from .storage import job_key
+
     records: dict[str, dict] = {}
     errors: dict[str, str] = {}
     for item in uploads_for(job):

@@ -122,7 +122,8 @@ class Settings:
     # Extra environment for job subprocesses (tests use it; never secrets from users).
     job_env: dict[str, str] = field(default_factory=dict)
     # The artifact store (runners/storage.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
-    storage: Any = field(default_factory=lambda: _storage_settings(None))
+    # None = the local default (the job folders), without importing oss2.
+    storage: Any = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -176,10 +177,10 @@ class Settings:
         return self.data_dir / "cache"
 
 
-def _storage_settings(env: dict[str, str] | None):
+def _storage_settings(env: dict[str, str]):
     from .storage import StorageSettings  # storage imports this module's helpers
 
-    return StorageSettings() if env is None else StorageSettings.from_env(env)
+    return StorageSettings.from_env(env)
 
 
 def settings_field_names() -> list[str]:

@@ -88,7 +88,7 @@ class Worker:
         self.chat_base: str | None = None  # e.g. http://host:7860, set when the chat-page server runs
         self.running: dict[int, Running] = {}
         self.storage = None  # the artifact store, when it is remote (OSS); local job folders otherwise
-        if getattr(settings.storage, "backend", "local") != "local":
+        if settings.storage is not None and settings.storage.backend != "local":
             from .storage import open_storage
 
             self.storage = open_storage(settings.storage, settings.data_dir)
