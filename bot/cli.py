@@ -30,20 +30,30 @@ def _pairs(items: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunebot", description="Fine-tune, evaluate, export and deploy LLMs "
-                                     "with LLaMA-Factory, from Slack or this command line.")
+    parser = argparse.ArgumentParser(
+        prog="tunebot",
+        description="Fine-tune, evaluate, export and deploy LLMs "
+        "with LLaMA-Factory, from Slack or this command line.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train -> eval -> export -> deploy -> chat a tiny model on this machine")
+    demo = sub.add_parser(
+        "demo", help="train -> eval -> export -> deploy -> chat a tiny model on this machine"
+    )
     demo.add_argument("--keep", action="store_true", help="leave the deployment serving at the end")
 
     run = sub.add_parser("run", help="run a job (train, eval, export, deploy)")
     run.add_argument("kind", choices=["train", "eval", "export", "deploy"])
-    run.add_argument("items", nargs="*", help="train: [preset] [key=value ...]; others: [JOB] [key=value ...]")
+    run.add_argument(
+        "items", nargs="*", help="train: [preset] [key=value ...]; others: [JOB] [key=value ...]"
+    )
     run.add_argument("--config", type=Path, help="a LLaMA-Factory YAML as the job spec (train)")
     run.add_argument("--model", help="eval/export/deploy a model folder instead of a job")
-    run.add_argument("--detach", action="store_true", help="queue it and return (a running `tunebot worker` "
-                     "or `tunebot serve` picks it up)")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="queue it and return (a running `tunebot worker` or `tunebot serve` picks it up)",
+    )
 
     resume = sub.add_parser("resume", help="continue an interrupted, failed or cancelled train job")
     resume.add_argument("job")
@@ -75,11 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("list", help="list registered datasets")
 
     sub.add_parser("worker", help="run queued jobs (no Slack)")
-    serve = sub.add_parser("serve", help="the Slack bot (Socket Mode unless --http) with the runner in-process")
-    serve.add_argument("--http", action="store_true", help="serve /slack/events over HTTP instead of Socket Mode")
+    serve = sub.add_parser(
+        "serve", help="the Slack bot (Socket Mode unless --http) with the runner in-process"
+    )
+    serve.add_argument(
+        "--http", action="store_true", help="serve /slack/events over HTTP instead of Socket Mode"
+    )
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--no-runner", action="store_true", help="front end only; a `tunebot worker` runs jobs")
+    serve.add_argument(
+        "--no-runner", action="store_true", help="front end only; a `tunebot worker` runs jobs"
+    )
     return parser
 
 
@@ -87,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=getattr(logging, settings.log_level, logging.INFO),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
         return COMMANDS[args.command](settings, args)
     except UserError as exc:
@@ -112,16 +130,24 @@ def cmd_run(settings: Settings, args) -> int:
     positional, pairs = _pairs(args.items)
     if args.kind == "train":
         if len(positional) > 1:
-            raise UserError(f"Unexpected words: {' '.join(positional[1:])}.", fix="tunebot run train seed lr=1e-4")
+            raise UserError(
+                f"Unexpected words: {' '.join(positional[1:])}.", fix="tunebot run train seed lr=1e-4"
+            )
         yaml_text = _read_config(args.config) if args.config else None
-        job = runtime.queue.submit_train(preset=positional[0] if positional else None, pairs=pairs,
-                                         yaml_text=yaml_text)
+        job = runtime.queue.submit_train(
+            preset=positional[0] if positional else None, pairs=pairs, yaml_text=yaml_text
+        )
     else:
         if len(positional) > 1:
-            raise UserError(f"Unexpected words: {' '.join(positional[1:])}.", fix=f"tunebot run {args.kind} 12")
+            raise UserError(
+                f"Unexpected words: {' '.join(positional[1:])}.", fix=f"tunebot run {args.kind} 12"
+            )
         source = positional[0] if positional else None
-        submit = {"eval": runtime.queue.submit_eval, "export": runtime.queue.submit_export,
-                  "deploy": runtime.queue.submit_deploy}[args.kind]
+        submit = {
+            "eval": runtime.queue.submit_eval,
+            "export": runtime.queue.submit_export,
+            "deploy": runtime.queue.submit_deploy,
+        }[args.kind]
         job = submit(source, model=args.model, pairs=pairs)
     return _follow(runtime, job, detach=args.detach)
 
@@ -168,7 +194,10 @@ def _follow(runtime, job: Job, *, detach: bool) -> int:
             return 0
     except KeyboardInterrupt:
         if in_process:
-            print(f"\nleaving #{job.id} running in the background; `tunebot show {job.id}` / `tunebot cancel {job.id}`")
+            print(
+                f"\nleaving #{job.id} running in the background; "
+                f"`tunebot show {job.id}` / `tunebot cancel {job.id}`"
+            )
         return 130
     finally:
         if in_process:
@@ -217,7 +246,9 @@ def cmd_show(settings: Settings, args) -> int:
                 except UserError as exc:
                     print(f"  {name}: {record.get('location')} ({exc.message})")
                     continue
-                expires = f", link valid until {info['link_expires_at']}" if info.get("link_expires_at") else ""
+                expires = (
+                    f", link valid until {info['link_expires_at']}" if info.get("link_expires_at") else ""
+                )
                 print(f"  {name}: {info['location']} ({info['size_text']}{expires})\n    {info['link']}")
         for name, error in (job.artifacts.get("remote_errors") or {}).items():
             print(f"  {name}: not uploaded: {error}")
@@ -232,7 +263,7 @@ def cmd_logs(settings: Settings, args) -> int:
         print(f"#{job.id} has no log yet ({job.state})")
         return 0
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for line in lines[-args.lines:]:
+    for line in lines[-args.lines :]:
         print(line)
     if args.follow:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -293,8 +324,10 @@ def cmd_worker(settings: Settings, args) -> int:
     from runners.runtime import Runtime
 
     runtime = Runtime(settings).start()
-    print(f"runner {runtime.worker.runner_id}: slots {', '.join(runtime.worker.slots)}; Ctrl-C stops "
-          "(running jobs keep running and are re-attached next time)")
+    print(
+        f"runner {runtime.worker.runner_id}: slots {', '.join(runtime.worker.slots)}; Ctrl-C stops "
+        "(running jobs keep running and are re-attached next time)"
+    )
     try:
         while True:
             time.sleep(3600)

@@ -38,15 +38,22 @@ def run_demo(settings: Settings, *, keep: bool = False, out=None) -> int:
         if train.state != JobState.SUCCEEDED.value:
             return 1
         say(f"\n$ /tune eval {train.id}")
-        evaluation = _run(runtime, thread, runtime.queue.submit_eval(
-            train.id, pairs={"max_new_tokens": "32", "batch": "8"}, requester=who))
+        evaluation = _run(
+            runtime,
+            thread,
+            runtime.queue.submit_eval(train.id, pairs={"max_new_tokens": "32", "batch": "8"}, requester=who),
+        )
         say(f"\n$ /tune export {train.id}")
         export = _run(runtime, thread, runtime.queue.submit_export(train.id, requester=who))
         if export.state != JobState.SUCCEEDED.value:
             return 1
         say(f"\n$ /tune deploy {export.id}")
-        deployment = _run(runtime, thread, runtime.queue.submit_deploy(export.id, requester=who),
-                          until=(JobState.SERVING.value, *FINAL_STATES))
+        deployment = _run(
+            runtime,
+            thread,
+            runtime.queue.submit_deploy(export.id, requester=who),
+            until=(JobState.SERVING.value, *FINAL_STATES),
+        )
         if deployment.state != JobState.SERVING.value:
             return 1
         say(f"\n> (in the thread) {QUESTION}")
@@ -83,8 +90,9 @@ def _printer(out):
     return say
 
 
-def _run(runtime: Runtime, thread: terminal.ThreadPrinter, job: Job,
-         until: tuple[str, ...] = FINAL_STATES) -> Job:
+def _run(
+    runtime: Runtime, thread: terminal.ThreadPrinter, job: Job, until: tuple[str, ...] = FINAL_STATES
+) -> Job:
     """Print the job's thread until it reaches one of `until`."""
     while True:
         thread.drain(job.id)
@@ -101,11 +109,15 @@ def _chat_page_answers(job: Job) -> bool:
         return False
     with urllib.request.urlopen(job.chat_url, timeout=10) as resp:  # noqa: S310 - our own server
         page = resp.read().decode("utf-8", "replace")
-    body = json.dumps({"model": "tunebot", "messages": [{"role": "user", "content": "你好"}],
-                       "max_tokens": 16}).encode()
-    req = urllib.request.Request(job.chat_url + "v1/chat/completions", data=body, method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": f"Bearer {job.api_key}"})
+    body = json.dumps(
+        {"model": "tunebot", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 16}
+    ).encode()
+    req = urllib.request.Request(
+        job.chat_url + "v1/chat/completions",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {job.api_key}"},
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - our own server
         reply = json.loads(resp.read())
     return "<html" in page.lower() and bool(reply.get("choices"))
@@ -116,14 +128,23 @@ def _summary(train: Job, evaluation: Job, export: Job, deployment: Job, page_ok:
     plot = train.artifacts.get("plot")
     lines.append(f"  loss plot (PNG):   {plot}")
     metrics = evaluation.metrics
-    scores = ", ".join(f"{label} {metrics[key]:.2f}" for key, label in
-                       (("rouge-1", "ROUGE-1"), ("rouge-2", "ROUGE-2"), ("rouge-l", "ROUGE-L"),
-                        ("bleu-4", "BLEU-4")) if metrics.get(key) is not None)
+    scores = ", ".join(
+        f"{label} {metrics[key]:.2f}"
+        for key, label in (
+            ("rouge-1", "ROUGE-1"),
+            ("rouge-2", "ROUGE-2"),
+            ("rouge-l", "ROUGE-L"),
+            ("bleu-4", "BLEU-4"),
+        )
+        if metrics.get(key) is not None
+    )
     lines.append(f"  eval scores:       {scores or evaluation.error}")
     lines.append(f"  eval results:      {evaluation.artifacts.get('results')}")
     lines.append(f"  exported model:    {export.artifacts.get('model')}  (transformers loads it directly)")
     lines.append(f"  deployed API:      {deployment.url}")
-    lines.append(f"  chat page:         {deployment.chat_url}  ({'answered' if page_ok else 'did not answer'})")
+    lines.append(
+        f"  chat page:         {deployment.chat_url}  ({'answered' if page_ok else 'did not answer'})"
+    )
     if Path(str(plot)).exists():
         lines.append(f"  open the plot:     xdg-open {plot}")
     return "\n".join(lines)

@@ -13,8 +13,15 @@ from runners.progress import format_eta, progress_bar
 from runners.store import Store
 
 STATE_MARK = {
-    "queued": "…", "running": "▶", "starting": "▶", "serving": "●", "succeeded": "✓",
-    "failed": "✗", "cancelled": "■", "interrupted": "⏸", "stopped": "■",
+    "queued": "…",
+    "running": "▶",
+    "starting": "▶",
+    "serving": "●",
+    "succeeded": "✓",
+    "failed": "✗",
+    "cancelled": "■",
+    "interrupted": "⏸",
+    "stopped": "■",
 }
 
 
@@ -58,8 +65,11 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def job_details(job: Job) -> str:
-    lines = [job_line(job), f"  asked by {job.user or 'cli'}  created {_when(job.created_at)}"
-             f"  started {_when(job.started_at)}  ended {_when(job.finished_at)}"]
+    lines = [
+        job_line(job),
+        f"  asked by {job.user or 'cli'}  created {_when(job.created_at)}"
+        f"  started {_when(job.started_at)}  ended {_when(job.finished_at)}",
+    ]
     if job.method:
         lines.append(f"  method {job.method}  preset {job.preset or '-'}  slots {','.join(job.slots) or '-'}")
     if job.progress:
@@ -150,13 +160,25 @@ def dataset_added(info) -> str:
 
 
 def dataset_line(info) -> str:
-    return f"{info.name:<20} {info.format:<9} {info.rows if info.rows is not None else '?':>7} rows  {info.file or ''}"
+    rows = info.rows if info.rows is not None else "?"
+    return f"{info.name:<20} {info.format:<9} {rows:>7} rows  {info.file or ''}"
 
 
 EMOJI = {
-    "arrow_forward": "▶", "bar_chart": "📊", "package": "📦", "rocket": "🚀", "key": "🔑", "bulb": "💡",
-    "white_check_mark": "✅", "x": "❌", "hourglass_flowing_sand": "⏳", "black_square_for_stop": "⏹",
-    "double_vertical_bar": "⏸", "large_green_circle": "🟢", "brain": "🧠", "warning": "⚠️",
+    "arrow_forward": "▶",
+    "bar_chart": "📊",
+    "package": "📦",
+    "rocket": "🚀",
+    "key": "🔑",
+    "bulb": "💡",
+    "white_check_mark": "✅",
+    "x": "❌",
+    "hourglass_flowing_sand": "⏳",
+    "black_square_for_stop": "⏹",
+    "double_vertical_bar": "⏸",
+    "large_green_circle": "🟢",
+    "brain": "🧠",
+    "warning": "⚠️",
 }
 
 
@@ -210,7 +232,9 @@ class ThreadPrinter:
             if event.type == "state" and data.get("state") == JobState.QUEUED.value and event.id:
                 self._print(job, blocks_to_text(render.render_job_message(job)))
             elif event.type == "message" and data.get("text") == "started":
-                self._print(job, blocks_to_text(render.render_started(job)) + f"\n[file] {job.work_dir}/config.yaml")
+                self._print(
+                    job, blocks_to_text(render.render_started(job)) + f"\n[file] {job.work_dir}/config.yaml"
+                )
             elif event.type == "progress":
                 quarter = int((data.get("percent") or 0) // 25)
                 if quarter > self.last_quarter.get(job_id, 0) or data.get("step") == 1:
@@ -225,11 +249,18 @@ class ThreadPrinter:
         if state == JobState.SERVING.value:
             self._print(job, blocks_to_text(render.render_deploy(job, job.url, job.chat_url)))
             if job.api_key:
-                self._print(job, "(only the requester sees this) "
-                            + blocks_to_text(render.render_deploy_key(job, job.api_key)))
+                self._print(
+                    job,
+                    "(only the requester sees this) "
+                    + blocks_to_text(render.render_deploy_key(job, job.api_key)),
+                )
         elif state == JobState.SUCCEEDED.value and job.kind == "eval":
-            self._print(job, blocks_to_text(render.render_eval_result(
-                job, job.metrics, None, job.artifacts.get("samples") or [])))
+            self._print(
+                job,
+                blocks_to_text(
+                    render.render_eval_result(job, job.metrics, None, job.artifacts.get("samples") or [])
+                ),
+            )
         elif state == JobState.SUCCEEDED.value and job.kind == "export":
             self._print(job, blocks_to_text(render.render_export(job, job.artifacts.get("model", ""))))
         elif state in FINAL_STATES:

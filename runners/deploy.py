@@ -77,8 +77,15 @@ def is_ready(base: str, key: str | None, timeout: float = 2.0) -> bool:
         return False
 
 
-def chat(job: Job, messages: list[dict[str, str]], *, bind_host: str, max_tokens: int = 256,
-         temperature: float | None = None, timeout: float = 300.0) -> str:
+def chat(
+    job: Job,
+    messages: list[dict[str, str]],
+    *,
+    bind_host: str,
+    max_tokens: int = 256,
+    temperature: float | None = None,
+    timeout: float = 300.0,
+) -> str:
     """Send a conversation to a serving deployment; returns the model's answer."""
     if job.state != JobState.SERVING.value or not job.port:
         raise UserError(
@@ -92,8 +99,12 @@ def chat(job: Job, messages: list[dict[str, str]], *, bind_host: str, max_tokens
     if temperature is not None:
         body["temperature"] = temperature
     try:
-        reply = _request(f"{internal_api_base(bind_host, job.port)}/chat/completions", key=job.api_key,
-                         body=body, timeout=timeout)
+        reply = _request(
+            f"{internal_api_base(bind_host, job.port)}/chat/completions",
+            key=job.api_key,
+            body=body,
+            timeout=timeout,
+        )
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300]
         raise UserError(f"Deployment #{job.id} answered HTTP {exc.code}: {detail}") from None

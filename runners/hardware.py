@@ -81,7 +81,9 @@ def _visible(gpus: list[Gpu]) -> list[Gpu]:
 
 @functools.lru_cache(maxsize=1)
 def detect() -> Hardware:
-    return Hardware(host=socket.gethostname(), gpus=tuple(_visible(_query_nvidia_smi())), cpu_count=os.cpu_count() or 1)
+    return Hardware(
+        host=socket.gethostname(), gpus=tuple(_visible(_query_nvidia_smi())), cpu_count=os.cpu_count() or 1
+    )
 
 
 def slots_for(hardware: Hardware, gpus: list[str] | None, cpu_slots: int) -> list[str]:

@@ -45,8 +45,14 @@ class JobQueue:
         self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
 
     # --- submitting ---------------------------------------------------------------------
-    def submit_train(self, *, preset: str | None = None, pairs: dict[str, str] | None = None,
-                     yaml_text: str | None = None, requester: Requester = CLI) -> Job:
+    def submit_train(
+        self,
+        *,
+        preset: str | None = None,
+        pairs: dict[str, str] | None = None,
+        yaml_text: str | None = None,
+        requester: Requester = CLI,
+    ) -> Job:
         existing = self._seen(requester)
         if existing:
             return existing
@@ -59,8 +65,14 @@ class JobQueue:
         )
         return self._queue(recipe, requester)
 
-    def submit_eval(self, source: int | str | None = None, *, model: str | None = None,
-                    pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+    def submit_eval(
+        self,
+        source: int | str | None = None,
+        *,
+        model: str | None = None,
+        pairs: dict[str, str] | None = None,
+        requester: Requester = CLI,
+    ) -> Job:
         existing = self._seen(requester)
         if existing:
             return existing
@@ -72,25 +84,41 @@ class JobQueue:
         )
         return self._queue(recipe, requester)
 
-    def submit_export(self, source: int | str | None = None, *, model: str | None = None,
-                      pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+    def submit_export(
+        self,
+        source: int | str | None = None,
+        *,
+        model: str | None = None,
+        pairs: dict[str, str] | None = None,
+        requester: Requester = CLI,
+    ) -> Job:
         existing = self._seen(requester)
         if existing:
             return existing
-        recipe = recipes.export_recipe(self._source(source, model, pairs, "export"), pairs,
-                                       gpu=self.hardware.has_gpu)
+        recipe = recipes.export_recipe(
+            self._source(source, model, pairs, "export"), pairs, gpu=self.hardware.has_gpu
+        )
         return self._queue(recipe, requester)
 
-    def submit_deploy(self, source: int | str | None = None, *, model: str | None = None,
-                      pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+    def submit_deploy(
+        self,
+        source: int | str | None = None,
+        *,
+        model: str | None = None,
+        pairs: dict[str, str] | None = None,
+        requester: Requester = CLI,
+    ) -> Job:
         existing = self._seen(requester)
         if existing:
             return existing
         recipe = recipes.deploy_recipe(self._source(source, model, pairs, "deploy"), pairs)
         port = recipe.spec.get("port")
         if port and deploy.port_in_use(self.settings.deploy_host, port):
-            raise UserError(f"Port {port} is already in use on the runner.", field="port",
-                            fix="leave out port= to get a free one, or pick another")
+            raise UserError(
+                f"Port {port} is already in use on the runner.",
+                field="port",
+                fix="leave out port= to get a free one, or pick another",
+            )
         if recipe.mode == "webchat" and not self.settings.webchat_cli:
             raise UserError(
                 "mode=webchat needs LLaMA-Factory's Gradio chat in an environment of its own (gradio "
@@ -103,8 +131,9 @@ class JobQueue:
     def _seen(self, requester: Requester) -> Job | None:
         return self.store.find_by_request(requester.request_key) if requester.request_key else None
 
-    def _source(self, source: int | str | None, model: str | None, pairs: dict[str, str] | None,
-                purpose: str) -> recipes.ModelSource:
+    def _source(
+        self, source: int | str | None, model: str | None, pairs: dict[str, str] | None, purpose: str
+    ) -> recipes.ModelSource:
         if source is not None and model:
             raise UserError(f"{purpose.capitalize()} takes a job or model=PATH, not both.", field="model")
         if source is not None:
@@ -114,7 +143,9 @@ class JobQueue:
             template = (pairs or {}).get("template")
             return recipes.source_from_model(model, template)
         raise UserError(
-            f"What should I {purpose}?", field="job", fix=f"`{purpose_command(purpose)} 12` (a train job) or model=PATH"
+            f"What should I {purpose}?",
+            field="job",
+            fix=f"`{purpose_command(purpose)} 12` (a train job) or model=PATH",
         )
 
     def _default_eval_dataset(self, source: int | str | None, model: str | None) -> str | None:
@@ -196,8 +227,13 @@ class JobQueue:
         work_dir = self.settings.jobs_dir / str(job.id)
         args = recipes.with_outputs(job.kind, job.args, work_dir, self._dataset_dir())
         self.store.update(job.id, args=args, work_dir=str(work_dir), log_path=str(work_dir / "job.log"))
-        self.store.audit(requester.user or "cli", f"submit {job.kind}", job.id, channel=requester.channel,
-                         preset=recipe.preset)
+        self.store.audit(
+            requester.user or "cli",
+            f"submit {job.kind}",
+            job.id,
+            channel=requester.channel,
+            preset=recipe.preset,
+        )
         return self.store.get(job.id)
 
     def _dataset_dir(self) -> Path:
@@ -210,9 +246,17 @@ class JobQueue:
         job = self.store.get(job_ref)
         self._check_owner(job, by, admin, "cancel")
         if job.is_final:
-            raise UserError(f"Job #{job.id} has already ended ({job.state}); there is nothing to cancel.", field="job")
-        if self.store.transition(job.id, [JobState.QUEUED.value], JobState.CANCELLED.value,
-                                 finished_at=now(), cancelled_by=by or "cli", error="Cancelled while queued."):
+            raise UserError(
+                f"Job #{job.id} has already ended ({job.state}); there is nothing to cancel.", field="job"
+            )
+        if self.store.transition(
+            job.id,
+            [JobState.QUEUED.value],
+            JobState.CANCELLED.value,
+            finished_at=now(),
+            cancelled_by=by or "cli",
+            error="Cancelled while queued.",
+        ):
             self.store.audit(by or "cli", "cancel", job.id, state="queued")
             return self.store.get(job.id)
         # Running: the worker that owns the process stops it (SIGTERM, then SIGKILL after a grace period).
@@ -232,20 +276,27 @@ class JobQueue:
 
     def deployments_of(self, job_id: int, states: tuple[str, ...]) -> list[Job]:
         """Deployments of a job: of the job itself, or of a model exported from it; newest first."""
-        sources = [job_id] + [e.id for e in self.store.list_jobs(kinds=[JobKind.EXPORT.value], parent_id=job_id)]
-        found = [d for source in sources
-                 for d in self.store.list_jobs(kinds=[JobKind.DEPLOY.value], parent_id=source, states=states)]
+        sources = [job_id] + [
+            e.id for e in self.store.list_jobs(kinds=[JobKind.EXPORT.value], parent_id=job_id)
+        ]
+        found = [
+            d
+            for source in sources
+            for d in self.store.list_jobs(kinds=[JobKind.DEPLOY.value], parent_id=source, states=states)
+        ]
         return sorted(found, key=lambda d: d.id, reverse=True)
 
-    def resume(self, job_ref: int | str, *, by: str = "", admin: bool = True,
-               request_key: str | None = None) -> Job:
+    def resume(
+        self, job_ref: int | str, *, by: str = "", admin: bool = True, request_key: str | None = None
+    ) -> Job:
         job = self.store.get(job_ref)
         self._check_owner(job, by, admin, "resume")
         if job.kind != JobKind.TRAIN.value:
             raise UserError(f"Only train jobs can be resumed; #{job.id} is a {job.kind} job.", field="job")
         if job.state not in RESUMABLE_STATES:
             raise UserError(
-                f"Job #{job.id} is {job.state}; only interrupted, failed or cancelled train jobs can be resumed.",
+                f"Job #{job.id} is {job.state}; only interrupted, failed or cancelled train jobs "
+                "can be resumed.",
                 field="job",
             )
         checkpoint = recipes.last_checkpoint(Path(job.work_dir) / "output")
@@ -255,15 +306,34 @@ class JobQueue:
         else:
             args.pop("resume_from_checkpoint", None)
         moved = self.store.transition(
-            job.id, RESUMABLE_STATES, JobState.QUEUED.value,
-            args=args, attempt=job.attempt + 1, exit_code=None, error=None, advice=None, log_tail=None,
-            cancel_requested=False, cancelled_by=None, finished_at=None, pid=None, proc_start=None,
-            runner_id=None, progress={**job.progress, "resumed_from": checkpoint.name if checkpoint else None},
+            job.id,
+            RESUMABLE_STATES,
+            JobState.QUEUED.value,
+            args=args,
+            attempt=job.attempt + 1,
+            exit_code=None,
+            error=None,
+            advice=None,
+            log_tail=None,
+            cancel_requested=False,
+            cancelled_by=None,
+            finished_at=None,
+            pid=None,
+            proc_start=None,
+            runner_id=None,
+            progress={**job.progress, "resumed_from": checkpoint.name if checkpoint else None},
         )
         if not moved:
             raise UserError(f"Job #{job.id} changed state meanwhile; try again.", field="job")
-        self.store.add_event(job.id, "message", {
-            "text": f"resuming from {checkpoint.name}" if checkpoint else "no checkpoint yet: starting over"})
+        self.store.add_event(
+            job.id,
+            "message",
+            {
+                "text": f"resuming from {checkpoint.name}"
+                if checkpoint
+                else "no checkpoint yet: starting over"
+            },
+        )
         self.store.audit(by or "cli", "resume", job.id, checkpoint=checkpoint.name if checkpoint else None)
         return self.store.get(job.id)
 

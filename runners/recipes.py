@@ -76,7 +76,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "seed-cli": Preset(
         "seed-cli",
-        "The seed document's `llamafactory-cli train` command (LoRA, lr 5e-5, batch 2 x accum 8, cutoff 1024)",
+        "The seed document's `llamafactory-cli train` command "
+        "(LoRA, lr 5e-5, batch 2 x accum 8, cutoff 1024)",
         {
             "stage": "sft",
             "do_train": True,
@@ -172,7 +173,12 @@ EVAL_KEYS = {
     "cutoff": "cutoff_len",
     "template": "template",
 }
-EXPORT_KEYS = {"shard": "export_size", "shard_gb": "export_size", "device": "export_device", "template": "template"}
+EXPORT_KEYS = {
+    "shard": "export_size",
+    "shard_gb": "export_size",
+    "device": "export_device",
+    "template": "template",
+}
 DEPLOY_KEYS = {"template": "template"}
 
 COMPUTE_TYPES = ("bf16", "fp16", "fp32", "pure_bf16")
@@ -233,7 +239,9 @@ def parse_yaml_spec(text: str) -> dict[str, Any]:
             fix="paste a LLaMA-Factory config such as `learning_rate: 1.0e-4` one key per line",
         ) from None
     if not isinstance(data, dict):
-        raise UserError("The YAML must be a mapping of LLaMA-Factory arguments (key: value lines).", field="yaml")
+        raise UserError(
+            "The YAML must be a mapping of LLaMA-Factory arguments (key: value lines).", field="yaml"
+        )
     return {str(k): v for k, v in data.items()}
 
 
@@ -241,7 +249,9 @@ def _apply_compute(args: dict[str, Any], value: str) -> None:
     value = value.strip().lower()
     if value not in COMPUTE_TYPES:
         raise UserError(
-            f"compute={value!r} is not a compute type.", field="compute", fix="compute=bf16 (or fp16, fp32, pure_bf16)"
+            f"compute={value!r} is not a compute type.",
+            field="compute",
+            fix="compute=bf16 (or fp16, fp32, pure_bf16)",
         )
     for key in ("bf16", "fp16", "pure_bf16"):
         args.pop(key, None)
@@ -252,7 +262,11 @@ def _apply_compute(args: dict[str, Any], value: str) -> None:
 def _apply_method(args: dict[str, Any], value: str) -> None:
     value = value.strip().lower()
     if value not in METHODS:
-        raise UserError(f"method={value!r} is not a fine-tuning method.", field="method", fix="method=lora (or qlora, freeze, full)")
+        raise UserError(
+            f"method={value!r} is not a fine-tuning method.",
+            field="method",
+            fix="method=lora (or qlora, freeze, full)",
+        )
     if value == "qlora":
         args["finetuning_type"] = "lora"
         args.setdefault("quantization_bit", 4)
@@ -285,7 +299,9 @@ def _apply_pairs(args: dict[str, Any], pairs: dict[str, str], keys: dict[str, st
             try:
                 n_slots = int(value)
             except ValueError:
-                raise UserError(f"gpus={value!r} is not a whole number.", field="gpus", fix="gpus=2") from None
+                raise UserError(
+                    f"gpus={value!r} is not a whole number.", field="gpus", fix="gpus=2"
+                ) from None
             if n_slots < 1:
                 raise UserError("gpus must be at least 1.", field="gpus", fix="gpus=1")
         elif key in _MANAGED:
@@ -332,7 +348,8 @@ def train_recipe(
             raise UserError(
                 "No model given.",
                 field="model",
-                fix="add model=/path/to/Meta-Llama-3-8B-Instruct (or ask the operator to set TUNEBOT_DEFAULT_MODEL)",
+                fix="add model=/path/to/Meta-Llama-3-8B-Instruct "
+                "(or ask the operator to set TUNEBOT_DEFAULT_MODEL)",
             )
         args["model_name_or_path"] = default_model
     if not args.get("dataset"):
@@ -383,7 +400,8 @@ def source_from_job(job: Job, purpose: str) -> ModelSource:
             raise UserError(
                 f"Job #{job.id} has no adapter to {purpose} yet: it is {state}.",
                 field="job",
-                fix=f"wait until #{job.id} has succeeded (`status {job.id}`), or `resume {job.id}` if it stopped",
+                fix=f"wait until #{job.id} has succeeded (`status {job.id}`), "
+                f"or `resume {job.id}` if it stopped",
             )
         ftype = str(job.args.get("finetuning_type", "lora"))
         output = job.artifacts["adapter"]
@@ -446,8 +464,13 @@ def _require_template(args: dict[str, Any], purpose: str) -> None:
         )
 
 
-def eval_recipe(source: ModelSource, pairs: dict[str, str] | None = None, *, default_dataset: str | None = None,
-                gpu: bool = False) -> Recipe:
+def eval_recipe(
+    source: ModelSource,
+    pairs: dict[str, str] | None = None,
+    *,
+    default_dataset: str | None = None,
+    gpu: bool = False,
+) -> Recipe:
     args = _base_infer_args(source)
     args.update(
         {
@@ -471,7 +494,9 @@ def eval_recipe(source: ModelSource, pairs: dict[str, str] | None = None, *, def
     n_slots = _apply_pairs(args, pairs, EVAL_KEYS)
     if not args.get("eval_dataset"):
         if not default_dataset:
-            raise UserError("No eval dataset given.", field="dataset", fix="add dataset=eval (see `datasets`)")
+            raise UserError(
+                "No eval dataset given.", field="dataset", fix="add dataset=eval (see `datasets`)"
+            )
         args["eval_dataset"] = default_dataset
     _require_template(args, "evaluation")
     return Recipe(

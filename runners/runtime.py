@@ -53,25 +53,41 @@ class Runtime:
 
         app = create_chat_app(self.chat_target, on_activity=self.touch)
         try:
-            self._web_server, self.web_port = serve_in_thread(app, self.settings.web_host, self.settings.web_port)
+            self._web_server, self.web_port = serve_in_thread(
+                app, self.settings.web_host, self.settings.web_port
+            )
         except OSError as exc:
-            log.warning("chat pages not served from this process (%s:%s: %s)", self.settings.web_host,
-                        self.settings.web_port, exc.strerror or exc)
+            log.warning(
+                "chat pages not served from this process (%s:%s: %s)",
+                self.settings.web_host,
+                self.settings.web_port,
+                exc.strerror or exc,
+            )
             return
-        self.worker.chat_base = deploy.web_url(self.settings.public_url, self.settings.web_host, self.web_port)
+        self.worker.chat_base = deploy.web_url(
+            self.settings.public_url, self.settings.web_host, self.web_port
+        )
 
     # --- deployments --------------------------------------------------------------------
     def chat_target(self, job_id: int):
         from .webchat import ChatTarget
 
         job = self.store.find(job_id)
-        if job is None or job.kind != JobKind.DEPLOY.value or job.state != JobState.SERVING.value or not job.port:
+        if (
+            job is None
+            or job.kind != JobKind.DEPLOY.value
+            or job.state != JobState.SERVING.value
+            or not job.port
+        ):
             return None
         title = f"tunebot #{job.id}: {job.model.rsplit('/', 1)[-1]}"
         if job.parent_id:
             title += f" (from #{job.parent_id})"
-        return ChatTarget(api_base=deploy.internal_api_base(self.settings.deploy_host, job.port),
-                          model_name=deploy.model_name(job), title=title)
+        return ChatTarget(
+            api_base=deploy.internal_api_base(self.settings.deploy_host, job.port),
+            model_name=deploy.model_name(job),
+            title=title,
+        )
 
     def touch(self, job_id: int) -> None:
         self.store.update(job_id, last_activity=now())
@@ -82,7 +98,9 @@ class Runtime:
         if job.kind != JobKind.DEPLOY.value:
             serving = self.queue.deployments_of(job.id, (JobState.SERVING.value,))
             if not serving:
-                raise UserError(f"Job #{job.id} has no serving deployment.", field="job", fix=f"`deploy {job.id}`")
+                raise UserError(
+                    f"Job #{job.id} has no serving deployment.", field="job", fix=f"`deploy {job.id}`"
+                )
             job = serving[0]
         answer = deploy.chat(job, messages, bind_host=self.settings.deploy_host, **kwargs)
         self.touch(job.id)

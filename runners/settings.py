@@ -41,7 +41,9 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise UserError(f"{name}={raw!r} is not a whole number.", field=name, fix=f"{name}={default}") from None
+        raise UserError(
+            f"{name}={raw!r} is not a whole number.", field=name, fix=f"{name}={default}"
+        ) from None
     if value < minimum:
         raise UserError(f"{name} must be at least {minimum}.", field=name, fix=f"{name}={default}")
     return value
@@ -74,25 +76,45 @@ class Setting:
 
 # name, default as shown, unit, meaning
 SETTINGS_TABLE: list[Setting] = [
-    Setting("TUNEBOT_DATA_DIR", "~/.tunebot", "path", "Jobs' outputs, logs, datasets, caches, the SQLite database"),
-    Setting("TUNEBOT_DATABASE_URL", "sqlite:///$TUNEBOT_DATA_DIR/tunebot.db", "URL",
-            "SQLAlchemy URL; `postgresql+psycopg://user:pw@host/db` for PostgreSQL"),
+    Setting(
+        "TUNEBOT_DATA_DIR", "~/.tunebot", "path", "Jobs' outputs, logs, datasets, caches, the SQLite database"
+    ),
+    Setting(
+        "TUNEBOT_DATABASE_URL",
+        "sqlite:///$TUNEBOT_DATA_DIR/tunebot.db",
+        "URL",
+        "SQLAlchemy URL; `postgresql+psycopg://user:pw@host/db` for PostgreSQL",
+    ),
     Setting("TUNEBOT_GPUS", "all visible", "list", "GPU indices the runner may use, e.g. `0,1,2,3`"),
     Setting("TUNEBOT_CPU_SLOTS", "1", "jobs", "Jobs run at once when the host has no GPU"),
-    Setting("TUNEBOT_MAX_JOBS_PER_USER", "2", "jobs", "Running jobs (deployments included) one user may hold"),
+    Setting(
+        "TUNEBOT_MAX_JOBS_PER_USER", "2", "jobs", "Running jobs (deployments included) one user may hold"
+    ),
     Setting("TUNEBOT_CANCEL_GRACE", "30s", "duration", "Time between SIGTERM and SIGKILL on cancel"),
     Setting("TUNEBOT_DEFAULT_MODEL", "(none)", "path/id", "Model used when a train request names none"),
     Setting("TUNEBOT_DEFAULT_DATASET", "(none)", "name", "Dataset used when a train request names none"),
-    Setting("TUNEBOT_LLAMAFACTORY_CLI", "llamafactory-cli beside Python", "path", "The `llamafactory-cli` to run"),
-    Setting("TUNEBOT_WEBCHAT_CLI", "(none)", "path",
-            "`llamafactory-cli` of a separate environment with gradio, enabling `mode=webchat`"),
+    Setting(
+        "TUNEBOT_LLAMAFACTORY_CLI", "llamafactory-cli beside Python", "path", "The `llamafactory-cli` to run"
+    ),
+    Setting(
+        "TUNEBOT_WEBCHAT_CLI",
+        "(none)",
+        "path",
+        "`llamafactory-cli` of a separate environment with gradio, enabling `mode=webchat`",
+    ),
     Setting("TUNEBOT_DEPLOY_HOST", "127.0.0.1", "host", "Address deployments' API servers bind to"),
     Setting("TUNEBOT_PUBLIC_URL", "(bind address)", "URL", "Host people reach deployments and chat pages at"),
-    Setting("TUNEBOT_DEPLOY_TIMEOUT", "10m", "duration", "How long a deployment may take to answer `/v1/models`"),
-    Setting("TUNEBOT_DEPLOY_IDLE", "2h", "duration", "A deployment unused this long is stopped, freeing its slot"),
+    Setting(
+        "TUNEBOT_DEPLOY_TIMEOUT", "10m", "duration", "How long a deployment may take to answer `/v1/models`"
+    ),
+    Setting(
+        "TUNEBOT_DEPLOY_IDLE", "2h", "duration", "A deployment unused this long is stopped, freeing its slot"
+    ),
     Setting("TUNEBOT_DEPLOY_API_KEY", "on", "on/off", "Protect each deployment with its own API key"),
     Setting("TUNEBOT_WEB_HOST", "127.0.0.1", "host", "Address of the chat-page server"),
-    Setting("TUNEBOT_WEB_PORT", "7860", "port", "Port of the chat-page server (the seed's web port); 0 = any"),
+    Setting(
+        "TUNEBOT_WEB_PORT", "7860", "port", "Port of the chat-page server (the seed's web port); 0 = any"
+    ),
     Setting("TUNEBOT_POLL_INTERVAL", "1s", "duration", "How often the runner checks its jobs and the queue"),
     Setting("TUNEBOT_LOG_LEVEL", "INFO", "level", "Python log level"),
 ]

@@ -69,7 +69,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
@@ -310,5 +310,7 @@ def parse_job_id(value: int | str) -> int:
         return value
     raw = str(value).strip().lstrip("#")
     if not raw.isdigit():
-        raise UserError(f"{value!r} is not a job id.", field="job", fix="use the number shown as #N, e.g. `status 12`")
+        raise UserError(
+            f"{value!r} is not a job id.", field="job", fix="use the number shown as #N, e.g. `status 12`"
+        )
     return int(raw)

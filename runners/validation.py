@@ -38,9 +38,8 @@ def llamafactory_available() -> bool:
 @functools.lru_cache(maxsize=2)
 def _parser(family: str):
     """LLaMA-Factory's HfArgumentParser for train-style (train, eval) or infer-style (export, deploy) runs."""
-    from transformers import HfArgumentParser
-
     from llamafactory.hparams.parser import _INFER_ARGS, _TRAIN_ARGS
+    from transformers import HfArgumentParser
 
     classes = _TRAIN_ARGS if family == "train" else _INFER_ARGS
     parser = HfArgumentParser(classes)
@@ -95,8 +94,12 @@ def _convert_scalar(key: str, value: Any, convert, choices) -> Any:
             raise _choice_error(key, value, choices) from None
         kind = {int: "a whole number", float: "a number"}.get(convert, "valid")
         example = {int: "8", float: "1e-4"}.get(convert, "…")
-        raise UserError(f"`{key}` must be {kind}, not {value!r}.", field=key, fix=f"{key}={example}") from None
-    if choices and str(getattr(result, "value", result)) not in [str(getattr(c, "value", c)) for c in choices]:
+        raise UserError(
+            f"`{key}` must be {kind}, not {value!r}.", field=key, fix=f"{key}={example}"
+        ) from None
+    if choices and str(getattr(result, "value", result)) not in [
+        str(getattr(c, "value", c)) for c in choices
+    ]:
         raise _choice_error(key, value, choices)
     return getattr(result, "value", result)
 
@@ -117,8 +120,14 @@ def _unknown_key_error(key: str, known: list[str]) -> UserError:
 
 
 _LF_MESSAGES = [
-    (re.compile(r"`(\w+)` is only valid for LoRA training"), "`{0}` only applies to LoRA; use method=lora or leave it out"),
-    (re.compile(r"Quantization is only compatible with the LoRA"), "QLoRA needs method=lora (or method=qlora)"),
+    (
+        re.compile(r"`(\w+)` is only valid for LoRA training"),
+        "`{0}` only applies to LoRA; use method=lora or leave it out",
+    ),
+    (
+        re.compile(r"Quantization is only compatible with the LoRA"),
+        "QLoRA needs method=lora (or method=qlora)",
+    ),
     (re.compile(r"Adapter is only valid for the LoRA method"), "an adapter needs finetuning_type lora"),
 ]
 
@@ -133,9 +142,13 @@ def _translate(exc: Exception) -> UserError:
         m = pattern.search(text)
         if m:
             field = m.group(1) if m.groups() else None
-            return UserError(f"LLaMA-Factory rejected the arguments: {text}", field=field, fix=fix.format(*m.groups()))
+            return UserError(
+                f"LLaMA-Factory rejected the arguments: {text}", field=field, fix=fix.format(*m.groups())
+            )
     if text == "Invalid fine-tuning method.":
-        return UserError("Invalid fine-tuning method.", field="method", fix="method=lora (or qlora, freeze, full)")
+        return UserError(
+            "Invalid fine-tuning method.", field="method", fix="method=lora (or qlora, freeze, full)"
+        )
     return UserError(f"LLaMA-Factory rejected the arguments: {text}")
 
 
@@ -177,14 +190,18 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
 def check_hardware(recipe: Recipe, hardware: Hardware, slots: list[str]) -> None:
     compute = compute_type_of(recipe.args)
     if compute in ("bf16", "pure_bf16") and not hardware.supports_bf16:
-        where = "has no GPU" if not hardware.has_gpu else "has a GPU without bf16 support (needs Ampere or newer)"
+        where = (
+            "has no GPU" if not hardware.has_gpu else "has a GPU without bf16 support (needs Ampere or newer)"
+        )
         raise UserError(
             f"compute={compute} needs a GPU with bf16, and this runner {where}.",
             field="compute",
             fix="compute=fp32" if not hardware.has_gpu else "compute=fp16",
         )
     if compute == "fp16" and not hardware.supports_fp16:
-        raise UserError("compute=fp16 needs a GPU, and this runner has none.", field="compute", fix="compute=fp32")
+        raise UserError(
+            "compute=fp16 needs a GPU, and this runner has none.", field="compute", fix="compute=fp32"
+        )
     if recipe.n_slots > len(slots):
         unit = "GPU" if hardware.has_gpu else "slot"
         raise UserError(
@@ -195,7 +212,9 @@ def check_hardware(recipe: Recipe, hardware: Hardware, slots: list[str]) -> None
     if recipe.n_slots > 1 and not hardware.has_gpu:
         raise UserError("gpus=N>1 needs a GPU host.", field="gpus", fix="gpus=1")
     if recipe.args.get("quantization_bit") not in (None, "", "none") and not hardware.has_gpu:
-        raise UserError("QLoRA (4/8-bit) needs a GPU; this runner has none.", field="method", fix="method=lora")
+        raise UserError(
+            "QLoRA (4/8-bit) needs a GPU; this runner has none.", field="method", fix="method=lora"
+        )
 
 
 def resolve_model_path(model: str, models_dir: Path) -> str:
@@ -225,7 +244,9 @@ def resolve_model_path(model: str, models_dir: Path) -> str:
 def check_adapter(path: str | None) -> None:
     if path and not Path(path).is_dir():
         raise UserError(
-            f"The adapter folder {path} is gone from the runner.", field="job", fix="train again or restore it"
+            f"The adapter folder {path} is gone from the runner.",
+            field="job",
+            fix="train again or restore it",
         )
 
 

@@ -144,7 +144,12 @@ class Worker:
         self._last_recover = now()
         live = {r.id for r in self.store.live_runners()} - {self.runner_id}
         for job in self.store.list_jobs(states=ACTIVE_STATES):
-            if job.id in self.running or job.id in self._fetching or job.host != self.host or job.runner_id in live:
+            if (
+                job.id in self.running
+                or job.id in self._fetching
+                or job.host != self.host
+                or job.runner_id in live
+            ):
                 continue
             if self.only_job is not None and job.id != self.only_job:
                 continue
@@ -157,7 +162,9 @@ class Worker:
                 if job.kind == JobKind.TRAIN.value:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
-                self.store.add_event(job.id, "message", {"text": "tunebot restarted and re-attached to this job"})
+                self.store.add_event(
+                    job.id, "message", {"text": "tunebot restarted and re-attached to this job"}
+                )
                 log.info("re-attached to job #%s (pid %s)", job.id, job.pid)
                 continue
             code = read_exit_file(exit_path) if job.pid else None
@@ -166,9 +173,14 @@ class Worker:
             else:
                 self.store.release_slots(job.id)
                 self.store.transition(
-                    job.id, ACTIVE_STATES, JobState.INTERRUPTED.value, finished_at=now(),
+                    job.id,
+                    ACTIVE_STATES,
+                    JobState.INTERRUPTED.value,
+                    finished_at=now(),
                     error="tunebot restarted and the job's process was gone.",
-                    advice=f"`resume {job.id}` continues from the last checkpoint." if job.kind == "train" else None,
+                    advice=f"`resume {job.id}` continues from the last checkpoint."
+                    if job.kind == "train"
+                    else None,
                 )
         # Leases whose job has ended (a crash between finishing and releasing).
         for _slot, job_id in self.store.leased_slots(self.host).items():
@@ -201,11 +213,19 @@ class Worker:
             slots = free[: job.n_slots]
             if not self.store.lease_slots(self.host, slots, job.id):
                 return  # another runner took them; try next tick
-            first_state = JobState.STARTING.value if job.kind == JobKind.DEPLOY.value else JobState.RUNNING.value
+            first_state = (
+                JobState.STARTING.value if job.kind == JobKind.DEPLOY.value else JobState.RUNNING.value
+            )
             claimed = self.store.transition(
-                job.id, [JobState.QUEUED.value], first_state,
-                runner_id=self.runner_id, host=self.host, slots=slots, started_at=now(),
-                finished_at=None, exit_code=None,
+                job.id,
+                [JobState.QUEUED.value],
+                first_state,
+                runner_id=self.runner_id,
+                host=self.host,
+                slots=slots,
+                started_at=now(),
+                finished_at=None,
+                exit_code=None,
             )
             if not claimed:
                 self.store.release_slots(job.id)
@@ -231,8 +251,13 @@ class Worker:
             with self._lock:
                 self._fetching.discard(job.id)
                 self.store.release_slots(job.id)
-                self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, finished_at=now(),
-                                      error=f"Could not fetch its inputs from the artifact store: {text}")
+                self.store.transition(
+                    job.id,
+                    ACTIVE_STATES,
+                    JobState.FAILED.value,
+                    finished_at=now(),
+                    error=f"Could not fetch its inputs from the artifact store: {text}",
+                )
             return
         with self._lock:
             self._fetching.discard(job.id)
@@ -253,22 +278,35 @@ class Worker:
                 if job.mode == "webchat":
                     env.update(GRADIO_SERVER_NAME=self.settings.deploy_host, GRADIO_SERVER_PORT=str(port))
                 else:
-                    env.update(API_HOST=self.settings.deploy_host, API_PORT=str(port),
-                               API_MODEL_NAME=deploy.model_name(job))
+                    env.update(
+                        API_HOST=self.settings.deploy_host,
+                        API_PORT=str(port),
+                        API_MODEL_NAME=deploy.model_name(job),
+                    )
                     if api_key:
                         env["API_KEY"] = api_key
             argv = self._argv(job, config)
             log_path = Path(job.log_path or work_dir / "job.log")
             with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
-                         f"{' '.join(argv)}\n")
-            handle = self.backend.launch(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path,
-                                                    exit_path=work_dir / "exit.json"))
+                fh.write(
+                    f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
+                    f"{' '.join(argv)}\n"
+                )
+            handle = self.backend.launch(
+                LaunchSpec(
+                    argv=argv, env=env, cwd=work_dir, log_path=log_path, exit_path=work_dir / "exit.json"
+                )
+            )
         except OSError as exc:
             self.store.release_slots(job.id)
-            self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, finished_at=now(),
-                                  error=f"Could not start the job: {exc.strerror or exc}.",
-                                  advice="check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed")
+            self.store.transition(
+                job.id,
+                ACTIVE_STATES,
+                JobState.FAILED.value,
+                finished_at=now(),
+                error=f"Could not start the job: {exc.strerror or exc}.",
+                advice="check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed",
+            )
             return
         self.store.update(job.id, pid=handle.pid, proc_start=handle.proc_start, **values)
         run = Running(job.id, job.kind, handle, seen_step=0)
@@ -308,8 +346,12 @@ class Worker:
         else:
             env["CUDA_VISIBLE_DEVICES"] = ""
         if len(slots) > 1 and job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            env.update(FORCE_TORCHRUN="1", NPROC_PER_NODE=str(len(slots)),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(deploy.free_port()))
+            env.update(
+                FORCE_TORCHRUN="1",
+                NPROC_PER_NODE=str(len(slots)),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(deploy.free_port()),
+            )
         else:
             env.pop("FORCE_TORCHRUN", None)
         for key in ("API_KEY", "API_PORT", "API_HOST"):
@@ -338,7 +380,11 @@ class Worker:
                 self._watch_deployment(job, run)
             if job.cancel_requested and run.term_sent_at is None:
                 self._stop_process(run, reason=None)
-            if run.term_sent_at is not None and not run.killed and now() - run.term_sent_at > self.settings.cancel_grace:
+            if (
+                run.term_sent_at is not None
+                and not run.killed
+                and now() - run.term_sent_at > self.settings.cancel_grace
+            ):
                 self.backend.signal(run.handle, force=True)
                 run.killed = True
             code = self.backend.poll(run.handle)
@@ -355,7 +401,9 @@ class Worker:
 
     def _follow(self, job: Job, run: Running) -> None:
         points = run.follower.poll()
-        fresh = [p for p in points if p.step > run.seen_step or p.eval_loss is not None and p.step >= run.seen_step]
+        fresh = [
+            p for p in points if p.step > run.seen_step or p.eval_loss is not None and p.step >= run.seen_step
+        ]
         if not fresh:
             if run.new_points and now() - run.last_plot_at >= PLOT_EVERY:
                 self._plot(job, run, final=False)
@@ -381,8 +429,12 @@ class Worker:
             return None
         dest = Path(job.work_dir) / "loss.png"
         try:
-            render_loss_plot(points, dest, title=f"#{job.id} {Path(job.model).name}",
-                             subtitle=f"{job.method or ''} · {job.dataset or ''}" + ("" if final else " · in progress"))
+            render_loss_plot(
+                points,
+                dest,
+                title=f"#{job.id} {Path(job.model).name}",
+                subtitle=f"{job.method or ''} · {job.dataset or ''}" + ("" if final else " · in progress"),
+            )
         except Exception:
             log.exception("loss plot of job #%s failed", job.id)
             return None
@@ -403,14 +455,26 @@ class Worker:
                     url = deploy.web_url(self.settings.public_url, self.settings.deploy_host, job.port)
                 else:
                     url = deploy.api_url(self.settings.public_url, self.settings.deploy_host, job.port)
-                chat_url = f"{self.chat_base}/chat/{job.id}/" if self.chat_base and job.mode != "webchat" else url
-                self.store.transition(job.id, [JobState.STARTING.value], JobState.SERVING.value,
-                                      url=url, chat_url=chat_url, last_activity=now())
+                chat_url = (
+                    f"{self.chat_base}/chat/{job.id}/" if self.chat_base and job.mode != "webchat" else url
+                )
+                self.store.transition(
+                    job.id,
+                    [JobState.STARTING.value],
+                    JobState.SERVING.value,
+                    url=url,
+                    chat_url=chat_url,
+                    last_activity=now(),
+                )
                 run.ready = True
             elif now() - (job.started_at or now()) > self.settings.deploy_timeout:
-                self._stop_process(run, reason=(
-                    f"the model did not answer within {self.settings.deploy_timeout:.0f} s "
-                    "(TUNEBOT_DEPLOY_TIMEOUT); large models can need minutes to load"))
+                self._stop_process(
+                    run,
+                    reason=(
+                        f"the model did not answer within {self.settings.deploy_timeout:.0f} s "
+                        "(TUNEBOT_DEPLOY_TIMEOUT); large models can need minutes to load"
+                    ),
+                )
             return
         if job.state == JobState.SERVING.value:
             activity = job.last_activity or job.started_at or now()
@@ -419,7 +483,9 @@ class Worker:
             except OSError:
                 pass
             if now() - activity > self.settings.deploy_idle:
-                self._stop_process(run, reason=f"idle for {self.settings.deploy_idle / 3600:g} h (TUNEBOT_DEPLOY_IDLE)")
+                self._stop_process(
+                    run, reason=f"idle for {self.settings.deploy_idle / 3600:g} h (TUNEBOT_DEPLOY_IDLE)"
+                )
 
     # --- finishing ----------------------------------------------------------------------
     def _finish(self, job: Job, code: int, run: Running | None) -> None:
@@ -430,12 +496,17 @@ class Worker:
         stop_reason = run.stop_reason if run else None
         if job.kind == JobKind.DEPLOY.value:
             if job.cancel_requested or (stop_reason and job.state == JobState.SERVING.value):
-                values["error"] = f"Stopped: {stop_reason}." if stop_reason else f"Undeployed by {job.cancelled_by}."
+                values["error"] = (
+                    f"Stopped: {stop_reason}." if stop_reason else f"Undeployed by {job.cancelled_by}."
+                )
                 self.store.transition(job.id, ACTIVE_STATES, JobState.STOPPED.value, **values)
                 return
             failure = explain_failure(_read_log(job), code)
-            values.update(error=f"The deployment {stop_reason}." if stop_reason else failure.reason,
-                          advice=failure.advice, log_tail=failure.tail)
+            values.update(
+                error=f"The deployment {stop_reason}." if stop_reason else failure.reason,
+                advice=failure.advice,
+                log_tail=failure.tail,
+            )
             self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
             return
         if job.kind == JobKind.TRAIN.value:
@@ -455,8 +526,15 @@ class Worker:
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
                 return
             self.store.transition(job.id, ACTIVE_STATES, JobState.SUCCEEDED.value, **values)
-            self.store.add_event(job.id, "result", {"kind": job.kind, "metrics": values.get("metrics", {}),
-                                                    "artifacts": values.get("artifacts", {})})
+            self.store.add_event(
+                job.id,
+                "result",
+                {
+                    "kind": job.kind,
+                    "metrics": values.get("metrics", {}),
+                    "artifacts": values.get("artifacts", {}),
+                },
+            )
             if self.storage is not None:
                 self._transfers.submit(self._upload, job.id)
             return
@@ -467,7 +545,8 @@ class Worker:
 
             if last_checkpoint(Path(job.work_dir) / "output") is not None:
                 values["advice"] = ((failure.advice + " ") if failure.advice else "") + (
-                    f"`resume {job.id}` continues from the last checkpoint.")
+                    f"`resume {job.id}` continues from the last checkpoint."
+                )
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
 
     def _upload(self, job_id: int) -> None:
@@ -485,8 +564,9 @@ class Worker:
                 pass
             self.store.add_event(job_id, "upload", data)
         for name, error in errors.items():
-            self.store.add_event(job_id, "upload", {"name": name, "error": error,
-                                                    "local": str(Path(job.work_dir))})
+            self.store.add_event(
+                job_id, "upload", {"name": name, "error": error, "local": str(Path(job.work_dir))}
+            )
 
     def _collect(self, job: Job) -> dict[str, Any]:
         """What a successful job left behind: artifacts and metrics."""

@@ -49,23 +49,33 @@ def pg_server(tmp_path_factory):
         return
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.fail("PostgreSQL is not installed (initdb/pg_ctl); `.ci/run` installs it, or set "
-                    "TUNEBOT_TEST_POSTGRES_URL to a server")
+        pytest.fail(
+            "PostgreSQL is not installed (initdb/pg_ctl); `.ci/run` installs it, or set "
+            "TUNEBOT_TEST_POSTGRES_URL to a server"
+        )
     base = Path(f"/tmp/tunebot-pg-{uuid.uuid4().hex[:8]}")
     base.mkdir(mode=0o777)
     data = base / "data"
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
     port = _free_port()
-    subprocess.run(_as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres([pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        subprocess.run(
+            _as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -111,8 +121,14 @@ def settings(tmp_path, db_url, shared_models) -> Settings:
     data.mkdir()
     # Every data dir sees the session's tiny model under models/.
     (data / "models").symlink_to(shared_models, target_is_directory=True)
-    return Settings(data_dir=data, database_url=db_url, poll_interval=0.2, cancel_grace=5.0, web_port=0,
-                    deploy_timeout=120.0)
+    return Settings(
+        data_dir=data,
+        database_url=db_url,
+        poll_interval=0.2,
+        cancel_grace=5.0,
+        web_port=0,
+        deploy_timeout=120.0,
+    )
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):

@@ -21,13 +21,24 @@ CPU = Hardware(host="testhost", gpus=(), cpu_count=2)
 
 
 def oss_settings(settings, server: OssStandin, **changes):
-    storage = StorageSettings(backend="oss", oss_endpoint=server.endpoint, oss_bucket=server.bucket,
-                              oss_prefix="team", oss_access_key_id=server.access_key_id,
-                              oss_access_key_secret=server.access_key_secret, multipart_threshold=400 * 1024,
-                              part_size=100 * 1024, threads=2)
+    storage = StorageSettings(
+        backend="oss",
+        oss_endpoint=server.endpoint,
+        oss_bucket=server.bucket,
+        oss_prefix="team",
+        oss_access_key_id=server.access_key_id,
+        oss_access_key_secret=server.access_key_secret,
+        multipart_threshold=400 * 1024,
+        part_size=100 * 1024,
+        threads=2,
+    )
     storage = replace(storage, **changes)
-    return replace(settings, storage=storage, llamafactory_cli=f"{sys.executable} {FAKE}",
-                   job_env={"FAKE_STEPS": "3", "FAKE_STEP_SECONDS": "0.05"})
+    return replace(
+        settings,
+        storage=storage,
+        llamafactory_cli=f"{sys.executable} {FAKE}",
+        job_env={"FAKE_STEPS": "3", "FAKE_STEP_SECONDS": "0.05"},
+    )
 
 
 def upload_events(store, job_id):
@@ -62,8 +73,11 @@ def test_train_uploads_adapter_with_manifest_and_eval_fetches_it_from_oss(settin
             fetched = Path(done.args["adapter_name_or_path"])
             assert fetched.is_relative_to(s.cache_dir / "fetched")
             assert (fetched / "adapter_config.json").read_text() == "{}"
-            assert any("artifact store" in e.data.get("text", "") for e in store.events_since(0, job_id=done.id)
-                       if e.type == "message")
+            assert any(
+                "artifact store" in e.data.get("text", "")
+                for e in store.events_since(0, job_id=done.id)
+                if e.type == "message"
+            )
         finally:
             worker.stop()
 

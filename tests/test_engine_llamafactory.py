@@ -111,8 +111,12 @@ def test_resume_continues_a_really_interrupted_run_from_its_checkpoint(tmp_path,
     worker.start()
     output = Path(job.work_dir) / "output"
     try:
-        wait_until(lambda: (output / "checkpoint-8").exists() and store.get(job.id).progress.get("step", 0) >= 9,
-                   240, interval=0.2, what="a checkpoint")
+        wait_until(
+            lambda: (output / "checkpoint-8").exists() and store.get(job.id).progress.get("step", 0) >= 9,
+            240,
+            interval=0.2,
+            what="a checkpoint",
+        )
     finally:
         worker.stop()
     pid = store.get(job.id).pid
@@ -136,7 +140,7 @@ def test_resume_continues_a_really_interrupted_run_from_its_checkpoint(tmp_path,
     assert first_step[-1] == 48
     # LLaMA-Factory really started from the checkpoint: its second run's first logged step is past it.
     second_run = log.split("attempt 2", 1)[1]
-    assert f"Continuing training from checkpoint" in second_run or "Resuming training from" in second_run
+    assert "Continuing training from checkpoint" in second_run or "Resuming training from" in second_run
 
 
 def _running(pid: int) -> bool:
@@ -198,27 +202,35 @@ def test_deploy_on_a_port_in_use_is_refused(settings, store):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(UserError, match=f"Port {port} is already in use"):
-            queue.submit_deploy(model=str(settings.models_dir / "tiny-llama3"),
-                                pairs={"template": "llama3", "port": str(port)})
+            queue.submit_deploy(
+                model=str(settings.models_dir / "tiny-llama3"),
+                pairs={"template": "llama3", "port": str(port)},
+            )
     with pytest.raises(UserError, match="TUNEBOT_WEBCHAT_CLI"):
-        queue.submit_deploy(model=str(settings.models_dir / "tiny-llama3"),
-                            pairs={"template": "llama3", "mode": "webchat"})
+        queue.submit_deploy(
+            model=str(settings.models_dir / "tiny-llama3"), pairs={"template": "llama3", "mode": "webchat"}
+        )
     assert store.list_jobs() == []
 
 
 def test_yaml_spec_is_accepted_and_bad_yaml_refused(settings, store):
     queue = JobQueue(settings, store, hardware=CPU)
-    job = queue.submit_train(yaml_text=(
-        "```yaml\nmodel_name_or_path: tiny\nstage: sft\ndo_train: true\nfinetuning_type: lora\n"
-        "dataset: demo\ntemplate: llama3\nlearning_rate: 1.0e-3\noutput_dir: /somewhere/else\n"
-        "num_train_epochs: 1\n```"))
+    job = queue.submit_train(
+        yaml_text=(
+            "```yaml\nmodel_name_or_path: tiny\nstage: sft\ndo_train: true\nfinetuning_type: lora\n"
+            "dataset: demo\ntemplate: llama3\nlearning_rate: 1.0e-3\noutput_dir: /somewhere/else\n"
+            "num_train_epochs: 1\n```"
+        )
+    )
     assert job.args["learning_rate"] == 1e-3
     assert job.args["output_dir"] == str(Path(job.work_dir) / "output")  # ours, not the pasted one
     assert job.args["plot_loss"] is True
     with pytest.raises(UserError, match="line 2"):
         queue.submit_train(yaml_text="model: x\n  bad: [indent\n")
     with pytest.raises(UserError, match="stage=dpo is not supported"):
-        queue.submit_train(yaml_text="stage: dpo\nmodel_name_or_path: tiny\ndataset: demo\ntemplate: llama3\n")
+        queue.submit_train(
+            yaml_text="stage: dpo\nmodel_name_or_path: tiny\ndataset: demo\ntemplate: llama3\n"
+        )
 
 
 def test_unwritable_data_dir_is_a_plain_error(tmp_path):

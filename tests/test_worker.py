@@ -28,8 +28,11 @@ CPU = Hardware(host="testhost", gpus=(), cpu_count=2)
 
 
 def fake_settings(settings, **env):
-    return replace(settings, llamafactory_cli=f"{sys.executable} {FAKE}",
-                   job_env={"FAKE_STEPS": "5", "FAKE_STEP_SECONDS": "0.1", **env})
+    return replace(
+        settings,
+        llamafactory_cli=f"{sys.executable} {FAKE}",
+        job_env={"FAKE_STEPS": "5", "FAKE_STEP_SECONDS": "0.1", **env},
+    )
 
 
 def tiny_train(queue: JobQueue, user: str = "", **pairs) -> Job:
@@ -77,7 +80,9 @@ def test_jobs_wait_in_fifo_order_for_the_only_slot(settings, store):
 
 
 def test_per_user_limit_lets_other_users_go_first(settings, store):
-    s = replace(fake_settings(settings, FAKE_STEPS="20", FAKE_STEP_SECONDS="0.1"), cpu_slots=2, max_jobs_per_user=1)
+    s = replace(
+        fake_settings(settings, FAKE_STEPS="20", FAKE_STEP_SECONDS="0.1"), cpu_slots=2, max_jobs_per_user=1
+    )
     queue = JobQueue(s, store, hardware=CPU)
     a1 = tiny_train(queue, user="UA")
     a2 = tiny_train(queue, user="UA")
@@ -99,7 +104,9 @@ def test_per_user_limit_lets_other_users_go_first(settings, store):
 
 
 def test_each_job_gets_its_own_gpus(settings, store):
-    gpus = Hardware(host="gpuhost", gpus=tuple(Gpu(str(i), "H100", 81559, 9.0) for i in range(3)), cpu_count=16)
+    gpus = Hardware(
+        host="gpuhost", gpus=tuple(Gpu(str(i), "H100", 81559, 9.0) for i in range(3)), cpu_count=16
+    )
     s = fake_settings(settings, FAKE_STEPS="15")
     queue = JobQueue(s, store, hardware=gpus)
     two = queue.submit_train(preset="tiny", pairs={"gpus": "2", "compute": "fp32"})
@@ -107,8 +114,11 @@ def test_each_job_gets_its_own_gpus(settings, store):
     worker = Worker(s, store, hardware=gpus)
     worker.start()
     try:
-        wait_until(lambda: store.get(one.id).state == "running" and store.get(two.id).state == "running", 30,
-                   what="both jobs running")
+        wait_until(
+            lambda: store.get(one.id).state == "running" and store.get(two.id).state == "running",
+            30,
+            what="both jobs running",
+        )
         assert sorted(store.get(two.id).slots + store.get(one.id).slots) == ["0", "1", "2"]
         assert store.leased_slots("gpuhost") == {"0": two.id, "1": two.id, "2": one.id}
         wait_until(lambda: store.get(two.id).is_final and store.get(one.id).is_final, 60, what="the end")
@@ -158,8 +168,10 @@ def test_cancel_while_queued_and_while_running(settings, store):
 
 def test_process_that_ignores_sigterm_is_killed_after_the_grace_period(settings, store, tmp_path):
     stubborn = tmp_path / "stubborn.py"
-    stubborn.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                        "print('ignoring SIGTERM', flush=True)\ntime.sleep(600)\n")
+    stubborn.write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring SIGTERM', flush=True)\ntime.sleep(600)\n"
+    )
     s = replace(settings, llamafactory_cli=f"{sys.executable} {stubborn}", cancel_grace=1.0)
     queue = JobQueue(s, store, hardware=CPU)
     job = tiny_train(queue)
@@ -195,8 +207,12 @@ def test_killed_training_process_fails_with_a_plain_reason(settings, store):
 
 
 def test_llamafactory_error_is_reported_with_advice_and_log_tail(settings, store):
-    s = fake_settings(settings, FAKE_STEPS="1", FAKE_EXIT="1",
-                      FAKE_ERROR="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    s = fake_settings(
+        settings,
+        FAKE_STEPS="1",
+        FAKE_EXIT="1",
+        FAKE_ERROR="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    )
     queue = JobQueue(s, store, hardware=CPU)
     job = tiny_train(queue)
     worker = Worker(s, store, hardware=CPU)
@@ -283,7 +299,11 @@ def test_two_runners_on_one_database_never_start_a_job_twice(settings, db_url):
         a.stop()
         b.stop()
     for job in jobs:
-        runs = [e for e in store_a.events_since(0, job_id=job.id) if e.type == "state" and e.data["state"] == "running"]
+        runs = [
+            e
+            for e in store_a.events_since(0, job_id=job.id)
+            if e.type == "state" and e.data["state"] == "running"
+        ]
         assert len(runs) == 1
         assert Path(store_a.get(job.id).log_path).read_text().count("fake llamafactory-cli train") == 1
 

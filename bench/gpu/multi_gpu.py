@@ -42,10 +42,18 @@ def log(text: str) -> None:
 
 def summary(job) -> dict:
     text = Path(job.log_path).read_text(errors="replace")
-    return {"job": job.id, "state": job.state, "slots": job.slots, "wall_s": round(job.duration() or 0, 1),
-            "started_at": job.started_at, "finished_at": job.finished_at, "metrics": job.metrics,
-            "error": job.error, "torchrun": "torchrun" in text or "Initializing 2 distributed" in text
-            or "world size: 2" in text, "world_size_2": "world size: 2" in text}
+    return {
+        "job": job.id,
+        "state": job.state,
+        "slots": job.slots,
+        "wall_s": round(job.duration() or 0, 1),
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "metrics": job.metrics,
+        "error": job.error,
+        "torchrun": "torchrun" in text or "Initializing 2 distributed" in text or "world size: 2" in text,
+        "world_size_2": "world size: 2" in text,
+    }
 
 
 def main() -> int:
@@ -69,8 +77,12 @@ def main() -> int:
         b = queue.submit_train(preset="tiny", pairs={"compute": "bf16", "epochs": "16"})
         a, b = (wait_for(store, j.id, FINAL_STATES, timeout=300) for j in (a, b))
         overlap = min(a.finished_at, b.finished_at) - max(a.started_at, b.started_at)
-        results["two_jobs_side_by_side"] = {"a": summary(a), "b": summary(b), "overlap_s": round(overlap, 1),
-                                            "distinct_gpus": set(a.slots).isdisjoint(b.slots)}
+        results["two_jobs_side_by_side"] = {
+            "a": summary(a),
+            "b": summary(b),
+            "overlap_s": round(overlap, 1),
+            "distinct_gpus": set(a.slots).isdisjoint(b.slots),
+        }
         save()
         log(f"   slots {a.slots} and {b.slots}, overlap {overlap:.1f}s")
 
@@ -82,9 +94,17 @@ def main() -> int:
             from bench.gpu.seed_run import bench_datasets
 
             bench_datasets(data)
-            job = queue.submit_train(preset="seed", pairs={"model": str(model), "dataset": "bench", "steps": "30",
-                                                           "logging_steps": "1", "save_steps": "1000",
-                                                           "gpus": "2"})
+            job = queue.submit_train(
+                preset="seed",
+                pairs={
+                    "model": str(model),
+                    "dataset": "bench",
+                    "steps": "30",
+                    "logging_steps": "1",
+                    "save_steps": "1000",
+                    "gpus": "2",
+                },
+            )
             job = wait_for(store, job.id, FINAL_STATES, timeout=600)
             results["seed_8b_two_gpus"] = summary(job)
             results["seed_8b_two_gpus"]["progress"] = job.progress

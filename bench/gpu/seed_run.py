@@ -59,9 +59,12 @@ class GpuMemoryWatch:
         exe = shutil.which("nvidia-smi")
         while exe and not self._stop.wait(0.5):
             try:
-                out = subprocess.run([exe, "--query-gpu=memory.used,utilization.gpu",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                                     timeout=5).stdout.split(",")
+                out = subprocess.run(
+                    [exe, "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.split(",")
                 self.peak_mib = max(self.peak_mib, int(out[0]))
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 continue
@@ -82,12 +85,14 @@ def bench_datasets(data_dir: Path) -> None:
     long_rows = []
     for i in range(256):
         chunk = [rows[(i * 7 + k) % len(rows)] for k in range(12)]
-        long_rows.append({
-            "instruction": "Answer every question below, one answer per line.\n"
-            + "\n".join(r["instruction"] + " " + r.get("input", "") for r in chunk),
-            "input": "",
-            "output": "\n".join(r["output"] for r in chunk),
-        })
+        long_rows.append(
+            {
+                "instruction": "Answer every question below, one answer per line.\n"
+                + "\n".join(r["instruction"] + " " + r.get("input", "") for r in chunk),
+                "input": "",
+                "output": "\n".join(r["output"] for r in chunk),
+            }
+        )
     bench = data_dir / "cache" / "bench.json"
     bench.write_text(json.dumps(long_rows + rows, ensure_ascii=False), encoding="utf-8")
     datasets.add_dataset(data_dir, "bench", bench)
@@ -102,9 +107,15 @@ def run_phase(runtime: Runtime, name: str, submit, until=FINAL_STATES, timeout: 
         log(f"{name}: job #{job.id} queued; args written to {job.work_dir}/config.yaml")
         job = wait_for(runtime.store, job.id, until, timeout=timeout, poll=0.5)
     wall = time.time() - started
-    phase = {"job": job.id, "state": job.state, "wall_s": round(wall, 1),
-             "process_s": round(job.duration() or 0, 1), "gpu_peak_mib": gpu.peak_mib,
-             "metrics": job.metrics, "progress": job.progress}
+    phase = {
+        "job": job.id,
+        "state": job.state,
+        "wall_s": round(wall, 1),
+        "process_s": round(job.duration() or 0, 1),
+        "gpu_peak_mib": gpu.peak_mib,
+        "metrics": job.metrics,
+        "progress": job.progress,
+    }
     if job.error:
         phase["error"] = job.error
         phase["advice"] = job.advice
@@ -119,25 +130,32 @@ def run_phase(runtime: Runtime, name: str, submit, until=FINAL_STATES, timeout: 
 
 def main(phases: list[str]) -> int:
     data = Path(os.environ.get("TUNEBOT_DATA_DIR") or "/tmp/tunebot-gpu")
-    settings = Settings(data_dir=data, poll_interval=0.5, web_port=0, deploy_timeout=1200.0, cancel_grace=20.0)
+    settings = Settings(
+        data_dir=data, poll_interval=0.5, web_port=0, deploy_timeout=1200.0, cancel_grace=20.0
+    )
     hw = detect()
     results["hardware"] = hw.describe()
     try:
+        import llamafactory
         import torch
         import transformers
 
-        import llamafactory
-
-        results["versions"] = {"python": sys.version.split()[0], "torch": torch.__version__,
-                               "cuda": torch.version.cuda, "transformers": transformers.__version__,
-                               "llamafactory": llamafactory.__version__}
+        results["versions"] = {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+            "llamafactory": llamafactory.__version__,
+        }
     except Exception as exc:  # the figures still matter without the versions
         results["versions"] = {"error": str(exc)}
     smi = shutil.which("nvidia-smi")
     if smi:
-        results["nvidia_smi"] = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total",
-                                                "--format=csv,noheader"], capture_output=True,
-                                               text=True).stdout.strip()
+        results["nvidia_smi"] = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     save()
 
     started = time.time()
@@ -151,27 +169,47 @@ def main(phases: list[str]) -> int:
     runtime = Runtime(settings).start()
     queue = runtime.queue
     try:
-        train = run_phase(runtime, "train", lambda: queue.submit_train(preset="seed", pairs={
-            "model": str(model), "dataset": "bench", "steps": STEPS, "logging_steps": "1",
-            "save_steps": "1000", "compute": "bf16" if hw.supports_bf16 else "fp32"}))
+        train = run_phase(
+            runtime,
+            "train",
+            lambda: queue.submit_train(
+                preset="seed",
+                pairs={
+                    "model": str(model),
+                    "dataset": "bench",
+                    "steps": STEPS,
+                    "logging_steps": "1",
+                    "save_steps": "1000",
+                    "compute": "bf16" if hw.supports_bf16 else "fp32",
+                },
+            ),
+        )
         if train.state != "succeeded":
             return 1
         shutil.copy(train.artifacts["plot"], OUT / "loss.png")
         if "eval" in phases:
-            run_phase(runtime, "eval", lambda: queue.submit_eval(train.id, pairs={
-                "dataset": "bench-eval", "samples": "32", "batch": "32", "max_new_tokens": "64"}))
+            run_phase(
+                runtime,
+                "eval",
+                lambda: queue.submit_eval(
+                    train.id,
+                    pairs={"dataset": "bench-eval", "samples": "32", "batch": "32", "max_new_tokens": "64"},
+                ),
+            )
         source = train.id
         if "export" in phases:
             export = run_phase(runtime, "export", lambda: queue.submit_export(train.id))
             if export.state == "succeeded":
                 source = export.id
         if "deploy" in phases:
-            deployment = run_phase(runtime, "deploy", lambda: queue.submit_deploy(source),
-                                   until=("serving", *FINAL_STATES))
+            deployment = run_phase(
+                runtime, "deploy", lambda: queue.submit_deploy(source), until=("serving", *FINAL_STATES)
+            )
             if deployment.state == "serving":
                 t = time.time()
-                answer = runtime.chat(deployment.id, [{"role": "user", "content": "What is 2 + 3?"}],
-                                      max_tokens=32)
+                answer = runtime.chat(
+                    deployment.id, [{"role": "user", "content": "What is 2 + 3?"}], max_tokens=32
+                )
                 results["phases"]["deploy"]["request_s"] = round(time.time() - t, 2)
                 results["phases"]["deploy"]["answer_chars"] = len(answer)
                 queue.undeploy(deployment.id)

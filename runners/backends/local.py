@@ -61,7 +61,15 @@ class LocalBackend(Backend):
         spec.exit_path.unlink(missing_ok=True)
         with open(spec.log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "runners.launch", "--exit-file", str(spec.exit_path), "--", *spec.argv],
+                [
+                    sys.executable,
+                    "-m",
+                    "runners.launch",
+                    "--exit-file",
+                    str(spec.exit_path),
+                    "--",
+                    *spec.argv,
+                ],
                 cwd=spec.cwd,
                 env=spec.env,
                 stdin=subprocess.DEVNULL,
@@ -69,8 +77,9 @@ class LocalBackend(Backend):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives tunebot; cancel signals the whole group
             )
-        return ProcessHandle(pid=proc.pid, proc_start=process_start_time(proc.pid), exit_path=spec.exit_path,
-                             native=proc)
+        return ProcessHandle(
+            pid=proc.pid, proc_start=process_start_time(proc.pid), exit_path=spec.exit_path, native=proc
+        )
 
     def poll(self, handle: ProcessHandle) -> int | None:
         if handle.native is not None:

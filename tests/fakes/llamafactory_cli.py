@@ -21,8 +21,10 @@ def main() -> int:
     args = yaml.safe_load(config.read_text())
     stopped = []
     signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
-    print(f"fake llamafactory-cli {sub} pid={os.getpid()} cuda={os.environ.get('CUDA_VISIBLE_DEVICES')!r}",
-          flush=True)
+    print(
+        f"fake llamafactory-cli {sub} pid={os.getpid()} cuda={os.environ.get('CUDA_VISIBLE_DEVICES')!r}",
+        flush=True,
+    )
     steps = int(os.environ.get("FAKE_STEPS", "5"))
     pause = float(os.environ.get("FAKE_STEP_SECONDS", "0.2"))
     out = Path(args.get("output_dir") or args.get("export_dir") or config.parent / "output")
@@ -37,9 +39,16 @@ def main() -> int:
             return 143
         time.sleep(pause)
         if sub == "train" and args.get("do_train"):
-            line = {"current_steps": step, "total_steps": steps, "loss": 3.0 / step, "lr": 1e-4,
-                    "epoch": step / steps, "percentage": round(100 * step / steps, 2),
-                    "elapsed_time": f"0:00:{step:02d}", "remaining_time": f"0:00:{steps - step:02d}"}
+            line = {
+                "current_steps": step,
+                "total_steps": steps,
+                "loss": 3.0 / step,
+                "lr": 1e-4,
+                "epoch": step / steps,
+                "percentage": round(100 * step / steps, 2),
+                "elapsed_time": f"0:00:{step:02d}",
+                "remaining_time": f"0:00:{steps - step:02d}",
+            }
             with open(out / "trainer_log.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             ckpt = out / f"checkpoint-{step}"
@@ -53,10 +62,19 @@ def main() -> int:
             (out / "adapter_config.json").write_text("{}")
             (out / "train_results.json").write_text(json.dumps({"train_loss": 1.0, "train_runtime": 1.0}))
         elif sub == "train":
-            (out / "predict_results.json").write_text(json.dumps(
-                {"predict_rouge-1": 10.0, "predict_rouge-2": 5.0, "predict_rouge-l": 8.0, "predict_bleu-4": 4.0}))
+            (out / "predict_results.json").write_text(
+                json.dumps(
+                    {
+                        "predict_rouge-1": 10.0,
+                        "predict_rouge-2": 5.0,
+                        "predict_rouge-l": 8.0,
+                        "predict_bleu-4": 4.0,
+                    }
+                )
+            )
             (out / "generated_predictions.jsonl").write_text(
-                json.dumps({"prompt": "p", "predict": "a", "label": "b"}) + "\n")
+                json.dumps({"prompt": "p", "predict": "a", "label": "b"}) + "\n"
+            )
         elif sub == "export":
             (out / "config.json").write_text("{}")
         elif sub == "api":
