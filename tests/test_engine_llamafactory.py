@@ -256,3 +256,22 @@ def test_cpu_runner_hardware_is_what_validation_uses(settings, store):
     queue = JobQueue(replace(settings), store, hardware=CPU)
     with pytest.raises(UserError, match="compute=fp32"):
         queue.submit_train(preset="seed", pairs={"model": "tiny", "dataset": "demo"})
+
+
+def test_an_idle_deployment_is_stopped_and_frees_its_slot(settings):
+    settings = replace(settings, deploy_idle=3.0)
+    runtime = Runtime(settings)
+    runtime.worker.hardware = CPU
+    runtime.start(web=False)
+    try:
+        model = str(settings.models_dir / "tiny-llama3")
+        job = runtime.queue.submit_deploy(model=model, pairs={"template": "llama3"})
+        serving = wait_for(runtime.store, job.id, ("serving", *FINAL), timeout=180)
+        assert serving.state == "serving", f"{serving.error}\n{serving.log_tail}"
+        assert runtime.store.leased_slots(runtime.worker.host)
+        stopped = wait_for(runtime.store, job.id, FINAL, timeout=60)
+    finally:
+        runtime.stop()
+    assert stopped.state == "stopped"
+    assert "idle" in stopped.error and "TUNEBOT_DEPLOY_IDLE" in stopped.error
+    assert runtime.store.leased_slots(runtime.worker.host) == {}

@@ -1,0 +1,84 @@
+"""The job store on SQLite and PostgreSQL: versioned schema, events from a cursor, leases."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, text
+
+from runners import store as store_module
+from runners.errors import UserError
+from runners.job import Job
+from runners.store import Store
+
+
+def test_fresh_database_is_at_the_current_schema_version(store):
+    assert store.schema_version() == store_module.SCHEMA_VERSION
+    assert store.migrate() == store_module.SCHEMA_VERSION  # idempotent
+
+
+def test_an_upgrade_adds_to_the_schema_and_keeps_every_stored_job(db_url, monkeypatch):
+    old = Store(db_url)
+    old.migrate()
+    jobs = [old.add_job(Job(kind="train", model=f"m{i}", user="U1"))[0] for i in range(3)]
+    old.add_event(jobs[0].id, "message", {"text": "kept"})
+    old.engine.dispose()
+
+    # A later release: version 2 adds a column to the job table, in place.
+    def add_priority(conn):
+        conn.execute(text("ALTER TABLE job ADD COLUMN priority INTEGER DEFAULT 0"))
+
+    monkeypatch.setitem(store_module.MIGRATIONS, 2, add_priority)
+    new = Store(db_url)
+    assert new.migrate() == 2
+    assert new.schema_version() == 2
+    columns = {c["name"] for c in inspect(new.engine).get_columns("job")}
+    assert "priority" in columns
+    assert [j.model for j in new.list_jobs(newest_first=False)] == ["m0", "m1", "m2"]
+    assert new.events_since(0, job_id=jobs[0].id)[-1].data == {"text": "kept"}
+    assert new.migrate() == 2  # running it again changes nothing
+    new.engine.dispose()
+
+
+def test_events_are_read_from_a_cursor_in_order(store):
+    a, _ = store.add_job(Job(kind="train", model="a"))
+    b, _ = store.add_job(Job(kind="eval", model="b"))
+    cursor = store.last_event_id()
+    store.add_event(a.id, "progress", {"step": 1})
+    store.add_event(b.id, "message", {"text": "hi"})
+    store.add_event(a.id, "progress", {"step": 2})
+    events = store.events_since(cursor)
+    assert [(e.job_id, e.type) for e in events] == [(a.id, "progress"), (b.id, "message"), (a.id, "progress")]
+    assert [e.data["step"] for e in store.events_since(cursor, job_id=a.id)] == [1, 2]
+    assert store.events_since(events[-1].id) == []
+
+
+def test_state_transitions_are_conditional(store):
+    job, _ = store.add_job(Job(kind="train", model="m"))
+    assert store.transition(job.id, ["queued"], "running")
+    assert not store.transition(job.id, ["queued"], "cancelled")
+    assert store.get(job.id).state == "running"
+
+
+def test_slot_leases_are_exclusive_and_all_or_nothing(store):
+    assert store.lease_slots("h", ["0", "1"], 1)
+    assert not store.lease_slots("h", ["2", "1"], 2)  # 1 is taken: 2 must not be leased either
+    assert store.leased_slots("h") == {"0": 1, "1": 1}
+    assert store.lease_slots("other-host", ["0"], 3)  # slots are per host
+    store.release_slots(1)
+    assert store.lease_slots("h", ["2", "1"], 2)
+
+
+def test_unknown_or_malformed_job_ids_are_user_errors(store):
+    with pytest.raises(UserError, match="There is no job #41"):
+        store.get(41)
+    with pytest.raises(UserError, match="not a job id"):
+        store.get("abc")
+    job, _ = store.add_job(Job(kind="train", model="m"))
+    assert store.get(f"#{job.id}").id == job.id
+
+
+def test_secrets_never_enter_events(store):
+    job, _ = store.add_job(Job(kind="deploy", model="m"))
+    store.transition(job.id, ["queued"], "serving", api_key="tb-secret", url="http://x/v1")
+    data = store.events_since(0, job_id=job.id)[-1].data
+    assert data == {"state": "serving", "url": "http://x/v1"}
