@@ -604,6 +604,9 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=timezone.utc,
         )
+        executor_log = logging.getLogger("apscheduler.executors.default")
+        if executor_log.level == logging.NOTSET:
+            executor_log.setLevel(logging.WARNING)  # not two INFO lines per progress sweep
         self._aps.start(paused=True)
         with _registry_lock:
             _started.setdefault(self.db, []).append(self)
@@ -621,12 +624,12 @@ class Scheduler:
         with self._lock:
             was_leader = self._leader
             self._step_down()
-            if was_leader:
+            if self._aps is not None:
+                self._aps.shutdown(wait=True)  # lets a digest being posted finish
+                self._aps = None
+            if was_leader:  # the next process takes over at its next try, not after the TTL
                 with contextlib.suppress(Exception):
                     self.lease.release()
-            if self._aps is not None:
-                self._aps.shutdown(wait=True)
-                self._aps = None
         with _registry_lock:
             mine = _started.get(self.db, [])
             if self in mine:
