@@ -301,6 +301,10 @@ def render_stall_post(
     if tail.strip():
         blocks.append(section("*Last log lines:*\n" + code_block(tail, 2800)))
     then = " It can be resumed from its last checkpoint." if job.kind == JobKind.TRAIN.value else ""
-    blocks.append(context(f"`cancel` in this thread stops it.{then} I will not repeat this unless it moves "
-                          "and stalls again."))
+    blocks.append(
+        context(
+            f"`cancel` in this thread stops it.{then} I will not repeat this unless it moves "
+            "and stalls again."
+        )
+    )
     return message(f"{kind_label(job)} looks stalled{where}: no new log line for {quiet}", blocks)

@@ -90,12 +90,24 @@ DEFAULT_LEASE_TTL_S = 30.0
 # -- settings -------------------------------------------------------------------------------------
 
 SCHEDULE_SETTINGS_TABLE: list[Setting] = [
-    Setting("TUNEBOT_PROGRESS_EVERY", "10", "minutes",
-            "Progress posts in a running job's thread this often (also at 25/50/75%); `90s`, `1h` work too"),
-    Setting("TUNEBOT_STALL_AFTER", "15", "minutes",
-            "A running job with no new log line this long is reported as stalled, once"),
-    Setting("TUNEBOT_DIGEST_TZ", "UTC", "time zone",
-            "Time zone of `/tune schedule` times that name none, e.g. `Asia/Shanghai`"),
+    Setting(
+        "TUNEBOT_PROGRESS_EVERY",
+        "10",
+        "minutes",
+        "Progress posts in a running job's thread this often (also at 25/50/75%); `90s`, `1h` work too",
+    ),
+    Setting(
+        "TUNEBOT_STALL_AFTER",
+        "15",
+        "minutes",
+        "A running job with no new log line this long is reported as stalled, once",
+    ),
+    Setting(
+        "TUNEBOT_DIGEST_TZ",
+        "UTC",
+        "time zone",
+        "Time zone of `/tune schedule` times that name none, e.g. `Asia/Shanghai`",
+    ),
 ]
 
 
@@ -144,11 +156,25 @@ class ScheduleSettings:
 _DAYS = {"mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6, "sun": 0}
 _DAY_WORDS = {
     **{name: num for name, num in _DAYS.items()},
-    "monday": 1, "tues": 2, "tuesday": 2, "wednesday": 3, "thur": 4, "thurs": 4, "thursday": 4,
-    "friday": 5, "saturday": 6, "sunday": 0,
+    "monday": 1,
+    "tues": 2,
+    "tuesday": 2,
+    "wednesday": 3,
+    "thur": 4,
+    "thurs": 4,
+    "thursday": 4,
+    "friday": 5,
+    "saturday": 6,
+    "sunday": 0,
 }
 _DAY_LABEL = {
-    1: "Monday", 2: "Tuesday", 3: "Wednesday", 4: "Thursday", 5: "Friday", 6: "Saturday", 0: "Sunday",
+    1: "Monday",
+    2: "Tuesday",
+    3: "Wednesday",
+    4: "Thursday",
+    5: "Friday",
+    6: "Saturday",
+    0: "Sunday",
 }
 # APScheduler 3 numbers weekdays from Monday=0 (crontab: Sunday=0); names avoid the mismatch.
 _APS_DAY = {1: "mon", 2: "tue", 3: "wed", 4: "thu", 5: "fri", 6: "sat", 0: "sun"}
@@ -175,8 +201,9 @@ class ScheduleSpec:
 
     def trigger(self) -> CronTrigger:
         minute, hour, day, month, dow = self.cron.split()
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
-                           timezone=ZoneInfo(self.tz))
+        return CronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=dow, timezone=ZoneInfo(self.tz)
+        )
 
 
 def _zone(name: str) -> ZoneInfo | None:
@@ -307,36 +334,50 @@ def parse_schedule(command: Command, default_tz: str) -> ScheduleSpec:
     if command.name == "schedule daily":
         hour, minute = parse_time_of_day(args[0])
         tz = resolve_timezone(args[1] if len(args) > 1 else default_tz)
-        spec = ScheduleSpec("daily", f"{minute} {hour} * * *", tz.key,
-                            f"daily at {hour:02d}:{minute:02d} ({tz.key})")
+        spec = ScheduleSpec(
+            "daily", f"{minute} {hour} * * *", tz.key, f"daily at {hour:02d}:{minute:02d} ({tz.key})"
+        )
     elif command.name == "schedule weekly":
         day = parse_weekday(args[0])
         hour, minute = parse_time_of_day(args[1])
         tz = resolve_timezone(args[2] if len(args) > 2 else default_tz)
-        spec = ScheduleSpec("weekly", f"{minute} {hour} * * {_APS_DAY[day]}", tz.key,
-                            f"weekly on {_DAY_LABEL[day]} at {hour:02d}:{minute:02d} ({tz.key})")
+        spec = ScheduleSpec(
+            "weekly",
+            f"{minute} {hour} * * {_APS_DAY[day]}",
+            tz.key,
+            f"weekly on {_DAY_LABEL[day]} at {hour:02d}:{minute:02d} ({tz.key})",
+        )
     elif command.name == "schedule cron":
         if len(args) > 2:  # typed without quotes: the fields as words, then perhaps a time zone
             if len(args) not in (5, 6):
-                raise _cron_error(" ".join(args), f"it has {len(args)} fields, not 5 "
-                                  "(minute hour day-of-month month day-of-week).")
+                raise _cron_error(
+                    " ".join(args),
+                    f"it has {len(args)} fields, not 5 (minute hour day-of-month month day-of-week).",
+                )
             args = [" ".join(args[:5]), *args[5:]]
         raw = args[0].strip()
         tz_arg = args[1] if len(args) > 1 else None
         expr = _CRON_MACROS.get(raw.lower(), raw)
         fields = expr.split()
         if len(fields) != 5:
-            raise _cron_error(raw, f"it has {len(fields)} field{'s' if len(fields) != 1 else ''}, "
-                              "not 5 (minute hour day-of-month month day-of-week).")
+            raise _cron_error(
+                raw,
+                f"it has {len(fields)} field{'s' if len(fields) != 1 else ''}, "
+                "not 5 (minute hour day-of-month month day-of-week).",
+            )
         minute, hour, day, month, dow = fields
         if day not in ("*", "?") and dow not in ("*", "?"):
-            raise _cron_error(raw, "it limits both the day of the month and the day of the week, which "
-                                   "cron reads as either-or; make two schedules instead.")
+            raise _cron_error(
+                raw,
+                "it limits both the day of the month and the day of the week, which "
+                "cron reads as either-or; make two schedules instead.",
+            )
         day = "*" if day == "?" else day
         dow = weekday_field("*" if dow == "?" else dow, raw)
         tz = resolve_timezone(tz_arg or default_tz)
-        spec = ScheduleSpec("cron", f"{minute} {hour} {day} {month} {dow}", tz.key,
-                            f'cron "{raw}" ({tz.key})')
+        spec = ScheduleSpec(
+            "cron", f"{minute} {hour} {day} {month} {dow}", tz.key, f'cron "{raw}" ({tz.key})'
+        )
         try:
             spec.trigger()
         except ValueError as exc:
@@ -443,8 +484,15 @@ class SchedulerLease:
     process's wall clock; hosts should agree to well within the TTL (NTP does).
     """
 
-    def __init__(self, engine: Engine, *, holder: str, ttl: float = DEFAULT_LEASE_TTL_S,
-                 name: str = LEASE_NAME, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        holder: str,
+        ttl: float = DEFAULT_LEASE_TTL_S,
+        name: str = LEASE_NAME,
+        clock: Callable[[], float] = time.time,
+    ):
         self.engine = engine
         self.holder = holder
         self.ttl = ttl
@@ -458,16 +506,20 @@ class SchedulerLease:
         with self.engine.begin() as conn:
             taken = conn.execute(
                 update(table)
-                .where(table.c.name == self.name,
-                       or_(table.c.holder == self.holder, table.c.expires_at < now))
+                .where(
+                    table.c.name == self.name, or_(table.c.holder == self.holder, table.c.expires_at < now)
+                )
                 .values(holder=self.holder, expires_at=now + self.ttl, renewed_at=now)
             ).rowcount
         if taken == 1:
             return True
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(table).values(name=self.name, holder=self.holder,
-                                                  expires_at=now + self.ttl, renewed_at=now))
+                conn.execute(
+                    insert(table).values(
+                        name=self.name, holder=self.holder, expires_at=now + self.ttl, renewed_at=now
+                    )
+                )
             return True
         except IntegrityError:
             return False
@@ -477,23 +529,31 @@ class SchedulerLease:
         now = self.clock()
         table = lease_table
         with self.engine.begin() as conn:
-            return conn.execute(
-                update(table)
-                .where(table.c.name == self.name, table.c.holder == self.holder, table.c.expires_at >= now)
-                .values(expires_at=now + self.ttl, renewed_at=now)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    update(table)
+                    .where(
+                        table.c.name == self.name, table.c.holder == self.holder, table.c.expires_at >= now
+                    )
+                    .values(expires_at=now + self.ttl, renewed_at=now)
+                ).rowcount
+                == 1
+            )
 
     def release(self) -> None:
         """Give the lease up so another process takes over at its next try, not after the TTL."""
         with self.engine.begin() as conn:
-            conn.execute(update(lease_table)
-                         .where(lease_table.c.name == self.name, lease_table.c.holder == self.holder)
-                         .values(expires_at=0.0))
+            conn.execute(
+                update(lease_table)
+                .where(lease_table.c.name == self.name, lease_table.c.holder == self.holder)
+                .values(expires_at=0.0)
+            )
 
     def current(self) -> tuple[str, float] | None:
         with self.engine.begin() as conn:
-            row = conn.execute(select(lease_table.c.holder, lease_table.c.expires_at)
-                               .where(lease_table.c.name == self.name)).first()
+            row = conn.execute(
+                select(lease_table.c.holder, lease_table.c.expires_at).where(lease_table.c.name == self.name)
+            ).first()
         return (row.holder, row.expires_at) if row else None
 
 
@@ -503,11 +563,18 @@ class SchedulerLease:
 class Poster(Protocol):
     """What the scheduler needs of `bot.delivery.Delivery`."""
 
-    def post(self, channel: str, *, text: str, blocks: list[dict[str, Any]] | None = None,
-             thread_ts: str | None = None) -> Any: ...
+    def post(
+        self,
+        channel: str,
+        *,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+    ) -> Any: ...
 
-    def upload(self, channel: str, thread_ts: str | None, *, path: str | Path, filename: str,
-               title: str) -> Any: ...
+    def upload(
+        self, channel: str, thread_ts: str | None, *, path: str | Path, filename: str, title: str
+    ) -> Any: ...
 
 
 # -- the scheduler --------------------------------------------------------------------------------
@@ -565,8 +632,15 @@ class Scheduler:
     `tunebot serve` against one database: only the lease holder posts.
     """
 
-    def __init__(self, runtime: Any, delivery: Poster, settings: ScheduleSettings | None = None, *,
-                 lease_ttl: float = DEFAULT_LEASE_TTL_S, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        runtime: Any,
+        delivery: Poster,
+        settings: ScheduleSettings | None = None,
+        *,
+        lease_ttl: float = DEFAULT_LEASE_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ):
         self.runtime = runtime
         self.store = runtime.store
         self.delivery = delivery
@@ -698,9 +772,17 @@ class Scheduler:
         every = self.settings.sweep_every
         existing = self._aps.get_job(SWEEP_JOB_ID)
         if existing is None or getattr(existing.trigger, "interval", None) != timedelta(seconds=every):
-            self._aps.add_job(sweep_progress, IntervalTrigger(seconds=every), id=SWEEP_JOB_ID,
-                              kwargs={"db": self.db}, replace_existing=True, coalesce=True, max_instances=1,
-                              misfire_grace_time=max(5, int(every * 2)), name="progress posts")
+            self._aps.add_job(
+                sweep_progress,
+                IntervalTrigger(seconds=every),
+                id=SWEEP_JOB_ID,
+                kwargs={"db": self.db},
+                replace_existing=True,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(5, int(every * 2)),
+                name="progress posts",
+            )
         rows = {row.job_id: row for row in self.all_digests()}
         for job in self._aps.get_jobs():
             if job.id.startswith("digest:") and job.id not in rows:
@@ -712,15 +794,25 @@ class Scheduler:
 
     def _add_job(self, row: DigestSchedule) -> None:
         assert self._aps is not None
-        self._aps.add_job(fire_digest, row.spec.trigger(), id=row.job_id,
-                          kwargs={"db": self.db, "schedule_id": row.id}, replace_existing=True,
-                          coalesce=True, max_instances=1, misfire_grace_time=DIGEST_MISFIRE_GRACE_S,
-                          name=f"digest {row.label}")
+        self._aps.add_job(
+            fire_digest,
+            row.spec.trigger(),
+            id=row.job_id,
+            kwargs={"db": self.db, "schedule_id": row.id},
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=DIGEST_MISFIRE_GRACE_S,
+            name=f"digest {row.label}",
+        )
 
     def _require_running(self) -> _BackgroundScheduler:
         if self._aps is None:
-            raise UserError("Digests are off: this tunebot process is not running its scheduler.",
-                            field="schedule", fix="restart `tunebot serve`")
+            raise UserError(
+                "Digests are off: this tunebot process is not running its scheduler.",
+                field="schedule",
+                fix="restart `tunebot serve`",
+            )
         return self._aps
 
     # --- schedules ----------------------------------------------------------------------
@@ -744,14 +836,25 @@ class Scheduler:
         if same:
             return same[0], False
         if len(mine) >= MAX_DIGESTS_PER_CHANNEL:
-            raise UserError(f"This channel has {len(mine)} digests already; that is the most it may have.",
-                            field="schedule", fix=f"{COMMAND} schedule off ID stops one")
+            raise UserError(
+                f"This channel has {len(mine)} digests already; that is the most it may have.",
+                field="schedule",
+                fix=f"{COMMAND} schedule off ID stops one",
+            )
         try:
             with self.store.engine.begin() as conn:
-                new_id = conn.execute(insert(digest_table).values(
-                    channel=channel, kind=spec.kind, cron=spec.cron, tz=spec.tz, label=spec.label,
-                    created_by=user, created_at=self.clock(), last_digest_at=None,
-                )).inserted_primary_key[0]
+                new_id = conn.execute(
+                    insert(digest_table).values(
+                        channel=channel,
+                        kind=spec.kind,
+                        cron=spec.cron,
+                        tz=spec.tz,
+                        label=spec.label,
+                        created_by=user,
+                        created_at=self.clock(),
+                        last_digest_at=None,
+                    )
+                ).inserted_primary_key[0]
         except IntegrityError:
             same = [d for d in self.all_digests(channel) if d.cron == spec.cron and d.tz == spec.tz]
             existing = same[0] if same else None
@@ -804,13 +907,18 @@ class Scheduler:
         table = digest_table
         same = table.c.last_digest_at.is_(None) if previous is None else table.c.last_digest_at == previous
         with self.store.engine.begin() as conn:
-            claimed = conn.execute(update(table).where(table.c.id == row.id, same)
-                                   .values(last_digest_at=now)).rowcount == 1
+            claimed = (
+                conn.execute(
+                    update(table).where(table.c.id == row.id, same).values(last_digest_at=now)
+                ).rowcount
+                == 1
+            )
         if not claimed:
             return False
         since = previous if previous is not None else now - period
-        data = build_digest(self.store, channel=row.channel, since=since, until=now, now=now,
-                            title=f"Digest · {row.label}")
+        data = build_digest(
+            self.store, channel=row.channel, since=since, until=now, now=now, title=f"Digest · {row.label}"
+        )
         payload = render_digest(data)
         try:
             self.delivery.post(row.channel, text=payload["text"], blocks=payload["blocks"])
@@ -822,15 +930,17 @@ class Scheduler:
     # --- progress posts -----------------------------------------------------------------
     def _posted(self, job_id: int) -> pp.PostedState | None:
         with self.store.engine.begin() as conn:
-            row = conn.execute(select(progress_post_table.c.state)
-                               .where(progress_post_table.c.job_id == job_id)).first()
+            row = conn.execute(
+                select(progress_post_table.c.state).where(progress_post_table.c.job_id == job_id)
+            ).first()
         return pp.PostedState.from_dict(row.state) if row else None
 
     def _save_posted(self, job_id: int, state: pp.PostedState) -> None:
         values = {"state": state.to_dict(), "updated_at": self.clock()}
         with self.store.engine.begin() as conn:
-            changed = conn.execute(update(progress_post_table)
-                                   .where(progress_post_table.c.job_id == job_id).values(**values)).rowcount
+            changed = conn.execute(
+                update(progress_post_table).where(progress_post_table.c.job_id == job_id).values(**values)
+            ).rowcount
             if not changed:
                 conn.execute(insert(progress_post_table).values(job_id=job_id, **values))
 
@@ -860,25 +970,37 @@ class Scheduler:
         state = (stored or pp.PostedState(attempt=job.attempt)).for_attempt(job.attempt)
         quiet = now - pp.quiet_since_of(job, last_line_at, now=now)
         state = pp.moving_again(state, stalled=quiet >= self.settings.stall_after)
-        decision = pp.decide_progress_post(job, points, state, now=now, last_line_at=last_line_at,
-                                           every_s=self.settings.progress_every,
-                                           stall_after_s=self.settings.stall_after)
+        decision = pp.decide_progress_post(
+            job,
+            points,
+            state,
+            now=now,
+            last_line_at=last_line_at,
+            every_s=self.settings.progress_every,
+            stall_after_s=self.settings.stall_after,
+        )
         if decision.action == pp.STALLED:
             tail = pp.log_tail(_read_end(Path(job.log_path))) if job.log_path else ""
             payload = pp.render_stall_post(job, points, now=now, last_line_at=last_line_at, tail=tail)
-            self.delivery.post(job.channel, text=payload["text"], blocks=payload["blocks"],
-                               thread_ts=thread_ts)
+            self.delivery.post(
+                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
+            )
         elif decision.action == pp.PROGRESS:
             payload = pp.render_progress_post(job, points, state, decision, now=now)
-            self.delivery.post(job.channel, text=payload["text"], blocks=payload["blocks"],
-                               thread_ts=thread_ts)
+            self.delivery.post(
+                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
+            )
             plot = self._plot(job, points)
             if plot is not None:
                 point = pp.latest_point(points)
                 step = f"{point.step}/{point.total or '?'}" if point else "?"
-                self.delivery.upload(job.channel, thread_ts, path=plot,
-                                     filename=f"loss-{job.id}-step{point.step if point else 0}.png",
-                                     title=f"#{job.id} loss at step {step}")
+                self.delivery.upload(
+                    job.channel,
+                    thread_ts,
+                    path=plot,
+                    filename=f"loss-{job.id}-step{point.step if point else 0}.png",
+                    title=f"#{job.id} loss at step {step}",
+                )
         new_state = pp.after_post(state, decision, points, now=now)
         if new_state != stored:
             self._save_posted(job.id, new_state)
@@ -944,11 +1066,17 @@ def _check_membership(client: Any, channel: str) -> None:
         error = (exc.response or {}).get("error") if exc.response is not None else None
         if error in ("channel_not_found", "not_in_channel", "missing_scope"):
             raise invite from None
-        raise UserError(f"Slack did not tell me about this channel ({error or 'no answer'}); nothing was "
-                        "scheduled.", field="channel", fix="try again in a minute") from None
+        raise UserError(
+            f"Slack did not tell me about this channel ({error or 'no answer'}); nothing was scheduled.",
+            field="channel",
+            fix="try again in a minute",
+        ) from None
     except Exception as exc:  # the network, a timeout: nothing is scheduled, say so
-        raise UserError(f"I could not reach Slack to check this channel ({type(exc).__name__}); nothing was "
-                        "scheduled.", field="channel", fix="try again in a minute") from None
+        raise UserError(
+            f"I could not reach Slack to check this channel ({type(exc).__name__}); nothing was scheduled.",
+            field="channel",
+            fix="try again in a minute",
+        ) from None
     info = response.get("channel") or {}
     if info.get("is_im") or info.get("is_mpim"):
         return
@@ -972,23 +1100,31 @@ def _schedule_line(scheduler: Scheduler, row: DigestSchedule) -> str:
 def _render_list(scheduler: Scheduler, channel: str) -> dict[str, Any]:
     rows = scheduler.all_digests(channel)
     if not rows:
-        return _reply("No digests are scheduled in this channel.",
-                      context(f"Add one: {code(f'{COMMAND} schedule daily 09:00')}"),
-                      fallback="No digests are scheduled in this channel.")
+        return _reply(
+            "No digests are scheduled in this channel.",
+            context(f"Add one: {code(f'{COMMAND} schedule daily 09:00')}"),
+            fallback="No digests are scheduled in this channel.",
+        )
     lines = "\n".join(_schedule_line(scheduler, row) for row in rows)
     fallback = "Digests in this channel: " + "; ".join(f"#{r.id} {r.label}" for r in rows)
-    return _reply(f"*Digests in this channel*\n{lines}",
-                  context(f"Stop one with {code(f'{COMMAND} schedule off ID')}, all with "
-                          f"{code(f'{COMMAND} schedule off')}."),
-                  fallback=fallback)
+    return _reply(
+        f"*Digests in this channel*\n{lines}",
+        context(
+            f"Stop one with {code(f'{COMMAND} schedule off ID')}, all with {code(f'{COMMAND} schedule off')}."
+        ),
+        fallback=fallback,
+    )
 
 
 def _schedule_id(text: str) -> int:
     raw = text.strip().lstrip("#")
     if raw.isdigit():
         return int(raw)
-    raise UserError(f"`{text}` is not a digest number.", field="id",
-                    fix=f"{COMMAND} schedule list shows them, e.g. {COMMAND} schedule off 3")
+    raise UserError(
+        f"`{text}` is not a digest number.",
+        field="id",
+        fix=f"{COMMAND} schedule list shows them, e.g. {COMMAND} schedule off 3",
+    )
 
 
 def _turn_off(scheduler: Scheduler, channel: str, args: list[str]) -> dict[str, Any]:
@@ -999,20 +1135,30 @@ def _turn_off(scheduler: Scheduler, channel: str, args: list[str]) -> dict[str, 
         if row is None:
             there = ", ".join(f"#{r.id}" for r in rows)
             found = f" Its digests: {there}." if there else " It has none."
-            raise UserError(f"There is no digest #{wanted} in this channel.{found}", field="id",
-                            fix=f"{COMMAND} schedule list")
+            raise UserError(
+                f"There is no digest #{wanted} in this channel.{found}",
+                field="id",
+                fix=f"{COMMAND} schedule list",
+            )
         scheduler.remove_digest(row)
-        return _reply(f":no_bell: Stopped digest *#{row.id}* ({label_mrkdwn(row.label)}).",
-                      fallback=f"Stopped digest #{row.id} ({row.label}).")
+        return _reply(
+            f":no_bell: Stopped digest *#{row.id}* ({label_mrkdwn(row.label)}).",
+            fallback=f"Stopped digest #{row.id} ({row.label}).",
+        )
     if not rows:
-        raise UserError("No digests are scheduled in this channel; there is nothing to stop.", field="id",
-                        fix=f"{COMMAND} schedule daily 09:00 starts one")
+        raise UserError(
+            "No digests are scheduled in this channel; there is nothing to stop.",
+            field="id",
+            fix=f"{COMMAND} schedule daily 09:00 starts one",
+        )
     for row in rows:
         scheduler.remove_digest(row)
     plural = "s" if len(rows) != 1 else ""
     names = ", ".join(f"#{r.id} ({label_mrkdwn(r.label)})" for r in rows)
-    return _reply(f":no_bell: Stopped {len(rows)} digest{plural}: {names}.",
-                  fallback=f"Stopped {len(rows)} digest{plural}: " + ", ".join(f"#{r.id}" for r in rows))
+    return _reply(
+        f":no_bell: Stopped {len(rows)} digest{plural}: {names}.",
+        fallback=f"Stopped {len(rows)} digest{plural}: " + ", ".join(f"#{r.id}" for r in rows),
+    )
 
 
 def _add(scheduler: Scheduler, command: Command, *, user: str, channel: str, client: Any) -> dict[str, Any]:
@@ -1027,9 +1173,11 @@ def _add(scheduler: Scheduler, command: Command, *, user: str, channel: str, cli
         return _reply(text, fallback=f"Already scheduled here as digest #{row.id} ({row.label}).")
     return _reply(
         f":calendar: Digest *#{row.id}* scheduled: {label_mrkdwn(row.label)}.{when}",
-        context("It lists running and queued jobs, what finished or failed since the last digest, "
-                "deployments and GPU hours per person. "
-                f"{code(f'{COMMAND} schedule off {row.id}')} stops it."),
+        context(
+            "It lists running and queued jobs, what finished or failed since the last digest, "
+            "deployments and GPU hours per person. "
+            f"{code(f'{COMMAND} schedule off {row.id}')} stops it."
+        ),
         fallback=f"Digest #{row.id} scheduled: {row.label}.",
     )
 
@@ -1048,15 +1196,21 @@ def handle_schedule_command(
     scheduler = scheduler or scheduler_for(runtime.store)
     try:
         if scheduler is None or not scheduler.running:
-            raise UserError("Digests are off: this tunebot process is not running its scheduler.",
-                            field="schedule", fix="restart `tunebot serve`")
+            raise UserError(
+                "Digests are off: this tunebot process is not running its scheduler.",
+                field="schedule",
+                fix="restart `tunebot serve`",
+            )
         if command.name == "schedule list":
             return _render_list(scheduler, channel)
         if command.name == "schedule off":
             return _turn_off(scheduler, channel, list(command.args))
         if command.name in ("schedule daily", "schedule weekly", "schedule cron"):
             return _add(scheduler, command, user=user, channel=channel, client=client)
-        raise UserError(f"`{command.name}` is not a schedule command.", field="command",
-                        fix=f"{COMMAND} help schedule daily")
+        raise UserError(
+            f"`{command.name}` is not a schedule command.",
+            field="command",
+            fix=f"{COMMAND} help schedule daily",
+        )
     except UserError as err:
         return render_error(err)

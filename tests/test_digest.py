@@ -18,8 +18,9 @@ SINCE = NOW - 24 * HOUR
 
 
 def add(store, **fields) -> Job:
-    job, _ = store.add_job(Job(**{"kind": "train", "model": "/models/Meta-Llama-3-8B-Instruct",
-                                  "channel": CHANNEL, **fields}))
+    job, _ = store.add_job(
+        Job(**{"kind": "train", "model": "/models/Meta-Llama-3-8B-Instruct", "channel": CHANNEL, **fields})
+    )
     return job
 
 
@@ -28,57 +29,136 @@ def busy_channel(store):
     """A day of a team's jobs, shaped like what the worker stores."""
     jobs = {}
     jobs["trained"] = add(
-        store, state="succeeded", user="U0ALICE01", dataset="support_tickets", method="lora",
-        created_at=NOW - 10 * HOUR, started_at=NOW - 9 * HOUR, finished_at=NOW - 6 * HOUR,
-        slots=["0", "1"], n_slots=2,
-        progress={"step": 480, "total": 480, "loss": 0.8731, "eval_loss": 0.9412, "percent": 100.0,
-                  "tokens_per_s": 1893.2},
+        store,
+        state="succeeded",
+        user="U0ALICE01",
+        dataset="support_tickets",
+        method="lora",
+        created_at=NOW - 10 * HOUR,
+        started_at=NOW - 9 * HOUR,
+        finished_at=NOW - 6 * HOUR,
+        slots=["0", "1"],
+        n_slots=2,
+        progress={
+            "step": 480,
+            "total": 480,
+            "loss": 0.8731,
+            "eval_loss": 0.9412,
+            "percent": 100.0,
+            "tokens_per_s": 1893.2,
+        },
         metrics={"train_loss": 1.2046, "train_runtime": 10800.0, "step": 480},
         artifacts={"adapter": "/data/jobs/1/output", "plot": "/data/jobs/1/loss.png"},
     )
     jobs["evaluated"] = add(
-        store, kind="eval", state="succeeded", user="U0ALICE01", dataset="support_eval",
-        parent_id=jobs["trained"].id, created_at=NOW - 6 * HOUR, started_at=NOW - 5.5 * HOUR,
-        finished_at=NOW - 5 * HOUR, slots=["0"], n_slots=1,
-        metrics={"rouge-1": 45.1032, "rouge-2": 22.3051, "rouge-l": 30.2194, "bleu-4": 18.7329,
-                 "runtime_s": 1790.2, "samples_per_s": 0.56},
+        store,
+        kind="eval",
+        state="succeeded",
+        user="U0ALICE01",
+        dataset="support_eval",
+        parent_id=jobs["trained"].id,
+        created_at=NOW - 6 * HOUR,
+        started_at=NOW - 5.5 * HOUR,
+        finished_at=NOW - 5 * HOUR,
+        slots=["0"],
+        n_slots=1,
+        metrics={
+            "rouge-1": 45.1032,
+            "rouge-2": 22.3051,
+            "rouge-l": 30.2194,
+            "bleu-4": 18.7329,
+            "runtime_s": 1790.2,
+            "samples_per_s": 0.56,
+        },
     )
     jobs["oom"] = add(
-        store, state="failed", user="U0BOB0001", dataset="long_docs", method="full",
-        created_at=NOW - 4 * HOUR, started_at=NOW - 4 * HOUR, finished_at=NOW - 3.9 * HOUR,
-        slots=["2", "3"], n_slots=2, exit_code=1,
+        store,
+        state="failed",
+        user="U0BOB0001",
+        dataset="long_docs",
+        method="full",
+        created_at=NOW - 4 * HOUR,
+        started_at=NOW - 4 * HOUR,
+        finished_at=NOW - 3.9 * HOUR,
+        slots=["2", "3"],
+        n_slots=2,
+        exit_code=1,
         error="The GPU ran out of memory (CUDA out of memory: tried to allocate 3.50 GiB).",
         advice="lower per_device_train_batch_size or cutoff_len, or use method=qlora",
         log_tail="torch.OutOfMemoryError: CUDA out of memory.",
     )
     jobs["running"] = add(
-        store, state="running", user="U0BOB0001", dataset="support_tickets", method="lora",
-        created_at=NOW - 2 * HOUR, started_at=NOW - 1.5 * HOUR, slots=["2"], n_slots=1,
-        progress={"step": 120, "total": 480, "loss": 1.8214, "percent": 25.0, "epoch": 0.75,
-                  "remaining_s": 16200.0, "tokens_per_s": 1712.4},
+        store,
+        state="running",
+        user="U0BOB0001",
+        dataset="support_tickets",
+        method="lora",
+        created_at=NOW - 2 * HOUR,
+        started_at=NOW - 1.5 * HOUR,
+        slots=["2"],
+        n_slots=1,
+        progress={
+            "step": 120,
+            "total": 480,
+            "loss": 1.8214,
+            "percent": 25.0,
+            "epoch": 0.75,
+            "remaining_s": 16200.0,
+            "tokens_per_s": 1712.4,
+        },
     )
     jobs["queued"] = add(store, state="queued", user="U0CAROL01", dataset="alpaca_zh", created_at=NOW - HOUR)
     jobs["serving"] = add(
-        store, kind="deploy", state="serving", user="U0ALICE01", mode="api", parent_id=jobs["trained"].id,
-        created_at=NOW - 4.5 * HOUR, started_at=NOW - 4.5 * HOUR, slots=["3"], n_slots=1, port=8001,
-        url="http://gpu1.example.com:8001/v1", chat_url="http://gpu1.example.com:7860/chat/6/",
+        store,
+        kind="deploy",
+        state="serving",
+        user="U0ALICE01",
+        mode="api",
+        parent_id=jobs["trained"].id,
+        created_at=NOW - 4.5 * HOUR,
+        started_at=NOW - 4.5 * HOUR,
+        slots=["3"],
+        n_slots=1,
+        port=8001,
+        url="http://gpu1.example.com:8001/v1",
+        chat_url="http://gpu1.example.com:7860/chat/6/",
         api_key="sk-tunebot-secret-0123456789",
     )
     # Another channel's job, and an old one of this channel: neither is this digest's news.
     jobs["elsewhere"] = add(
-        store, channel=OTHER, state="succeeded", user="U0DAVE001", created_at=NOW - 3 * HOUR,
-        started_at=NOW - 3 * HOUR, finished_at=NOW - 2 * HOUR, slots=["4"], n_slots=1,
+        store,
+        channel=OTHER,
+        state="succeeded",
+        user="U0DAVE001",
+        created_at=NOW - 3 * HOUR,
+        started_at=NOW - 3 * HOUR,
+        finished_at=NOW - 2 * HOUR,
+        slots=["4"],
+        n_slots=1,
     )
     jobs["last_week"] = add(
-        store, state="succeeded", user="U0ALICE01", created_at=NOW - 8 * 24 * HOUR,
-        started_at=NOW - 8 * 24 * HOUR, finished_at=NOW - 7 * 24 * HOUR, slots=["0"], n_slots=1,
+        store,
+        state="succeeded",
+        user="U0ALICE01",
+        created_at=NOW - 8 * 24 * HOUR,
+        started_at=NOW - 8 * 24 * HOUR,
+        finished_at=NOW - 7 * 24 * HOUR,
+        slots=["0"],
+        n_slots=1,
         metrics={"train_loss": 2.0},
     )
     # Started before the period and finished inside it: only its hours inside count.
     jobs["overnight"] = add(
-        store, state="cancelled", user="U0CAROL01", created_at=SINCE - 3 * HOUR,
-        started_at=SINCE - 2 * HOUR, finished_at=SINCE + HOUR, slots=["1"], n_slots=1,
-        cancelled_by="U0CAROL01", error="Cancelled by U0CAROL01.",
+        store,
+        state="cancelled",
+        user="U0CAROL01",
+        created_at=SINCE - 3 * HOUR,
+        started_at=SINCE - 2 * HOUR,
+        finished_at=SINCE + HOUR,
+        slots=["1"],
+        n_slots=1,
+        cancelled_by="U0CAROL01",
+        error="Cancelled by U0CAROL01.",
     )
     return jobs
 
@@ -125,8 +205,9 @@ def test_slot_hours_tell_cpu_slots_from_gpus_and_clip_at_both_ends():
 
 def test_rendered_digest_shows_scores_losses_reasons_urls_and_hours_but_no_secret(store, busy_channel):
     jobs = busy_channel
-    data = build_digest(store, channel=CHANNEL, since=SINCE, until=NOW, now=NOW,
-                        title="Digest · daily at 09:00")
+    data = build_digest(
+        store, channel=CHANNEL, since=SINCE, until=NOW, now=NOW, title="Digest · daily at 09:00"
+    )
     payload = render_digest(data)
     assert block_kit_problems(payload["blocks"]) == []
     text = json.dumps(payload["blocks"], ensure_ascii=False)
@@ -172,8 +253,16 @@ def test_a_channel_with_only_old_jobs_and_nothing_running_is_empty_too(store, bu
 
 def test_a_long_digest_stays_within_slacks_limits(store):
     for i in range(60):
-        add(store, state="failed", user=f"U0USER{i:03d}", created_at=NOW - HOUR, started_at=NOW - HOUR,
-            finished_at=NOW - HOUR / 2, slots=["0"], error="x" * 2000)
+        add(
+            store,
+            state="failed",
+            user=f"U0USER{i:03d}",
+            created_at=NOW - HOUR,
+            started_at=NOW - HOUR,
+            finished_at=NOW - HOUR / 2,
+            slots=["0"],
+            error="x" * 2000,
+        )
         add(store, state="queued", user=f"U0USER{i:03d}", created_at=NOW - HOUR)
     payload = render_digest(build_digest(store, channel=CHANNEL, since=SINCE, until=NOW, now=NOW))
     assert block_kit_problems(payload["blocks"]) == []

@@ -16,9 +16,22 @@ STALL = 15 * MIN
 
 
 def running_job(**fields) -> Job:
-    return Job(**{"id": 12, "kind": "train", "state": "running", "model": "/models/Meta-Llama-3-8B-Instruct",
-                  "dataset": "support_tickets", "method": "lora", "user": "U0ALICE01", "channel": "C0TUNEBOT",
-                  "message_ts": "1800000000.000100", "started_at": T0, "attempt": 1, **fields})
+    return Job(
+        **{
+            "id": 12,
+            "kind": "train",
+            "state": "running",
+            "model": "/models/Meta-Llama-3-8B-Instruct",
+            "dataset": "support_tickets",
+            "method": "lora",
+            "user": "U0ALICE01",
+            "channel": "C0TUNEBOT",
+            "message_ts": "1800000000.000100",
+            "started_at": T0,
+            "attempt": 1,
+            **fields,
+        }
+    )
 
 
 def trainer_log(total: int, duration: float, until: float, *, every_steps: int = 10) -> list[Progress]:
@@ -29,10 +42,18 @@ def trainer_log(total: int, duration: float, until: float, *, every_steps: int =
         at = duration * step / total
         if at > until:
             break
-        line = {"current_steps": step, "total_steps": total, "loss": round(2.4 * (1 - 0.6 * step / total), 4),
-                "lr": 5e-05, "epoch": round(3 * step / total, 2), "percentage": round(100 * step / total, 2),
-                "elapsed_time": _hms(at), "remaining_time": _hms(duration - at), "throughput": 1893.2,
-                "total_tokens": 1200 * step}
+        line = {
+            "current_steps": step,
+            "total_steps": total,
+            "loss": round(2.4 * (1 - 0.6 * step / total), 4),
+            "lr": 5e-05,
+            "epoch": round(3 * step / total, 2),
+            "percentage": round(100 * step / total, 2),
+            "elapsed_time": _hms(at),
+            "remaining_time": _hms(duration - at),
+            "throughput": 1893.2,
+            "total_tokens": 1200 * step,
+        }
         points.append(parse_trainer_log_line(json.dumps(line)))
     return points
 
@@ -42,8 +63,9 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def simulate(job: Job, duration: float, *, sweep: float = 30.0,
-             total: int = 480) -> list[tuple[float, pp.Decision]]:
+def simulate(
+    job: Job, duration: float, *, sweep: float = 30.0, total: int = 480
+) -> list[tuple[float, pp.Decision]]:
     """Run the sweep every `sweep` seconds over a whole run; the posts it made, at minutes since start."""
     state = pp.PostedState()
     posts = []
@@ -51,8 +73,9 @@ def simulate(job: Job, duration: float, *, sweep: float = 30.0,
     while t <= duration:
         points = trainer_log(total, duration, t)
         last_line = T0 + max([duration * p.step / total for p in points], default=0.0)
-        decision = pp.decide_progress_post(job, points, state, now=T0 + t, last_line_at=last_line,
-                                           every_s=EVERY, stall_after_s=STALL)
+        decision = pp.decide_progress_post(
+            job, points, state, now=T0 + t, last_line_at=last_line, every_s=EVERY, stall_after_s=STALL
+        )
         if decision.posts:
             posts.append((t / MIN, decision))
         state = pp.after_post(state, decision, points, now=T0 + t)
@@ -85,8 +108,11 @@ def test_a_period_post_that_passes_a_milestone_announces_it_and_it_is_not_posted
     assert milestones == [(30.0, (25,)), (60.0, (50,)), (90.0, (75,))]
     # a run whose milestones come faster than the period: each gets its own post, once
     posts = simulate(running_job(), 36 * MIN)
-    assert [(minute, d.why) for minute, d in posts] == [(9.0, "passed 25%"), (18.0, "passed 50%"),
-                                                        (27.0, "passed 75%")]
+    assert [(minute, d.why) for minute, d in posts] == [
+        (9.0, "passed 25%"),
+        (18.0, "passed 50%"),
+        (27.0, "passed 75%"),
+    ]
 
 
 def test_no_post_when_nothing_changed_since_the_last_one():
@@ -94,8 +120,9 @@ def test_no_post_when_nothing_changed_since_the_last_one():
     points = trainer_log(480, 60 * MIN, 20 * MIN)
     state = pp.after_post(pp.PostedState(), pp.Decision(pp.PROGRESS, "period"), points, now=T0 + 20 * MIN)
     # 11 minutes later the same last step (say an evaluation pass), but the process log still moves
-    decision = pp.decide_progress_post(job, points, state, now=T0 + 31 * MIN, last_line_at=T0 + 30 * MIN,
-                                       every_s=EVERY, stall_after_s=STALL)
+    decision = pp.decide_progress_post(
+        job, points, state, now=T0 + 31 * MIN, last_line_at=T0 + 30 * MIN, every_s=EVERY, stall_after_s=STALL
+    )
     assert decision.action == pp.NOTHING and decision.why == "nothing changed since the last post"
 
 
@@ -105,7 +132,8 @@ def test_a_stalled_job_is_reported_once_and_again_only_after_it_moved():
     last_line = T0 + 20 * MIN
     state = pp.PostedState()
     decide = lambda now, last: pp.decide_progress_post(  # noqa: E731
-        job, points, state, now=now, last_line_at=last, every_s=EVERY, stall_after_s=STALL)
+        job, points, state, now=now, last_line_at=last, every_s=EVERY, stall_after_s=STALL
+    )
 
     assert decide(T0 + 34 * MIN, last_line).action != pp.STALLED  # 14 min of silence: not yet
     stalled = decide(T0 + 35 * MIN, last_line)
@@ -120,8 +148,9 @@ def test_a_stalled_job_is_reported_once_and_again_only_after_it_moved():
 
 def test_a_job_silent_from_its_start_is_reported_stalled_before_its_first_step():
     job = running_job()
-    decision = pp.decide_progress_post(job, [], pp.PostedState(), now=T0 + 16 * MIN, last_line_at=None,
-                                       every_s=EVERY, stall_after_s=STALL)
+    decision = pp.decide_progress_post(
+        job, [], pp.PostedState(), now=T0 + 16 * MIN, last_line_at=None, every_s=EVERY, stall_after_s=STALL
+    )
     assert decision.action == pp.STALLED
     payload = pp.render_stall_post(job, [], now=T0 + 16 * MIN, last_line_at=None, tail="Loading checkpoint")
     assert "before its first step" in payload["text"]
@@ -129,10 +158,20 @@ def test_a_job_silent_from_its_start_is_reported_stalled_before_its_first_step()
 
 def test_only_running_train_and_eval_jobs_get_posts():
     points = trainer_log(480, 60 * MIN, 30 * MIN)
-    for job in (running_job(state="succeeded"), running_job(kind="deploy", state="serving"),
-                running_job(started_at=None)):
-        decision = pp.decide_progress_post(job, points, pp.PostedState(), now=T0 + 30 * MIN,
-                                           last_line_at=T0 + 30 * MIN, every_s=EVERY, stall_after_s=STALL)
+    for job in (
+        running_job(state="succeeded"),
+        running_job(kind="deploy", state="serving"),
+        running_job(started_at=None),
+    ):
+        decision = pp.decide_progress_post(
+            job,
+            points,
+            pp.PostedState(),
+            now=T0 + 30 * MIN,
+            last_line_at=T0 + 30 * MIN,
+            every_s=EVERY,
+            stall_after_s=STALL,
+        )
         assert decision.action == pp.NOTHING
 
 
@@ -174,8 +213,9 @@ def test_the_first_post_compares_with_the_first_logged_loss_and_names_a_mileston
 def test_a_run_that_counts_no_tokens_says_so():
     job = running_job()
     points = [Progress(step=10, total=100, loss=1.5, percent=10.0, elapsed_s=60.0, remaining_s=540.0)]
-    payload = pp.render_progress_post(job, points, pp.PostedState(), pp.Decision(pp.PROGRESS, "period"),
-                                      now=T0 + 60)
+    payload = pp.render_progress_post(
+        job, points, pp.PostedState(), pp.Decision(pp.PROGRESS, "period"), now=T0 + 60
+    )
     assert "not counted by this run" in json.dumps(payload["blocks"])
 
 
@@ -185,8 +225,9 @@ def test_the_stall_post_mentions_the_requester_with_the_last_log_lines_escaped()
     log = f"step 1\nstep 2\n{bar}\nNCCL WARN <!channel> timeout\n"
     tail = pp.log_tail(log)
     assert tail.splitlines() == ["step 1", "step 2", " 45%|████▌ | 2/480", "NCCL WARN <!channel> timeout"]
-    payload = pp.render_stall_post(job, trainer_log(480, 60 * MIN, 20 * MIN), now=T0 + 40 * MIN,
-                                   last_line_at=T0 + 20 * MIN, tail=tail)
+    payload = pp.render_stall_post(
+        job, trainer_log(480, 60 * MIN, 20 * MIN), now=T0 + 40 * MIN, last_line_at=T0 + 20 * MIN, tail=tail
+    )
     assert block_kit_problems(payload["blocks"]) == []
     text = json.dumps(payload["blocks"], ensure_ascii=False)
     assert "<@U0ALICE01>" in text and "looks stalled* at step 160/480" in text

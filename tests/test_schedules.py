@@ -84,11 +84,13 @@ def make_scheduler(store, deliveries):
     """Schedulers against the test's database, posting through the outbox; all stopped at the end."""
     made: list[Scheduler] = []
 
-    def make(settings: ScheduleSettings | None = None, *, lease_ttl: float = 30.0, start: bool = True,
-             runtime=None):
+    def make(
+        settings: ScheduleSettings | None = None, *, lease_ttl: float = 30.0, start: bool = True, runtime=None
+    ):
         runtime = runtime or SimpleNamespace(store=store)
-        scheduler = Scheduler(runtime, deliveries(runtime.store), settings or ScheduleSettings(),
-                              lease_ttl=lease_ttl)
+        scheduler = Scheduler(
+            runtime, deliveries(runtime.store), settings or ScheduleSettings(), lease_ttl=lease_ttl
+        )
         made.append(scheduler)
         return scheduler.start() if start else scheduler
 
@@ -99,9 +101,14 @@ def make_scheduler(store, deliveries):
 
 
 def run(text: str, scheduler: Scheduler, client, *, channel: str = CHANNEL_ID) -> dict:
-    return handle_schedule_command(parse_command(text), user=HUMAN_USER_ID, channel=channel,
-                                   runtime=SimpleNamespace(store=scheduler.store), client=client,
-                                   scheduler=scheduler)
+    return handle_schedule_command(
+        parse_command(text),
+        user=HUMAN_USER_ID,
+        channel=channel,
+        runtime=SimpleNamespace(store=scheduler.store),
+        client=client,
+        scheduler=scheduler,
+    )
 
 
 def digests_in(slack, channel: str = CHANNEL_ID) -> list[dict]:
@@ -110,14 +117,19 @@ def digests_in(slack, channel: str = CHANNEL_ID) -> list[dict]:
 
 def stored_rows(store) -> list[tuple]:
     with store.engine.begin() as conn:
-        return [tuple(r) for r in conn.execute(select(digest_table.c.id, digest_table.c.channel,
-                                                      digest_table.c.cron, digest_table.c.tz))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                select(digest_table.c.id, digest_table.c.channel, digest_table.c.cron, digest_table.c.tz)
+            )
+        ]
 
 
 def fire_soon(scheduler: Scheduler, row_id: int, channel: str = CHANNEL_ID, seconds: float = 1.0) -> None:
     """Bring a digest's next run forward; its real trigger stays for the runs after."""
-    scheduler._aps.modify_job(schedules.digest_job_id(channel, row_id),
-                              next_run_time=datetime.now(UTC) + timedelta(seconds=seconds))
+    scheduler._aps.modify_job(
+        schedules.digest_job_id(channel, row_id), next_run_time=datetime.now(UTC) + timedelta(seconds=seconds)
+    )
 
 
 # -- what a schedule is (no database) -------------------------------------------------------------
@@ -154,29 +166,42 @@ def test_daily_weekly_and_cron_become_cron_triggers_in_their_time_zone():
     assert spec_of('schedule cron "0 9 * * *"').cron == spec_of("schedule daily 09:00").cron
 
 
-@pytest.mark.parametrize(("field", "names"), [
-    ("1-5", "mon,tue,wed,thu,fri"), ("0", "sun"), ("7", "sun"), ("5-7", "fri,sat,sun"),
-    ("*/2", "tue,thu,sat,sun"), ("sat,sun", "sat,sun"), ("MON-WED", "mon,tue,wed"), ("*", "*"), ("0-6", "*"),
-])
+@pytest.mark.parametrize(
+    ("field", "names"),
+    [
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("5-7", "fri,sat,sun"),
+        ("*/2", "tue,thu,sat,sun"),
+        ("sat,sun", "sat,sun"),
+        ("MON-WED", "mon,tue,wed"),
+        ("*", "*"),
+        ("0-6", "*"),
+    ],
+)
 def test_crontab_weekdays_are_translated_to_names(field, names):
     assert weekday_field(field, field) == names
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("schedule daily 25:00", "`25:00` is not a time of day"),
-    ("schedule daily 9am", "`9am` is not a time of day"),
-    ("schedule daily 09:00 Asia/Shangai", "Did you mean `Asia/Shanghai`?"),
-    ("schedule daily 09:00 Mars/Olympus", "`Mars/Olympus` is not a time zone"),
-    ("schedule daily 09:00 ../../etc/passwd", "is not a time zone"),
-    ("schedule weekly someday 09:00", "`someday` is not a day of the week"),
-    ('schedule cron "0 9 * *"', "it has 4 fields, not 5"),
-    ("schedule cron 0 9 * *", "it has 4 fields, not 5"),
-    ('schedule cron "61 9 * * *"', "is not a cron expression I can use"),
-    ('schedule cron "0 9 * * 8"', "`8` is not a day of the week"),
-    ('schedule cron "0 9 1 * 1"', "limits both the day of the month and the day of the week"),
-    ('schedule cron "*/5 * * * *"', "every 5 min"),
-    ('schedule cron "0 0 30 2 *"', "it never fires"),
-])
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("schedule daily 25:00", "`25:00` is not a time of day"),
+        ("schedule daily 9am", "`9am` is not a time of day"),
+        ("schedule daily 09:00 Asia/Shangai", "Did you mean `Asia/Shanghai`?"),
+        ("schedule daily 09:00 Mars/Olympus", "`Mars/Olympus` is not a time zone"),
+        ("schedule daily 09:00 ../../etc/passwd", "is not a time zone"),
+        ("schedule weekly someday 09:00", "`someday` is not a day of the week"),
+        ('schedule cron "0 9 * *"', "it has 4 fields, not 5"),
+        ("schedule cron 0 9 * *", "it has 4 fields, not 5"),
+        ('schedule cron "61 9 * * *"', "is not a cron expression I can use"),
+        ('schedule cron "0 9 * * 8"', "`8` is not a day of the week"),
+        ('schedule cron "0 9 1 * 1"', "limits both the day of the month and the day of the week"),
+        ('schedule cron "*/5 * * * *"', "every 5 min"),
+        ('schedule cron "0 0 30 2 *"', "it never fires"),
+    ],
+)
 def test_bad_schedules_are_refused_with_a_clear_message(text, words):
     with pytest.raises(UserError) as caught:
         spec_of(text)
@@ -185,8 +210,9 @@ def test_bad_schedules_are_refused_with_a_clear_message(text, words):
 
 def test_settings_read_minutes_or_durations_and_a_known_time_zone():
     assert ScheduleSettings.from_env({}) == ScheduleSettings(600.0, 900.0, "UTC")
-    s = ScheduleSettings.from_env({"TUNEBOT_PROGRESS_EVERY": "5", "TUNEBOT_STALL_AFTER": "90s",
-                                   "TUNEBOT_DIGEST_TZ": "asia/shanghai"})
+    s = ScheduleSettings.from_env(
+        {"TUNEBOT_PROGRESS_EVERY": "5", "TUNEBOT_STALL_AFTER": "90s", "TUNEBOT_DIGEST_TZ": "asia/shanghai"}
+    )
     assert (s.progress_every, s.stall_after, s.digest_tz) == (300.0, 90.0, "Asia/Shanghai")
     assert s.sweep_every == 22.5
     with pytest.raises(UserError, match="TUNEBOT_DIGEST_TZ"):
@@ -194,7 +220,10 @@ def test_settings_read_minutes_or_durations_and_a_known_time_zone():
     with pytest.raises(UserError, match="TUNEBOT_PROGRESS_EVERY"):
         ScheduleSettings.from_env({"TUNEBOT_PROGRESS_EVERY": "soon"})
     assert [row.name for row in SCHEDULE_SETTINGS_TABLE] == [
-        "TUNEBOT_PROGRESS_EVERY", "TUNEBOT_STALL_AFTER", "TUNEBOT_DIGEST_TZ"]
+        "TUNEBOT_PROGRESS_EVERY",
+        "TUNEBOT_STALL_AFTER",
+        "TUNEBOT_DIGEST_TZ",
+    ]
 
 
 # -- the lease ------------------------------------------------------------------------------------
@@ -235,12 +264,16 @@ def test_schedule_commands_add_list_refuse_duplicates_and_stop(make_scheduler, c
     assert again["text"] == "Already scheduled here as digest #1 (daily at 09:00 (Asia/Shanghai))."
     listed = run("schedule list", scheduler, client)
     text = listed["blocks"][0]["text"]["text"]
-    assert "*#1* daily at 09:00 (Asia/Shanghai)" in text and '*#2* cron `0 9 * * 1-5` (UTC)' in text
+    assert "*#1* daily at 09:00 (Asia/Shanghai)" in text and "*#2* cron `0 9 * * 1-5` (UTC)" in text
     assert "#3" not in text  # another channel's
     assert f"set by <@{HUMAN_USER_ID}>" in text
     assert len(stored_rows(store)) == 3
     assert {j.id for j in scheduler._aps.get_jobs()} == {
-        "progress-sweep", f"digest:{CHANNEL_ID}:1", f"digest:{CHANNEL_ID}:2", "digest:C0OTHER01:3"}
+        "progress-sweep",
+        f"digest:{CHANNEL_ID}:1",
+        f"digest:{CHANNEL_ID}:2",
+        "digest:C0OTHER01:3",
+    }
 
     stopped = run("schedule off #2", scheduler, client)
     assert stopped["text"] == 'Stopped digest #2 (cron "0 9 * * 1-5" (UTC)).'
@@ -289,8 +322,13 @@ def test_a_channel_has_at_most_ten_digests(make_scheduler, client, store):
 
 
 def test_without_a_running_scheduler_the_command_says_digests_are_off(store, client):
-    answer = handle_schedule_command(parse_command("schedule list"), user=HUMAN_USER_ID, channel=CHANNEL_ID,
-                                     runtime=SimpleNamespace(store=store), client=client)
+    answer = handle_schedule_command(
+        parse_command("schedule list"),
+        user=HUMAN_USER_ID,
+        channel=CHANNEL_ID,
+        runtime=SimpleNamespace(store=store),
+        client=client,
+    )
     assert "Digests are off" in answer["text"]
 
 
@@ -299,9 +337,19 @@ def test_without_a_running_scheduler_the_command_says_digests_are_off(store, cli
 
 def test_a_schedule_fires_and_posts_the_channels_digest(make_scheduler, client, store, slack):
     now = time.time()
-    store.add_job(Job(kind="eval", state="succeeded", model="/models/tiny", user=HUMAN_USER_ID,
-                      channel=CHANNEL_ID, started_at=now - 600, finished_at=now - 60, slots=["cpu0"],
-                      metrics={"rouge-1": 41.5, "rouge-2": 20.25, "rouge-l": 33.0, "bleu-4": 17.75}))
+    store.add_job(
+        Job(
+            kind="eval",
+            state="succeeded",
+            model="/models/tiny",
+            user=HUMAN_USER_ID,
+            channel=CHANNEL_ID,
+            started_at=now - 600,
+            finished_at=now - 60,
+            slots=["cpu0"],
+            metrics={"rouge-1": 41.5, "rouge-2": 20.25, "rouge-l": 33.0, "bleu-4": 17.75},
+        )
+    )
     scheduler = make_scheduler()
     assert scheduler.is_leader
     run("schedule daily 09:00", scheduler, client)
@@ -320,19 +368,25 @@ def test_a_schedule_fires_and_posts_the_channels_digest(make_scheduler, client, 
 def test_a_schedule_made_by_a_signed_slash_command_fires_and_posts(settings, slack, client, make_scheduler):
     runtime = Runtime(settings)  # the app's engine (its runner is not started: no jobs here)
     scheduler = make_scheduler(runtime=runtime)
-    bot_settings = BotSettings(bot_token=slack.bot_token, signing_secret=SIGNING_SECRET,
-                               api_url=slack.base_url, allowed_users=frozenset({"*"}))
+    bot_settings = BotSettings(
+        bot_token=slack.bot_token,
+        signing_secret=SIGNING_SECRET,
+        api_url=slack.base_url,
+        allowed_users=frozenset({"*"}),
+    )
     app = build_app(bot_settings, runtime, client=client, delivery=scheduler.delivery, verify_token=False)
     with serve_asgi(asgi_app(app)) as base:
-        request = signed_slash_command("schedule daily 09:00 Asia/Shanghai",
-                                       response_url=slack.new_response_url())
+        request = signed_slash_command(
+            "schedule daily 09:00 Asia/Shanghai", response_url=slack.new_response_url()
+        )
         result = post(base + EVENTS_PATH, request)
         assert result.status == 200
         answer = slack.wait_for(lambda: slack.responses(), timeout=10, what="the ephemeral answer")[-1]
         assert answer["response_type"] == "ephemeral"
         assert answer["text"] == "Digest #1 scheduled: daily at 09:00 (Asia/Shanghai)."
-        listed = post(base + EVENTS_PATH, signed_slash_command("schedule list",
-                                                               response_url=slack.new_response_url()))
+        listed = post(
+            base + EVENTS_PATH, signed_slash_command("schedule list", response_url=slack.new_response_url())
+        )
         assert listed.status == 200
         slack.wait_for(lambda: len(slack.responses()) == 2, timeout=10, what="the list")
         assert "daily at 09:00 (Asia/Shanghai)" in slack.responses()[-1]["text"]
@@ -367,8 +421,12 @@ def test_a_bot_that_was_down_posts_one_late_digest_not_a_burst(make_scheduler, c
     run("schedule daily 09:00", first, client)
     # every second, from 1.5 s to 3.5 s from now: three runs fall while the bot is down
     start = datetime.now(UTC) + timedelta(seconds=1.5)
-    first._aps.reschedule_job(f"digest:{CHANNEL_ID}:1", trigger=CronTrigger(
-        second="*", start_date=start, end_date=start + timedelta(seconds=2), timezone=UTC))
+    first._aps.reschedule_job(
+        f"digest:{CHANNEL_ID}:1",
+        trigger=CronTrigger(
+            second="*", start_date=start, end_date=start + timedelta(seconds=2), timezone=UTC
+        ),
+    )
     first.stop()
     time.sleep(4.5)
     assert digests_in(slack) == []
@@ -391,8 +449,9 @@ def test_a_second_scheduler_on_the_same_database_does_not_double_post(make_sched
     fired = {"a": 0, "b": 0}
     for name, scheduler in (("a", a), ("b", b)):
         original = scheduler.run_digest
-        scheduler.run_digest = (lambda n, o: lambda schedule_id: fired.__setitem__(n, fired[n] + 1)
-                                or o(schedule_id))(name, original)
+        scheduler.run_digest = (
+            lambda n, o: lambda schedule_id: fired.__setitem__(n, fired[n] + 1) or o(schedule_id)
+        )(name, original)
     # b (standing by) takes the command: the schedule lands in the shared store; a runs it
     run("schedule daily 09:00", b, client)
     fire_soon(b, 1)
@@ -420,25 +479,36 @@ def test_a_lapsed_holder_does_not_post(make_scheduler, client, store, slack):
     run("schedule daily 09:00", scheduler, client)
     # another process took the lease (this one's renewals stalled past the TTL)
     with store.engine.begin() as conn:
-        conn.execute(schedules.lease_table.update().values(holder="elsewhere:1:x",
-                                                           expires_at=time.time() + 60))
+        conn.execute(
+            schedules.lease_table.update().values(holder="elsewhere:1:x", expires_at=time.time() + 60)
+        )
     assert scheduler.run_digest(1) is False
     assert digests_in(slack) == []
     with store.engine.begin() as conn:
-        assert conn.execute(select(func.count()).select_from(digest_table)
-                            .where(digest_table.c.last_digest_at.is_not(None))).scalar() == 0
+        assert (
+            conn.execute(
+                select(func.count())
+                .select_from(digest_table)
+                .where(digest_table.c.last_digest_at.is_not(None))
+            ).scalar()
+            == 0
+        )
 
 
 # -- progress posts -------------------------------------------------------------------------------
 
 
 def fake_settings(settings, **env):
-    return replace(settings, llamafactory_cli=f"{sys.executable} {FAKE}",
-                   job_env={"FAKE_STEPS": "5", "FAKE_STEP_SECONDS": "0.1", **env})
+    return replace(
+        settings,
+        llamafactory_cli=f"{sys.executable} {FAKE}",
+        job_env={"FAKE_STEPS": "5", "FAKE_STEP_SECONDS": "0.1", **env},
+    )
 
 
-def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(settings, store, client, slack,
-                                                                             make_scheduler):
+def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(
+    settings, store, client, slack, make_scheduler
+):
     s = fake_settings(settings, FAKE_STEPS="24", FAKE_STEP_SECONDS="0.25")
     queue = JobQueue(s, store, hardware=CPU)
     job = queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
@@ -474,20 +544,33 @@ def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(set
     assert kinds == ["post", "plot"] * len(posts)
 
 
-def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(tmp_path, store, client, slack,
-                                                                              make_scheduler):
+def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(
+    tmp_path, store, client, slack, make_scheduler
+):
     work = tmp_path / "jobs" / "7"
     (work / "output").mkdir(parents=True)
-    lines = [f'{{"current_steps": {n}, "total_steps": 100, "loss": {2 - n / 100}, "percentage": {n}.0}}'
-             for n in (10, 20)]
+    lines = [
+        f'{{"current_steps": {n}, "total_steps": 100, "loss": {2 - n / 100}, "percentage": {n}.0}}'
+        for n in (10, 20)
+    ]
     (work / "output" / "trainer_log.jsonl").write_text("\n".join(lines) + "\n")
     (work / "job.log").write_text("loading\n[rank0]: NCCL watchdog waiting <!here>\n")
     old = time.time() - 20 * 60
     for path in (work / "output" / "trainer_log.jsonl", work / "job.log"):
         os.utime(path, (old, old))
-    job, _ = store.add_job(Job(kind="train", state="running", model="/models/tiny", user=HUMAN_USER_ID,
-                               channel=CHANNEL_ID, message_ts="1700000000.000100", started_at=old - 60,
-                               work_dir=str(work), log_path=str(work / "job.log")))
+    job, _ = store.add_job(
+        Job(
+            kind="train",
+            state="running",
+            model="/models/tiny",
+            user=HUMAN_USER_ID,
+            channel=CHANNEL_ID,
+            message_ts="1700000000.000100",
+            started_at=old - 60,
+            work_dir=str(work),
+            log_path=str(work / "job.log"),
+        )
+    )
     scheduler = make_scheduler(ScheduleSettings(progress_every=3600, stall_after=900), start=True)
     assert scheduler.sweep_progress() == 1
     assert scheduler.sweep_progress() == 0  # said once
