@@ -72,6 +72,9 @@ def answer_command(services: Services, command: Command, origin: Origin) -> dict
         if name.startswith("schedule"):
             return _schedule(services, command, origin)
         raise UserError(f"`{name}` is not something I can do from here.", fix="/tune help")
+    if name in CHECKED:
+        with services.engine_slots:
+            return handler(services, command, origin)
     return handler(services, command, origin)
 
 

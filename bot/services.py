@@ -8,6 +8,7 @@ copies as itself: the lazy half of a listener sees the same engine, not a copy o
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ class Services:
     events: EventLog
     # bot.delivery's outbox once `serve` starts one: posts stay in order per thread and are retried.
     delivery: Any | None = None
+    # The engine's checks are CPU work under the GIL: a few at a time leave the acks room to run.
+    engine_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
     # Checks that must finish before an ack (the train form) run here, with a deadline.
     checks: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="tunebot-check"))

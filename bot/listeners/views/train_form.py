@@ -36,7 +36,8 @@ def _channel_of(view: dict[str, Any]) -> str:
 
 def submit_form(services: Services, values: dict[str, str], yaml_text: str | None, origin: Origin) -> Job:
     requester = Requester(user=origin.user, channel=origin.channel, request_key=origin.request_key)
-    return services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=requester)
+    with services.engine_slots:
+        return services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=requester)
 
 
 def train_form_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext,
