@@ -166,6 +166,13 @@ def test_dataset_add_prompts_for_the_file_and_a_reply_with_it_registers_it(bot) 
     assert len(bot.slack.calls("chat.postMessage")) == 2
 
 
+def test_dataset_add_where_the_bot_is_not_a_member_says_to_invite_it(bot) -> None:
+    bot.slack.add_channel("C0ELSEWHERE", "elsewhere", is_member=False)
+    bot.command("dataset add faq", channel="C0ELSEWHERE")
+    assert "/invite @tunebot" in bot.wait_response()["text"]
+    assert bot.slack.calls("chat.postMessage") == []
+
+
 def test_only_allowed_people_add_datasets_from_a_shared_file(bot) -> None:
     event = bot.slack.share_file(
         CHANNEL_ID,

@@ -100,6 +100,14 @@ def open_train_form(services: Services, client: WebClient, trigger_id: str, orig
     client.views_open(trigger_id=trigger_id, view=view)
 
 
+def _is_member(client: WebClient, channel: str) -> bool:
+    try:
+        info = client.conversations_info(channel=channel)
+    except SlackApiError:
+        return True  # a DM, or no channels:read: let the post itself say whether it can
+    return bool((info.get("channel") or {}).get("is_member", True))
+
+
 def ask_for_dataset_file(services: Services, client: WebClient, name: str, origin: Origin,
                          thread_ts: str | None = None) -> dict[str, Any]:
     """Post the prompt the file is shared in reply to; remember it."""
@@ -107,6 +115,10 @@ def ask_for_dataset_file(services: Services, client: WebClient, name: str, origi
 
     services.access.require(origin.user, origin.channel, "add datasets")
     validate_dataset_name(name)
+    if not _is_member(client, origin.channel):
+        # Slack sends a bot the messages (and files) of conversations it is in, and no others.
+        raise UserError("I am not in this channel, so I would not see the file you share here.",
+                        fix=f"invite me with `/invite @tunebot`, then `{COMMAND} dataset add {name}` again")
     try:
         posted = client.chat_postMessage(channel=origin.channel, thread_ts=thread_ts,
                                          **render_dataset_prompt(name, origin.user))
