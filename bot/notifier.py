@@ -1,0 +1,302 @@
+"""The job story teller: follows the engine's event stream and tells each Slack job its story.
+
+For every event of a job that came from Slack (it has a `channel`), the notifier makes sure the
+job has its root message, then hands `feed.thread_posts` to Delivery. Where things go:
+
+- A train job's root is a new message in its channel, or a reply in `job.thread_ts` if it was
+  asked for in a thread; its posts go into the root's thread.
+- Eval, export and deploy jobs of a job tell their part of the same story: their root is a reply
+  in the parent's thread (edited in place as they move), and their posts follow it there.
+
+The cursor (the last event handled) is kept in the database, so a restart neither posts twice
+nor skips; a first start begins at the newest event. Root messages are posted with the key
+`job:<id>:root`: a root Slack has not taken yet (Slack down) is still a place to post into and
+edit, and its ts is recorded on the job (`message_ts`) once it is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, Session, SQLModel, select
+
+from runners.job import Job, JobEvent, JobKind, JobState
+from runners.runtime import Runtime
+
+from . import feed
+from .delivery import Delivery
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+EVENT_TRIES = 3  # rounds an event that raised is tried again before the story moves on without it
+_ROOT_KEY = re.compile(r"^job:(\d+):root$")
+
+
+class NotifierCursor(SQLModel, table=True):
+    """How far into the job event stream the Slack notifier has got."""
+
+    __tablename__ = "slack_notifier_cursor"
+
+    name: str = Field(primary_key=True)
+    last_event_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    updated_at: float = Field(default_factory=time.time)
+
+
+def root_key(job_id: int) -> str:
+    return f"job:{job_id}:root"
+
+
+class Notifier:
+    def __init__(self, runtime: Runtime, delivery: Delivery, settings: Any = None, *,
+                 poll: float | None = None, name: str = "slack"):
+        """`settings` (optional, e.g. BotSettings) may carry `notifier_poll`; `poll` wins over it."""
+        self.runtime = runtime
+        self.store = runtime.store
+        self.delivery = delivery
+        self.poll = poll if poll is not None else float(getattr(settings, "notifier_poll", None) or 0.5)
+        self.name = name
+        SQLModel.metadata.create_all(self.store.engine, tables=[NotifierCursor.__table__])
+        delivery.on_sent(self._root_sent)
+        self.cursor: int | None = None
+        self._shown: dict[int, str] = {}  # job id -> the root content last handed to Delivery
+        self._positions: dict[int, int | None] = {}  # queued job id -> its place in line, as shown
+        self._tries: dict[int, int] = {}  # event id -> rounds it raised in
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> Notifier:
+        self.cursor = self._load_cursor()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="tunebot-notifier", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.tick()
+            except Exception:  # the next round retries from the saved cursor
+                log.exception("Slack notifier round failed")
+                handled = 0
+            if handled < BATCH:
+                self._stop.wait(self.poll)
+
+    # --- one round ----------------------------------------------------------------------
+    def tick(self) -> int:
+        """Handle the events that arrived since the cursor; returns how many it handled."""
+        if self.cursor is None:
+            self.cursor = self._load_cursor()
+        cursor = self.cursor  # `self.cursor` moves once the round's edits are out too
+        events = self.store.events_since(cursor, limit=BATCH)
+        if not events:
+            return 0
+        jobs: dict[int, Job | None] = {}
+        edits: set[int] = set()
+        states_moved = False
+        handled = 0
+        for event in events:
+            if event.job_id not in jobs:
+                jobs[event.job_id] = self.store.find(event.job_id)
+            job = jobs[event.job_id]
+            posted = False
+            if job is not None and job.channel:
+                try:
+                    posted = self._handle(job, event, edits)
+                except Exception:
+                    tries = self._tries[event.id] = self._tries.get(event.id, 0) + 1
+                    if tries < EVENT_TRIES:  # a database hiccup: the next round tries it again
+                        log.warning("Slack notifier: event %s of job #%s failed; trying again",
+                                    event.id, event.job_id, exc_info=True)
+                        break
+                    # One event's trouble must not stop every job's story for good.
+                    log.exception("Slack notifier: event %s of job #%s failed %d times; skipped",
+                                  event.id, event.job_id, tries)
+                self._tries.pop(event.id, None)
+                states_moved = states_moved or event.type == "state"
+            cursor = event.id
+            handled += 1
+            if posted:
+                self._save_cursor(cursor)
+        if states_moved:
+            edits |= self._moved_in_line()
+        for job_id in sorted(edits):
+            try:
+                self._edit_root(job_id)
+            except Exception:
+                log.exception("Slack notifier: editing the root of job #%s failed", job_id)
+        self._save_cursor(cursor)
+        self.cursor = cursor
+        return handled
+
+    def _handle(self, job: Job, event: JobEvent, edits: set[int]) -> bool:
+        """Apply one event; True if it posted something (not just an edit)."""
+        new_root = self._ensure_root(job)
+        previous = None
+        if event.type == "result" and job.kind == JobKind.EVAL.value:
+            previous = self._previous_eval(job)
+        posted = False
+        for post in feed.thread_posts(job, event, previous_eval=previous):
+            if post.action == feed.EDIT_ROOT:
+                if not new_root:
+                    edits.add(job.id)
+                continue
+            thread_ts, thread_key = self._story(job)
+            if post.action == feed.THREAD:
+                self.delivery.post(job.channel, text=post.text, blocks=post.blocks, thread_ts=thread_ts,
+                                   thread_key=thread_key)
+            elif post.action == feed.UPLOAD:
+                self._upload(job, post, thread_ts, thread_key)
+            elif post.action == feed.EPHEMERAL and post.user:
+                self.delivery.ephemeral(job.channel, post.user, text=post.text, blocks=post.blocks,
+                                        thread_ts=thread_ts, thread_key=thread_key)
+            posted = True
+        return posted or new_root
+
+    # --- where a job's messages go ------------------------------------------------------
+    def _ensure_root(self, job: Job) -> bool:
+        """Post the job's root message if it has none; True if it was posted now."""
+        if job.message_ts:
+            return False
+        key = root_key(job.id)
+        known = self.delivery.find(key)
+        if known is not None:
+            if known.ts:
+                self.store.update(job.id, message_ts=known.ts)
+                job.message_ts = known.ts
+            return False
+        thread_ts, thread_key = self._root_place(job)
+        position = self._position(job)
+        content = feed.root_message(job, queue_position=position)
+        ts = self.delivery.post(job.channel, text=content["text"], blocks=content["blocks"],
+                                metadata=content["metadata"], thread_ts=thread_ts, thread_key=thread_key,
+                                key=key)
+        self._shown[job.id] = _fingerprint(content)
+        self._positions[job.id] = position
+        if ts:
+            self.store.update(job.id, message_ts=ts)
+            job.message_ts = ts
+        log.info("job #%s: root message %s in %s", job.id, "posted" if ts else "queued", job.channel)
+        return True
+
+    def _root_place(self, job: Job) -> tuple[str | None, str | None]:
+        """(thread_ts, thread_key) the job's root goes into; (None, None): a new channel message."""
+        if job.thread_ts:
+            return job.thread_ts, None
+        if job.parent_id:
+            parent = self.store.find(job.parent_id)
+            if parent is not None and parent.channel == job.channel:
+                return self._story(parent)
+        return None, None
+
+    def _story(self, job: Job) -> tuple[str | None, str | None]:
+        """(thread_ts, thread_key) of the thread that tells the job's story."""
+        place = self._root_place(job)
+        if place != (None, None):
+            return place
+        if job.message_ts:
+            return job.message_ts, None
+        if self.delivery.find(root_key(job.id)) is not None:
+            return None, root_key(job.id)
+        return None, None
+
+    def _root_sent(self, key: str, channel: str, ts: str) -> None:
+        """Delivery sent a root that had waited in the outbox: record its ts on the job."""
+        match = _ROOT_KEY.match(key)
+        if match:
+            self.store.update(int(match.group(1)), message_ts=ts)
+
+    # --- root edits ---------------------------------------------------------------------
+    def _edit_root(self, job_id: int) -> None:
+        job = self.store.find(job_id)
+        if job is None or not job.channel:
+            return
+        if not job.message_ts and self.delivery.find(root_key(job.id)) is None:
+            return
+        position = self._position(job)
+        content = feed.root_message(job, queue_position=position)
+        self._positions[job.id] = position
+        fingerprint = _fingerprint(content)
+        if self._shown.get(job.id) == fingerprint:
+            return
+        self._shown[job.id] = fingerprint
+        # By ts once Slack gave one; before that by the key the root waits under in the outbox.
+        key = None if job.message_ts else root_key(job.id)
+        self.delivery.update(job.channel, job.message_ts or None, key=key, text=content["text"],
+                             blocks=content["blocks"], metadata=content["metadata"])
+
+    def _position(self, job: Job) -> int | None:
+        return self.runtime.queue.position(job) if job.state == JobState.QUEUED.value else None
+
+    def _moved_in_line(self) -> set[int]:
+        """Queued Slack jobs whose place in line changed since their root last showed it."""
+        moved = set()
+        queued = self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False)
+        for place, job in enumerate(queued, start=1):
+            if job.channel and job.id in self._positions and self._positions[job.id] != place:
+                moved.add(job.id)
+        return moved
+
+    # --- helpers ------------------------------------------------------------------------
+    def _upload(self, job: Job, post: feed.Post, thread_ts: str | None, thread_key: str | None) -> None:
+        try:
+            if post.redact:
+                with open(post.path or "", encoding="utf-8") as fh:
+                    content = feed.redact_config(fh.read())
+                self.delivery.upload(job.channel, thread_ts, content=content,
+                                     filename=post.filename or "config.yaml", title=post.title or "",
+                                     thread_key=thread_key)
+            else:
+                self.delivery.upload(job.channel, thread_ts, path=post.path, filename=post.filename or "file",
+                                     title=post.title or "", thread_key=thread_key)
+        except FileNotFoundError:
+            log.warning("job #%s: %s is gone; not uploaded", job.id, post.path)
+
+    def _previous_eval(self, job: Job) -> Job | None:
+        if job.parent_id:
+            candidates = self.store.list_jobs(kinds=[JobKind.EVAL.value], states=[JobState.SUCCEEDED.value],
+                                              parent_id=job.parent_id)
+        else:
+            candidates = self.store.list_jobs(kinds=[JobKind.EVAL.value], states=[JobState.SUCCEEDED.value],
+                                              limit=500)
+        return feed.previous_eval_of(job, candidates)
+
+    def _load_cursor(self) -> int:
+        with Session(self.store.engine) as s:
+            row = s.exec(select(NotifierCursor).where(NotifierCursor.name == self.name)).first()
+            if row is not None:
+                return row.last_event_id
+            start = self.store.last_event_id()  # a first start: the past is not re-told
+            s.add(NotifierCursor(name=self.name, last_event_id=start))
+            try:
+                s.commit()
+            except IntegrityError:  # another notifier started at the same moment
+                s.rollback()
+                row = s.exec(select(NotifierCursor).where(NotifierCursor.name == self.name)).one()
+                return row.last_event_id
+            log.info("Slack notifier starts at event %s", start)
+            return start
+
+    def _save_cursor(self, cursor: int) -> None:
+        with Session(self.store.engine) as s:
+            s.exec(update(NotifierCursor).where(NotifierCursor.name == self.name)
+                   .values(last_event_id=cursor, updated_at=time.time()))
+            s.commit()
+
+
+def _fingerprint(content: dict[str, Any]) -> str:
+    return json.dumps([content.get("text"), content.get("blocks")], sort_keys=True, default=str)

@@ -1,0 +1,262 @@
+"""The notifier: real jobs' events (the fast stand-in llamafactory-cli, on SQLite and PostgreSQL)
+become the right Slack calls on the Web API stand-in, through a real WebClient and Delivery."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bot.delivery import Delivery
+from bot.notifier import Notifier, NotifierCursor
+from runners.hardware import Hardware
+from runners.job import FINAL_STATES, Job
+from runners.queue import JobQueue, Requester
+from runners.runtime import Runtime
+from runners.worker import Worker, wait_for
+
+from .conftest import wait_until
+from .delivery_fixtures import quick_client, slack  # noqa: F401 (a fixture)
+
+FAKE = Path(__file__).parent / "fakes" / "llamafactory_cli.py"
+CPU = Hardware(host="testhost", gpus=(), cpu_count=2)
+ALICE, BOB = "U0ALICE01", "U0BOB0001"
+
+
+def fake_settings(settings, **env):
+    return replace(settings, llamafactory_cli=f"{sys.executable} {FAKE}",
+                   job_env={"FAKE_STEPS": "5", "FAKE_STEP_SECONDS": "0.1", **env})
+
+
+@pytest.fixture
+def story(slack, settings, store):  # noqa: F811
+    """The engine (worker not started), a Delivery and a Notifier on the stand-in."""
+    return build_story(slack, settings, store)
+
+
+def build_story(slack, settings, store, **env):  # noqa: F811
+    s = fake_settings(settings, **env)
+    runtime = Runtime(s, store=store)
+    runtime.queue = JobQueue(s, store, hardware=CPU)
+    runtime.worker = Worker(s, store, hardware=CPU)
+    delivery = Delivery(quick_client(slack), store, edit_every=0.3, retry_base=0.2)
+    notifier = Notifier(runtime, delivery, poll=0.05)
+    return SimpleNamespace(slack=slack, store=store, runtime=runtime, queue=runtime.queue, delivery=delivery,
+                           notifier=notifier)
+
+
+class running:
+    """Worker, delivery and notifier threads for the duration of a with-block."""
+
+    def __init__(self, st, worker: bool = True):
+        self.st, self.worker = st, worker
+
+    def __enter__(self):
+        self.st.delivery.start()
+        self.st.notifier.start()
+        if self.worker:
+            self.st.runtime.worker.start()
+        return self.st
+
+    def __exit__(self, *exc):
+        if self.worker:
+            self.st.runtime.worker.stop()
+        self.st.notifier.stop()
+        self.st.delivery.stop()
+
+
+def settle(st, timeout: float = 15.0) -> None:
+    """Until the notifier has read every event and the outbox is empty."""
+    wait_until(lambda: st.notifier.cursor == st.store.last_event_id() and not st.delivery.pending(), timeout,
+               what="the notifier and the outbox to catch up")
+
+
+def finish(st, job: Job, timeout: float = 60.0) -> Job:
+    done = wait_for(st.store, job.id, FINAL_STATES, timeout=timeout)
+    assert done.is_final, f"job #{job.id} is still {done.state}"
+    settle(st)
+    return st.store.get(job.id)
+
+
+def blocks_text(message: dict) -> str:
+    return json.dumps(message.get("blocks") or []) + (message.get("text") or "")
+
+
+def top_level(slack, channel="C1"):  # noqa: F811
+    return [m for m in slack.messages(channel) if not m.get("thread_ts") or m["thread_ts"] == m["ts"]]
+
+
+def test_a_train_job_tells_its_story_in_its_thread(story):
+    st = story
+    with running(st):
+        job = st.queue.submit_train(preset="tiny", requester=Requester(ALICE, "C1", "", "trigger-1"))
+        job = finish(st, job)
+    assert job.state == "succeeded"
+    # The root: a new channel message, recorded on the job, edited in place to the end.
+    [root] = top_level(st.slack)
+    assert root["ts"] == job.message_ts
+    assert root["metadata"]["event_payload"]["job_id"] == job.id
+    assert ":white_check_mark: succeeded" in blocks_text(root) and "job_eval" in blocks_text(root)
+    edits = st.slack.calls("chat.update")
+    assert edits and all(c.params["ts"] == job.message_ts for c in edits)
+    assert any("step 5/5" in json.dumps(c.params["blocks"]) for c in edits)
+    assert edits[-1].params["metadata"]["event_payload"] == {"job_id": job.id, "kind": "train",
+                                                            "state": "succeeded", "step": 5}
+    # The thread: started, the exact config, the final loss plot, the finish mentioning Alice.
+    thread = st.slack.thread("C1", job.message_ts)
+    assert len(thread) == 4, [m.get("text") for m in thread]
+    started, config, plot, finished = thread
+    assert f"Train #{job.id} started" in started["text"]
+    [config_upload, plot_upload] = st.slack.uploads()
+    assert config["files"][0]["id"] == config_upload.file_id and config_upload.thread_ts == job.message_ts
+    assert config_upload.content.decode() == (Path(job.work_dir) / "config.yaml").read_text()
+    assert plot["files"][0]["id"] == plot_upload.file_id and plot_upload.filename == f"loss-{job.id}.png"
+    assert plot_upload.content == Path(job.artifacts["plot"]).read_bytes()
+    assert plot_upload.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"<@{ALICE}>" in finished["text"] and "finished" in finished["text"]
+    assert st.slack.ephemerals() == []
+
+
+def test_eval_and_export_of_a_job_go_into_its_thread_and_evals_compare(story):
+    st = story
+    with running(st):
+        train = finish(st, st.queue.submit_train(preset="tiny", requester=Requester(ALICE, "C1", "", "t1")))
+        # A thread reply asks for the first eval; the second comes from the channel (a button, a command).
+        in_thread = Requester(ALICE, "C1", train.message_ts, "e1")
+        first = finish(st, st.queue.submit_eval(train.id, requester=in_thread))
+        second = finish(st, st.queue.submit_eval(train.id, requester=Requester(BOB, "C1", "", "e2")))
+        export = finish(st, st.queue.submit_export(train.id, requester=Requester(ALICE, "C1", "", "x1")))
+    assert (first.state, second.state, export.state) == ("succeeded", "succeeded", "succeeded")
+    assert len(top_level(st.slack)) == 1  # one thread tells the model's whole story
+    thread = st.slack.thread("C1", train.message_ts)
+    for follow_up in (first, second, export):
+        root = st.slack.message("C1", follow_up.message_ts)
+        assert root["thread_ts"] == train.message_ts  # its root is a reply, edited in place
+        assert ":white_check_mark: succeeded" in blocks_text(root)
+    texts = [blocks_text(m) for m in thread]
+    first_result = next(t for t in texts if f"Eval #{first.id} of #{train.id}" in t and "ROUGE-1" in t)
+    assert "nothing to compare" in first_result and f"<@{ALICE}>" in first_result
+    second_result = next(t for t in texts if f"Eval #{second.id} of #{train.id}" in t and "ROUGE-1" in t)
+    assert f"Change against #{first.id}" in second_result and "+0.00" in second_result
+    assert f"<@{BOB}>" in second_result and "Sample 1" in second_result
+    export_post = next(t for t in texts if f"Export #{export.id} of #{train.id} is ready" in t)
+    assert export.artifacts["model"] in export_post
+    # Every post of a follow-up comes after its root.
+    order = [m["ts"] for m in thread]
+    assert order == sorted(order)
+    assert thread.index(st.slack.message("C1", first.message_ts)) < texts.index(first_result)
+
+
+def test_a_failed_job_gets_the_reason_advice_and_log_tail(slack, settings, store):  # noqa: F811
+    st = build_story(slack, settings, store, FAKE_STEPS="1", FAKE_EXIT="1",
+                     FAKE_ERROR="ValueError: Undefined dataset nosuch in dataset_info.json.")
+    with running(st):
+        job = finish(st, st.queue.submit_train(preset="tiny", requester=Requester(ALICE, "C1", "", "f1")))
+    assert job.state == "failed"
+    failure = st.slack.thread("C1", job.message_ts)[-1]
+    body = blocks_text(failure)
+    assert f"<@{ALICE}>" in body and f"Train #{job.id} failed" in body
+    assert "```" in body and "Undefined dataset nosuch" in body
+    assert "Resume" in blocks_text(st.slack.message("C1", job.message_ts))
+
+
+def test_a_deployment_posts_its_urls_and_tells_only_the_requester_its_key(story):
+    st, store = story, story.store
+    secret = "sk-tunebot-very-secret-0001"
+    with running(st, worker=False):  # the engine's moves made by hand: the fake CLI serves no API
+        wait_until(lambda: st.notifier.cursor is not None, 5, what="the notifier")
+        train, _ = store.add_job(Job(kind="train", model="/models/tiny", user=ALICE, channel="C1"))
+        wait_until(lambda: store.get(train.id).message_ts, 10, what="the train root")
+        store.transition(train.id, ["queued"], "succeeded")
+        dep, _ = store.add_job(Job(kind="deploy", mode="api", parent_id=train.id, model="/models/tiny",
+                                   user=ALICE, channel="C1"))
+        store.transition(dep.id, ["queued"], "starting", started_at=1.0)
+        store.transition(dep.id, ["starting"], "serving", url="http://gpu1:8001/v1", api_key=secret,
+                         chat_url="http://gpu1:7860/chat/2/")
+        settle(st)
+        store.update(dep.id, cancel_requested=True, cancelled_by=BOB)
+        store.transition(dep.id, ["serving"], "stopped", finished_at=2.0)
+        settle(st)
+    train = store.get(train.id)
+    dep = store.get(dep.id)
+    assert st.slack.message("C1", dep.message_ts)["thread_ts"] == train.message_ts
+    thread = [blocks_text(m) for m in st.slack.thread("C1", train.message_ts)]
+    serving = next(t for t in thread if "is serving" in t)
+    assert "http://gpu1:7860/chat/2/" in serving and "http://gpu1:8001/v1" in serving
+    assert f"<@{ALICE}>" in serving and "sent to" in serving
+    assert any("stopped" in t and f"<@{BOB}>" in t for t in thread)
+    [key] = st.slack.ephemerals()
+    assert key["user"] == ALICE and secret in key["text"] + json.dumps(key["blocks"])
+    assert key["thread_ts"] == train.message_ts
+    public = [c for c in st.slack.calls() if c.method != "chat.postEphemeral"]
+    assert all(secret.encode() not in c.body for c in public)
+
+
+def test_posts_survive_a_slack_outage_in_order(story):
+    st = story
+    st.slack.fail_next("chat.postMessage", 500, times=6)  # the root and its retries fail for a while
+    with running(st):
+        job = st.queue.submit_train(preset="tiny", requester=Requester(ALICE, "C1", "", "o1"))
+        job = finish(st, job)
+    failed = [c for c in st.slack.calls("chat.postMessage") if not c.ok]
+    assert len(failed) == 6
+    [root] = top_level(st.slack)
+    assert job.message_ts == root["ts"]  # recorded when the outbox finally sent it
+    thread = st.slack.thread("C1", root["ts"])
+    assert [bool(m.get("files")) for m in thread] == [False, True, True, False]
+    assert "started" in thread[0]["text"] and "finished" in thread[-1]["text"]
+    assert ":white_check_mark: succeeded" in blocks_text(root)
+
+
+def test_the_cursor_is_kept_so_a_restart_neither_reposts_nor_skips(story):
+    st, store = story, story.store
+    before, _ = store.add_job(Job(kind="train", model="m", user=ALICE, channel="C1"))
+    assert st.notifier.tick() == 0  # a first start begins at the newest event: the past is not re-told
+    assert st.slack.calls() == []
+    job, _ = store.add_job(Job(kind="train", model="m", user=ALICE, channel="C1"))
+    assert st.notifier.tick() == 1
+    root_ts = store.get(job.id).message_ts
+    assert root_ts and len(st.slack.calls("chat.postMessage")) == 1
+
+    # tunebot stops; the engine goes on.
+    store.add_event(job.id, "message", {"text": "tunebot restarted and re-attached to this job"})
+    store.add_event(before.id, "state", {"state": "queued"})
+    again = Notifier(st.runtime, Delivery(quick_client(st.slack), store), poll=0.05)
+    assert again.tick() == 2
+    assert st.delivery.flush(5)
+    posts = st.slack.calls("chat.postMessage")
+    assert len(posts) == 3  # the note in job's thread, and a root for `before` now that it moved
+    assert posts[1].params["thread_ts"] == root_ts and "following" in posts[1].params["text"]
+    assert posts[2].params.get("thread_ts") is None and f"#{before.id}" in posts[2].params["text"]
+    assert again.tick() == 0
+    with store.session() as s:
+        assert s.get(NotifierCursor, "slack").last_event_id == store.last_event_id()
+
+
+def test_jobs_from_the_command_line_are_not_posted(story):
+    st, store = story, story.store
+    st.notifier.tick()
+    job, _ = store.add_job(Job(kind="train", model="m"))
+    store.transition(job.id, ["queued"], "running")
+    store.add_event(job.id, "message", {"text": "started"})
+    assert st.notifier.tick() == 3
+    assert st.delivery.flush(2)
+    assert st.slack.calls() == []
+
+
+def test_queued_roots_show_their_place_in_line_as_it_changes(story):
+    st, store = story, story.store
+    st.notifier.tick()
+    first, _ = store.add_job(Job(kind="train", model="m", user=ALICE, channel="C1"))
+    second, _ = store.add_job(Job(kind="train", model="m", user=BOB, channel="C1"))
+    st.notifier.tick()
+    assert "2nd in line" in blocks_text(st.slack.message("C1", store.get(second.id).message_ts))
+    store.transition(first.id, ["queued"], "running", started_at=1.0)
+    st.notifier.tick()
+    assert st.delivery.flush(5)
+    assert "1st in line" in blocks_text(st.slack.message("C1", store.get(second.id).message_ts))
+    assert ":gear: running" in blocks_text(st.slack.message("C1", store.get(first.id).message_ts))
