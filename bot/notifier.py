@@ -12,6 +12,10 @@ The cursor (the last event handled) is kept in the database, so a restart neithe
 nor skips; a first start begins at the newest event. Root messages are posted with the key
 `job:<id>:root`: a root Slack has not taken yet (Slack down) is still a place to post into and
 edit, and its ts is recorded on the job (`message_ts`) once it is sent.
+
+Every root post and edit carries Slack message metadata `{"event_type": "tunebot_job",
+"event_payload": {"job_id", "kind", "state", "step"}}`: a benchmark can pair the call that shows
+step N (the stand-in records when each call arrived) with the trainer_log.jsonl line of step N.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from .delivery import Delivery
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# On PostgreSQL two writers' event ids can become visible out of order (id 11 committed before 10):
+# a gap younger than this is waited for rather than stepped over. Older gaps are rolled-back ids.
+GAP_WAIT = 2.0
 EVENT_TRIES = 3  # rounds an event that raised is tried again before the story moves on without it
 _ROOT_KEY = re.compile(r"^job:(\d+):root$")
 
@@ -56,19 +63,21 @@ def root_key(job_id: int) -> str:
 
 class Notifier:
     def __init__(self, runtime: Runtime, delivery: Delivery, settings: Any = None, *,
-                 poll: float | None = None, name: str = "slack"):
+                 poll: float | None = None, name: str = "slack", gap_wait: float = GAP_WAIT):
         """`settings` (optional, e.g. BotSettings) may carry `notifier_poll`; `poll` wins over it."""
         self.runtime = runtime
         self.store = runtime.store
         self.delivery = delivery
         self.poll = poll if poll is not None else float(getattr(settings, "notifier_poll", None) or 0.5)
         self.name = name
+        self.gap_wait = gap_wait
         SQLModel.metadata.create_all(self.store.engine, tables=[NotifierCursor.__table__])
         delivery.on_sent(self._root_sent)
         self.cursor: int | None = None
         self._shown: dict[int, str] = {}  # job id -> the root content last handed to Delivery
         self._positions: dict[int, int | None] = {}  # queued job id -> its place in line, as shown
         self._tries: dict[int, int] = {}  # event id -> rounds it raised in
+        self._gaps: dict[int, float] = {}  # cursor -> when a gap after it was first seen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -110,6 +119,12 @@ class Notifier:
         states_moved = False
         handled = 0
         for event in events:
+            if event.id != cursor + 1:
+                # Timed by our own clock: the writer's may be another host's.
+                first_seen = self._gaps.setdefault(cursor, time.monotonic())
+                if time.monotonic() - first_seen < self.gap_wait:
+                    break  # an earlier event may still be committing: the next round reads it
+                self._gaps.pop(cursor, None)
             if event.job_id not in jobs:
                 jobs[event.job_id] = self.store.find(event.job_id)
             job = jobs[event.job_id]
@@ -141,6 +156,7 @@ class Notifier:
                 log.exception("Slack notifier: editing the root of job #%s failed", job_id)
         self._save_cursor(cursor)
         self.cursor = cursor
+        self._gaps = {at: seen for at, seen in self._gaps.items() if at >= cursor}
         return handled
 
     def _handle(self, job: Job, event: JobEvent, edits: set[int]) -> bool:

@@ -10,11 +10,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sqlmodel import Session, delete
 
 from bot.delivery import Delivery
 from bot.notifier import Notifier, NotifierCursor
 from runners.hardware import Hardware
-from runners.job import FINAL_STATES, Job
+from runners.job import FINAL_STATES, Job, JobEvent
 from runners.queue import JobQueue, Requester
 from runners.runtime import Runtime
 from runners.worker import Worker, wait_for
@@ -260,3 +261,40 @@ def test_queued_roots_show_their_place_in_line_as_it_changes(story):
     assert st.delivery.flush(5)
     assert "1st in line" in blocks_text(st.slack.message("C1", store.get(second.id).message_ts))
     assert ":gear: running" in blocks_text(st.slack.message("C1", store.get(first.id).message_ts))
+
+
+def notes(slack):  # noqa: F811
+    return [c.params["text"] for c in slack.calls("chat.postMessage") if c.params.get("thread_ts")]
+
+
+def test_an_event_committed_after_a_later_one_is_not_skipped(story):
+    st, store = story, story.store
+    if store.is_sqlite:
+        pytest.skip("SQLite serialises writers: its event ids become visible in order")
+    st.notifier.tick()
+    job, _ = store.add_job(Job(kind="train", model="m", user=ALICE, channel="C1"))
+    st.notifier.tick()
+    with Session(store.engine) as slow:  # a writer whose id comes first but whose commit comes last
+        slow.add(JobEvent(job_id=job.id, type="message", data={"text": "first"}))
+        slow.flush()
+        store.add_event(job.id, "message", {"text": "second"})
+        assert st.notifier.tick() == 0  # it waits for the gap to fill
+        slow.commit()
+    assert st.notifier.tick() == 2
+    assert [n.rsplit(": ", 1)[-1] for n in notes(st.slack)] == ["first", "second"]
+
+
+def test_a_gap_that_never_fills_is_stepped_over(story):
+    st, store = story, story.store
+    notifier = Notifier(st.runtime, st.delivery, poll=0.05, gap_wait=0.3)
+    notifier.tick()
+    job, _ = store.add_job(Job(kind="train", model="m", user=ALICE, channel="C1"))
+    notifier.tick()
+    lost = store.add_event(job.id, "message", {"text": "rolled back"})
+    store.add_event(job.id, "message", {"text": "after"})
+    with Session(store.engine) as s:  # as if its transaction had rolled back
+        s.exec(delete(JobEvent).where(JobEvent.id == lost))
+        s.commit()
+    assert notifier.tick() == 0
+    wait_until(lambda: notifier.tick() == 1, 3, interval=0.05, what="the gap to be stepped over")
+    assert [n.rsplit(": ", 1)[-1] for n in notes(st.slack)] == ["after"]
