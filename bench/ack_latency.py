@@ -133,6 +133,7 @@ def ack_latency(rounds: int, concurrency: int, data: Path) -> dict[str, Any]:
     from tests.delivery_fixtures import quick_client
 
     results: dict[str, list[float]] = {"bare": [], "bare-threaded": [], "tunebot": []}
+    per_round: dict[str, list[float]] = {name: [] for name in results}
     with SlackStandin() as slack:
         runtime = Runtime(Settings(data_dir=data, web_port=0))
         settings = BotSettings(bot_token=slack.bot_token, signing_secret=SIGNING_SECRET,
@@ -151,6 +152,7 @@ def ack_latency(rounds: int, concurrency: int, data: Path) -> dict[str, Any]:
                                        timeout=300, what="tunebot's lazy answers")
                     if round_no:
                         results[name].extend(latencies)
+                        per_round[name].append(round(1000 * percentile(latencies, 50), 1))
                     time.sleep(0.3)
             jobs = len(runtime.store.list_jobs())
         tunebot.tunebot.close()
@@ -158,6 +160,7 @@ def ack_latency(rounds: int, concurrency: int, data: Path) -> dict[str, Any]:
     summary = {name: {"n": len(v), "p50_ms": 1000 * percentile(v, 50), "p99_ms": 1000 * percentile(v, 99),
                       "max_ms": 1000 * max(v)} for name, v in results.items()}
     summary["jobs_queued"] = jobs
+    summary["p50_ms_by_round"] = per_round
     summary["ratio_p99_vs_bare"] = summary["tunebot"]["p99_ms"] / summary["bare"]["p99_ms"]
     return summary
 
@@ -285,7 +288,8 @@ def main() -> int:
             r = out["ack"][name]
             print(f"| {name} | {r['n']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |")
         print(f"tunebot p99 / bare p99 = {out['ack']['ratio_p99_vs_bare']:.2f}; "
-              f"jobs queued: {out['ack']['jobs_queued']}", flush=True)
+              f"jobs queued: {out['ack']['jobs_queued']}; p50 by round (ms): "
+              f"{out['ack']['p50_ms_by_round']}", flush=True)
     if args.skip != "log":
         with tempfile.TemporaryDirectory(prefix="tunebot-bench-") as data:
             out["log"] = log_to_slack(args.steps, args.step_seconds, Path(data))
