@@ -60,7 +60,8 @@ _KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 STORAGE_SETTINGS_TABLE: list[Setting] = [
     Setting("TUNEBOT_STORAGE", "local", "local/oss",
-            "Where artifacts are kept: `local` (`$TUNEBOT_DATA_DIR/artifacts`) or `oss`"),
+            "Where artifacts are kept: `local` (the job folders under TUNEBOT_DATA_DIR, nothing copied) "
+            "or `oss` (uploaded after each job, fetched by jobs on other hosts)"),
     Setting("TUNEBOT_OSS_ENDPOINT", "(none)", "URL",
             "OSS endpoint, e.g. `https://oss-cn-hangzhou.aliyuncs.com` (https assumed without a scheme)"),
     Setting("TUNEBOT_OSS_BUCKET", "(none)", "name", "OSS bucket that holds the artifacts"),
