@@ -272,3 +272,18 @@ def test_concurrent_commands_are_each_acked_within_slacks_3_seconds(bot, count: 
     assert max(r.elapsed_s for r in results) < 3.0
     bot.wait_response(count, timeout=60)
     assert len(bot.runtime.store.list_jobs()) == count
+
+
+def test_slacks_url_check_and_the_health_route_answer(bot) -> None:
+    import json
+    import urllib.request
+
+    from tests.slack_signing import sign
+
+    check = sign(
+        json.dumps({"type": "url_verification", "challenge": "c0ffee", "token": "x"}), "application/json"
+    )
+    assert post(bot.url, check).json() == {"challenge": "c0ffee"}
+    health = bot.url.replace("/slack/events", "/healthz")
+    with urllib.request.urlopen(health, timeout=5) as response:
+        assert response.read() == b"ok"
