@@ -175,7 +175,7 @@ EMOJI = {
     "x": "❌",
     "hourglass_flowing_sand": "⏳",
     "black_square_for_stop": "⏹",
-    "double_vertical_bar": "⏸",
+    "double_vertical_bar": "⏸", "hourglass": "⌛",
     "large_green_circle": "🟢",
     "brain": "🧠",
     "warning": "⚠️",
@@ -209,7 +209,8 @@ def blocks_to_text(message: dict[str, Any]) -> str:
 
 
 class ThreadPrinter:
-    """Prints, for jobs followed in a terminal, the posts their Slack thread would get."""
+    """Prints, for jobs followed in a terminal, what their Slack thread gets: the same
+    `bot.feed.thread_posts` the Slack notifier uses, written as text."""
 
     def __init__(self, store: Store, out=None):
         self.store = store
@@ -223,45 +224,30 @@ class ThreadPrinter:
         self.out.flush()
 
     def drain(self, job_id: int) -> None:
-        from . import render
+        from . import feed
 
         for event in self.store.events_since(self.cursor.get(job_id, 0), job_id=job_id):
+            first = job_id not in self.cursor
             self.cursor[job_id] = event.id
             job = self.store.get(job_id)
-            data = event.data
-            if event.type == "state" and data.get("state") == JobState.QUEUED.value and event.id:
-                self._print(job, blocks_to_text(render.render_job_message(job)))
-            elif event.type == "message" and data.get("text") == "started":
-                self._print(
-                    job, blocks_to_text(render.render_started(job)) + f"\n[file] {job.work_dir}/config.yaml"
-                )
-            elif event.type == "progress":
-                quarter = int((data.get("percent") or 0) // 25)
-                if quarter > self.last_quarter.get(job_id, 0) or data.get("step") == 1:
-                    self.last_quarter[job_id] = quarter
-                    self._print(job, "(root message edited) " + progress_line(data))
-            elif event.type == "plot" and data.get("final"):
-                self._print(job, f"[file] loss plot: {data.get('path')}")
-            elif event.type == "state":
-                self._state(job, data.get("state"), render)
+            if first:
+                self._print(job, blocks_to_text(feed.root_message(job)))
+            for post in feed.thread_posts(job, event):
+                self._show(job, event, post, feed)
 
-    def _state(self, job: Job, state: str | None, render) -> None:
-        if state == JobState.SERVING.value:
-            self._print(job, blocks_to_text(render.render_deploy(job, job.url, job.chat_url)))
-            if job.api_key:
-                self._print(
-                    job,
-                    "(only the requester sees this) "
-                    + blocks_to_text(render.render_deploy_key(job, job.api_key)),
-                )
-        elif state == JobState.SUCCEEDED.value and job.kind == "eval":
-            self._print(
-                job,
-                blocks_to_text(
-                    render.render_eval_result(job, job.metrics, None, job.artifacts.get("samples") or [])
-                ),
-            )
-        elif state == JobState.SUCCEEDED.value and job.kind == "export":
-            self._print(job, blocks_to_text(render.render_export(job, job.artifacts.get("model", ""))))
-        elif state in FINAL_STATES:
-            self._print(job, blocks_to_text(render.render_finished(job)))
+    def _show(self, job: Job, event, post, feed) -> None:
+        if post.action == feed.EDIT_ROOT:
+            # The root message is edited in place on every event; print progress at each quarter.
+            if event.type != "progress":
+                return
+            quarter = int((event.data.get("percent") or 0) // 25)
+            if quarter > self.last_quarter.get(job.id, 0) or event.data.get("step") == 1:
+                self.last_quarter[job.id] = quarter
+                self._print(job, "(message edited) " + progress_line(event.data))
+        elif post.action == feed.UPLOAD:
+            self._print(job, f"[file] {post.title or post.filename}: {post.path}")
+        elif post.action == feed.EPHEMERAL:
+            self._print(job, "(only the requester sees this) " + blocks_to_text(
+                {"text": post.text, "blocks": post.blocks}))
+        else:
+            self._print(job, blocks_to_text({"text": post.text, "blocks": post.blocks}))

@@ -1,0 +1,36 @@
+"""`tunebot demo` (what `make demo` runs) on a fresh data dir: the whole workflow, exit code 0."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from runners.settings import Settings
+
+
+def test_demo_runs_the_seed_workflow_on_cpu_and_reports_every_result(tmp_path, shared_models):
+    from bot.demo import run_demo
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(shared_models, target_is_directory=True)
+    out = io.StringIO()
+    code = run_demo(Settings(data_dir=data, web_port=0, poll_interval=0.3), out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    for command in (
+        "/tune train tiny",
+        "/tune eval 1",
+        "/tune export 1",
+        "/tune deploy 3",
+        "/tune undeploy 4",
+    ):
+        assert command in text
+    plot = Path(re.search(r"loss plot \(PNG\):\s+(\S+)", text).group(1))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"ROUGE-1 \d+\.\d\d, ROUGE-2 \d+\.\d\d, ROUGE-L \d+\.\d\d, BLEU-4 \d+\.\d\d", text)
+    exported = Path(re.search(r"exported model:\s+(\S+)", text).group(1))
+    assert (exported / "config.json").exists()
+    assert re.search(r"chat page:\s+http://127\.0\.0\.1:\d+/chat/4/\s+\(answered\)", text)
+    assert "[file] " in text and "is serving" in text and "stopped" in text
