@@ -353,13 +353,7 @@ class JobQueue:
 
     def position(self, job: Job) -> int | None:
         """1-based place in the queue, for 'waiting (3rd in line)'."""
-        if job.state != JobState.QUEUED.value:
-            return None
-        queued = self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False)
-        for index, other in enumerate(queued, start=1):
-            if other.id == job.id:
-                return index
-        return None
+        return self.store.queue_position(job.id)
 
 
 def purpose_command(purpose: str) -> str:

@@ -23,6 +23,7 @@ from .job import (
     AuditEntry,
     Job,
     JobEvent,
+    JobState,
     RunnerBeat,
     SchemaVersion,
     SlotLease,
@@ -206,6 +207,18 @@ class Store:
         if moved:
             self.add_event(job_id, "state", {"state": to_state, **_public(values)})
         return moved
+
+    def queue_position(self, job_id: int) -> int | None:
+        """1-based place of a queued job in the FIFO queue (counted in the database), else None."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.state != JobState.QUEUED.value:
+                return None
+            return s.exec(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.state == JobState.QUEUED.value, Job.id <= job_id)
+            ).one()
 
     def count_active(self, user: str) -> int:
         with self.session() as s:
