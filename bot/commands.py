@@ -33,7 +33,7 @@ from .render import (
     render_jobs,
 )
 from .services import Services
-from .threads import job_of_thread, jobs_in_thread, place_in_line, story_thread
+from .threads import job_of_thread, jobs_in_thread, story_thread
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _train(services: Services, command: Command, origin: Origin) -> dict[str, An
     again = _seen(services, origin)
     job = services.queue.submit_train(preset=preset, pairs=dict(command.pairs), yaml_text=command.yaml,
                                       requester=_requester(origin))
-    return replies.render_queued(job, position=place_in_line(services.store, job), again=again)
+    return replies.render_queued(job, position=services.queue.position(job), again=again)
 
 
 def _seen(services: Services, origin: Origin) -> bool:
@@ -131,7 +131,7 @@ def _on_job(kind: str):
                      "deploy": services.queue.submit_deploy}[kind]
         job = submit_fn(command.job, model=model, pairs=pairs,
                         requester=_requester(origin, channel=channel, thread_ts=thread_ts))
-        return replies.render_queued(job, position=place_in_line(services.store, job), thread_of=thread_of,
+        return replies.render_queued(job, position=services.queue.position(job), thread_of=thread_of,
                                      again=again)
 
     return submit
@@ -156,7 +156,7 @@ def _resume(services: Services, command: Command, origin: Origin) -> dict[str, A
 def _status(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
     if command.job is not None:
         job = services.queue.get(command.job)
-        return render_job_message(job, queue_position=place_in_line(services.store, job))
+        return render_job_message(job, queue_position=services.queue.position(job))
     jobs = services.queue.jobs(states=[*ACTIVE_STATES, JobState.QUEUED.value], newest_first=False)
     if not jobs:
         return replies.render_text("Nothing is running or queued. `/tune jobs` lists the recent jobs.")

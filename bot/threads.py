@@ -7,10 +7,9 @@ thread, so one thread tells the model's whole story.
 
 from __future__ import annotations
 
-from sqlalchemy import func
 from sqlmodel import select
 
-from runners.job import Job, JobState
+from runners.job import Job
 from runners.store import Store
 
 
@@ -50,16 +49,3 @@ def jobs_in_thread(store: Store, channel: str, thread_ts: str) -> list[Job]:
         ).all())
     return jobs
 
-
-def place_in_line(store: Store, job: Job) -> int | None:
-    """1-based place of a queued job in the FIFO queue, counted in the database.
-
-    The same answer as `JobQueue.position`, without loading every queued job's row: that grows
-    with the queue, and each answer to a person computes it.
-    """
-    if job.state != JobState.QUEUED.value or job.id is None:
-        return None
-    with store.session() as s:
-        ahead = s.exec(select(func.count()).select_from(Job)
-                       .where(Job.state == JobState.QUEUED.value, Job.id <= job.id)).one()
-    return int(ahead) or None

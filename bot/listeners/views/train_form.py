@@ -23,7 +23,6 @@ from ...commands import Origin
 from ...render import modal_values, render_error, render_modal_errors
 from ...replies import render_queued, render_text
 from ...services import Services, services_of
-from ...threads import place_in_line
 
 CHECK_DEADLINE_S = 2.0
 
@@ -66,7 +65,7 @@ def train_form_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], c
         ack(response_action="errors", errors={"model": "tunebot failed to check this form; see its log."})
         return
     ack()
-    _tell(services, origin, render_queued(job, position=place_in_line(services.store, job)), logger)
+    _tell(services, origin, render_queued(job, position=services.queue.position(job)), logger)
 
 
 def _tell_later(services: Services, origin: Origin, done: Future, logger: logging.Logger) -> None:
@@ -83,7 +82,7 @@ def _tell_later(services: Services, origin: Origin, done: Future, logger: loggin
         failed = render_text(":boom: tunebot failed to check your train form; see its log.")
         _tell(services, origin, failed, logger)
         return
-    _tell(services, origin, render_queued(job, position=place_in_line(services.store, job)), logger)
+    _tell(services, origin, render_queued(job, position=services.queue.position(job)), logger)
 
 
 def _tell(services: Services, origin: Origin, message: dict[str, Any], logger: logging.Logger) -> None:
