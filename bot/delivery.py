@@ -208,6 +208,7 @@ class Delivery:
         self.sender_id = uuid.uuid4().hex[:12]
         SQLModel.metadata.create_all(store.engine, tables=[OutboxItem.__table__])
         self._lock = threading.Lock()
+        self._edit_lock = threading.Lock()  # one update() deciding where its content goes at a time
         self._last_edit: dict[str, float] = {}  # edit lane -> when its last chat.update went out
         self._listeners: list[Callable[[str, str, str], None]] = []
         self._wake = threading.Event()
@@ -295,26 +296,27 @@ class Delivery:
             raise ValueError("update needs the message's ts or key")
         payload = {"text": text, "blocks": blocks, "metadata": metadata}
         now = time.time()
-        with self._session() as s:
+        with self._edit_lock, self._session() as s:
             if not key and ts:
                 keyed = _keyed_at(s, channel, ts)
                 key = keyed.key if keyed is not None else None
-            if key:
-                # The message itself still waits: it will go out with this content, no edit needed.
-                merged = s.exec(update(OutboxItem).where(
-                    OutboxItem.key == key, OutboxItem.state == PENDING, OutboxItem.action == POST,
-                    _unclaimed(now)).values(payload=payload))
+            lane = _edit_lane(channel, ts, key)
+            waiting = s.exec(select(OutboxItem.id).where(
+                OutboxItem.lane == lane, OutboxItem.state == PENDING).order_by(OutboxItem.id.desc())).first()
+            if waiting is not None:
+                # The newest edit waiting (and not being sent this moment) takes the new content.
+                merged = s.exec(update(OutboxItem).values(payload=payload).where(
+                    OutboxItem.id == waiting, OutboxItem.state == PENDING, _unclaimed(now)))
                 s.commit()
                 if merged.rowcount == 1:
                     self._wake.set()
                     return False
-            lane = _edit_lane(channel, ts, key)
-            # An edit already waiting (and not being sent this moment) takes the new content.
-            waiting = s.exec(select(OutboxItem.id).where(
-                OutboxItem.lane == lane, OutboxItem.state == PENDING).order_by(OutboxItem.id.desc())).first()
-            if waiting is not None:
-                merged = s.exec(update(OutboxItem).values(payload=payload).where(
-                    OutboxItem.id == waiting, OutboxItem.state == PENDING, _unclaimed(now)))
+            elif key:
+                # The message itself still waits: it goes out with this content, no edit needed. (Not
+                # while an edit waits for it: that edit, older than this content, would land last.)
+                merged = s.exec(update(OutboxItem).where(
+                    OutboxItem.key == key, OutboxItem.state == PENDING, OutboxItem.action == POST,
+                    _unclaimed(now)).values(payload=payload))
                 s.commit()
                 if merged.rowcount == 1:
                     self._wake.set()

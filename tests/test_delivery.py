@@ -157,6 +157,20 @@ def test_an_edit_of_a_message_still_waiting_goes_out_with_it(slack, store):  # n
     assert slack.calls("chat.update") == []
 
 
+def test_an_edit_queued_while_the_post_was_in_flight_never_lands_after_newer_content(slack, store):  # noqa: F811
+    delivery = Delivery(quick_client(slack), store, retry_base=0.3)
+    slack.fail_next("chat.postMessage", 500, times=2)
+    assert delivery.post("C1", text="v0", key="K") is None
+    root = delivery.find("K")
+    assert delivery._claim(root.id) is not None  # a send of the post is under way...
+    assert delivery.update("C1", key="K", text="v1") is False  # ...so this edit waits for it
+    delivery._set(root.id, claimed_by=None, claimed_until=None)  # ...and that send failed
+    assert delivery.update("C1", key="K", text="v2") is False
+    assert delivery.flush(timeout=5)
+    ts = delivery.sent_ts("K")
+    assert slack.message("C1", ts)["text"] == "v2"
+
+
 def test_real_png_goes_up_through_files_upload_v2_into_the_thread(slack, store, tmp_path):  # noqa: F811
     points = [Progress(step=i, total=4, loss=3.0 / i) for i in range(1, 5)]
     png = render_loss_plot(points, tmp_path / "loss.png", title="#3 tiny")
