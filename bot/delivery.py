@@ -445,7 +445,9 @@ class Delivery:
             self._run_lane(lane)
             head = self._head(lane)
             if head is not None:
-                wait = min(wait, max(0.0, head.next_at - time.time()))
+                due_in = head.next_at - time.time()
+                # Due yet not sent: it waits for its thread's root (a send wakes us), or another sender.
+                wait = min(wait, due_in if due_in > 0 else 0.25)
         return max(0.02, wait)
 
     def _head(self, lane: str) -> OutboxItem | None:
@@ -546,6 +548,8 @@ class Delivery:
                 s.exec(delete(OutboxItem).where(OutboxItem.id == row.id))
             s.commit()
         row.state, row.ts, row.sent_at = SENT, answer, now
+        if row.key:
+            self._wake.set()  # rows waiting for this one to have a ts may go now
         if row.attempts:
             log.info("Slack %s to %s went out after %d failed attempt(s) (outbox #%s)",
                      row.action, row.channel, row.attempts, row.id)
