@@ -29,6 +29,7 @@ from starlette.routing import Route
 from runners.errors import UserError
 from runners.settings import Settings
 
+from .schedules import Scheduler, ScheduleSettings
 from .settings import BotSettings
 
 log = logging.getLogger(__name__)
@@ -94,18 +95,11 @@ def _token_refused(error: Exception) -> UserError:
 
 
 def _start_notifier(runtime: Any, client: Any, bot_settings: BotSettings) -> tuple[Any, Any]:
-    """The outbox and the notifier that tells each job's story; (None, None) if not built yet."""
-    try:
-        from .delivery import Delivery
-    except ImportError:  # pragma: no cover - while the delivery module is being written
-        log.warning("bot.delivery is missing: posting without the outbox, and no job stories")
-        return None, None
+    """The outbox, and the notifier that tells each job's story through it."""
+    from .delivery import Delivery
+    from .notifier import Notifier
+
     delivery = Delivery(client, runtime.store, edit_every=bot_settings.status_edit_every)
-    try:
-        from .notifier import Notifier
-    except ImportError:  # pragma: no cover
-        log.warning("bot.notifier is missing: job stories are not posted")
-        return delivery.start(), None
     notifier = Notifier(runtime, delivery, bot_settings)
     delivery.start()
     notifier.start()
@@ -122,6 +116,7 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
     try:
         bot_settings = bot_settings or BotSettings.from_env()
         bot_settings.check(http=http)
+        schedule_settings = ScheduleSettings.from_env()
         client = slack_client(bot_settings)
         try:
             identity = client.auth_test()
@@ -138,6 +133,8 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
     previous = _install_signal_handlers(stop)
     runtime.start(worker=runner)
     delivery, notifier = _start_notifier(runtime, client, bot_settings)
+    # Every serve starts one; a lease in the database lets exactly one of them post (bot/schedules.py).
+    scheduler = Scheduler(runtime, delivery, schedule_settings).start()
     transport: Any = None
     try:
         try:
@@ -170,9 +167,8 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
                 transport.close()
             except Exception:  # pragma: no cover - best effort at shutdown
                 log.exception("closing the Slack connection failed")
-        for part in (notifier, delivery):
-            if part is not None:
-                part.stop()
+        for part in (scheduler, notifier, delivery):
+            part.stop()
         runtime.stop()
         _restore_signal_handlers(previous)
 

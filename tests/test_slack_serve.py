@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from runners.store import Store
 from tests.slack_fixtures import db_url, slack
@@ -107,6 +108,11 @@ def test_http_serve_acks_within_3s_while_the_first_check_loads_llamafactory_and_
     answer = slack.wait_for(lambda: slack.responses(), timeout=120, what="the queued answer")[0]
     assert "Train #1" in answer["text"], answer["text"]
     assert post(url, signed_slash_command("jobs", secret="wrong")).status == 401
+    db = Store(f"sqlite:///{Path(env['TUNEBOT_DATA_DIR']) / 'tunebot.db'}")
+    with db.engine.connect() as conn:  # the schedules' lease: this serve runs the one scheduler
+        holders = conn.execute(text("SELECT holder FROM tunebot_scheduler_lease")).scalars().all()
+    db.engine.dispose()
+    assert len(holders) == 1 and holders[0]
     assert child.stop(signal.SIGTERM) == 0
     assert "tunebot: stopping" in "".join(child.output)
     store = Store(f"sqlite:///{Path(env['TUNEBOT_DATA_DIR']) / 'tunebot.db'}")
