@@ -290,6 +290,8 @@ class JobQueue:
         self, job_ref: int | str, *, by: str = "", admin: bool = True, request_key: str | None = None
     ) -> Job:
         job = self.store.get(job_ref)
+        if request_key and request_key in job.spec.get("resume_keys", []):
+            return job  # a redelivered resume: the first one already did it
         self._check_owner(job, by, admin, "resume")
         if job.kind != JobKind.TRAIN.value:
             raise UserError(f"Only train jobs can be resumed; #{job.id} is a {job.kind} job.", field="job")
@@ -322,6 +324,9 @@ class JobQueue:
             proc_start=None,
             runner_id=None,
             progress={**job.progress, "resumed_from": checkpoint.name if checkpoint else None},
+            spec={**job.spec, "resume_keys": [*job.spec.get("resume_keys", []), request_key]}
+            if request_key
+            else job.spec,
         )
         if not moved:
             raise UserError(f"Job #{job.id} changed state meanwhile; try again.", field="job")

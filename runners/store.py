@@ -40,8 +40,15 @@ def _add_column(conn, table: str, column_sql: str) -> None:
 # Schema history. Version 1 is the tables as first released; each later entry upgrades an
 # existing database in place (never drop, never recreate), so stored jobs survive upgrades.
 # create_all() only adds missing tables; columns added to existing tables go here.
+def _thread_indexes(conn) -> None:
+    # Front ends find a job by the Slack thread a message is in (bot/threads.py), per message event.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_job_channel_message_ts ON job (channel, message_ts)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_job_channel_thread_ts ON job (channel, thread_ts)"))
+
+
 MIGRATIONS: dict[int, Callable[[Any], None]] = {
     1: lambda conn: None,
+    2: _thread_indexes,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -66,12 +73,15 @@ def make_engine(url: str) -> Engine:
                     field="TUNEBOT_DATA_DIR",
                     fix="point TUNEBOT_DATA_DIR at a directory this user can write",
                 ) from None
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # hide_parameters: a database error must not print row values (API keys, posts) into logs.
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True)
 
 
 class Store:

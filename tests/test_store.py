@@ -27,15 +27,31 @@ def test_an_upgrade_adds_to_the_schema_and_keeps_every_stored_job(db_url, monkey
     def add_priority(conn):
         conn.execute(text("ALTER TABLE job ADD COLUMN priority INTEGER DEFAULT 0"))
 
-    monkeypatch.setitem(store_module.MIGRATIONS, 2, add_priority)
+    latest = store_module.SCHEMA_VERSION + 1
+    monkeypatch.setitem(store_module.MIGRATIONS, latest, add_priority)
     new = Store(db_url)
-    assert new.migrate() == 2
-    assert new.schema_version() == 2
+    assert new.migrate() == latest
+    assert new.schema_version() == latest
     columns = {c["name"] for c in inspect(new.engine).get_columns("job")}
     assert "priority" in columns
     assert [j.model for j in new.list_jobs(newest_first=False)] == ["m0", "m1", "m2"]
     assert new.events_since(0, job_id=jobs[0].id)[-1].data == {"text": "kept"}
-    assert new.migrate() == 2  # running it again changes nothing
+    assert new.migrate() == latest  # running it again changes nothing
+    new.engine.dispose()
+
+
+def test_a_version_1_database_gets_the_thread_indexes_and_keeps_its_jobs(db_url, monkeypatch):
+    monkeypatch.setattr(store_module, "MIGRATIONS", {1: store_module.MIGRATIONS[1]})
+    old = Store(db_url)
+    assert old.migrate() == 1
+    old.add_job(Job(kind="train", model="m", channel="C1", message_ts="1.2"))
+    old.engine.dispose()
+    monkeypatch.undo()
+    new = Store(db_url)
+    assert new.migrate() == store_module.SCHEMA_VERSION >= 2
+    indexes = {i["name"] for i in inspect(new.engine).get_indexes("job")}
+    assert {"ix_job_channel_message_ts", "ix_job_channel_thread_ts"} <= indexes
+    assert new.list_jobs()[0].message_ts == "1.2"
     new.engine.dispose()
 
 

@@ -271,8 +271,10 @@ def test_restart_marks_a_job_whose_process_is_gone_interrupted_and_resume_contin
         assert interrupted.state == "interrupted"
         assert "resume" in interrupted.advice
         assert store.leased_slots(CPU.host) == {}
-        resumed = queue.resume(job.id, by="cli")
+        resumed = queue.resume(job.id, by="cli", request_key="trigger-9")
         assert resumed.state == "queued" and resumed.attempt == 2
+        again = queue.resume(job.id, by="cli", request_key="trigger-9")  # Slack redelivered the click
+        assert (again.id, again.attempt) == (job.id, 2)
         assert resumed.args["resume_from_checkpoint"].rsplit("-", 1)[1].isdigit()
         done = wait_for(store, job.id, FINAL, timeout=60)
     finally:
