@@ -343,11 +343,11 @@ class JobQueue:
         return self.store.get(job.id)
 
     def _check_owner(self, job: Job, by: str, admin: bool, action: str) -> None:
-        if admin or not job.user or job.user == by:
+        """The owner or an admin; a job started from the command line (no owner) is the admins'."""
+        if admin or (job.user and job.user == by):
             return
-        raise UserError(
-            f"Only <@{job.user}> (who started #{job.id}) or an admin may {action} it.", field="job"
-        )
+        who = "the person who started it" if job.user else "an admin (it was started from the command line)"
+        raise UserError(f"Only {who} or an admin may {action} #{job.id}.", field="job")
 
     # --- reading ------------------------------------------------------------------------
     def get(self, job_ref: int | str) -> Job:

@@ -151,7 +151,7 @@ def test_cancel_while_queued_and_while_running(settings, store):
         wait_until(lambda: store.get(running.id).progress.get("step"), 30, what="progress")
         cancelled = queue.cancel(waiting.id, by="U2", admin=False)
         assert cancelled.state == "cancelled" and cancelled.cancelled_by == "U2"
-        with pytest.raises(Exception, match="Only <@U1>"):
+        with pytest.raises(Exception, match="Only the person who started it or an admin"):
             queue.cancel(running.id, by="U2", admin=False)
         queue.cancel(running.id, by="U1", admin=False)
         done = wait_for(store, running.id, FINAL, timeout=30)
@@ -164,6 +164,16 @@ def test_cancel_while_queued_and_while_running(settings, store):
     assert store.leased_slots(CPU.host) == {}
     actions = [(a.user, a.action) for a in store.audit_log()]
     assert ("U1", "cancel") in actions and ("U2", "cancel") in actions
+
+
+def test_a_job_started_from_the_command_line_is_steered_by_admins_only(settings, store):
+    queue = JobQueue(fake_settings(settings), store, hardware=CPU)
+    job = tiny_train(queue)  # no owner: the CLI
+    with pytest.raises(Exception, match="Only an admin"):
+        queue.cancel(job.id, by="U9", admin=False)
+    with pytest.raises(Exception, match="Only an admin"):
+        queue.resume(job.id, by="U9", admin=False)
+    assert queue.cancel(job.id, by="UADMIN", admin=True).state == "cancelled"
 
 
 def test_process_that_ignores_sigterm_is_killed_after_the_grace_period(settings, store, tmp_path):
