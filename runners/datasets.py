@@ -167,6 +167,8 @@ def _parse_rows(text: str) -> tuple[str, list[tuple[int, Any]]]:
             raise UserError(
                 f"Line {exc.lineno} is not valid JSON: {exc.msg} (column {exc.colno}).", field="file"
             ) from None
+        except RecursionError:
+            raise UserError("The file nests JSON too deeply to be a dataset.", field="file") from None
         if not isinstance(rows, list):
             raise UserError("The file is not a JSON array of examples.", field="file")
         if not rows:
@@ -184,6 +186,8 @@ def _parse_rows(text: str) -> tuple[str, list[tuple[int, Any]]]:
             continue
         try:
             parsed.append((line_number, json.loads(line)))
+        except RecursionError:
+            raise UserError(f"Line {line_number} nests JSON too deeply to be a row.", field="file") from None
         except json.JSONDecodeError as exc:
             hint = ""
             if line_number == 1 and _is_single_object(text):

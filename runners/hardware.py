@@ -37,6 +37,14 @@ class Hardware:
     def supports_fp16(self) -> bool:
         return self.has_gpu
 
+    def to_dict(self) -> dict:
+        return {"host": self.host, "cpu_count": self.cpu_count, "gpus": [g.__dict__ for g in self.gpus]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Hardware:
+        gpus = tuple(Gpu(**g) for g in data.get("gpus", []))
+        return cls(host=data.get("host", ""), gpus=gpus, cpu_count=int(data.get("cpu_count", 1)))
+
     def describe(self) -> str:
         if not self.gpus:
             return f"{self.host}: no GPU, {self.cpu_count} CPU cores"

@@ -176,6 +176,9 @@ class RunnerBeat(SQLModel, table=True):
     pid: int = 0
     started_at: float = Field(default_factory=now)
     seen_at: float = Field(default_factory=now)
+    # What it can run (runners.hardware.Hardware.to_dict() plus its slots): front ends on other
+    # hosts judge requests against this, not against their own machine.
+    hardware: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class SchemaVersion(SQLModel, table=True):

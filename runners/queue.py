@@ -41,8 +41,25 @@ class JobQueue:
     def __init__(self, settings: Settings, store: Store, hardware: Hardware | None = None):
         self.settings = settings
         self.store = store
-        self.hardware = hardware or detect()
-        self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
+        self._fixed_hardware = hardware  # tests and single-purpose tools pin it
+
+    @property
+    def runner(self) -> tuple[Hardware, list[str]]:
+        """The hardware and slots requests are judged against: the largest live runner's (it may be
+        on another host), else this machine's."""
+        if self._fixed_hardware is not None:
+            hw = self._fixed_hardware
+            return hw, slots_for(hw, self.settings.gpus, self.settings.cpu_slots)
+        published = [r.hardware for r in self.store.live_runners() if r.hardware]
+        if published:
+            best = max(published, key=lambda h: (len(h.get("gpus", [])), len(h.get("slots", []))))
+            return Hardware.from_dict(best), list(best.get("slots", []))
+        hw = detect()
+        return hw, slots_for(hw, self.settings.gpus, self.settings.cpu_slots)
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.runner[0]
 
     # --- submitting ---------------------------------------------------------------------
     def submit_train(
@@ -176,7 +193,7 @@ class JobQueue:
                 for name in validation.dataset_names(args[key]):
                     self._require_dataset(name)
         recipe.args = args
-        validation.check_hardware(recipe, self.hardware, self.slots)
+        validation.check_hardware(recipe, *self.runner)
         if validation.llamafactory_available():
             recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
         recipe.model = parent.model if parent else model  # the name people know it by
@@ -221,12 +238,19 @@ class JobQueue:
             thread_ts=requester.thread_ts,
             request_key=requester.request_key,
         )
-        job, created = self.store.add_job(job)
+        dataset_dir = self._dataset_dir()
+
+        def folders(new: Job) -> dict[str, Any]:
+            work_dir = self.settings.jobs_dir / str(new.id)
+            return {
+                "args": recipes.with_outputs(new.kind, new.args, work_dir, dataset_dir),
+                "work_dir": str(work_dir),
+                "log_path": str(work_dir / "job.log"),
+            }
+
+        job, created = self.store.add_job(job, complete=folders)
         if not created:
             return job
-        work_dir = self.settings.jobs_dir / str(job.id)
-        args = recipes.with_outputs(job.kind, job.args, work_dir, self._dataset_dir())
-        self.store.update(job.id, args=args, work_dir=str(work_dir), log_path=str(work_dir / "job.log"))
         self.store.audit(
             requester.user or "cli",
             f"submit {job.kind}",

@@ -288,7 +288,7 @@ def method_of(args: dict[str, Any]) -> str:
 
 def _apply_pairs(args: dict[str, Any], pairs: dict[str, str], keys: dict[str, str]) -> int:
     """Overlay key=value pairs; returns the number of GPUs asked for (gpus=N)."""
-    n_slots = int(args.pop("_gpus", 1))
+    n_slots = 1
     for raw_key, value in pairs.items():
         key = raw_key.strip().lower().replace("-", "_") if raw_key.strip() != "lora+" else "lora+"
         if key in ("compute", "compute_type", "precision"):

@@ -26,7 +26,7 @@ class Runtime:
         self.store = store or Store(settings.db_url)
         self.store.migrate()
         self.queue = JobQueue(settings, self.store)
-        self.worker = Worker(settings, self.store, hardware=self.queue.hardware, only_job=only_job)
+        self.worker = Worker(settings, self.store, only_job=only_job)
         self._web_server = None
         self.web_port: int | None = None
 

@@ -60,6 +60,12 @@ def _list(env: dict[str, str], name: str) -> list[str] | None:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _bounded(value: float, name: str, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise UserError(f"{name} must be between {low:g} s and {high:g} s.", field=name, fix=f"{name}=1s")
+    return value
+
+
 def default_data_dir() -> Path:
     return Path(os.path.expanduser("~/.tunebot"))
 
@@ -172,7 +178,9 @@ class Settings:
             deploy_api_key=api_key_flag in {"on", "1", "true", "yes"},
             web_host=_env(env, "TUNEBOT_WEB_HOST", "127.0.0.1") or "127.0.0.1",
             web_port=_int(env, "TUNEBOT_WEB_PORT", 7860, minimum=0),
-            poll_interval=_duration(env, "TUNEBOT_POLL_INTERVAL", "1s"),
+            poll_interval=_bounded(
+                _duration(env, "TUNEBOT_POLL_INTERVAL", "1s"), "TUNEBOT_POLL_INTERVAL", 0.05, 10
+            ),
             log_level=(_env(env, "TUNEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
             storage=_storage_settings(env),
         )

@@ -46,9 +46,15 @@ def _thread_indexes(conn) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_job_channel_thread_ts ON job (channel, thread_ts)"))
 
 
+def _runner_hardware(conn) -> None:
+    if "hardware" not in {c["name"] for c in inspect(conn).get_columns("runner")}:
+        conn.execute(text("ALTER TABLE runner ADD COLUMN hardware JSON"))
+
+
 MIGRATIONS: dict[int, Callable[[Any], None]] = {
     1: lambda conn: None,
     2: _thread_indexes,
+    3: _runner_hardware,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -132,8 +138,12 @@ class Store:
         return Session(self.engine, expire_on_commit=False)
 
     # --- jobs ---------------------------------------------------------------------------
-    def add_job(self, job: Job) -> tuple[Job, bool]:
-        """Store a new job. With a request_key seen before, returns the existing job and False."""
+    def add_job(self, job: Job, complete: Callable[[Job], dict[str, Any]] | None = None) -> tuple[Job, bool]:
+        """Store a new job. With a request_key seen before, returns the existing job and False.
+
+        `complete(job)` gives fields that need the new id (its folders); they are set in the same
+        transaction, so no runner can claim the job half-written.
+        """
         if job.request_key:
             existing = self.find_by_request(job.request_key)
             if existing is not None:
@@ -141,6 +151,10 @@ class Store:
         with self.session() as s:
             s.add(job)
             try:
+                if complete is not None:
+                    s.flush()  # assigns the id
+                    for key, value in complete(job).items():
+                        setattr(job, key, value)
                 s.commit()
             except IntegrityError:
                 s.rollback()
@@ -163,6 +177,12 @@ class Store:
         if job is None:
             raise UserError(f"There is no job #{jid}.", field="job", fix="`jobs` lists the jobs there are")
         return job
+
+    def jobs_by_id(self, job_ids: list[int]) -> list[Job]:
+        if not job_ids:
+            return []
+        with self.session() as s:
+            return list(s.exec(select(Job).where(Job.id.in_(job_ids))).all())
 
     def find(self, job_id: int) -> Job | None:
         with self.session() as s:
@@ -230,6 +250,19 @@ class Store:
                 .where(Job.state == JobState.QUEUED.value, Job.id <= job_id)
             ).one()
 
+    def adopt(self, job_id: int, old_runner: str | None, new_runner: str) -> bool:
+        """Take over a job from a runner that is gone; only one adopter wins."""
+        with self.session() as s:
+            result = s.exec(
+                update(Job)
+                .where(
+                    Job.id == job_id, Job.runner_id == old_runner if old_runner else Job.runner_id.is_(None)
+                )
+                .values(runner_id=new_runner)
+            )
+            s.commit()
+            return result.rowcount == 1
+
     def count_active(self, user: str) -> int:
         with self.session() as s:
             return s.exec(
@@ -268,9 +301,15 @@ class Store:
                 s.rollback()
                 return False
 
-    def release_slots(self, job_id: int) -> None:
+    def release_slots(self, job_id: int, *, host: str | None = None, slots: list[str] | None = None) -> None:
+        """Free the job's leases (only those on `host`, and of `slots`, when given)."""
+        query = select(SlotLease).where(SlotLease.job_id == job_id)
+        if host is not None:
+            query = query.where(SlotLease.host == host)
+        if slots is not None:
+            query = query.where(SlotLease.slot.in_(slots))
         with self.session() as s:
-            for lease in s.exec(select(SlotLease).where(SlotLease.job_id == job_id)).all():
+            for lease in s.exec(query).all():
                 s.delete(lease)
             s.commit()
 
@@ -291,13 +330,15 @@ class Store:
         with self.session() as s:
             return list(s.exec(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)).all())
 
-    def beat(self, runner_id: str, host: str, pid: int) -> None:
+    def beat(self, runner_id: str, host: str, pid: int, hardware: dict[str, Any] | None = None) -> None:
         with self.session() as s:
             beat = s.get(RunnerBeat, runner_id)
             if beat is None:
-                s.add(RunnerBeat(id=runner_id, host=host, pid=pid))
+                s.add(RunnerBeat(id=runner_id, host=host, pid=pid, hardware=hardware))
             else:
                 beat.seen_at = now()
+                if hardware is not None:
+                    beat.hardware = hardware
                 s.add(beat)
             s.commit()
 

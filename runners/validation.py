@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 import threading
 import typing
@@ -161,6 +162,11 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         if action is None:
             raise _unknown_key_error(key, list(actions))
         converted[key] = _convert(key, value, action, annotations.get(key, ""))
+    for key, value in converted.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"`{key}` must be a finite number, not {value!r}.", field=key, fix=f"{key}=…")
+    if converted.get("template"):
+        _check_template(str(converted["template"]))
     # Precision is judged against the runner's hardware (check_hardware), not this process's.
     probe = {k: v for k, v in converted.items() if k not in _PRECISION_KEYS}
     if _family(kind) == "train":
@@ -185,6 +191,19 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         except ImportError as exc:
             raise UserError(f"The runner lacks a package this needs: {exc}.") from None
     return converted
+
+
+def _check_template(name: str) -> None:
+    from llamafactory.data.template import TEMPLATES
+
+    if name not in TEMPLATES:
+        close = difflib.get_close_matches(name, list(TEMPLATES), n=1)
+        fix = (
+            f"template={close[0]}"
+            if close
+            else "template=llama3 (LLaMA-Factory's name for the model's chat format)"
+        )
+        raise UserError(f"LLaMA-Factory has no chat template {name!r}.", field="template", fix=fix)
 
 
 def check_hardware(recipe: Recipe, hardware: Hardware, slots: list[str]) -> None:

@@ -98,7 +98,7 @@ def create_chat_app(
 ) -> Starlette:
     """The chat pages of all deployments: `resolve(job_id)` says where one answers (None: not serving).
 
-    `on_activity(job_id)` is called on each proxied request (the idle timeout's clock);
+    `on_activity(job_id)` is called on each request the deployment accepted (the idle timeout's clock);
     `timeout` bounds the wait for the deployment's answer to start (a 504 after it).
     """
     limits = httpx.Timeout(timeout, connect=connect_timeout)
@@ -153,7 +153,6 @@ def create_chat_app(
             if len(body) > MAX_BODY_BYTES:
                 return _error(413, "The conversation is too long to send; start a new one.")
             headers["Content-Type"] = "application/json"
-        await touch(job_id)
         upstream = client().build_request(request.method, f"{target.api_base.rstrip('/')}/{path}",
                                           headers=headers, content=body)
         try:
@@ -164,6 +163,8 @@ def create_chat_app(
             log.info("deployment #%s unreachable at %s: %s", job_id, target.api_base, exc)
             reason = "it may be starting, stopping or stopped"
             return _error(502, f"Deployment #{job_id} is not answering: {reason}.")
+        if answer.status_code < 300:
+            await touch(job_id)  # only use with the deployment's key keeps it from idling out
         passed = {name: answer.headers[name] for name in _PASSED_HEADERS if name in answer.headers}
         passed.setdefault("cache-control", "no-store")
         return StreamingResponse(

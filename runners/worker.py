@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ BEAT_EVERY = 5.0
 @dataclass
 class Running:
     job_id: int
-    kind: str
     handle: ProcessHandle
     follower: Any = None  # TrainerLogFollower for train jobs
     term_sent_at: float | None = None
@@ -50,9 +49,7 @@ class Running:
     stop_reason: str | None = None  # why tunebot stopped it (idle deployment, start-up timeout)
     last_plot_at: float = 0.0
     new_points: bool = False
-    ready: bool = False
     seen_step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def llamafactory_cli(settings: Settings) -> list[str]:
@@ -97,16 +94,21 @@ class Worker:
         self._fetching: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_beat = 0.0
+        self._beat_thread: threading.Thread | None = None
         self._last_recover = 0.0
         self._lock = threading.RLock()
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
-        self.store.beat(self.runner_id, self.host, os.getpid())
+        self.store.beat(
+            self.runner_id, self.host, os.getpid(), hardware={**self.hardware.to_dict(), "slots": self.slots}
+        )
         self.recover()
         self._thread = threading.Thread(target=self._loop, name="tunebot-worker", daemon=True)
         self._thread.start()
+        # The heartbeat has its own thread: a slow tick must not make this runner look dead.
+        self._beat_thread = threading.Thread(target=self._beat_loop, name="tunebot-beat", daemon=True)
+        self._beat_thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the loop. Job processes keep running: a later tunebot re-attaches to them."""
@@ -115,6 +117,13 @@ class Worker:
             self._thread.join(timeout)
         self._transfers.shutdown(wait=False, cancel_futures=True)
         self.store.forget_runner(self.runner_id)
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(BEAT_EVERY):
+            try:
+                self.store.beat(self.runner_id, self.host, os.getpid())
+            except Exception:  # the database is away for a moment; the next beat tries again
+                log.exception("runner heartbeat failed")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -126,17 +135,10 @@ class Worker:
 
     def tick(self) -> None:
         with self._lock:
-            t = now()
-            if t - self._last_beat >= BEAT_EVERY:
-                self.store.beat(self.runner_id, self.host, os.getpid())
-                self._last_beat = t
-            if t - self._last_recover >= RECOVER_EVERY:
+            if now() - self._last_recover >= RECOVER_EVERY:
                 self.recover()
             self._watch()
             self._claim()
-
-    def idle(self) -> bool:
-        return not self.running
 
     # --- recovery -----------------------------------------------------------------------
     def recover(self) -> None:
@@ -153,12 +155,12 @@ class Worker:
                 continue
             if self.only_job is not None and job.id != self.only_job:
                 continue
+            if not self.store.adopt(job.id, job.runner_id, self.runner_id):
+                continue  # another runner on this host adopted it first
             exit_path = Path(job.work_dir) / "exit.json"
             handle = self.backend.reattach(job.pid or 0, job.proc_start, exit_path) if job.pid else None
             if handle is not None:
-                self.store.update(job.id, runner_id=self.runner_id)
-                run = Running(job.id, job.kind, handle, seen_step=int(job.progress.get("step") or 0))
-                run.ready = job.state == JobState.SERVING.value
+                run = Running(job.id, handle, seen_step=int(job.progress.get("step") or 0))
                 if job.kind == JobKind.TRAIN.value:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
@@ -177,7 +179,8 @@ class Worker:
                     ACTIVE_STATES,
                     JobState.INTERRUPTED.value,
                     finished_at=now(),
-                    error="tunebot restarted and the job's process was gone.",
+                    error="Its process was gone when tunebot looked again (tunebot restarted, or the "
+                    "process never started).",
                     advice=f"`resume {job.id}` continues from the last checkpoint."
                     if job.kind == "train"
                     else None,
@@ -200,14 +203,18 @@ class Worker:
         else:
             candidates = self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False, limit=200)
         busy_users: dict[str, int] = {}
+        free = self.free_slots()
         for job in candidates:
+            if not free:
+                return
             if job.user:
                 active = busy_users.get(job.user)
                 if active is None:
                     active = busy_users[job.user] = self.store.count_active(job.user)
                 if active >= self.settings.max_jobs_per_user:
                     continue  # this user waits; others behind them may go
-            free = self.free_slots()
+            if job.n_slots > len(self.slots):
+                continue  # more than this host has: another runner's job
             if job.n_slots > len(free):
                 return  # first in line waits for slots: FIFO
             slots = free[: job.n_slots]
@@ -228,8 +235,10 @@ class Worker:
                 exit_code=None,
             )
             if not claimed:
-                self.store.release_slots(job.id)
+                # Another runner claimed it: free only what this runner just leased.
+                self.store.release_slots(job.id, host=self.host, slots=slots)
                 continue
+            free = [s for s in free if s not in slots]
             if job.user:
                 busy_users[job.user] = busy_users.get(job.user, 0) + 1
             claimed_job = self.store.get(job.id)
@@ -246,22 +255,23 @@ class Worker:
             self.store.add_event(job.id, "message", {"text": "fetching its inputs from the artifact store"})
             args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
             self.store.update(job.id, args=args)
-        except (UserError, OSError) as exc:
+        except Exception as exc:  # a thread of the pool: nothing above it would see the error
+            if not isinstance(exc, (UserError, OSError)):
+                log.exception("fetching the inputs of job #%s failed", job.id)
             text = exc.text() if isinstance(exc, UserError) else str(exc)
             with self._lock:
                 self._fetching.discard(job.id)
-                self.store.release_slots(job.id)
-                self.store.transition(
-                    job.id,
-                    ACTIVE_STATES,
-                    JobState.FAILED.value,
-                    finished_at=now(),
-                    error=f"Could not fetch its inputs from the artifact store: {text}",
-                )
+                self._fail_before_start(job, f"Could not fetch its inputs from the artifact store: {text}")
             return
         with self._lock:
             self._fetching.discard(job.id)
             self._launch(self.store.get(job.id), slots)
+
+    def _fail_before_start(self, job: Job, error: str, advice: str | None = None) -> None:
+        self.store.release_slots(job.id)
+        self.store.transition(
+            job.id, ACTIVE_STATES, JobState.FAILED.value, finished_at=now(), error=error, advice=advice
+        )
 
     def _launch(self, job: Job, slots: list[str]) -> None:
         work_dir = Path(job.work_dir or self.settings.jobs_dir / str(job.id))
@@ -298,21 +308,20 @@ class Worker:
                 )
             )
         except OSError as exc:
-            self.store.release_slots(job.id)
-            self.store.transition(
-                job.id,
-                ACTIVE_STATES,
-                JobState.FAILED.value,
-                finished_at=now(),
-                error=f"Could not start the job: {exc.strerror or exc}.",
-                advice="check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed",
+            self._fail_before_start(
+                job,
+                f"Could not start the job: {exc.strerror or exc}.",
+                "check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed",
             )
             return
         self.store.update(job.id, pid=handle.pid, proc_start=handle.proc_start, **values)
-        run = Running(job.id, job.kind, handle, seen_step=0)
+        run = Running(job.id, handle)
         if job.kind == JobKind.TRAIN.value:
             run.follower = self._follower(job)
-            run.seen_step = int(job.progress.get("step") or 0) if job.attempt > 1 else 0
+            if job.attempt > 1:
+                # A resumed run appends to the log from its checkpoint's step on: skip the old lines.
+                run.follower.poll()
+                run.seen_step = _checkpoint_step(job.args.get("resume_from_checkpoint"))
         self.running[job.id] = run
         self.store.add_event(job.id, "message", {"text": "started", "pid": handle.pid, "slots": slots})
 
@@ -327,7 +336,8 @@ class Worker:
         return [*cli, "api", str(config)]
 
     def _job_env(self, job: Job, slots: list[str]) -> dict[str, str]:
-        env = dict(os.environ)
+        # A job may run a model repository's own code (trust_remote_code): none of the bot's secrets.
+        env = {k: v for k, v in os.environ.items() if not _is_secret_variable(k)}
         cache = self.settings.cache_dir
         env.update(
             HF_HOME=str(cache / "huggingface"),
@@ -368,31 +378,43 @@ class Worker:
     def _watch(self) -> None:
         if not self.running:
             return
-        jobs = {j.id: j for j in self.store.list_jobs(states=ACTIVE_STATES)}
+        jobs = {j.id: j for j in self.store.jobs_by_id(list(self.running))}
         for job_id, run in list(self.running.items()):
-            job = jobs.get(job_id) or self.store.find(job_id)
+            job = jobs.get(job_id)
             if job is None:
                 self.running.pop(job_id, None)
                 continue
+            try:
+                self._watch_one(job, run)
+            except Exception as exc:  # one job's trouble must not stop the others being followed
+                log.exception("following job #%s failed", job_id)
+                self.running.pop(job_id, None)
+                self.backend.signal(run.handle, force=True)
+                self._fail_before_start(job, f"tunebot lost track of it: {exc}")
+
+    def _watch_one(self, job: Job, run: Running) -> None:
+        """Follow one running job: progress, deployment state, cancel, and its end."""
+        if run.follower is not None:
+            self._follow(job, run)
+        if job.kind == JobKind.DEPLOY.value:
+            self._watch_deployment(job, run)
+        if job.cancel_requested and run.term_sent_at is None:
+            self._stop_process(run, reason=None)
+        if (
+            run.term_sent_at is not None
+            and not run.killed
+            and now() - run.term_sent_at > self.settings.cancel_grace
+        ):
+            self.backend.signal(run.handle, force=True)
+            run.killed = True
+        code = self.backend.poll(run.handle)
+        if code is not None:
+            # Children that outlive the command (torchrun workers ignoring SIGTERM) go too.
+            self.backend.signal(run.handle, force=True)
             if run.follower is not None:
                 self._follow(job, run)
-            if job.kind == JobKind.DEPLOY.value:
-                self._watch_deployment(job, run)
-            if job.cancel_requested and run.term_sent_at is None:
-                self._stop_process(run, reason=None)
-            if (
-                run.term_sent_at is not None
-                and not run.killed
-                and now() - run.term_sent_at > self.settings.cancel_grace
-            ):
-                self.backend.signal(run.handle, force=True)
-                run.killed = True
-            code = self.backend.poll(run.handle)
-            if code is not None:
-                if run.follower is not None:
-                    self._follow(job, run)
-                self.running.pop(job_id, None)
-                self._finish(self.store.get(job_id), code, run)
+            self.running.pop(job.id, None)
+            self._finish(self.store.get(job.id), code, run)
 
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason
@@ -421,7 +443,12 @@ class Worker:
         from .plots import render_loss_plot
         from .progress import read_trainer_log
 
-        points = read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
+        # A resumed run logs again from its checkpoint: the latest line of each step counts.
+        latest = {
+            (p.step, p.is_eval): p
+            for p in read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
+        }
+        points = sorted(latest.values(), key=lambda p: p.step)
         if run is not None:
             run.last_plot_at = now()
             run.new_points = False
@@ -525,7 +552,8 @@ class Worker:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
                 return
-            self.store.transition(job.id, ACTIVE_STATES, JobState.SUCCEEDED.value, **values)
+            if not self.store.transition(job.id, ACTIVE_STATES, JobState.SUCCEEDED.value, **values):
+                return  # settled already (by another runner, or while this one was away)
             self.store.add_event(
                 job.id,
                 "result",
@@ -608,6 +636,21 @@ class Worker:
 
 class _MissingOutput(Exception):
     pass
+
+
+_SECRET_PREFIXES = ("SLACK_", "TUNEBOT_OSS_", "TUNEBOT_DATABASE_URL")
+
+
+def _is_secret_variable(name: str) -> bool:
+    return name.startswith(_SECRET_PREFIXES)
+
+
+def _checkpoint_step(path: Any) -> int:
+    """`.../checkpoint-40` -> 40; no checkpoint (starting over) -> 0."""
+    try:
+        return int(str(path).rstrip("/").rsplit("-", 1)[1]) if path else 0
+    except (IndexError, ValueError):
+        return 0
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -491,3 +491,10 @@ def test_llamafactory_sees_system_prompts_and_history(tmp_path):
     # Through the sharegpt converter the system prompt stays exactly as written.
     assert openai["_system"] == "You are a helpful assistant."
     assert openai["_response"][0]["content"] == "Hi there!"
+
+
+def test_json_nested_too_deeply_is_a_plain_error(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nests JSON too deeply"):
+        check_dataset(deep)

@@ -176,6 +176,8 @@ BAD_TRAIN = [
     ({"scheduler": "cosne"}, "lr_scheduler_type=cosine"),
     ({"epochs": "three"}, "must be a number"),
     ({"output_dir": "/tmp/x"}, "set by tunebot"),
+    ({"template": "lama3"}, "template=llama3"),
+    ({"lr": "nan"}, "`learning_rate` must be a finite number"),
     ({"method": "qlora"}, "needs a GPU"),
 ]
 
@@ -241,6 +243,8 @@ def test_yaml_spec_is_accepted_and_bad_yaml_refused(settings, store):
     assert job.args["plot_loss"] is True
     with pytest.raises(UserError, match="line 2"):
         queue.submit_train(yaml_text="model: x\n  bad: [indent\n")
+    with pytest.raises(UserError, match="Unknown key `_gpus`"):
+        queue.submit_train(yaml_text="_gpus: 0\nmodel_name_or_path: tiny\ndataset: demo\ntemplate: llama3\n")
     with pytest.raises(UserError, match="stage=dpo is not supported"):
         queue.submit_train(
             yaml_text="stage: dpo\nmodel_name_or_path: tiny\ndataset: demo\ntemplate: llama3\n"

@@ -105,9 +105,11 @@ def test_deployment_errors_pass_through() -> None:
     def deployment(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"detail": "Invalid API key."})
 
-    with _fake_app(deployment) as client:
+    activity: list[int] = []
+    with _fake_app(deployment, activity) as client:
         answer = client.get("/chat/7/v1/models", headers={"Authorization": "Bearer wrong"})
     assert answer.status_code == 401 and answer.json() == {"detail": "Invalid API key."}
+    assert activity == []  # without the key nobody keeps a deployment from idling out
 
 
 def test_slow_deployment_gives_504_and_dead_one_502() -> None:

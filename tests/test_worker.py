@@ -377,3 +377,87 @@ def test_redelivered_request_creates_one_job(settings, store):
     assert first.id == again.id
     assert len(store.list_jobs()) == 1
     assert first.state == JobState.QUEUED.value
+
+
+def test_a_job_no_runner_here_can_fit_does_not_block_the_queue(settings, store):
+    s = fake_settings(settings, FAKE_STEPS="2")
+    queue = JobQueue(s, store, hardware=CPU)
+    too_big, _ = store.add_job(Job(kind="train", model="m", n_slots=4))  # for a 4-GPU runner elsewhere
+    small = tiny_train(queue)
+    worker = Worker(s, store, hardware=CPU)
+    worker.start()
+    try:
+        assert wait_for(store, small.id, FINAL, timeout=60).state == "succeeded"
+    finally:
+        worker.stop()
+    assert store.get(too_big.id).state == "queued"
+
+
+def test_losing_a_claim_frees_only_this_runners_lease(store):
+    job, _ = store.add_job(Job(kind="train", model="m"))
+    assert store.lease_slots("hostA", ["0"], job.id)
+    assert store.lease_slots("hostB", ["0"], job.id)  # both runners leased before claiming
+    store.release_slots(job.id, host="hostA", slots=["0"])  # A lost the claim to B
+    assert store.leased_slots("hostB") == {"0": job.id}
+    assert store.leased_slots("hostA") == {}
+
+
+def test_jobs_get_none_of_the_bots_secrets(settings, store, monkeypatch):
+    for name in (
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "TUNEBOT_OSS_ACCESS_KEY_SECRET",
+        "TUNEBOT_DATABASE_URL",
+    ):
+        monkeypatch.setenv(name, "secret-value")
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror")
+    worker = Worker(settings, store, hardware=CPU)
+    job, _ = store.add_job(Job(kind="train", model="m", work_dir=str(settings.jobs_dir / "1")))
+    env = worker._job_env(job, ["cpu0"])
+    assert "secret-value" not in env.values()
+    assert env["HF_ENDPOINT"] == "http://mirror"  # other settings still reach the job
+
+
+def test_children_that_ignore_sigterm_are_killed_when_the_job_ends(settings, store, tmp_path):
+    parent = tmp_path / "parent.py"
+    pid_file = tmp_path / "child.pid"
+    parent.write_text(
+        "import subprocess, sys, time, signal\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+        "print('parent up', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    s = replace(settings, llamafactory_cli=f"{sys.executable} {parent}", cancel_grace=30.0)
+    queue = JobQueue(s, store, hardware=CPU)
+    job = tiny_train(queue)
+    worker = Worker(s, store, hardware=CPU)
+    worker.start()
+    try:
+        wait_until(pid_file.exists, 30, what="the child to start")
+        child = int(pid_file.read_text())
+        queue.cancel(job.id)
+        assert wait_for(store, job.id, FINAL, timeout=30).state == "cancelled"
+        # The command exited at once; its child ignored SIGTERM and must not outlive the job.
+        wait_until(lambda: not _alive(child), 10, what="the child to be killed")
+    finally:
+        worker.stop()
+
+
+def test_requests_are_judged_against_the_live_runners_hardware_not_the_front_ends(
+    settings, store, monkeypatch
+):
+    monkeypatch.setattr("runners.queue.detect", lambda: CPU)  # the front end's own box: no GPU
+    h100s = Hardware(
+        host="gpuhost", gpus=tuple(Gpu(str(i), "H100", 81559, 9.0) for i in range(2)), cpu_count=64
+    )
+    front_end = JobQueue(settings, store)  # no pinned hardware
+    with pytest.raises(Exception, match="needs a GPU"):
+        front_end.submit_train(preset="tiny", pairs={"compute": "bf16"})
+    store.beat("gpuhost-1", "gpuhost", 1, hardware={**h100s.to_dict(), "slots": ["0", "1"]})
+    job = front_end.submit_train(preset="tiny", pairs={"compute": "bf16", "gpus": "2"})
+    assert job.n_slots == 2 and job.args["bf16"] is True
+    with pytest.raises(Exception, match="asks for 3 GPUs and the runner has 2"):
+        front_end.submit_train(preset="tiny", pairs={"compute": "bf16", "gpus": "3"})

@@ -15,35 +15,41 @@ from .base import Backend, LaunchSpec, ProcessHandle
 KILLED = -9
 
 
-def process_start_time(pid: int) -> float | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (which may hold spaces), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            stat = fh.read()
+            return fh.read().rsplit(")", 1)[-1].split()
     except OSError:
         return None
-    # Field 22 counts from after the command name, which may contain spaces.
-    rest = stat.rsplit(")", 1)[-1].split()
+
+
+def process_start_time(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    fields = _stat_fields(pid)
     try:
-        return float(rest[19])
+        return float(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
 
 def _alive(pid: int, proc_start: float | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """The process `pid` exists, is not a zombie, and is the one that started at `proc_start`."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        try:
+            os.kill(pid, 0)  # no /proc: ask the kernel (a PermissionError means it exists)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
+    if fields[0] == "Z":
+        return False
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            if fh.read().rsplit(")", 1)[-1].split()[0] == "Z":
-                return False
-    except OSError:
-        pass
-    return proc_start is None or process_start_time(pid) == proc_start
+        return proc_start is None or float(fields[19]) == proc_start
+    except (IndexError, ValueError):
+        return True
 
 
 def read_exit_file(path: Path) -> int | None:
@@ -97,10 +103,9 @@ class LocalBackend(Backend):
         sig = signal.SIGKILL if force else signal.SIGTERM
         try:
             os.killpg(handle.pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
+            # Gone, or (a reused pid) no longer ours to signal: either way nothing of the job to stop.
             pass
-        except PermissionError:
-            os.kill(handle.pid, sig)
 
     def reattach(self, pid: int, proc_start: float | None, exit_path: Path) -> ProcessHandle | None:
         if pid and _alive(pid, proc_start):
