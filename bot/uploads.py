@@ -46,8 +46,9 @@ def ensure_table(store: Store) -> None:
 
 
 def remember_prompt(store: Store, channel: str, ts: str, user: str, name: str) -> None:
+    """Remember (or, asked again in the same thread, replace) the prompt of thread `ts`."""
     with store.session() as s:
-        s.add(DatasetPrompt(channel=channel, ts=ts, user=user, name=name))
+        s.merge(DatasetPrompt(channel=channel, ts=ts, user=user, name=name, at=now()))
         s.commit()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from bot import uploads
 from runners import datasets
 from runners.queue import Requester
 from tests.slack_fixtures import (
@@ -164,6 +165,19 @@ def test_dataset_add_prompts_for_the_file_and_a_reply_with_it_registers_it(bot) 
     bot.command("datasets")
     assert "faq" in bot.wait_response(2)["text"]
     assert len(bot.slack.calls("chat.postMessage")) == 2
+
+
+def test_dataset_add_asked_twice_in_one_thread_prompts_again_for_the_latest_name(bot) -> None:
+    top = bot.slack.add_message(CHANNEL_ID, "where do datasets go?", user=HUMAN_USER_ID)
+    for n, name in enumerate(("faq", "faq2"), start=1):
+        bot.mention(f"<@{bot.slack.bot_user_id}> dataset add {name}", thread_ts=top["ts"])
+        bot.slack.wait_for_call("chat.postMessage", count=n, timeout=10)
+    prompts = bot.slack.calls("chat.postMessage")
+    assert [c.params["thread_ts"] for c in prompts] == [top["ts"], top["ts"]]
+    assert "file for dataset faq2" in prompts[-1].params["text"]
+    bot.slack.wait_for(lambda: uploads.prompt_of(bot.runtime.store, CHANNEL_ID, top["ts"]).name == "faq2",
+                       what="the second prompt to be remembered")
+    assert bot.slack.ephemerals(HUMAN_USER_ID) == []  # no "something went wrong"
 
 
 def test_dataset_add_where_the_bot_is_not_a_member_says_to_invite_it(bot) -> None:
