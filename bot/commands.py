@@ -121,6 +121,8 @@ def _on_job(kind: str):
         channel, thread_ts, thread_of = origin.channel, "", None
         if command.job is not None:
             source = services.queue.get(command.job)
+            if source.channel and source.channel != origin.channel:
+                _require_story_channel(services, source, origin)
             if source.channel and story_thread(source):
                 # Into the source job's thread: one thread tells the model's whole story.
                 channel, thread_ts = source.channel, story_thread(source)
@@ -135,6 +137,17 @@ def _on_job(kind: str):
                                      again=again)
 
     return submit
+
+
+def _require_story_channel(services: Services, source: Job, origin: Origin) -> None:
+    """The new job posts in the source job's channel: the person must be allowed to start jobs there too."""
+    if not services.access.may_spend(origin.user, source.channel):
+        raise UserError(
+            f"#{source.id} tells its story in another channel ({source.channel}), and you may not start "
+            "jobs there; a job of it would report there too.",
+            field="user",
+            fix=f"ask in #{source.id}'s thread, or ask an admin to run it",
+        )
 
 
 def _cancel(services: Services, command: Command, origin: Origin) -> dict[str, Any]:

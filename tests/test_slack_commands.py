@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from bot.auth import Access
 from runners.queue import Requester
 from tests.slack_fixtures import (
     ADMIN_ID,
@@ -191,6 +192,18 @@ def test_eval_export_deploy_of_a_job_go_into_its_thread(bot) -> None:
     assert [j.kind for j in children] == ["eval", "export", "deploy"]
     assert all((j.channel, j.thread_ts) == (CHANNEL_ID, train.message_ts) for j in children)
     assert children[0].dataset == "demo-eval" and children[2].mode == "api"
+
+
+def test_eval_asked_from_another_channel_needs_leave_to_start_jobs_where_the_job_reports(bot) -> None:
+    train = trained(bot)
+    bot.services.access = Access(admins=frozenset({ADMIN_ID}), allowed_users=frozenset({HUMAN_USER_ID}),
+                                 allowed_channels=frozenset({"C0ELSEWHERE"}))
+    bot.command(f"eval {train.id} dataset=demo-eval", channel="C0ELSEWHERE")
+    refused = bot.wait_response()["text"]
+    assert "tells its story in another channel" in refused and CHANNEL_ID in refused
+    assert [j for j in bot.runtime.store.list_jobs() if j.parent_id == train.id] == []
+    bot.command(f"eval {train.id} dataset=demo-eval", channel="C0ELSEWHERE", user=ADMIN_ID)
+    assert f"It reports in #{train.id}'s thread." in bot.wait_response(2)["text"]
 
 
 def test_undeploy_resume_and_the_errors_they_can_meet(bot) -> None:
