@@ -41,6 +41,10 @@ class Services:
     # Checks that must finish before an ack (the train form) run here, with a deadline.
     checks: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="tunebot-check"))
+    # Answers that follow an ack (Bolt answers Slack only once the ack function returns, so a Slack
+    # call made there, retried through a 429, would hold the ack back).
+    followups: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="tunebot-followup"))
 
     def __deepcopy__(self, memo: dict) -> Services:
         return self
@@ -73,6 +77,7 @@ class Services:
 
     def close(self) -> None:
         self.checks.shutdown(wait=False, cancel_futures=True)
+        self.followups.shutdown(wait=False, cancel_futures=True)
 
 
 def services_of(context: Any) -> Services:

@@ -94,3 +94,15 @@ def test_a_check_slower_than_the_deadline_closes_the_form_and_answers_later(bot,
     told = bot.wait_ephemeral(count=2)
     assert "could not be queued" in texts(told) and "bf16 needs a GPU" in told["text"]
     assert len(bot.runtime.store.list_jobs()) == 1
+
+
+def test_the_forms_answer_never_holds_the_ack_and_a_second_press_makes_no_second_job(bot) -> None:
+    bot.slack.delay_next("chat.postEphemeral", 4.0, times=2)
+    view = open_form(bot)
+    values = {"model": "tiny", "dataset": "demo", "compute": "fp32"}
+    first = bot.submit(view, values)
+    assert first.status == 200 and first.body == b"" and first.elapsed_s < 3.0
+    second = bot.submit(view, values)  # Train pressed again on the same form
+    assert second.status == 200 and second.elapsed_s < 3.0
+    assert "Train #1" in bot.wait_ephemeral(count=2, timeout=15)["text"]
+    assert [j.id for j in bot.runtime.store.list_jobs()] == [1]

@@ -2,11 +2,13 @@
 
 The ack must leave within Slack's 3 seconds, and the first check of a process may take longer
 (LLaMA-Factory's parser is imported then). So the check runs with a deadline: past it the form
-closes and the answer follows as an ephemeral message in the channel.
+closes and the answer follows as an ephemeral message in the channel. That answer is always sent
+after the ack, from another thread: Bolt answers Slack only once this listener returns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from concurrent.futures import Future
@@ -34,43 +36,52 @@ def _channel_of(view: dict[str, Any]) -> str:
         return ""
 
 
-def submit_form(services: Services, values: dict[str, str], yaml_text: str | None, origin: Origin) -> Job:
+def form_request_key(view: dict[str, Any], values: dict[str, str]) -> str:
+    """One job per form and content: a second press of Train (the same view id, the same values)
+    returns the first one's job, while a corrected re-submit of a refused form is checked anew."""
+    content = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return f"view:{view.get('id') or ''}:{content}"
+
+
+def submit_form(services: Services, values: dict[str, str], yaml_text: str | None,
+                origin: Origin) -> tuple[Job, bool]:
+    """(the job, whether this very form had made it already)."""
     requester = Requester(user=origin.user, channel=origin.channel, request_key=origin.request_key)
+    again = bool(origin.request_key) and services.store.find_by_request(origin.request_key) is not None
     with services.engine_slots:
-        return services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=requester)
+        return services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=requester), again
 
 
 def train_form_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext,
                          logger: logging.Logger) -> None:
     services = services_of(context)
     user = body["user"]["id"]
-    origin = Origin(user=user, channel=_channel_of(view), request_key=body.get("trigger_id"))
     values = modal_values(view)
+    origin = Origin(user=user, channel=_channel_of(view), request_key=form_request_key(view, values))
     if not services.access.may_spend(user, origin.channel):
         ack(**render_modal_errors(services.access.refusal(user, origin.channel), values))
         return
     pairs = {k: v for k, v in values.items() if k != "yaml"}
     check = services.checks.submit(submit_form, services, pairs, values.get("yaml"), origin)
     try:
-        job = check.result(timeout=CHECK_DEADLINE_S)
+        check.result(timeout=CHECK_DEADLINE_S)
     except UserError as error:
         ack(**render_modal_errors(error, values))
         return
     except FutureTimeout:
-        ack()
-        check.add_done_callback(lambda done: _tell_later(services, origin, done, logger))
-        return
+        pass  # the form closes; the answer follows when the check is done
     except Exception:
         logger.exception("checking the train form failed")
         ack(response_action="errors", errors={"model": "tunebot failed to check this form; see its log."})
         return
     ack()
-    _tell(services, origin, render_queued(job, position=services.queue.position(job)), logger)
+    check.add_done_callback(
+        lambda done: services.followups.submit(_tell_later, services, origin, done, logger))
 
 
 def _tell_later(services: Services, origin: Origin, done: Future, logger: logging.Logger) -> None:
     try:
-        job = done.result()
+        job, again = done.result()
     except UserError as error:
         message = render_error(error)
         message["blocks"].insert(0, {"type": "section", "text": {
@@ -82,7 +93,7 @@ def _tell_later(services: Services, origin: Origin, done: Future, logger: loggin
         failed = render_text(":boom: tunebot failed to check your train form; see its log.")
         _tell(services, origin, failed, logger)
         return
-    _tell(services, origin, render_queued(job, position=services.queue.position(job)), logger)
+    _tell(services, origin, render_queued(job, position=services.queue.position(job), again=again), logger)
 
 
 def _tell(services: Services, origin: Origin, message: dict[str, Any], logger: logging.Logger) -> None:
