@@ -45,6 +45,10 @@ class Services:
     # call made there, retried through a 429, would hold the ack back).
     followups: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="tunebot-followup"))
+    # views.open for `/tune train`: its trigger_id expires in 3 s, so it must not queue behind lazy
+    # listeners that wait for engine slots.
+    forms: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="tunebot-form"))
 
     def __deepcopy__(self, memo: dict) -> Services:
         return self
@@ -78,6 +82,7 @@ class Services:
     def close(self) -> None:
         self.checks.shutdown(wait=False, cancel_futures=True)
         self.followups.shutdown(wait=False, cancel_futures=True)
+        self.forms.shutdown(wait=False, cancel_futures=True)
 
 
 def services_of(context: Any) -> Services:

@@ -19,6 +19,7 @@ from tests.slack_fixtures import (
     db_url,
     runtime,
     slack,
+    start_bot,
     texts,
     wait_job,
 )
@@ -144,6 +145,33 @@ def test_train_with_no_arguments_opens_the_form_with_the_seed_defaults(bot) -> N
     assert initial["learning_rate"] == "0.0001" and initial["loraplus_lr_ratio"] == "16"
     assert initial["compute"] == "fp32"  # this host has no GPU
     assert bot.runtime.store.list_jobs() == []
+
+
+def test_the_form_opens_while_every_listener_thread_waits_for_the_engine(
+    slack, bot_settings, runtime, monkeypatch
+) -> None:
+    from bot import app as app_module
+
+    monkeypatch.setattr(app_module, "LISTENER_THREADS", 2)
+    bots = start_bot(slack, bot_settings, runtime)
+    busy = next(bots)
+    try:
+        slots = busy.services.engine_slots
+        for _ in range(2):  # the engine is busy checking other requests
+            slots.acquire()
+        try:
+            for _ in range(2):  # each takes a listener thread and waits for a slot
+                busy.command("train tiny")
+            trigger = new_trigger_id()
+            busy.command("train", trigger_id=trigger)
+            opened = slack.wait_for_call("views.open", timeout=2.5)  # the trigger lasts 3 s
+            assert opened.params["trigger_id"] == trigger
+        finally:
+            for _ in range(2):
+                slots.release()
+        assert len([busy.wait_response(n) for n in (1, 2)]) == 2
+    finally:
+        bots.close()
 
 
 # --- who may -------------------------------------------------------------------------------

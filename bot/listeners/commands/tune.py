@@ -21,7 +21,7 @@ from ...parsing import COMMAND, Command, extract_yaml, parse_command
 from ...render import render_error, render_help, render_train_modal
 from ...replies import render_checking, render_dataset_prompt, render_text
 from ...services import Services, services_of
-from ..answers import answering_errors
+from ..answers import Reply, answering_errors
 
 _YAML_LINE = re.compile(r"^\s*[A-Za-z_][\w.\-]*\s*:\s*\S", re.MULTILINE)
 
@@ -41,7 +41,8 @@ def _opens_form(command: Command) -> bool:
     return command.name == "train" and not command.args and not command.pairs and command.yaml is None
 
 
-def ack_tune(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
+def ack_tune(ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient, context: BoltContext,
+             logger: logging.Logger) -> None:
     services = services_of(context)
     text = command.get("text") or ""
     try:
@@ -52,10 +53,32 @@ def ack_tune(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
     if parsed.name == "help":
         topic = " ".join(parsed.args) if parsed.args else None
         ack(**render_help(services.access.summary(command.get("user_id"), command.get("channel_id")), topic))
-    elif parsed.name in CHECKED and not _opens_form(parsed):
+    elif _opens_form(parsed):
+        ack()
+        # Not on the lazy listeners' pool: its threads may all be waiting for engine slots.
+        services.forms.submit(_open_form_answering, services, client, command, respond, logger)
+    elif parsed.name in CHECKED:
         ack(**render_checking(f"{COMMAND} {text.strip()}"[:200]))
     else:
         ack()
+
+
+def _origin(command: dict[str, Any]) -> Origin:
+    return Origin(user=command["user_id"], channel=command["channel_id"],
+                  request_key=command.get("trigger_id"))
+
+
+def _ephemeral_reply(respond: Respond) -> Reply:
+    def reply(message: dict[str, Any]) -> None:
+        respond(**message, response_type="ephemeral")
+
+    return reply
+
+
+def _open_form_answering(services: Services, client: WebClient, command: dict[str, Any], respond: Respond,
+                         logger: logging.Logger) -> None:
+    with answering_errors(_ephemeral_reply(respond), logger):
+        open_train_form(services, client, command["trigger_id"], _origin(command))
 
 
 def run_tune(command: dict[str, Any], respond: Respond, client: WebClient, context: BoltContext,
@@ -65,18 +88,12 @@ def run_tune(command: dict[str, Any], respond: Respond, client: WebClient, conte
         parsed = parse_tune(command.get("text") or "")
     except UserError:
         return  # the ack said what is wrong
-    if parsed.name == "help":
-        return  # the ack was the answer
-    origin = Origin(user=command["user_id"], channel=command["channel_id"],
-                    request_key=command.get("trigger_id"))
-
-    def reply(message: dict[str, Any]) -> None:
-        respond(**message, response_type="ephemeral")
-
+    if parsed.name == "help" or _opens_form(parsed):
+        return  # the ack was the answer, or opens the form
+    origin = _origin(command)
+    reply = _ephemeral_reply(respond)
     with answering_errors(reply, logger):
-        if _opens_form(parsed):
-            open_train_form(services, client, command["trigger_id"], origin)
-        elif parsed.name == "dataset add":
+        if parsed.name == "dataset add":
             reply(ask_for_dataset_file(services, client, parsed.args[0], origin))
         else:
             reply(answer_command(services, parsed, origin))
