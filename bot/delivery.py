@@ -10,7 +10,7 @@ latest content winning.
 
 A message may be given a `key` (e.g. `job:12:root`): later posts can then go into its thread
 (`thread_key=`) and edits can target it (`update(..., key=)`) before Slack has given it a ts; they
-wait for it. Posting a key twice posts once.
+wait for it. Sending a key twice (a post, an upload, an ephemeral) sends it once.
 
 One row is sent by one sender at a time: a sender claims it with a conditional UPDATE (atomic on
 SQLite and PostgreSQL), so a second Delivery on the same database never sends it twice; a claim
@@ -253,23 +253,34 @@ class Delivery:
         return sent.ts if sent is not None else None
 
     def ephemeral(self, channel: str, user: str, *, text: str, blocks: list[dict[str, Any]] | None = None,
-                  thread_ts: str | None = None, thread_key: str | None = None) -> str | None:
-        """chat.postEphemeral to `user`, in order with the thread's posts; its message_ts if sent now."""
+                  thread_ts: str | None = None, thread_key: str | None = None,
+                  key: str | None = None) -> str | None:
+        """chat.postEphemeral to `user`, in order with the thread's posts; its message_ts if sent now.
+        Given a `key`, it is shown once however often it is asked for."""
+        if key:
+            known = self.find(key)
+            if known is not None:
+                return known.ts
         payload = {"user": user, "text": text, "blocks": blocks}
-        row = self._enqueue(EPHEMERAL, channel, payload, thread_ts=thread_ts, thread_key=thread_key)
+        row = self._enqueue(EPHEMERAL, channel, payload, thread_ts=thread_ts, thread_key=thread_key, key=key)
         sent = self._after_enqueue(row) if row is not None else None
         return sent.ts if sent is not None else None
 
     def upload(self, channel: str, thread_ts: str | None = None, *, path: str | Path | None = None,
                content: str | bytes | None = None, filename: str, title: str,
-               thread_key: str | None = None) -> str | None:
+               thread_key: str | None = None, key: str | None = None) -> str | None:
         """files_upload_v2 into the thread, in order with its posts. Returns the file id if sent now.
 
         A file given by path is copied into the outbox when queued (up to 16 MiB), so what is
-        uploaded is what the file held now; FileNotFoundError if there is no such file.
+        uploaded is what the file held now; FileNotFoundError if there is no such file. Given a
+        `key`, it is uploaded once however often it is asked for.
         """
         if (path is None) == (content is None):
             raise ValueError("upload takes a path or content, not both or neither")
+        if key:
+            known = self.find(key)
+            if known is not None:
+                return known.ts
         payload: dict[str, Any] = {"filename": filename, "title": title}
         if path is not None:
             file = Path(path)
@@ -282,7 +293,7 @@ class Delivery:
             payload["content_b64"] = base64.b64encode(content).decode("ascii")
         else:
             payload["content"] = content
-        row = self._enqueue(UPLOAD, channel, payload, thread_ts=thread_ts, thread_key=thread_key)
+        row = self._enqueue(UPLOAD, channel, payload, thread_ts=thread_ts, thread_key=thread_key, key=key)
         sent = self._after_enqueue(row) if row is not None else None
         return sent.ts if sent is not None else None
 

@@ -11,7 +11,9 @@ job has its root message, then hands `feed.thread_posts` to Delivery. Where thin
 The cursor (the last event handled) is kept in the database, so a restart neither posts twice
 nor skips; a first start begins at the newest event. Root messages are posted with the key
 `job:<id>:root`: a root Slack has not taken yet (Slack down) is still a place to post into and
-edit, and its ts is recorded on the job (`message_ts`) once it is sent.
+edit, and its ts is recorded on the job (`message_ts`) once it is sent. Every other post has the
+key `job:<id>:ev:<event id>:<n>`, so a second notifier on the same database (two `tunebot serve`)
+cannot post it twice.
 
 Every root post and edit carries Slack message metadata `{"event_type": "tunebot_job",
 "event_payload": {"job_id", "kind", "state", "step"}}`: a benchmark can pair the call that shows
@@ -59,6 +61,11 @@ class NotifierCursor(SQLModel, table=True):
 
 def root_key(job_id: int) -> str:
     return f"job:{job_id}:root"
+
+
+def post_key(job_id: int, event_id: int, n: int) -> str:
+    """The outbox key of the `n`th post an event of the job calls for."""
+    return f"job:{job_id}:ev:{event_id}:{n}"
 
 
 class Notifier:
@@ -166,20 +173,23 @@ class Notifier:
         if event.type == "result" and job.kind == JobKind.EVAL.value:
             previous = self._previous_eval(job)
         posted = False
-        for post in feed.thread_posts(job, event, previous_eval=previous):
+        for n, post in enumerate(feed.thread_posts(job, event, previous_eval=previous)):
             if post.action == feed.EDIT_ROOT:
                 if not new_root:
                     edits.add(job.id)
                 continue
             thread_ts, thread_key = self._story(job)
+            # Another notifier on this database (a second `tunebot serve`) tells the same story: the
+            # key makes each post go out once.
+            key = post_key(job.id, event.id, n)
             if post.action == feed.THREAD:
                 self.delivery.post(job.channel, text=post.text, blocks=post.blocks, thread_ts=thread_ts,
-                                   thread_key=thread_key)
+                                   thread_key=thread_key, key=key)
             elif post.action == feed.UPLOAD:
-                self._upload(job, post, thread_ts, thread_key)
+                self._upload(job, post, thread_ts, thread_key, key)
             elif post.action == feed.EPHEMERAL and post.user:
                 self.delivery.ephemeral(job.channel, post.user, text=post.text, blocks=post.blocks,
-                                        thread_ts=thread_ts, thread_key=thread_key)
+                                        thread_ts=thread_ts, thread_key=thread_key, key=key)
             posted = True
         return posted or new_root
 
@@ -268,17 +278,18 @@ class Notifier:
         return moved
 
     # --- helpers ------------------------------------------------------------------------
-    def _upload(self, job: Job, post: feed.Post, thread_ts: str | None, thread_key: str | None) -> None:
+    def _upload(self, job: Job, post: feed.Post, thread_ts: str | None, thread_key: str | None,
+                key: str) -> None:
         try:
             if post.redact:
                 with open(post.path or "", encoding="utf-8") as fh:
                     content = feed.redact_config(fh.read())
                 self.delivery.upload(job.channel, thread_ts, content=content,
                                      filename=post.filename or "config.yaml", title=post.title or "",
-                                     thread_key=thread_key)
+                                     thread_key=thread_key, key=key)
             else:
                 self.delivery.upload(job.channel, thread_ts, path=post.path, filename=post.filename or "file",
-                                     title=post.title or "", thread_key=thread_key)
+                                     title=post.title or "", thread_key=thread_key, key=key)
         except FileNotFoundError:
             log.warning("job #%s: %s is gone; not uploaded", job.id, post.path)
 

@@ -216,7 +216,8 @@ def test_posts_survive_a_slack_outage_in_order(story):
     thread = st.slack.thread("C1", root["ts"])
     assert [bool(m.get("files")) for m in thread] == [False, True, True, False]
     assert "started" in thread[0]["text"] and "finished" in thread[-1]["text"]
-    shown = [(c.method, c.status, c.params.get("text")) for c in st.slack.calls() if c.method.startswith("chat.")]
+    shown = [(c.method, c.status, c.params.get("text"))
+             for c in st.slack.calls() if c.method.startswith("chat.")]
     assert ":white_check_mark: succeeded" in blocks_text(root), shown
 
 
@@ -243,6 +244,27 @@ def test_the_cursor_is_kept_so_a_restart_neither_reposts_nor_skips(story):
     assert again.tick() == 0
     with store.session() as s:
         assert s.get(NotifierCursor, "slack").last_event_id == store.last_event_id()
+
+
+def test_two_notifiers_on_one_database_post_each_message_once(story):
+    st, store = story, story.store
+    second = Notifier(st.runtime, Delivery(quick_client(st.slack), store, edit_every=0.3), poll=0.05)
+    st.notifier.tick()
+    second.tick()  # both begin at the newest event, as two `tunebot serve` would
+    job = st.queue.submit_train(preset="tiny", requester=Requester(ALICE, "C1", "", "twice-1"))
+    st.runtime.worker.start()
+    try:
+        assert wait_for(store, job.id, FINAL_STATES, timeout=60).state == "succeeded"
+    finally:
+        st.runtime.worker.stop()
+    while st.notifier.tick() + second.tick():
+        pass  # each reads every event of the story
+    assert st.delivery.flush(10) and second.delivery.flush(10)
+    [root] = top_level(st.slack)
+    thread = st.slack.thread("C1", root["ts"])
+    assert len(thread) == 4, [m.get("text") for m in thread]  # started, config, plot, finished
+    assert len(st.slack.uploads()) == 2
+    assert len(st.slack.calls("chat.postMessage")) == 3
 
 
 def test_jobs_from_the_command_line_are_not_posted(story):
