@@ -13,7 +13,8 @@ nor skips; a first start begins at the newest event. Root messages are posted wi
 `job:<id>:root`: a root Slack has not taken yet (Slack down) is still a place to post into and
 edit, and its ts is recorded on the job (`message_ts`) once it is sent. Every other post has the
 key `job:<id>:ev:<event id>:<n>`, so a second notifier on the same database (two `tunebot serve`)
-cannot post it twice.
+cannot post it twice; and only the holder of the `notifier:<name>` lease (the scheduler's kind of
+lease, bot/schedules.py) follows the stream at all, the others standing by to take over.
 
 Every root post and edit carries Slack message metadata `{"event_type": "tunebot_job",
 "event_payload": {"job_id", "kind", "state", "step"}}`: a benchmark can pair the call that shows
@@ -24,9 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import re
+import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, update
@@ -38,6 +43,7 @@ from runners.runtime import Runtime
 
 from . import feed
 from .delivery import Delivery
+from .schedules import DEFAULT_LEASE_TTL_S, SchedulerLease, create_tables
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,8 @@ def post_key(job_id: int, event_id: int, n: int) -> str:
 
 class Notifier:
     def __init__(self, runtime: Runtime, delivery: Delivery, settings: Any = None, *,
-                 poll: float | None = None, name: str = "slack", gap_wait: float = GAP_WAIT):
+                 poll: float | None = None, name: str = "slack", gap_wait: float = GAP_WAIT,
+                 lease_ttl: float = DEFAULT_LEASE_TTL_S):
         """`settings` (optional, e.g. BotSettings) may carry `notifier_poll`; `poll` wins over it."""
         self.runtime = runtime
         self.store = runtime.store
@@ -79,6 +86,12 @@ class Notifier:
         self.name = name
         self.gap_wait = gap_wait
         SQLModel.metadata.create_all(self.store.engine, tables=[NotifierCursor.__table__])
+        create_tables(self.store.engine)
+        # One notifier per database tells the stories (the others stand by), as with the scheduler.
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = SchedulerLease(self.store.engine, holder=holder, ttl=lease_ttl, name=f"notifier:{name}")
+        self._leading = False
+        self._lease_checked = -math.inf
         delivery.on_sent(self._root_sent)
         self.cursor: int | None = None
         self._shown: dict[int, str] = {}  # job id -> the root content last handed to Delivery
@@ -101,9 +114,43 @@ class Notifier:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._leading:  # the one standing by takes over at its next look, not after the TTL
+            self._leading = False
+            try:
+                self.lease.release()
+            except Exception:
+                log.exception("Slack notifier: could not give up its lease")
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    def _lead(self) -> bool:
+        """Whether this notifier tells the stories now (the lease is renewed every ttl/3)."""
+        if time.monotonic() - self._lease_checked < self.lease.ttl / 3:
+            return self._leading
+        self._lease_checked = time.monotonic()
+        try:
+            held = self.lease.acquire()
+        except Exception:
+            log.exception("Slack notifier lease: the database did not answer")
+            held = False
+        if held and not self._leading:
+            # The one that led before moved the cursor on: go on from where it stopped.
+            self.cursor = self._load_cursor()
+            self._shown.clear()
+            self._positions.clear()
+            log.info("Slack notifier: this process (%s) tells the jobs' stories", self.lease.holder)
+        elif self._leading and not held:
+            log.warning("Slack notifier lease lost to another process; standing by")
+        self._leading = held
+        return held
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self._lead():
+                self._stop.wait(self.poll)
+                continue
             try:
                 handled = self.tick()
             except Exception:  # the next round retries from the saved cursor

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -265,6 +266,33 @@ def test_two_notifiers_on_one_database_post_each_message_once(story):
     assert len(thread) == 4, [m.get("text") for m in thread]  # started, config, plot, finished
     assert len(st.slack.uploads()) == 2
     assert len(st.slack.calls("chat.postMessage")) == 3
+
+
+def test_one_notifier_per_database_follows_the_stream_and_another_takes_over_when_it_stops(story):
+    st, store = story, story.store
+    first = Notifier(st.runtime, st.delivery, poll=0.05, lease_ttl=0.6)
+    second = Notifier(st.runtime, Delivery(quick_client(st.slack), store), poll=0.05, lease_ttl=0.6)
+    st.delivery.start()
+    second.delivery.start()
+    first.start()
+    second.start()
+    try:
+        wait_until(lambda: first.is_leader or second.is_leader, 5, what="a notifier to lead")
+        time.sleep(0.5)
+        assert [first.is_leader, second.is_leader].count(True) == 1
+        leader, standby = (first, second) if first.is_leader else (second, first)
+        one, _ = store.add_job(Job(kind="train", model="m", user=ALICE, channel="C1"))
+        wait_until(lambda: store.get(one.id).message_ts, 10, what="the first root")
+        leader.stop()
+        wait_until(lambda: standby.is_leader, 5, what="the other notifier to take over")
+        two, _ = store.add_job(Job(kind="train", model="m", user=BOB, channel="C1"))
+        wait_until(lambda: store.get(two.id).message_ts, 10, what="the second root")
+    finally:
+        first.stop()
+        second.stop()
+        second.delivery.stop()
+        st.delivery.stop()
+    assert len(top_level(st.slack)) == 2
 
 
 def test_jobs_from_the_command_line_are_not_posted(story):
