@@ -13,8 +13,8 @@ nor skips; a first start begins at the newest event. Root messages are posted wi
 `job:<id>:root`: a root Slack has not taken yet (Slack down) is still a place to post into and
 edit, and its ts is recorded on the job (`message_ts`) once it is sent. Every other post has the
 key `job:<id>:ev:<event id>:<n>`, so a second notifier on the same database (two `tunebot serve`)
-cannot post it twice; and only the holder of the `notifier:<name>` lease (the scheduler's kind of
-lease, bot/schedules.py) follows the stream at all, the others standing by to take over.
+cannot post it twice; and only the holder of the notifier's lease (`tunebot_notifier_lease`, the
+scheduler's kind of lease: bot/schedules.py) follows the stream at all, the others standing by.
 
 Every root post and edit carries Slack message metadata `{"event_type": "tunebot_job",
 "event_payload": {"job_id", "kind", "state", "step"}}`: a benchmark can pair the call that shows
@@ -34,7 +34,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, update
+from sqlalchemy import BigInteger, Column, MetaData, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
@@ -43,7 +43,7 @@ from runners.runtime import Runtime
 
 from . import feed
 from .delivery import Delivery
-from .schedules import DEFAULT_LEASE_TTL_S, SchedulerLease, create_tables
+from .schedules import DEFAULT_LEASE_TTL_S, SchedulerLease, make_lease_table
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ BATCH = 500
 GAP_WAIT = 2.0
 EVENT_TRIES = 3  # rounds an event that raised is tried again before the story moves on without it
 _ROOT_KEY = re.compile(r"^job:(\d+):root$")
+_lease_meta = MetaData()
+notifier_lease_table = make_lease_table("tunebot_notifier_lease", _lease_meta)
 
 
 class NotifierCursor(SQLModel, table=True):
@@ -86,10 +88,11 @@ class Notifier:
         self.name = name
         self.gap_wait = gap_wait
         SQLModel.metadata.create_all(self.store.engine, tables=[NotifierCursor.__table__])
-        create_tables(self.store.engine)
+        _lease_meta.create_all(self.store.engine, checkfirst=True)
         # One notifier per database tells the stories (the others stand by), as with the scheduler.
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease = SchedulerLease(self.store.engine, holder=holder, ttl=lease_ttl, name=f"notifier:{name}")
+        self.lease = SchedulerLease(self.store.engine, holder=holder, ttl=lease_ttl, name=name,
+                                    table=notifier_lease_table)
         self._leading = False
         self._lease_checked = -math.inf
         delivery.on_sent(self._root_sent)

@@ -419,14 +419,19 @@ digest_table = Table(
     Column("last_digest_at", Float, nullable=True),
     UniqueConstraint("channel", "cron", "tz", name="uq_tunebot_digest_when"),
 )
-lease_table = Table(
-    "tunebot_scheduler_lease",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("holder", String(200), nullable=False),
-    Column("expires_at", Float, nullable=False),
-    Column("renewed_at", Float, nullable=False),
-)
+def make_lease_table(name: str, meta: MetaData) -> Table:
+    """A table of leases (one row per lease name): which process holds it, until when."""
+    return Table(
+        name,
+        meta,
+        Column("name", String(64), primary_key=True),
+        Column("holder", String(200), nullable=False),
+        Column("expires_at", Float, nullable=False),
+        Column("renewed_at", Float, nullable=False),
+    )
+
+
+lease_table = make_lease_table("tunebot_scheduler_lease", metadata)
 progress_post_table = Table(
     "tunebot_progress_post",
     metadata,
@@ -492,17 +497,19 @@ class SchedulerLease:
         ttl: float = DEFAULT_LEASE_TTL_S,
         name: str = LEASE_NAME,
         clock: Callable[[], float] = time.time,
+        table: Table | None = None,
     ):
         self.engine = engine
         self.holder = holder
         self.ttl = ttl
         self.name = name
         self.clock = clock
+        self.table = lease_table if table is None else table  # another table: another kind of lease
 
     def acquire(self) -> bool:
         """Take the lease if it is free or lapsed, or extend it if it is ours; True if we hold it."""
         now = self.clock()
-        table = lease_table
+        table = self.table
         with self.engine.begin() as conn:
             taken = conn.execute(
                 update(table)
@@ -527,7 +534,7 @@ class SchedulerLease:
     def confirm(self) -> bool:
         """Extend the lease only if we still hold it and it has not lapsed (checked before posting)."""
         now = self.clock()
-        table = lease_table
+        table = self.table
         with self.engine.begin() as conn:
             return (
                 conn.execute(
@@ -544,15 +551,15 @@ class SchedulerLease:
         """Give the lease up so another process takes over at its next try, not after the TTL."""
         with self.engine.begin() as conn:
             conn.execute(
-                update(lease_table)
-                .where(lease_table.c.name == self.name, lease_table.c.holder == self.holder)
+                update(self.table)
+                .where(self.table.c.name == self.name, self.table.c.holder == self.holder)
                 .values(expires_at=0.0)
             )
 
     def current(self) -> tuple[str, float] | None:
         with self.engine.begin() as conn:
             row = conn.execute(
-                select(lease_table.c.holder, lease_table.c.expires_at).where(lease_table.c.name == self.name)
+                select(self.table.c.holder, self.table.c.expires_at).where(self.table.c.name == self.name)
             ).first()
         return (row.holder, row.expires_at) if row else None
 
