@@ -17,7 +17,9 @@ SQLite and PostgreSQL), so a second Delivery on the same database never sends it
 left by a crashed process expires after `CLAIM_SECONDS`.
 
 Logs name the method, channel, Slack's error code and the outbox id, never a message's content
-(an ephemeral may carry a deployment's API key) or the token.
+or the token. A message that shows a secret (a deployment's API key) is not stored at all: the
+outbox keeps a reference (`render=`) that a renderer registered with `add_renderer` turns into the
+message when it is sent; and an ephemeral's content is cleared once it is sent or failed for good.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class _WithoutBodies(logging.Filter):
 # The WebClient's own logger, for make_client.
 _client_log = logging.getLogger("bot.delivery.slack_sdk")
 _client_log.addFilter(_WithoutBodies())
+
+# Makes a message from the reference it was queued with (`Delivery.ephemeral(render=...)`).
+Renderer = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 POST, UPDATE, UPLOAD, EPHEMERAL = "post", "update", "upload", "ephemeral"
@@ -211,6 +216,7 @@ class Delivery:
         self._edit_lock = threading.Lock()  # one update() deciding where its content goes at a time
         self._last_edit: dict[str, float] = {}  # edit lane -> when its last chat.update went out
         self._listeners: list[Callable[[str, str, str], None]] = []
+        self._renderers: dict[str, Renderer] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,6 +241,11 @@ class Delivery:
         """Call `callback(key, channel, ts)` when a keyed post is sent (also one sent later)."""
         self._listeners.append(callback)
 
+    def add_renderer(self, name: str, renderer: Renderer) -> None:
+        """Messages queued with `render={"name": name, ...}` are made by `renderer(ref)` when sent
+        (None: there is nothing to send any more)."""
+        self._renderers[name] = renderer
+
     # --- what callers send --------------------------------------------------------------
     def post(self, channel: str, *, text: str, blocks: list[dict[str, Any]] | None = None,
              thread_ts: str | None = None, metadata: dict[str, Any] | None = None,
@@ -252,16 +263,22 @@ class Delivery:
         sent = self._after_enqueue(row)
         return sent.ts if sent is not None else None
 
-    def ephemeral(self, channel: str, user: str, *, text: str, blocks: list[dict[str, Any]] | None = None,
-                  thread_ts: str | None = None, thread_key: str | None = None,
-                  key: str | None = None) -> str | None:
+    def ephemeral(self, channel: str, user: str, *, text: str = "",
+                  blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None,
+                  thread_key: str | None = None, key: str | None = None,
+                  render: dict[str, Any] | None = None) -> str | None:
         """chat.postEphemeral to `user`, in order with the thread's posts; its message_ts if sent now.
-        Given a `key`, it is shown once however often it is asked for."""
+        Given a `key`, it is shown once however often it is asked for. Given `render` (a reference
+        such as `{"name": "deploy_key", "job_id": 7}`), text and blocks are made when it is sent."""
         if key:
             known = self.find(key)
             if known is not None:
                 return known.ts
-        payload = {"user": user, "text": text, "blocks": blocks}
+        payload: dict[str, Any] = {"user": user, "text": text, "blocks": blocks}
+        if render is not None:
+            if render.get("name") not in self._renderers:
+                raise ValueError(f"no renderer named {render.get('name')!r}")
+            payload = {"user": user, "render": render}
         row = self._enqueue(EPHEMERAL, channel, payload, thread_ts=thread_ts, thread_key=thread_key, key=key)
         sent = self._after_enqueue(row) if row is not None else None
         return sent.ts if sent is not None else None
@@ -587,8 +604,10 @@ class Delivery:
                 return False
             log.warning("Slack refused %s to %s for good (%s); kept as failed (outbox #%s)",
                         row.action, row.channel, failure.code, row.id)
+            # An ephemeral is one person's: what it said is not kept (it may have been a secret).
+            kept = {"user": payload.get("user")} if row.action == EPHEMERAL else payload
             self._set(row.id, state=FAILED, attempts=attempts, error=failure.code, claimed_by=None,
-                      claimed_until=None)
+                      claimed_until=None, payload=kept)
             return False
         backoff = min(self.retry_max, self.retry_base * 2 ** (attempts - 1))
         delay = max(0.5, failure.retry_after if failure.retry_after is not None else backoff)
@@ -618,6 +637,14 @@ class Delivery:
             self.client.chat_update(**kwargs)
             return row.target_ts
         if row.action == EPHEMERAL:
+            if p.get("render"):
+                renderer = self._renderers.get(p["render"].get("name"))
+                if renderer is None:
+                    raise _Failure("no_renderer", permanent=True)
+                made = renderer(p["render"])
+                if made is None:
+                    return None  # nothing to show any more (the deployment stopped)
+                p = {**p, **made}
             kwargs = {"channel": row.channel, "user": p["user"], "text": p.get("text") or " "}
             if p.get("blocks"):
                 kwargs["blocks"] = p["blocks"]

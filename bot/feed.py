@@ -39,6 +39,8 @@ class Post:
     title: str | None = None
     user: str | None = None  # ephemeral: who sees it
     redact: bool = False  # upload: a config whose secret values must be masked first (`redact_config`)
+    # ephemeral: it shows this deployment's API key (`deploy_key_message`); the outbox keeps only the id
+    secret_of: int | None = None
 
 
 def thread_posts(job: Job, event: JobEvent, *, previous_eval: Job | None = None) -> list[Post]:
@@ -61,6 +63,13 @@ def thread_posts(job: Job, event: JobEvent, *, previous_eval: Job | None = None)
 def root_message(job: Job, *, queue_position: int | None = None) -> dict[str, Any]:
     """The root message's chat.postMessage/chat.update arguments: text, blocks and metadata."""
     return {**render.render_job_message(job, queue_position=queue_position), "metadata": job_metadata(job)}
+
+
+def deploy_key_message(job: Job) -> dict[str, Any] | None:
+    """The requester's message with the deployment's API key, while it serves; None otherwise."""
+    if not job.api_key or job.state != JobState.SERVING.value:
+        return None
+    return render.render_deploy_key(job, job.api_key, model_name=model_name(job))
 
 
 def job_metadata(job: Job) -> dict[str, Any]:
@@ -127,9 +136,9 @@ def _state_posts(job: Job, data: dict[str, Any]) -> list[Post]:
     state = job.state
     if state == JobState.SERVING.value:
         posts = [_thread(render.render_deploy(job, job.url, job.chat_url))]
-        if job.api_key and job.user:
-            key = render.render_deploy_key(job, job.api_key, model_name=model_name(job))
-            posts.append(Post(EPHEMERAL, key["text"], key["blocks"], user=job.user))
+        key = deploy_key_message(job)
+        if key is not None and job.user:
+            posts.append(Post(EPHEMERAL, key["text"], key["blocks"], user=job.user, secret_of=job.id))
         return posts
     if state == JobState.FAILED.value:
         return [_thread(render.render_failure(job, job.error, job.advice, job.log_tail))]

@@ -53,6 +53,7 @@ BATCH = 500
 GAP_WAIT = 2.0
 EVENT_TRIES = 3  # rounds an event that raised is tried again before the story moves on without it
 _ROOT_KEY = re.compile(r"^job:(\d+):root$")
+DEPLOY_KEY = "deploy_key"  # the outbox's reference to a deployment's API key message
 _lease_meta = MetaData()
 notifier_lease_table = make_lease_table("tunebot_notifier_lease", _lease_meta)
 
@@ -96,6 +97,7 @@ class Notifier:
         self._leading = False
         self._lease_checked = -math.inf
         delivery.on_sent(self._root_sent)
+        delivery.add_renderer(DEPLOY_KEY, self._deploy_key)
         self.cursor: int | None = None
         self._shown: dict[int, str] = {}  # job id -> the root content last handed to Delivery
         self._positions: dict[int, int | None] = {}  # queued job id -> its place in line, as shown
@@ -237,6 +239,10 @@ class Notifier:
                                    thread_key=thread_key, key=key)
             elif post.action == feed.UPLOAD:
                 self._upload(job, post, thread_ts, thread_key, key)
+            elif post.action == feed.EPHEMERAL and post.user and post.secret_of is not None:
+                # The key itself never waits in the outbox: it is rendered when the message goes out.
+                self.delivery.ephemeral(job.channel, post.user, thread_ts=thread_ts, thread_key=thread_key,
+                                        key=key, render={"name": DEPLOY_KEY, "job_id": post.secret_of})
             elif post.action == feed.EPHEMERAL and post.user:
                 self.delivery.ephemeral(job.channel, post.user, text=post.text, blocks=post.blocks,
                                         thread_ts=thread_ts, thread_key=thread_key, key=key)
@@ -289,6 +295,10 @@ class Notifier:
         if self.delivery.find(root_key(job.id)) is not None:
             return None, root_key(job.id)
         return None, None
+
+    def _deploy_key(self, ref: dict[str, Any]) -> dict[str, Any] | None:
+        job = self.store.find(int(ref["job_id"]))
+        return feed.deploy_key_message(job) if job is not None else None
 
     def _root_sent(self, key: str, channel: str, ts: str) -> None:
         """Delivery sent a root that had waited in the outbox: record its ts on the job."""

@@ -11,9 +11,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlmodel import Session, delete
+from sqlmodel import Session, delete, select
 
-from bot.delivery import Delivery
+from bot.delivery import Delivery, OutboxItem
 from bot.notifier import Notifier, NotifierCursor
 from runners.hardware import Hardware
 from runners.job import FINAL_STATES, Job, JobEvent
@@ -202,6 +202,41 @@ def test_a_deployment_posts_its_urls_and_tells_only_the_requester_its_key(story)
     assert key["thread_ts"] == train.message_ts
     public = [c for c in st.slack.calls() if c.method != "chat.postEphemeral"]
     assert all(secret.encode() not in c.body for c in public)
+
+
+def outbox_dump(store) -> str:
+    with Session(store.engine) as s:
+        return json.dumps([row.model_dump() for row in s.exec(select(OutboxItem)).all()], default=str)
+
+
+def serving(store, secret: str) -> Job:
+    dep, _ = store.add_job(Job(kind="deploy", mode="api", model="/models/tiny", user=ALICE, channel="C1"))
+    store.transition(dep.id, ["queued"], "starting", started_at=1.0)
+    store.transition(dep.id, ["starting"], "serving", url="http://gpu1:8001/v1", api_key=secret)
+    return dep
+
+
+def test_an_api_key_never_waits_in_the_outbox_nor_stays_there(story):
+    st, store = story, story.store
+    st.notifier.tick()
+    secret = "sk-tunebot-outbox-0001"
+    st.slack.fail_next("chat.postEphemeral", 500, times=4)  # Slack down: the key's message must wait
+    serving(store, secret)
+    st.notifier.tick()
+    assert [r.action for r in st.delivery.pending()] == ["ephemeral"]
+    assert secret not in outbox_dump(store)
+    assert st.delivery.flush(15)
+    [shown] = st.slack.ephemerals(ALICE)
+    assert secret in shown["text"] + json.dumps(shown["blocks"])  # rendered when it went out
+    assert secret not in outbox_dump(store)
+    # Refused for good (Alice left the channel): kept as failed, without what it said.
+    other = "sk-tunebot-outbox-0002"
+    st.slack.fail_next("chat.postEphemeral", 200, error="user_not_in_channel")
+    serving(store, other)
+    st.notifier.tick()
+    assert st.delivery.flush(5)
+    assert [f.error for f in st.delivery.failed()] == ["user_not_in_channel"]
+    assert other not in outbox_dump(store)
 
 
 def test_posts_survive_a_slack_outage_in_order(story):
