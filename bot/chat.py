@@ -18,7 +18,7 @@ from slack_sdk import WebClient
 from runners.job import Job, JobState
 
 from .parsing import parse_thread_reply, unescape_slack
-from .render import SECTION_TEXT_MAX, context, escape, message, section, truncate
+from .render import SECTION_TEXT_MAX, context, escape, message, section
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def render_chat_answer(answer: str, deployment: Job) -> dict[str, Any]:
     blocks = [section(chunk) for chunk in chunks[:45]]
     blocks[0]["block_id"] = f"{ANSWER_MARKER}_{deployment.id}"
     blocks.append(context(f":robot_face: #{deployment.id} · {escape(deployment.model.rsplit('/', 1)[-1])}"))
-    return message(truncate(answer.strip() or "(an empty answer)", 3000), blocks)
+    return message(answer.strip() or "(an empty answer)", blocks)
 
 
 def is_answer(msg: dict[str, Any]) -> bool:

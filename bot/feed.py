@@ -185,7 +185,7 @@ def _with_context(message: dict[str, Any], text: str) -> dict[str, Any]:
     """The message with a context line under its first section (before any buttons)."""
     blocks = list(message["blocks"])
     blocks.insert(1, render.context(text))
-    return render.message(message["text"], blocks)
+    return render.message(message["text"], blocks, escaped=True)
 
 
 def _result_posts(job: Job, data: dict[str, Any], previous_eval: Job | None) -> list[Post]:

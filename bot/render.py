@@ -175,12 +175,17 @@ def header(text: str) -> dict[str, Any]:
     return {"type": "header", "text": plain(text, HEADER_TEXT_MAX)}
 
 
-def message(text: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The payload: fallback text (notifications, screen readers) and at most 50 blocks."""
+def message(text: str, blocks: list[dict[str, Any]], *, escaped: bool = False) -> dict[str, Any]:
+    """The payload: fallback text (notifications, screen readers) and at most 50 blocks.
+
+    Slack parses the fallback like any message text (and the outbox sends it alone when Slack
+    refuses the blocks), so it is escaped here: give it as plain words. `escaped=True`: it is
+    tunebot's own mrkdwn (mentions meant), whose people's words were escaped already.
+    """
     if len(blocks) > MAX_BLOCKS:
         hidden = len(blocks) - (MAX_BLOCKS - 1)
         blocks = blocks[: MAX_BLOCKS - 1] + [context(f"…and {hidden} more not shown.")]
-    return {"text": truncate(text, FALLBACK_TEXT_MAX), "blocks": blocks}
+    return {"text": truncate(text if escaped else escape(text), FALLBACK_TEXT_MAX), "blocks": blocks}
 
 
 # -- jobs -----------------------------------------------------------------------------------------
@@ -376,7 +381,8 @@ def render_started(job: Job, *, config_attached: bool = True) -> dict[str, Any]:
     slots = ""
     if job.slots:
         unit = "CPU slot" if all(str(s).startswith("cpu") for s in job.slots) else "GPU"
-        slots = f" ({len(job.slots)} {unit}{'s' if len(job.slots) != 1 else ''}: {escape(','.join(job.slots))})"
+        plural = "s" if len(job.slots) != 1 else ""
+        slots = f" ({len(job.slots)} {unit}{plural}: {escape(','.join(job.slots))})"
     resumed = " Resuming from its last checkpoint." if job.attempt and job.attempt > 1 else ""
     what = code(job.model)
     if job.dataset:
@@ -436,7 +442,7 @@ def render_finished(job: Job) -> dict[str, Any]:
     if job.kind == JobKind.TRAIN.value and job.state in RESUMABLE_STATES:
         text += " `resume` continues from the last checkpoint."
     plain_text = re.sub(r"[*`]", "", text)
-    return message(plain_text, _with_actions([section(text)], job))
+    return message(plain_text, _with_actions([section(text)], job), escaped=True)
 
 
 def render_failure(job: Job, reason: str | None, advice: str | None, tail: str | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ DEMO_NOTE = "Built in: `demo` and `demo-eval` (the `tiny` preset's data)."
 
 def render_text(text: str) -> dict[str, Any]:
     """A one-section message; `text` is mrkdwn written by tunebot (escape what people wrote)."""
-    return message(text.replace("*", "").replace("`", ""), [section(text)])
+    return message(text.replace("*", "").replace("`", ""), [section(text)], escaped=True)
 
 
 def render_checking(what: str) -> dict[str, Any]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from bot.chat import render_chat_answer
 from bot.parsing import SUBCOMMANDS, parse_command
 from bot.render import (
     ACTION_CANCEL,
@@ -43,6 +45,7 @@ from bot.render import (
     truncate,
     truncate_tail,
 )
+from bot.replies import render_dataset_added
 from runners.errors import UserError
 from runners.job import Job
 from runners.recipes import PRESETS, train_recipe
@@ -264,6 +267,26 @@ def test_what_people_and_logs_wrote_is_escaped() -> None:
         text = section_texts(payload)
         assert "<!channel>" not in text and "<!here>" not in text and "<@U999>" not in text
     assert "&lt;!channel&gt; &amp; co" in section_texts(render_job_message(job))
+
+
+def test_fallback_texts_are_escaped_once_and_keep_the_mentions_tunebot_meant() -> None:
+    job = make_job(model="<!channel> & co", dataset="<@U999>", state="failed", error="<!here> broke")
+    answer = render_chat_answer("hi <!channel>", make_job(kind="deploy", state="serving"))
+    payloads = [
+        *every_rendering(job),
+        render_export(job, "<!everyone>"),
+        render_error(UserError("<!channel> is not a model", fix="model=<!here>")),
+        answer,
+        render_dataset_added(SimpleNamespace(name="x", rows=1, format="<!channel>", samples=[])),
+    ]
+    for payload in payloads:
+        for ping in ("<!channel>", "<!here>", "<!everyone>", "<@U999>"):
+            assert ping not in payload["text"], payload["text"]
+        assert "&amp;amp;" not in payload["text"] and "&amp;lt;" not in payload["text"]
+    assert answer["text"] == "hi &lt;!channel&gt;"
+    assert "&lt;!channel&gt; &amp; co" in render_job_message(job)["text"]
+    cancelled = render_finished(make_job(state="cancelled", cancelled_by="ops&dev"))
+    assert f"<@{ALICE}>" in cancelled["text"] and "by ops&amp;dev" in cancelled["text"]
 
 
 def test_a_huge_log_tail_is_cut_to_its_last_lines_within_a_block() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 from bot.chat import ANSWER_MARKER, conversation
 from bot.render import render_deploy
 from runners.hardware import Hardware
+from runners.job import Job
 from runners.runtime import Runtime
 from tests.slack_fixtures import FINAL, bot, bot_settings, db_url, slack, wait_job
 from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID
@@ -112,3 +114,19 @@ def test_the_conversation_is_human_turns_and_the_models_answers_only() -> None:
         {"role": "user", "content": "tell me more"},
     ]
     assert conversation(thread[:2], bot_user_id=bot_user, bot_id=bot_id, root_ts="1.0") == []
+
+
+def test_a_model_answer_that_says_channel_pings_nobody_even_sent_as_plain_text(bot) -> None:
+    deployment, _ = bot.runtime.store.add_job(
+        Job(kind="deploy", state="serving", model="/models/tiny", user=HUMAN_USER_ID, channel=CHANNEL_ID)
+    )
+    thread = bot.post_job_message(deployment)
+    bot.runtime.chat = lambda job_ref, messages, **kwargs: "hi <!channel>"
+    bot.slack.fail_next("chat.postMessage", 200, error="invalid_blocks")  # sent again as plain text
+    bot.reply(thread, "say something")
+    bot.slack.wait_for_call("chat.postMessage", lambda c: c.ok and c.params.get("thread_ts") == thread)
+    calls = [c for c in bot.slack.calls("chat.postMessage") if c.params.get("thread_ts") == thread]
+    assert [c.ok for c in calls] == [False, True] and "blocks" not in calls[1].params
+    for call in calls:
+        assert "<!channel>" not in call.params["text"] + json.dumps(call.params.get("blocks") or [])
+    assert calls[1].params["text"] == "hi &lt;!channel&gt;"

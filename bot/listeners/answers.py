@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError
 
 from runners.errors import UserError
 
-from ..render import render_error
+from ..render import escape, render_error
 from ..replies import render_text
 
 Reply = Callable[[dict[str, Any]], None]
@@ -39,7 +39,7 @@ def answering_errors(reply: Reply, logger: logging.Logger) -> Iterator[None]:
 
 
 def _slack_error(error: SlackApiError) -> str:
-    return str(error.response.get("error")) if error.response is not None else "no answer"
+    return escape(error.response.get("error")) if error.response is not None else "no answer"
 
 
 def _send(reply: Reply, message: dict[str, Any], logger: logging.Logger) -> None:
