@@ -3,7 +3,7 @@
 Pure decisions and rendering: `decide_progress_post` looks at a running job, its trainer-log
 points and what was last posted (`PostedState`) and answers post / stalled / nothing;
 `render_progress_post` and `render_stall_post` build the messages. `bot.schedules` runs the
-sweep that reads the files, renders the loss plot and posts.
+sweep that reads the job's progress from the database and posts, with the runner's loss plot.
 
 The rules, from the issue:
 - every `every_s` (TUNEBOT_PROGRESS_EVERY) and when the run passes 25/50/75%;
@@ -56,6 +56,7 @@ class PostedState:
     last_loss: float | None = None
     milestones: tuple[int, ...] = ()
     stalled_at: float | None = None  # when a stall was reported; None while the job moves
+    last_plot: int | None = None  # the event id of the runner's loss plot last posted
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class PostedState:
             "last_loss": self.last_loss,
             "milestones": list(self.milestones),
             "stalled_at": self.stalled_at,
+            "last_plot": self.last_plot,
         }
 
     @classmethod
@@ -79,6 +81,7 @@ class PostedState:
             last_loss=data.get("last_loss"),
             milestones=tuple(int(m) for m in data.get("milestones") or ()),
             stalled_at=data.get("stalled_at"),
+            last_plot=data.get("last_plot"),
         )
 
     def for_attempt(self, attempt: int) -> PostedState:

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -85,6 +85,7 @@ DIGEST_MISFIRE_GRACE_S = 12 * 3600
 MIN_DIGEST_INTERVAL_S = 15 * 60
 MAX_DIGESTS_PER_CHANNEL = 10
 LEASE_NAME = "scheduler"
+STORE_EVENTS_BATCH = 500  # Store.events_since's page
 DEFAULT_LEASE_TTL_S = 30.0
 
 # -- settings -------------------------------------------------------------------------------------
@@ -663,6 +664,7 @@ class Scheduler:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._followed: dict[int, _Followed] = {}  # running job id -> its events read so far
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> Scheduler:
@@ -962,17 +964,42 @@ class Scheduler:
                 posted += self._progress_of(job)
             except Exception:
                 log.exception("progress post for job #%s failed", job.id)
+        running = {job.id for job in jobs}
+        self._followed = {job_id: seen for job_id, seen in self._followed.items() if job_id in running}
         return posted
+
+    def _from_store(self, job: Any) -> _Followed:
+        """The job's progress as the runner recorded it in the database (it may run on another host)."""
+        seen = self._followed.setdefault(job.id, _Followed())
+        while True:
+            events = self.store.events_since(seen.cursor, job_id=job.id)
+            for event in events:
+                seen.cursor = event.id
+                if event.type == "progress":
+                    point = Progress.from_dict(event.data or {})
+                    seen.points[(point.step, point.is_eval)] = point  # a resumed run's line wins
+                    seen.last_at = event.at
+                elif event.type == "plot" and (event.data or {}).get("path"):
+                    seen.plot, seen.plot_event = str(event.data["path"]), event.id
+            if len(events) < STORE_EVENTS_BATCH:
+                return seen
 
     def _progress_of(self, job: Any) -> int:
         thread_ts = job.thread_ts or job.message_ts
-        if not job.channel or not thread_ts or not job.work_dir:
+        if not job.channel or not thread_ts:
             return 0
         now = self.clock()
-        output = Path(job.work_dir) / "output"
-        trainer_log = output / "trainer_log.jsonl"
-        points = read_trainer_log(trainer_log)
-        last_line_at = _last_write(trainer_log, Path(job.log_path) if job.log_path else None)
+        seen = self._from_store(job)
+        points = sorted(seen.points.values(), key=lambda p: p.step)
+        if not points and (job.progress or {}).get("step") is not None:
+            points = [Progress.from_dict(job.progress)]
+        # The runner's files, where this host can see them (one host): a process that logs without
+        # reaching a step (loading, tokenizing) is alive too.
+        local_log = Path(job.work_dir) / "output" / "trainer_log.jsonl" if job.work_dir else None
+        if not points and local_log is not None:
+            points = read_trainer_log(local_log)
+        local = _last_write(local_log, Path(job.log_path) if job.log_path else None)
+        last_line_at = max((t for t in (seen.last_at, local) if t is not None), default=None)
         stored = self._posted(job.id)
         state = (stored or pp.PostedState(attempt=job.attempt)).for_attempt(job.attempt)
         quiet = now - pp.quiet_since_of(job, last_line_at, now=now)
@@ -988,7 +1015,9 @@ class Scheduler:
         )
         if decision.action == pp.STALLED:
             tail = pp.log_tail(_read_end(Path(job.log_path))) if job.log_path else ""
-            payload = pp.render_stall_post(job, points, now=now, last_line_at=last_line_at, tail=tail)
+            payload = pp.render_stall_post(
+                job, points, now=now, last_line_at=last_line_at, tail=tail or job.log_tail or ""
+            )
             self.delivery.post(
                 job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
             )
@@ -997,7 +1026,7 @@ class Scheduler:
             self.delivery.post(
                 job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
             )
-            plot = self._plot(job, points)
+            plot = self._new_plot(job, seen, state)
             if plot is not None:
                 point = pp.latest_point(points)
                 step = f"{point.step}/{point.total or '?'}" if point else "?"
@@ -1008,22 +1037,33 @@ class Scheduler:
                     filename=f"loss-{job.id}-step{point.step if point else 0}.png",
                     title=f"#{job.id} loss at step {step}",
                 )
+                state = replace(state, last_plot=seen.plot_event)
         new_state = pp.after_post(state, decision, points, now=now)
         if new_state != stored:
             self._save_posted(job.id, new_state)
         return 1 if decision.posts else 0
 
-    def _plot(self, job: Any, points: list[Progress]) -> Path | None:
-        if not any(p.loss is not None or p.eval_loss is not None for p in points):
+    def _new_plot(self, job: Any, seen: _Followed, state: pp.PostedState) -> Path | None:
+        """The loss plot the runner drew last (it redraws it as the run goes), if not posted yet and
+        readable from here."""
+        if seen.plot is None or seen.plot_event == state.last_plot:
             return None
-        from runners.plots import render_loss_plot
+        path = Path(seen.plot)
+        if not path.is_file():
+            log.debug("job #%s: its loss plot %s is on the runner's host; not posted", job.id, path)
+            return None
+        return path
 
-        point = pp.latest_point(points)
-        step = point.step if point else 0
-        # One file, redrawn each time: the outbox keeps the bytes it was given when the post was queued.
-        dest = Path(job.work_dir) / "progress_loss.png"
-        subtitle = " · ".join(bit for bit in (job.method, job.dataset, f"step {step}") if bit)
-        return render_loss_plot(points, dest, title=f"#{job.id} {Path(job.model).name}", subtitle=subtitle)
+
+@dataclass
+class _Followed:
+    """What the sweep has read of a running job's events: its trainer-log points and latest plot."""
+
+    cursor: int = 0
+    points: dict[tuple[int, bool], Progress] = field(default_factory=dict)
+    last_at: float | None = None  # when the runner recorded its latest trainer-log line
+    plot: str | None = None
+    plot_event: int | None = None
 
 
 def _last_write(*paths: Path | None) -> float | None:

@@ -33,6 +33,7 @@ from bot.schedules import (
 )
 from bot.serve import EVENTS_PATH, asgi_app
 from bot.settings import BotSettings
+from runners import worker as worker_module
 from runners.errors import UserError
 from runners.hardware import Hardware
 from runners.job import Job
@@ -507,8 +508,9 @@ def fake_settings(settings, **env):
 
 
 def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(
-    settings, store, client, slack, make_scheduler
+    settings, store, client, slack, make_scheduler, monkeypatch
 ):
+    monkeypatch.setattr(worker_module, "PLOT_EVERY", 0.2)  # the runner redraws its plot this often
     s = fake_settings(settings, FAKE_STEPS="24", FAKE_STEP_SECONDS="0.25")
     queue = JobQueue(s, store, hardware=CPU)
     job = queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
@@ -584,3 +586,34 @@ def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(
     assert scheduler.sweep_progress() == 0
     os.utime(work / "job.log", (old, old))
     assert scheduler.sweep_progress() == 1
+
+
+def test_a_job_running_on_another_host_is_followed_through_the_database_not_its_files(
+    tmp_path, store, client, slack, make_scheduler
+):
+    long_ago = time.time() - 3600
+    job, _ = store.add_job(
+        Job(
+            kind="train",
+            state="running",
+            model="/models/tiny",
+            user=HUMAN_USER_ID,
+            channel=CHANNEL_ID,
+            message_ts="1700000000.000200",
+            started_at=long_ago,
+            work_dir=str(tmp_path / "on-the-runner" / "9"),  # not on this host
+            log_path=str(tmp_path / "on-the-runner" / "9" / "job.log"),
+        )
+    )
+    for step in (10, 20, 30):
+        store.add_event(job.id, "progress", {"step": step, "total": 100, "loss": 2 - step / 100,
+                                             "percent": float(step)})
+    store.add_event(job.id, "plot", {"path": str(tmp_path / "on-the-runner" / "9" / "loss.png"),
+                                     "final": False, "points": 3})
+    scheduler = make_scheduler(ScheduleSettings(progress_every=600, stall_after=900))
+    assert scheduler.sweep_progress() == 1
+    assert scheduler.delivery.flush(5)
+    [post] = slack.thread(CHANNEL_ID, "1700000000.000200")
+    assert post["text"].startswith(f"Train #{job.id}: step 30/100") and "stalled" not in post["text"]
+    assert slack.uploads() == []  # the runner's plot is not readable from here
+    assert scheduler.sweep_progress() == 0  # nothing new, and not stalled
