@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list jobs")
     jobs.add_argument("--all", action="store_true", help="every job, not the last 20")
-    show = sub.add_parser("show", help="a job's details, metrics and artifacts")
+    show = sub.add_parser("show", aliases=["status"], help="a job's details, metrics and artifacts")
     show.add_argument("job")
     show.add_argument("--json", action="store_true")
     logs = sub.add_parser("logs", help="a job's log")
@@ -99,8 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def for_terminal(text: str) -> str:
+    """The engine's hints name Slack commands (`status 12`); at a terminal they are tunebot's."""
+    text = re.sub(r"`status (#?\d+)`", r"`tunebot show \1`", text)
+    text = re.sub(r"`(eval|export|deploy) (#?\d+)`", r"`tunebot run \1 \2`", text)
+    text = re.sub(r"`(resume|cancel|undeploy) (#?\d+)`", r"`tunebot \1 \2`", text)
+    text = text.replace("`jobs`", "`tunebot jobs`").replace("`datasets`", "`tunebot dataset list`")
+    return text.replace("`help`", "`tunebot --help`")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Options may come anywhere among `run`'s items (`run train --detach tiny lr=1e-3`): argparse
+    # stops collecting them at the first option, so the rest arrive here.
+    if args.command == "run" and not any(item.startswith("-") for item in extra):
+        args.items = [*args.items, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = Settings.from_env()
         logging.basicConfig(
@@ -110,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
         return COMMANDS[args.command](settings, args)
     except UserError as exc:
-        print(f"tunebot: {exc.text()}", file=sys.stderr)
+        print(f"tunebot: {for_terminal(exc.text())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tunebot jobs | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -143,6 +164,10 @@ def cmd_run(settings: Settings, args) -> int:
                 f"Unexpected words: {' '.join(positional[1:])}.", fix=f"tunebot run {args.kind} 12"
             )
         source = positional[0] if positional else None
+        if "model" in pairs:  # `model=PATH` as in Slack, same as --model
+            if args.model:
+                raise UserError("Give the model once: --model PATH or model=PATH.", field="model")
+            args.model = pairs.pop("model")
         submit = {
             "eval": runtime.queue.submit_eval,
             "export": runtime.queue.submit_export,
@@ -163,11 +188,12 @@ def cmd_resume(settings: Settings, args) -> int:
     from runners.runtime import Runtime
 
     runtime = Runtime(settings)
+    since = runtime.store.last_event_id()  # print the new attempt, not the old one again
     job = runtime.queue.resume(args.job, by="cli")
-    return _follow(runtime, job, detach=args.detach)
+    return _follow(runtime, job, detach=args.detach, since=since)
 
 
-def _follow(runtime, job: Job, *, detach: bool) -> int:
+def _follow(runtime, job: Job, *, detach: bool, since: int = 0) -> int:
     """Print the job's story until it ends; run it in this process unless a runner is up."""
     print(terminal.job_line(job))
     if detach:
@@ -181,16 +207,18 @@ def _follow(runtime, job: Job, *, detach: bool) -> int:
     else:
         print(f"a runner is up ({others[0].id}); following #{job.id}")
     try:
-        final = terminal.follow(runtime.store, job.id, stop_at_serving=job.kind == "deploy")
+        final, since = terminal.follow(
+            runtime.store, job.id, stop_at_serving=job.kind == "deploy", since=since
+        )
         if final.state == JobState.SERVING.value:
             terminal.print_deployment(final)
             if in_process:
                 print("serving; Ctrl-C undeploys")
                 try:
-                    final = terminal.follow(runtime.store, job.id)
+                    final, since = terminal.follow(runtime.store, job.id, since=since)
                 except KeyboardInterrupt:
                     runtime.queue.undeploy(job.id, by="cli")
-                    final = terminal.follow(runtime.store, job.id)
+                    final, since = terminal.follow(runtime.store, job.id, since=since)
             return 0
     except KeyboardInterrupt:
         if in_process:
@@ -301,7 +329,8 @@ def cmd_chat(settings: Settings, args) -> int:
     from runners.runtime import Runtime
 
     runtime = Runtime(settings)
-    print(runtime.chat(args.job, [{"role": "user", "content": args.message}], max_tokens=args.max_tokens))
+    answer = runtime.chat(args.job, [{"role": "user", "content": args.message}], max_tokens=args.max_tokens)
+    print(answer if answer.strip() else "(the model answered with nothing)")
     return 0
 
 
@@ -320,10 +349,15 @@ def cmd_dataset(settings: Settings, args) -> int:
     return 0
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_worker(settings: Settings, args) -> int:
     from runners.runtime import Runtime
 
     runtime = Runtime(settings).start()
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is Ctrl-C: clean, jobs go on
     print(
         f"runner {runtime.worker.runner_id}: slots {', '.join(runtime.worker.slots)}; Ctrl-C stops "
         "(running jobs keep running and are re-attached next time)"
@@ -348,6 +382,7 @@ COMMANDS: dict[str, Any] = {
     "resume": cmd_resume,
     "jobs": cmd_jobs,
     "show": cmd_show,
+    "status": cmd_show,
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "undeploy": cmd_undeploy,

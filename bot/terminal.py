@@ -108,32 +108,40 @@ def print_deployment(job: Job) -> None:
         print(f"  API key (keep it to yourself): {job.api_key}")
 
 
-def follow(store: Store, job_id: int, *, stop_at_serving: bool = False, out=None) -> Job:
-    """Print a job's events as they come until it ends (or serves); returns the job."""
+def follow(
+    store: Store, job_id: int, *, stop_at_serving: bool = False, out=None, since: int = 0
+) -> tuple[Job, int]:
+    """Print a job's events after `since` until it ends (or serves); returns the job and the cursor."""
     out = out or sys.stdout
-    cursor = 0
+    cursor = since
     tty = out.isatty()
-    last_progress = ""
+    live_line = False
+    quarter = -1
     while True:
         for event in store.events_since(cursor, job_id=job_id):
             cursor = event.id
             if event.type == "progress":
-                last_progress = progress_line(event.data)
-                if tty:
-                    out.write("\r" + last_progress + "   ")
-                    out.flush()
+                line = progress_line(event.data)
+                if tty:  # one line, redrawn
+                    out.write("\r" + line + "   ")
+                    live_line = True
+                elif int((event.data.get("percent") or 0) // 25) > quarter:  # a log: every quarter
+                    quarter = int((event.data.get("percent") or 0) // 25)
+                    out.write(f"#{job_id} {line}\n")
+                out.flush()
                 continue
-            if last_progress and tty:
+            if live_line:
                 out.write("\n")
+                live_line = False
             text = describe_event(event.type, event.data)
             if text:
                 out.write(f"#{job_id} {text}\n")
                 out.flush()
         job = store.get(job_id)
         if job.state in FINAL_STATES or (stop_at_serving and job.state == JobState.SERVING.value):
-            if last_progress and not tty:
-                out.write(f"#{job_id} {last_progress}\n")
-            return job
+            if live_line:
+                out.write("\n")
+            return job, cursor
         time.sleep(0.3)
 
 
@@ -147,6 +155,8 @@ def describe_event(kind: str, data: dict[str, Any]) -> str | None:
         return data.get("text")
     if kind == "plot" and data.get("final"):
         return f"loss plot: {data.get('path')}"
+    if kind == "result" and data.get("artifacts", {}).get("model"):
+        return f"merged model: {data['artifacts']['model']}"
     if kind == "result":
         metrics = data.get("metrics", {})
         table = metrics_table(metrics)
@@ -156,7 +166,8 @@ def describe_event(kind: str, data: dict[str, Any]) -> str | None:
 
 def dataset_added(info) -> str:
     verb = "replaced" if getattr(info, "replaced", False) else "added"
-    return f"{verb} dataset {info.name}: {info.rows} rows, {info.format} format ({info.file})"
+    rows = f"{info.rows} row{'' if info.rows == 1 else 's'}"
+    return f"{verb} dataset {info.name}: {rows}, {info.format} format ({info.file})"
 
 
 def dataset_line(info) -> str:
@@ -175,7 +186,8 @@ EMOJI = {
     "x": "❌",
     "hourglass_flowing_sand": "⏳",
     "black_square_for_stop": "⏹",
-    "double_vertical_bar": "⏸", "hourglass": "⌛",
+    "double_vertical_bar": "⏸",
+    "hourglass": "⌛",
     "large_green_circle": "🟢",
     "brain": "🧠",
     "warning": "⚠️",
@@ -247,7 +259,10 @@ class ThreadPrinter:
         elif post.action == feed.UPLOAD:
             self._print(job, f"[file] {post.title or post.filename}: {post.path}")
         elif post.action == feed.EPHEMERAL:
-            self._print(job, "(only the requester sees this) " + blocks_to_text(
-                {"text": post.text, "blocks": post.blocks}))
+            self._print(
+                job,
+                "(only the requester sees this) "
+                + blocks_to_text({"text": post.text, "blocks": post.blocks}),
+            )
         else:
             self._print(job, blocks_to_text({"text": post.text, "blocks": post.blocks}))

@@ -508,14 +508,23 @@ def _info_from_entry(
 
 
 def add_dataset(
-    data_dir: Path, name: str, source: Path | bytes, *, filename: str | None = None
+    data_dir: Path, name: str, source: Path | bytes, *, filename: str | None = None, builtin: bool = False
 ) -> DatasetInfo:
     """Check a file and register it as `name`, replacing an existing entry of that name.
 
     `filename` is the name the user gave the file (kept for display); a Path source defaults to its
-    own name. The stored file is named after the dataset and a digest of its content.
+    own name. The stored file is named after the dataset and a digest of its content. The names of
+    the embedded demo sets are tunebot's own (`builtin=True` registers them).
     """
     validate_dataset_name(name)
+    from .recipes import DEMO_DATASET, DEMO_EVAL_DATASET
+
+    if name in (DEMO_DATASET, DEMO_EVAL_DATASET) and not builtin:
+        raise UserError(
+            f"`{name}` is the name of tunebot's built-in demo set (the `tiny` preset and the demo use it).",
+            field="name",
+            fix=f"pick another name, e.g. {name}-mine",
+        )
     if isinstance(source, bytes):
         raw = source
     else:

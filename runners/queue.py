@@ -216,8 +216,10 @@ class JobQueue:
             if {recipes.DEMO_DATASET, recipes.DEMO_EVAL_DATASET} <= known:
                 return
             files = write_demo_datasets(self.settings.cache_dir / "demo-data")
-            datasets.add_dataset(self.settings.data_dir, recipes.DEMO_DATASET, files["train"])
-            datasets.add_dataset(self.settings.data_dir, recipes.DEMO_EVAL_DATASET, files["eval"])
+            datasets.add_dataset(self.settings.data_dir, recipes.DEMO_DATASET, files["train"], builtin=True)
+            datasets.add_dataset(
+                self.settings.data_dir, recipes.DEMO_EVAL_DATASET, files["eval"], builtin=True
+            )
 
     def _queue(self, recipe: Recipe, requester: Requester) -> Job:
         recipe = self.prepare(recipe)
@@ -318,7 +320,9 @@ class JobQueue:
             return job  # a redelivered resume: the first one already did it
         self._check_owner(job, by, admin, "resume")
         if job.kind != JobKind.TRAIN.value:
-            raise UserError(f"Only train jobs can be resumed; #{job.id} is a {job.kind} job.", field="job")
+            raise UserError(
+                f"Only train jobs can be resumed; #{job.id} is {recipes.article(job.kind)} job.", field="job"
+            )
         if job.state not in RESUMABLE_STATES:
             raise UserError(
                 f"Job #{job.id} is {job.state}; only interrupted, failed or cancelled train jobs "

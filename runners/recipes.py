@@ -279,6 +279,23 @@ def _apply_method(args: dict[str, Any], value: str) -> None:
             args.pop(key, None)
 
 
+_LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "loraplus_lr_ratio")
+
+
+def _refuse_lora_keys_without_lora(args: dict[str, Any], pairs: dict[str, str]) -> None:
+    """LLaMA-Factory ignores most LoRA settings under freeze/full tuning; say so instead."""
+    if str(args.get("finetuning_type", "lora")) == "lora":
+        return
+    for raw in pairs:
+        key = TRAIN_KEYS.get(raw.strip().lower(), raw.strip().lower())
+        if key in _LORA_ONLY:
+            raise UserError(
+                f"`{raw}` only applies to LoRA, and this job uses method={args['finetuning_type']}.",
+                field=raw,
+                fix=f"leave out {raw}=…, or use method=lora",
+            )
+
+
 def method_of(args: dict[str, Any]) -> str:
     ftype = str(args.get("finetuning_type", "lora"))
     if ftype == "lora" and args.get("quantization_bit") not in (None, "", "none"):
@@ -333,6 +350,7 @@ def train_recipe(
     else:
         args = dict(PRESETS[_preset_name(preset or DEFAULT_PRESET)].values)
     n_slots = _apply_pairs(args, pairs, TRAIN_KEYS)
+    _refuse_lora_keys_without_lora(args, pairs)
     stage = str(args.get("stage", "sft"))
     if stage != "sft":
         raise UserError(
@@ -425,14 +443,15 @@ def source_from_job(job: Job, purpose: str) -> ModelSource:
                 fix=f"wait until #{job.id} has succeeded (`status {job.id}`)",
             )
         return ModelSource(job.artifacts["model"], None, job.args.get("template"), "lora", job.id)
-    if purpose == "deploy" or job.kind != JobKind.DEPLOY.value:
-        raise UserError(
-            f"Job #{job.id} is a {job.kind} job; {purpose} takes a train job"
-            + (" or an export job" if purpose == "deploy" else "")
-            + " (or model=PATH for a base model).",
-            field="job",
-        )
-    raise UserError(f"Job #{job.id} is a {job.kind} job; {purpose} takes a train job.", field="job")
+    raise UserError(
+        f"Job #{job.id} is {article(job.kind)} job; {purpose} takes a train job or an export job "
+        "(or model=PATH for a base model).",
+        field="job",
+    )
+
+
+def article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
 def source_from_model(model: str, template: str | None = None) -> ModelSource:

@@ -98,9 +98,12 @@ class Runtime:
         if job.kind != JobKind.DEPLOY.value:
             serving = self.queue.deployments_of(job.id, (JobState.SERVING.value,))
             if not serving:
-                raise UserError(
-                    f"Job #{job.id} has no serving deployment.", field="job", fix=f"`deploy {job.id}`"
+                fix = (
+                    f"`deploy {job.id}`"
+                    if job.kind in (JobKind.TRAIN.value, JobKind.EXPORT.value)
+                    else "chat with a deploy job, or a train or export job that has one"
                 )
+                raise UserError(f"Job #{job.id} has no serving deployment.", field="job", fix=fix)
             job = serving[0]
         answer = deploy.chat(job, messages, bind_host=self.settings.deploy_host, **kwargs)
         self.touch(job.id)

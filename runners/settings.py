@@ -18,11 +18,13 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str, *, name: str = "duration") -> float:
+def parse_duration(text: str, *, name: str = "duration", example: str = "30m") -> float:
     """'90', '90s', '15m', '2h', '7d' -> seconds."""
     match = _DURATION.match(str(text))
     if not match:
-        raise UserError(f"{name}={text!r} is not a duration.", field=name, fix=f"{name}=30m (s, m, h or d)")
+        raise UserError(
+            f"{name}={text!r} is not a duration.", field=name, fix=f"{name}={example} (s, m, h or d)"
+        )
     value, unit = match.groups()
     return float(value) * _UNIT_SECONDS[(unit or "s").lower()]
 
@@ -50,7 +52,7 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
 
 
 def _duration(env: dict[str, str], name: str, default: str) -> float:
-    return parse_duration(_env(env, name, default) or default, name=name)
+    return parse_duration(_env(env, name, default) or default, name=name, example=default)
 
 
 def _list(env: dict[str, str], name: str) -> list[str] | None:
@@ -58,6 +60,17 @@ def _list(env: dict[str, str], name: str) -> list[str] | None:
     if raw is None:
         return None
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise UserError(
+            f"TUNEBOT_LOG_LEVEL={text!r} is not a log level.",
+            field="TUNEBOT_LOG_LEVEL",
+            fix="TUNEBOT_LOG_LEVEL=INFO (or DEBUG, WARNING, ERROR)",
+        )
+    return level
 
 
 def _bounded(value: float, name: str, low: float, high: float) -> float:
@@ -181,7 +194,7 @@ class Settings:
             poll_interval=_bounded(
                 _duration(env, "TUNEBOT_POLL_INTERVAL", "1s"), "TUNEBOT_POLL_INTERVAL", 0.05, 10
             ),
-            log_level=(_env(env, "TUNEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
+            log_level=_log_level(_env(env, "TUNEBOT_LOG_LEVEL", "INFO") or "INFO"),
             storage=_storage_settings(env),
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import event, func, inspect, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from .errors import UserError
@@ -87,7 +87,20 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True)
+    if not url.startswith("postgresql"):
+        raise UserError(
+            f"TUNEBOT_DATABASE_URL must be a SQLite or PostgreSQL URL, not {url.split('://')[0]!r}.",
+            field="TUNEBOT_DATABASE_URL",
+            fix="TUNEBOT_DATABASE_URL=postgresql+psycopg://user:password@host/tunebot (or leave it unset)",
+        )
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True)
+    except (ArgumentError, ImportError):
+        raise UserError(
+            "TUNEBOT_DATABASE_URL could not be read as a database URL.",
+            field="TUNEBOT_DATABASE_URL",
+            fix="TUNEBOT_DATABASE_URL=postgresql+psycopg://user:password@host/tunebot",
+        ) from None
 
 
 class Store:

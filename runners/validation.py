@@ -77,10 +77,10 @@ def _convert(key: str, value: Any, action, annotation: str) -> Any:
     if action.nargs in ("+", "*"):
         items = value if isinstance(value, list) else [v for v in re.split(r"[,\s]+", str(value)) if v]
         return [_convert_scalar(key, item, convert, action.choices) for item in items]
-    return _convert_scalar(key, value, convert, action.choices)
+    return _convert_scalar(key, value, convert, action.choices, action.default)
 
 
-def _convert_scalar(key: str, value: Any, convert, choices) -> Any:
+def _convert_scalar(key: str, value: Any, convert, choices, default: Any = None) -> Any:
     if convert is None or convert is str:
         result = value
         if choices and str(result) not in [str(c) for c in choices]:
@@ -95,6 +95,8 @@ def _convert_scalar(key: str, value: Any, convert, choices) -> Any:
             raise _choice_error(key, value, choices) from None
         kind = {int: "a whole number", float: "a number"}.get(convert, "valid")
         example = {int: "8", float: "1e-4"}.get(convert, "…")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0:
+            example = f"{default:g}"  # the argument's own default, e.g. num_train_epochs=3
         raise UserError(
             f"`{key}` must be {kind}, not {value!r}.", field=key, fix=f"{key}={example}"
         ) from None

@@ -433,7 +433,9 @@ class Worker:
         for point in fresh:
             self.store.add_event(job.id, "progress", point.to_dict())
         run.seen_step = max(run.seen_step, max(p.step for p in fresh))
-        latest = {**job.progress, **{k: v for k, v in fresh[-1].to_dict().items() if v is not None}}
+        latest = dict(job.progress)
+        for point in fresh:  # the closing summary line has no loss: keep the last one logged
+            latest.update({k: v for k, v in point.to_dict().items() if v is not None})
         self.store.update(job.id, progress=latest)
         run.new_points = True
         if now() - run.last_plot_at >= PLOT_EVERY:

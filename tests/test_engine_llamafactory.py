@@ -172,7 +172,7 @@ BAD_TRAIN = [
     ({"foo": "1"}, "Unknown key `foo`"),
     ({"lr": "fast"}, "`learning_rate` must be a number, not 'fast'"),
     ({"compute": "bf16"}, "bf16 needs a GPU"),
-    ({"method": "full", "loraplus": "16"}, "loraplus_lr_ratio"),
+    ({"method": "full", "loraplus": "16"}, "`loraplus` only applies to LoRA"),
     ({"scheduler": "cosne"}, "lr_scheduler_type=cosine"),
     ({"epochs": "three"}, "must be a number"),
     ({"output_dir": "/tmp/x"}, "set by tunebot"),
