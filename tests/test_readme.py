@@ -33,5 +33,6 @@ def test_every_environment_variable_the_code_reads_is_documented():
     documented = {s.name for table in TABLES for s in table}
     read = set()
     for path in [*ROOT.glob("bot/**/*.py"), *ROOT.glob("runners/**/*.py")]:
-        read |= set(re.findall(r"[\"'](TUNEBOT_[A-Z0-9_]+|SLACK_[A-Z0-9_]+)[\"']", path.read_text()))
+        # A whole name in quotes (not a prefix such as "SLACK_").
+        read |= set(re.findall(r"[\"']((?:TUNEBOT|SLACK)_[A-Z0-9_]*[A-Z0-9])[\"']", path.read_text()))
     assert read - documented == set()
