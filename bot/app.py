@@ -16,17 +16,13 @@ from typing import Any
 
 from slack_bolt import App, BoltContext, BoltResponse
 from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
 
 from runners.runtime import Runtime
 
 from . import uploads
 from .auth import Access
 from .dedupe import EventLog, drop_redelivered_events
+from .delivery import make_client
 from .listeners import register_listeners
 from .parsing import COMMAND
 from .services import CONTEXT_KEY, Services
@@ -54,26 +50,9 @@ LISTENER_THREADS = 32
 
 
 def slack_client(settings: BotSettings) -> WebClient:
-    """A WebClient that waits out 429s (Retry-After) and retries 5xx and dropped connections.
-
-    The outbox's client when it is there: it also keeps message bodies (an API key in an
-    ephemeral) out of slack_sdk's debug log.
-    """
-    try:
-        from .delivery import make_client
-    except ImportError:  # pragma: no cover - while bot.delivery is being written
-        make_client = None
-    if make_client is not None:
-        return make_client(settings.bot_token, settings.api_url)
-    return WebClient(
-        token=settings.bot_token,
-        base_url=settings.api_url,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=3),
-            ServerErrorRetryHandler(max_retry_count=2),
-        ],
-    )
+    """The outbox's WebClient: it waits out 429s (Retry-After), retries 5xx and dropped connections,
+    and keeps message bodies (an API key in an ephemeral) out of slack_sdk's debug log."""
+    return make_client(settings.bot_token, settings.api_url)
 
 
 def build_app(settings: BotSettings, runtime: Runtime, *, client: WebClient | None = None,
