@@ -54,7 +54,8 @@ JOBS_SHOWN = 20
 
 @dataclass(frozen=True)
 class Origin:
-    """Who asked, in which channel (and thread), and the key that makes a redelivery a no-op."""
+    """Who asked, in which channel (and thread: a job asked for there tells its story there), and
+    the key that makes a redelivery a no-op."""
 
     user: str
     channel: str
@@ -96,9 +97,11 @@ def answer_thread_command(services: Services, root: Job, reply: ThreadCommand,
 # --- the commands ----------------------------------------------------------------------------
 
 
-def _requester(origin: Origin, *, channel: str | None = None, thread_ts: str = "") -> Requester:
+def _requester(origin: Origin, *, channel: str | None = None, thread_ts: str | None = None) -> Requester:
+    """Where the job's story goes: where it was asked (a thread's, if asked in one) unless told."""
     return Requester(user=origin.user, channel=origin.channel if channel is None else channel,
-                     thread_ts=thread_ts, request_key=origin.request_key)
+                     thread_ts=origin.thread_ts if thread_ts is None else thread_ts,
+                     request_key=origin.request_key)
 
 
 def _train(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
@@ -118,7 +121,7 @@ def _on_job(kind: str):
     def submit(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
         pairs = dict(command.pairs)
         model = pairs.pop("model", None)
-        channel, thread_ts, thread_of = origin.channel, "", None
+        channel, thread_ts, thread_of = origin.channel, origin.thread_ts, None
         if command.job is not None:
             source = services.queue.get(command.job)
             if source.channel and source.channel != origin.channel:

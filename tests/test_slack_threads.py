@@ -111,6 +111,17 @@ def test_mention_help_answers_in_place_and_mentions_run_commands(bot) -> None:
     assert "#2 train queued" in listed.params["text"]
 
 
+def test_train_asked_in_a_thread_tells_its_story_in_that_thread(bot) -> None:
+    top = bot.slack.add_message(CHANNEL_ID, "shall we fine-tune?", user=OTHER_USER_ID)
+    bot.mention(f"<@{bot.slack.bot_user_id}> train tiny epochs=1", thread_ts=top["ts"])
+    assert "Train #1" in bot.wait_ephemeral()["text"]
+    bot.mention(f"<@{bot.slack.bot_user_id}> train tiny epochs=1")  # at the top level: a root of its own
+    assert "Train #2" in bot.wait_ephemeral(count=2)["text"]
+    in_thread, top_level = bot.runtime.store.list_jobs(newest_first=False)
+    assert (in_thread.channel, in_thread.thread_ts) == (CHANNEL_ID, top["ts"])
+    assert top_level.thread_ts == ""
+
+
 # --- datasets shared in Slack ----------------------------------------------------------------
 
 

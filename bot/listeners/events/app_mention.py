@@ -36,7 +36,7 @@ def app_mention(event: dict[str, Any], body: dict[str, Any], client: WebClient, 
     thread_ts = event.get("thread_ts") or ""
     where = thread_ts or event["ts"]
     text = event.get("text") or ""
-    origin = Origin(user=user, channel=channel, thread_ts=where, request_key=body.get("event_id"))
+    origin = Origin(user=user, channel=channel, thread_ts=thread_ts, request_key=body.get("event_id"))
 
     def post(message: dict[str, Any]) -> None:
         services.post(channel, thread_ts=where, **message)
