@@ -99,7 +99,7 @@ def run_tune(command: dict[str, Any], respond: Respond, client: WebClient, conte
             reply(answer_command(services, parsed, origin))
 
 
-def form_defaults(services: Services) -> dict[str, Any]:
+def seed_recipe_for_form(services: Services) -> dict[str, Any]:
     """The form starts at the seed recipe, with the operator's default model and dataset."""
     defaults: dict[str, Any] = dict(PRESETS[DEFAULT_PRESET].values)
     settings = services.runtime.settings
@@ -113,7 +113,7 @@ def form_defaults(services: Services) -> dict[str, Any]:
 def open_train_form(services: Services, client: WebClient, trigger_id: str, origin: Origin) -> None:
     services.access.require(origin.user, origin.channel)
     metadata = json.dumps({"channel": origin.channel})
-    view = render_train_modal(form_defaults(services), private_metadata=metadata)
+    view = render_train_modal(seed_recipe_for_form(services), private_metadata=metadata)
     client.views_open(trigger_id=trigger_id, view=view)
 
 
