@@ -7,7 +7,6 @@ from the channel (`Job.channel`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +21,12 @@ from bot.render import (
     code,
     context,
     escape,
+    finite_number,
     header,
     link,
     mention,
     message,
+    ordinal,
     progress_text,
     section,
     short_model,
@@ -160,15 +161,9 @@ def build_digest(
 # -- rendering ------------------------------------------------------------------------------------
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _metric(job: Job, name: str) -> float | None:
     metrics = job.metrics or {}
-    return _number(metrics.get(name, metrics.get(f"predict_{name}")))
+    return finite_number(metrics.get(name, metrics.get(f"predict_{name}")))
 
 
 def _what(job: Job) -> str:
@@ -187,16 +182,16 @@ def results_text(job: Job) -> str:
     ]
     if job.kind == JobKind.TRAIN.value:
         progress = job.progress or {}
-        final = _number(progress.get("loss"))
-        mean = _number((job.metrics or {}).get("train_loss"))
+        final = finite_number(progress.get("loss"))
+        mean = finite_number((job.metrics or {}).get("train_loss"))
         if final is not None:
             bits.append(f"final loss {final:.4g}")
         if mean is not None:
             bits.append(f"mean loss {mean:.4g}")
-        eval_loss = _number(progress.get("eval_loss"))
+        eval_loss = finite_number(progress.get("eval_loss"))
         if eval_loss is not None:
             bits.append(f"eval loss {eval_loss:.4g}")
-    size = _number((job.metrics or {}).get("size_bytes"))
+    size = finite_number((job.metrics or {}).get("size_bytes"))
     if size:
         bits.append(f"{size / 1e9:.2f} GB")
     return ", ".join(bits)
@@ -212,13 +207,8 @@ def _running_line(job: Job) -> str:
 
 
 def _queued_line(job: Job, place: int | None) -> str:
-    where = f" · {_ordinal(place)} in line" if place else ""
+    where = f" · {ordinal(place)} in line" if place else ""
     return f"{STATE_EMOJI[JobState.QUEUED.value]} {_what(job)} · {mention(job.user)}{where}"
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def _finished_line(job: Job) -> str:

@@ -160,19 +160,19 @@ def _train_finished(job: Job) -> dict[str, Any]:
     message = render.render_finished(job)
     metrics = job.metrics or {}
     bits = []
-    loss = _number(metrics.get("train_loss"))
+    loss = render.finite_number(metrics.get("train_loss"))
     if loss is not None:
         bits.append(f"average train loss {loss:.4g}")
-    runtime = _number(metrics.get("train_runtime"))
+    runtime = render.finite_number(metrics.get("train_runtime"))
     if runtime is not None:
         bits.append(f"trainer time {runtime:,.0f} s")
-    samples = _number(metrics.get("train_samples_per_second"))
+    samples = render.finite_number(metrics.get("train_samples_per_second"))
     if samples:
         bits.append(f"{samples:,.2f} samples/s")
-    speed = _number(metrics.get("tokens_per_s"))
-    if speed and not _number((job.progress or {}).get("tokens_per_s")):
+    speed = render.finite_number(metrics.get("tokens_per_s"))
+    if speed and not render.finite_number((job.progress or {}).get("tokens_per_s")):
         bits.append(f"{speed:,.0f} tokens/s")
-    tokens = _number(metrics.get("total_tokens"))
+    tokens = render.finite_number(metrics.get("total_tokens"))
     if tokens:
         bits.append(f"{tokens:,.0f} tokens seen")
     if bits:
@@ -244,8 +244,3 @@ def _note(text: str) -> Post:
     plain = re.sub(r"[*`]", "", re.sub(r":[a-z_]+: ", "", text))
     return Post(THREAD, plain, [render.context(text)])
 
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)

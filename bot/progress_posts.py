@@ -15,7 +15,6 @@ The rules, from the issue:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +23,7 @@ from bot.render import (
     code_block,
     context,
     escape,
+    finite_number,
     kind_label,
     mention,
     message,
@@ -100,12 +100,6 @@ class Decision:
         return self.action != NOTHING
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def latest_point(points: Sequence[Progress]) -> Progress | None:
     """The furthest step logged (eval lines share their step with a train line)."""
     return max(points, key=lambda p: (p.step, p.loss is not None)) if points else None
@@ -114,7 +108,7 @@ def latest_point(points: Sequence[Progress]) -> Progress | None:
 def percent_of(point: Progress | None) -> float | None:
     if point is None:
         return None
-    percent = _finite(point.percent)
+    percent = finite_number(point.percent)
     if percent is None and point.total:
         percent = 100.0 * point.step / point.total
     return percent
@@ -122,7 +116,7 @@ def percent_of(point: Progress | None) -> float | None:
 
 def latest_loss(points: Sequence[Progress]) -> float | None:
     for point in reversed(points):
-        loss = _finite(point.loss)
+        loss = finite_number(point.loss)
         if loss is not None:
             return loss
     return None
@@ -130,7 +124,7 @@ def latest_loss(points: Sequence[Progress]) -> float | None:
 
 def first_loss(points: Sequence[Progress]) -> float | None:
     for point in points:
-        loss = _finite(point.loss)
+        loss = finite_number(point.loss)
         if loss is not None:
             return loss
     return None
@@ -141,7 +135,7 @@ def expected_duration(job: Job, point: Progress | None, *, now: float) -> float 
     if job.started_at is None:
         return None
     elapsed = max(0.0, now - job.started_at)
-    remaining = _finite(point.remaining_s) if point else None
+    remaining = finite_number(point.remaining_s) if point else None
     if remaining is None:
         percent = percent_of(point)
         if not percent:
@@ -234,7 +228,7 @@ def _trend(before: float | None, after: float | None, since_what: str) -> str | 
 def steps_per_minute(job: Job, point: Progress | None, *, now: float) -> float | None:
     if point is None or job.started_at is None:
         return None
-    elapsed = _finite(point.elapsed_s) or max(0.0, now - job.started_at)
+    elapsed = finite_number(point.elapsed_s) or max(0.0, now - job.started_at)
     return 60.0 * point.step / elapsed if elapsed > 0 and point.step > 0 else None
 
 
@@ -263,14 +257,14 @@ def render_progress_post(
     details = []
     if trend:
         details.append(f"*Loss:* {escape(trend)}")
-    evals = [p.eval_loss for p in points if _finite(p.eval_loss) is not None]
+    evals = [p.eval_loss for p in points if finite_number(p.eval_loss) is not None]
     if evals:
         was = f" (was {evals[-2]:.4g})" if len(evals) > 1 else ""
         details.append(f"*Eval loss:* {evals[-1]:.4g}{was}")
-    remaining = _finite(point.remaining_s) if point else None
+    remaining = finite_number(point.remaining_s) if point else None
     if remaining is not None:
         details.append(f"*ETA:* {format_eta(remaining)} (around {slack_date(now + remaining, '{time}')})")
-    speed = _finite(point.tokens_per_s) if point else None
+    speed = finite_number(point.tokens_per_s) if point else None
     details.append(f"*Tokens/s:* {speed:,.0f}" if speed else "*Tokens/s:* not counted by this run")
     rate = steps_per_minute(job, point, now=now)
     if rate is not None:

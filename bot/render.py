@@ -200,7 +200,8 @@ def short_model(model: str | None) -> str:
     return model.rsplit("/", 1)[-1] if model else "?"
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """A metric or progress value as a float, or None when it is no number to show (bool, NaN, inf)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
@@ -208,24 +209,24 @@ def _number(value: Any) -> float | None:
 
 def progress_text(progress: dict[str, Any]) -> str:
     """`▓▓▓░░ 40%` · step 40/100 · loss 1.234 · ETA 3m 05s · 1,234 tokens/s."""
-    percent = _number(progress.get("percent"))
+    percent = finite_number(progress.get("percent"))
     step, total = progress.get("step"), progress.get("total")
-    if percent is None and _number(step) is not None and _number(total):
+    if percent is None and finite_number(step) is not None and finite_number(total):
         percent = 100.0 * float(step) / float(total)
     bits = [f"`{progress_bar(percent)}`"]
     if step is not None:
         bits.append(f"step {step}/{total or '?'}")
     for key, label in (("loss", "loss"), ("eval_loss", "eval loss")):
-        value = _number(progress.get(key))
+        value = finite_number(progress.get(key))
         if value is not None:
             bits.append(f"{label} {value:.4g}")
-    epoch = _number(progress.get("epoch"))
+    epoch = finite_number(progress.get("epoch"))
     if epoch is not None:
         bits.append(f"epoch {epoch:.2f}")
-    remaining = _number(progress.get("remaining_s"))
+    remaining = finite_number(progress.get("remaining_s"))
     if remaining is not None:
         bits.append(f"ETA {format_eta(remaining)}")
-    speed = _number(progress.get("tokens_per_s"))
+    speed = finite_number(progress.get("tokens_per_s"))
     if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     return " · ".join(bits)
@@ -309,13 +310,14 @@ def _with_actions(blocks: list[dict[str, Any]], job: Job) -> list[dict[str, Any]
 def _state_text(job: Job, queue_position: int | None = None) -> str:
     text = f"{STATE_EMOJI.get(job.state, ':grey_question:')} {escape(job.state)}"
     if job.state == JobState.QUEUED.value and queue_position:
-        text += f" ({_ordinal(queue_position)} in line)"
+        text += f" ({ordinal(queue_position)} in line)"
     if job.attempt and job.attempt > 1:
         text += f" · attempt {job.attempt}"
     return text
 
 
-def _ordinal(n: int) -> str:
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st…"""
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 
@@ -354,7 +356,7 @@ def render_job_message(job: Job, *, queue_position: int | None = None) -> dict[s
         JobState.INTERRUPTED.value,
     ):
         blocks.append(section(progress_text(progress)))
-        if job.state == JobState.RUNNING.value and _number(progress.get("percent")) is not None:
+        if job.state == JobState.RUNNING.value and finite_number(progress.get("percent")) is not None:
             fallback += f" ({progress['percent']:.0f}%)"
     if job.state == JobState.FAILED.value:
         reason = escape(truncate(job.error or "it stopped with an error", 500))
@@ -399,15 +401,15 @@ def render_started(job: Job, *, config_attached: bool = True) -> dict[str, Any]:
 def _final_loss(job: Job) -> str:
     progress = job.progress or {}
     bits = []
-    loss = _number(progress.get("loss"))
+    loss = finite_number(progress.get("loss"))
     if loss is not None:
         bits.append(f"final loss {loss:.4g}")
-    eval_loss = _number(progress.get("eval_loss"))
+    eval_loss = finite_number(progress.get("eval_loss"))
     if eval_loss is not None:
         bits.append(f"eval loss {eval_loss:.4g}")
     if progress.get("step") is not None:
         bits.append(f"{progress['step']} steps")
-    speed = _number(progress.get("tokens_per_s"))
+    speed = finite_number(progress.get("tokens_per_s"))
     if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     return ", ".join(bits)
@@ -464,7 +466,7 @@ def render_failure(job: Job, reason: str | None, advice: str | None, tail: str |
 
 def _metric(metrics: dict[str, Any], name: str) -> float | None:
     value = metrics.get(name, metrics.get(f"predict_{name}"))
-    return _number(value)
+    return finite_number(value)
 
 
 def render_eval_result(
@@ -568,7 +570,7 @@ def render_jobs(jobs: Sequence[Job], *, title: str = "Jobs") -> dict[str, Any]:
             bits.append(f"on {code(job.dataset)}")
         if job.parent_id:
             bits.append(f"from #{job.parent_id}")
-        percent = _number((job.progress or {}).get("percent"))
+        percent = finite_number((job.progress or {}).get("percent"))
         state = escape(job.state) + (
             f" {percent:.0f}%" if job.state == JobState.RUNNING.value and percent else ""
         )

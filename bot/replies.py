@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.parsing import COMMAND
-from bot.render import code, context, escape, header, kind_label, message, section, short_model
+from bot.render import code, context, escape, header, kind_label, message, ordinal, section, short_model
 from runners.job import Job, JobKind
 
 DEMO_NOTE = "Built in: `demo` and `demo-eval` (the `tiny` preset's data)."
@@ -26,11 +26,6 @@ def render_checking(what: str) -> dict[str, Any]:
     return render_text(f":hourglass_flowing_sand: Checking {code(what)}…")
 
 
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def render_queued(job: Job, *, position: int | None = None, thread_of: int | None = None,
                   again: bool = False) -> dict[str, Any]:
     """The job is in the queue (or, for a repeated request, already was); where its story goes."""
@@ -38,7 +33,7 @@ def render_queued(job: Job, *, position: int | None = None, thread_of: int | Non
     of = f" of #{job.parent_id}" if job.parent_id else ""
     state = f"is {escape(job.state)}" if again else "is queued"
     if position and job.state == "queued":
-        state += f" ({_ordinal(position)} in line)"
+        state += f" ({ordinal(position)} in line)"
     if thread_of:
         where = f"It reports in #{thread_of}'s thread."
     elif job.channel:

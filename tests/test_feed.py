@@ -109,6 +109,15 @@ def test_train_finished_mentions_the_requester_with_metrics_and_tokens_per_secon
     check_blocks(posts)
 
 
+def test_a_trainer_result_that_is_not_a_number_is_left_out():
+    done = job(state="succeeded", finished_at=T0 + 125,
+               metrics={"train_loss": float("nan"), "train_runtime": 118.2, "total_tokens": float("inf")})
+    [finished] = only(thread_posts(done, event("state", state="succeeded", exit_code=0)), THREAD)
+    body = text_of(finished).lower()
+    assert "nan" not in body and "inf" not in body and "train loss" not in body
+    assert "trainer time 118 s" in body
+
+
 def test_eval_result_is_a_table_with_the_change_since_the_previous_eval_and_three_samples():
     samples = [{"prompt": f"q{i}", "predict": f"a{i}", "label": f"b{i}"} for i in range(5)]
     ev = job(id=15, kind="eval", state="succeeded", parent_id=12, dataset="alpaca_eval")
