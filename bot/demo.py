@@ -20,6 +20,7 @@ from runners.runtime import Runtime
 from runners.settings import Settings
 
 from . import terminal
+from .render import METRIC_LABELS
 
 DEMO_USER = "demo"
 QUESTION = "What is the capital of France?"
@@ -129,14 +130,7 @@ def _summary(train: Job, evaluation: Job, export: Job, deployment: Job, page_ok:
     lines.append(f"  loss plot (PNG):   {plot}")
     metrics = evaluation.metrics
     scores = ", ".join(
-        f"{label} {metrics[key]:.2f}"
-        for key, label in (
-            ("rouge-1", "ROUGE-1"),
-            ("rouge-2", "ROUGE-2"),
-            ("rouge-l", "ROUGE-L"),
-            ("bleu-4", "BLEU-4"),
-        )
-        if metrics.get(key) is not None
+        f"{label} {metrics[key]:.2f}" for key, label in METRIC_LABELS if metrics.get(key) is not None
     )
     lines.append(f"  eval scores:       {scores or evaluation.error}")
     lines.append(f"  eval results:      {evaluation.artifacts.get('results')}")

@@ -21,6 +21,7 @@ from runners.errors import UserError
 from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
 from runners.progress import format_eta, progress_bar
 from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
+from runners.results import compare_metrics
 
 # Slack's limits (Block Kit reference), counted like Slack counts: UTF-16 code units.
 MAX_BLOCKS = 50
@@ -469,6 +470,12 @@ def _metric(metrics: dict[str, Any], name: str) -> float | None:
     return finite_number(value)
 
 
+def _scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """ROUGE/BLEU by name (LLaMA-Factory may prefix them `predict_`), numbers only."""
+    found = {key: _metric(metrics, key) for key, _ in METRIC_LABELS}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def render_eval_result(
     job: Job,
     metrics: dict[str, Any],
@@ -481,14 +488,14 @@ def render_eval_result(
     three sample predictions."""
     rows = []
     compare = bool(previous_metrics)
+    scores = _scores(metrics)
+    changes = compare_metrics(scores, _scores(previous_metrics or {}))
     for key, label in METRIC_LABELS:
-        value = _metric(metrics, key)
-        if value is None:
+        if key not in scores:
             continue
-        row = f"{label:<8} {value:>7.2f}"
+        row = f"{label:<8} {scores[key]:>7.2f}"
         if compare:
-            old = _metric(previous_metrics or {}, key)
-            row += f"  {value - old:>+7.2f}" if old is not None else "      new"
+            row += f"  {changes[key]:>+7.2f}" if key in changes else "      new"
         rows.append(row)
     title = f"{'Metric':<8} {'Score':>7}" + (f"  {'Change':>7}" if compare else "")
     table = "\n".join([title, *rows]) if rows else "No scores were written."

@@ -12,6 +12,8 @@ from runners.job import FINAL_STATES, Job, JobState
 from runners.progress import format_eta, progress_bar
 from runners.store import Store
 
+from .render import METRIC_LABELS
+
 STATE_MARK = {
     "queued": "…",
     "running": "▶",
@@ -59,8 +61,8 @@ def progress_line(progress: dict[str, Any]) -> str:
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    names = [("rouge-1", "ROUGE-1"), ("rouge-2", "ROUGE-2"), ("rouge-l", "ROUGE-L"), ("bleu-4", "BLEU-4")]
-    rows = [f"  {label:<8} {metrics[key]:6.2f}" for key, label in names if metrics.get(key) is not None]
+    rows = [f"  {label:<8} {metrics[key]:6.2f}"
+            for key, label in METRIC_LABELS if metrics.get(key) is not None]
     return "\n".join(rows)
 
 
