@@ -136,20 +136,13 @@ def build_digest(
         if since is not None:
             overlap.append(or_(Job.finished_at.is_(None), Job.finished_at > since))
         used = jobs(*overlap)
-        queue_ids = [
-            row
-            for row in s.exec(
-                select(Job.id).where(Job.state == JobState.QUEUED.value).order_by(Job.id.asc())
-            ).all()
-        ]
-    places = {job_id: index for index, job_id in enumerate(queue_ids, start=1)}
     return DigestData(
         channel=channel,
         since=since,
         until=until,
         now=now,
         running=running,
-        queued=[(job, places.get(job.id)) for job in queued],
+        queued=[(job, store.queue_position(job.id)) for job in queued],  # in the whole queue
         finished=finished,
         failed=failed,
         serving=serving,
