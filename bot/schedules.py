@@ -66,6 +66,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bot import progress_posts as pp
+from bot.channels import channel_info, slack_error
 from bot.digest import build_digest, render_digest
 from bot.parsing import COMMAND, Command
 from bot.render import code, context, escape, mention, message, render_error, section, slack_date
@@ -1108,10 +1109,10 @@ def _check_membership(client: Any, channel: str) -> None:
         fix="/invite @tunebot (then schedule again)",
     )
     try:
-        response = client.conversations_info(channel=channel)
+        info = channel_info(client, channel)
     except SlackApiError as exc:
-        error = (exc.response or {}).get("error") if exc.response is not None else None
-        if error in ("channel_not_found", "not_in_channel", "missing_scope"):
+        error = slack_error(exc)
+        if error == "missing_scope":
             raise invite from None
         raise UserError(
             f"Slack did not tell me about this channel ({error or 'no answer'}); nothing was scheduled.",
@@ -1124,12 +1125,9 @@ def _check_membership(client: Any, channel: str) -> None:
             field="channel",
             fix="try again in a minute",
         ) from None
-    info = response.get("channel") or {}
-    if info.get("is_im") or info.get("is_mpim"):
-        return
     if info.get("is_archived"):
         raise UserError("This channel is archived; a digest could not be posted here.", field="channel")
-    if not info.get("is_member", False):
+    if not info["is_member"]:
         raise invite
 
 

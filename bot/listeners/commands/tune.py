@@ -16,6 +16,7 @@ from runners.recipes import DEFAULT_PRESET, PRESETS
 
 from ... import uploads
 from ...auth import audit
+from ...channels import channel_info
 from ...commands import CHECKED, Origin, answer_command
 from ...parsing import COMMAND, Command, extract_yaml, parse_command
 from ...render import render_error, render_help, render_train_modal
@@ -119,10 +120,9 @@ def open_train_form(services: Services, client: WebClient, trigger_id: str, orig
 
 def _is_member(client: WebClient, channel: str) -> bool:
     try:
-        info = client.conversations_info(channel=channel)
+        return channel_info(client, channel)["is_member"]
     except SlackApiError:
-        return True  # a DM, or no channels:read: let the post itself say whether it can
-    return bool((info.get("channel") or {}).get("is_member", True))
+        return True  # no channels:read: let the post itself say whether it can
 
 
 def ask_for_dataset_file(services: Services, client: WebClient, name: str, origin: Origin,
