@@ -309,21 +309,13 @@ def weekday_field(field: str, expr: str) -> str:
 
 def _check_cadence(spec: ScheduleSpec, expr: str) -> None:
     trigger = spec.trigger()
-    start = datetime.now(timezone.utc)
-    fires = []
-    at = start
-    for _ in range(6):
-        nxt = trigger.get_next_fire_time(None, at)
-        if nxt is None:
-            break
-        fires.append(nxt)
-        at = nxt + timedelta(seconds=1)
-    if not fires:
+    now = datetime.now(timezone.utc)
+    if trigger.get_next_fire_time(None, now) is None:
         raise _cron_error(expr, "it never fires.")
-    gaps = [(b - a).total_seconds() for a, b in zip(fires, fires[1:], strict=False)]
-    if gaps and min(gaps) < MIN_DIGEST_INTERVAL_S:
+    period = period_of(trigger, now, firings=6)
+    if period < MIN_DIGEST_INTERVAL_S:
         raise UserError(
-            f"`{expr}` would post a digest every {min(gaps) / 60:.0f} min; "
+            f"`{expr}` would post a digest every {period / 60:.0f} min; "
             f"digests go out at most every {MIN_DIGEST_INTERVAL_S // 60} minutes.",
             field="cron",
             fix=f'{COMMAND} schedule cron "0 * * * *"  (hourly)',
@@ -390,11 +382,12 @@ def parse_schedule(command: Command, default_tz: str) -> ScheduleSpec:
     return spec
 
 
-def period_of(trigger: CronTrigger, at: datetime) -> float:
-    """The shortest time between two of the trigger's next few firings, in seconds."""
+def period_of(trigger: CronTrigger, at: datetime, *, firings: int = 4) -> float:
+    """The shortest time between two of the trigger's next `firings` firings, in seconds (a day
+    when it fires once or never)."""
     fires = []
     cursor = at
-    for _ in range(4):
+    for _ in range(firings):
         nxt = trigger.get_next_fire_time(None, cursor)
         if nxt is None:
             break
