@@ -144,7 +144,7 @@ def _state_posts(job: Job, data: dict[str, Any]) -> list[Post]:
         return [_thread(render.render_failure(job, job.error, job.advice, job.log_tail))]
     if state == JobState.SUCCEEDED.value:
         # Eval and export results come with their `result` event, which has the scores and paths.
-        return [_thread(_train_finished(job))] if job.kind == JobKind.TRAIN.value else []
+        return [_thread(render.render_finished(job))] if job.kind == JobKind.TRAIN.value else []
     if state in (JobState.CANCELLED.value, JobState.INTERRUPTED.value):
         return [_thread(render.render_finished(job))]
     if state == JobState.STOPPED.value:
@@ -153,32 +153,6 @@ def _state_posts(job: Job, data: dict[str, Any]) -> list[Post]:
             message = _with_context(message, render.escape(job.error))
         return [_thread(message)]
     return []  # queued, running, starting: the root message shows it
-
-
-def _train_finished(job: Job) -> dict[str, Any]:
-    """render_finished plus what train_results.json said (average loss, runtime, throughput)."""
-    message = render.render_finished(job)
-    metrics = job.metrics or {}
-    bits = []
-    loss = render.finite_number(metrics.get("train_loss"))
-    if loss is not None:
-        bits.append(f"average train loss {loss:.4g}")
-    runtime = render.finite_number(metrics.get("train_runtime"))
-    if runtime is not None:
-        bits.append(f"trainer time {runtime:,.0f} s")
-    samples = render.finite_number(metrics.get("train_samples_per_second"))
-    if samples:
-        bits.append(f"{samples:,.2f} samples/s")
-    speed = render.finite_number(metrics.get("tokens_per_s"))
-    if speed and not render.finite_number((job.progress or {}).get("tokens_per_s")):
-        bits.append(f"{speed:,.0f} tokens/s")
-    tokens = render.finite_number(metrics.get("total_tokens"))
-    if tokens:
-        bits.append(f"{tokens:,.0f} tokens seen")
-    if bits:
-        line = render.escape(" · ".join(bits))
-        message = _with_context(message, line[:1].upper() + line[1:])
-    return message
 
 
 def _with_context(message: dict[str, Any], text: str) -> dict[str, Any]:

@@ -400,6 +400,7 @@ def render_started(job: Job, *, config_attached: bool = True) -> dict[str, Any]:
 
 
 def _final_loss(job: Job) -> str:
+    """What the last trainer-log line said: final loss, eval loss, steps, tokens/s."""
     progress = job.progress or {}
     bits = []
     loss = finite_number(progress.get("loss"))
@@ -414,6 +415,30 @@ def _final_loss(job: Job) -> str:
     if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     return ", ".join(bits)
+
+
+def _trainer_results(job: Job) -> str:
+    """What train_results.json added: average loss, trainer time, throughput (tokens/s only where
+    the trainer log did not count them: `_final_loss` shows those)."""
+    metrics = job.metrics or {}
+    bits = []
+    loss = finite_number(metrics.get("train_loss"))
+    if loss is not None:
+        bits.append(f"average train loss {loss:.4g}")
+    runtime = finite_number(metrics.get("train_runtime"))
+    if runtime is not None:
+        bits.append(f"trainer time {runtime:,.0f} s")
+    samples = finite_number(metrics.get("train_samples_per_second"))
+    if samples:
+        bits.append(f"{samples:,.2f} samples/s")
+    speed = finite_number(metrics.get("tokens_per_s"))
+    if speed and not finite_number((job.progress or {}).get("tokens_per_s")):
+        bits.append(f"{speed:,.0f} tokens/s")
+    tokens = finite_number(metrics.get("total_tokens"))
+    if tokens:
+        bits.append(f"{tokens:,.0f} tokens seen")
+    line = " · ".join(bits)
+    return line[:1].upper() + line[1:]
 
 
 def render_finished(job: Job) -> dict[str, Any]:
@@ -444,8 +469,13 @@ def render_finished(job: Job) -> dict[str, Any]:
         text = f"{emoji} {who} *{label}* is {escape(job.state)}."
     if job.kind == JobKind.TRAIN.value and job.state in RESUMABLE_STATES:
         text += " `resume` continues from the last checkpoint."
+    blocks = [section(text)]
+    trained = job.kind == JobKind.TRAIN.value and job.state == JobState.SUCCEEDED.value
+    results = _trainer_results(job) if trained else ""
+    if results:
+        blocks.append(context(escape(results)))
     plain_text = re.sub(r"[*`]", "", text)
-    return message(plain_text, _with_actions([section(text)], job), escaped=True)
+    return message(plain_text, _with_actions(blocks, job), escaped=True)
 
 
 def render_failure(job: Job, reason: str | None, advice: str | None, tail: str | None) -> dict[str, Any]:
