@@ -9,7 +9,6 @@ by a marker: the block_id of the answer's first block.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +16,7 @@ from slack_sdk import WebClient
 
 from runners.job import Job, JobState
 
-from .parsing import parse_thread_reply, unescape_slack
+from .parsing import LEADING_MENTION, parse_thread_reply, unescape_slack
 from .render import SECTION_TEXT_MAX, context, escape, message, section
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,6 @@ ANSWER_MARKER = "tunebot_chat_answer"
 # Enough history for a chat in a thread, short enough for a small model's context.
 MAX_TURNS = 20
 MAX_TOKENS = 512
-_LEADING_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s:,]*")
 # Messages with these subtypes are still something a person wrote.
 _HUMAN_SUBTYPES = (None, "thread_broadcast", "file_share")
 
@@ -62,8 +60,8 @@ def _human_text(msg: dict[str, Any], bot_user_id: str | None) -> str | None:
     text = msg.get("text") or ""
     if parse_thread_reply(text, bot_user_id) is not None:
         return None  # a command to the bot
-    match = _LEADING_MENTION.match(text)
-    if match and bot_user_id and f"<@{bot_user_id}" in match.group(0):
+    match = LEADING_MENTION.match(text)
+    if match and bot_user_id and match.group(1) == bot_user_id:
         text = text[match.end():]
     text = unescape_slack(text).strip()
     return text or None

@@ -199,7 +199,8 @@ class ThreadCommand:
 # -- Slack's text format ------------------------------------------------------------------------
 
 _LINK = re.compile(r"<((?:https?|mailto|ftp|file|s3|oss)[^<>|]*)(?:\|[^<>]*)?>")
-_LEADING_MENTION = re.compile(r"^\s*<@([UW][A-Z0-9]+)(?:\|[^>]*)?>[\s:,]*")
+# `<@U123> …` or `<@U123|name>: …` at the start of a message; group 1 is the user id.
+LEADING_MENTION = re.compile(r"^\s*<@([UW][A-Z0-9]+)(?:\|[^>]*)?>[\s:,]*")
 _FENCE = re.compile(r"```[ \t]*(?:ya?ml|YA?ML)?[ \t]*\n?(.*?)```", re.DOTALL)
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+\-]*$")
 _JOB = re.compile(r"^(?:#|job[-#]?)?(\d{1,12})$", re.IGNORECASE)
@@ -395,7 +396,7 @@ def usage_of(name: str) -> str:
 
 def _strip_prefix(text: str) -> str:
     """Drop a leading `/tune` (a shared file's message) or a leading @-mention of the bot."""
-    text = _LEADING_MENTION.sub("", text, count=1)
+    text = LEADING_MENTION.sub("", text, count=1)
     stripped = text.lstrip()
     if stripped.lower().startswith(COMMAND + " ") or stripped.lower() == COMMAND:
         return stripped[len(COMMAND) :]
@@ -499,7 +500,7 @@ def parse_thread_reply(text: str, bot_user_id: str | None = None) -> ThreadComma
     """
     text = unescape_slack(text or "")
     mentioned = False
-    match = _LEADING_MENTION.match(text)
+    match = LEADING_MENTION.match(text)
     if match:
         if bot_user_id is not None and match.group(1) != bot_user_id:
             return None
