@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from runners.errors import UserError
@@ -60,7 +62,7 @@ def run_demo(settings: Settings, *, keep: bool = False, out=None) -> int:
         say(f"\n> (in the thread) {QUESTION}")
         answer = runtime.chat(deployment.id, [{"role": "user", "content": QUESTION}], max_tokens=32)
         say(f"< {answer.strip() or '(an empty answer: the tiny model is random and barely trained)'}")
-        page_ok = _chat_page_answers(deployment)
+        page_ok = _chat_page_answers(deployment, say)
         if not keep:
             say(f"\n$ /tune undeploy {deployment.id}")
             runtime.queue.undeploy(deployment.id, by=DEMO_USER)
@@ -104,12 +106,12 @@ def _run(
         time.sleep(0.3)
 
 
-def _chat_page_answers(job: Job) -> bool:
-    """The web URL people get: the page loads and its same-origin API answers one message."""
+def _chat_page_answers(job: Job, say: Callable[[str], None]) -> bool:
+    """The web URL people get: the page loads and its same-origin API answers one message. A page
+    that does not answer is reported (the summary says so too), not a traceback."""
     if not job.chat_url:
+        say("chat page: the deployment has none")
         return False
-    with urllib.request.urlopen(job.chat_url, timeout=10) as resp:  # noqa: S310 - our own server
-        page = resp.read().decode("utf-8", "replace")
     body = json.dumps(
         {"model": "tunebot", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 16}
     ).encode()
@@ -119,8 +121,14 @@ def _chat_page_answers(job: Job) -> bool:
         method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {job.api_key}"},
     )
-    with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - our own server
-        reply = json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(job.chat_url, timeout=10) as resp:  # noqa: S310 - our own server
+            page = resp.read().decode("utf-8", "replace")
+        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - our own server
+            reply = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # HTTPError is a URLError
+        say(f"chat page {job.chat_url} did not answer: {getattr(exc, 'reason', None) or exc}")
+        return False
     return "<html" in page.lower() and bool(reply.get("choices"))
 
 

@@ -34,3 +34,35 @@ def test_demo_runs_the_seed_workflow_on_cpu_and_reports_every_result(tmp_path, s
     assert (exported / "config.json").exists()
     assert re.search(r"chat page:\s+http://127\.0\.0\.1:\d+/chat/4/\s+\(answered\)", text)
     assert "[file] " in text and "is serving" in text and "stopped" in text
+
+
+def test_a_chat_page_that_does_not_answer_is_reported_not_a_traceback():
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from bot.demo import _chat_page_answers
+    from runners.job import Job
+
+    class Broken(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            self.send_error(502, "the model is gone")
+
+        def log_message(self, *args):
+            pass
+
+    said: list[str] = []
+    server = HTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/chat/4/"
+        assert _chat_page_answers(Job(kind="deploy", model="m", chat_url=url), said.append) is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/chat/4/"
+    assert _chat_page_answers(Job(kind="deploy", model="m", chat_url=closed), said.append) is False
+    assert len(said) == 2 and all("did not answer" in line for line in said)
+    assert "the model is gone" in said[0] or "502" in said[0]
