@@ -36,11 +36,13 @@ def _channel_of(view: dict[str, Any]) -> str:
         return ""
 
 
-def form_request_key(view: dict[str, Any], values: dict[str, str]) -> str:
+def form_request_key(view: dict[str, Any], values: dict[str, str]) -> str | None:
     """One job per form and content: a second press of Train (the same view id, the same values)
     returns the first one's job, while a corrected re-submit of a refused form is checked anew."""
+    if not view.get("id"):
+        return None
     content = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-    return f"view:{view.get('id') or ''}:{content}"
+    return f"view:{view['id']}:{content}"
 
 
 def submit_form(services: Services, values: dict[str, str], yaml_text: str | None,
@@ -57,7 +59,8 @@ def train_form_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], c
     services = services_of(context)
     user = body["user"]["id"]
     values = modal_values(view)
-    origin = Origin(user=user, channel=_channel_of(view), request_key=form_request_key(view, values))
+    origin = Origin(user=user, channel=_channel_of(view),
+                    request_key=form_request_key(view, values) or body.get("trigger_id"))
     if not services.access.may_spend(user, origin.channel):
         ack(**render_modal_errors(services.access.refusal(user, origin.channel), values))
         return
