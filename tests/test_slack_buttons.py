@@ -51,9 +51,9 @@ def test_cancel_by_someone_else_is_refused_unless_an_admin(bot) -> None:
     job = train(bot)
     message = bot.job_message(job)
     bot.click(message, ACTION_CANCEL, user=OTHER_USER_ID)
-    assert "or an admin may cancel it" in bot.wait_response()["text"]
+    assert "or an admin may cancel #" in bot.wait_response()["text"]
     bot.click(message, ACTION_CANCEL, user=OUTSIDER_ID)
-    assert "or an admin may cancel it" in bot.wait_response(2)["text"]
+    assert "or an admin may cancel #" in bot.wait_response(2)["text"]
     assert bot.runtime.store.get(job.id).state == "queued"
     bot.click(message, ACTION_CANCEL, user=ADMIN_ID)
     bot.wait_response(3)
@@ -103,7 +103,7 @@ def test_undeploy_on_a_serving_deployment_stops_it(bot) -> None:
     bot.runtime.store.update(deployment.id, state="serving", port=1, url="http://127.0.0.1:1/v1")
     message = bot.job_message(deployment)
     bot.click(message, ACTION_UNDEPLOY, user=OTHER_USER_ID)
-    assert "or an admin may cancel it" in bot.wait_response()["text"]
+    assert "or an admin may cancel #" in bot.wait_response()["text"]
     bot.click(message, ACTION_UNDEPLOY)
     assert "is stopping" in bot.wait_response(2)["text"]
     assert bot.runtime.store.get(deployment.id).cancel_requested

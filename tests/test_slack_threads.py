@@ -43,7 +43,7 @@ def test_status_and_cancel_replies_act_on_the_threads_job(bot) -> None:
     status = bot.wait_ephemeral()
     assert status["thread_ts"] == ts and f"Train #{job.id}" in status["text"]
     bot.reply(ts, "cancel", user=OTHER_USER_ID)
-    assert "or an admin may cancel it" in bot.wait_ephemeral(OTHER_USER_ID)["text"]
+    assert "or an admin may cancel #" in bot.wait_ephemeral(OTHER_USER_ID)["text"]
     bot.reply(ts, f"<@{bot.slack.bot_user_id}> cancel")
     bot.wait_ephemeral(count=2)
     assert bot.runtime.store.get(job.id).state == "cancelled"
