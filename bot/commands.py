@@ -8,7 +8,6 @@ engine's event stream, so nothing here posts to a channel.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -198,15 +197,11 @@ def _help(services: Services, command: Command, origin: Origin) -> dict[str, Any
 
 
 def _schedule(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
-    try:
-        schedules = importlib.import_module("bot.schedules")
-    except ModuleNotFoundError as exc:
-        if exc.name != "bot.schedules":
-            raise
-        return replies.render_unavailable("Schedules are not available yet in this tunebot.")
+    from .schedules import handle_schedule_command  # APScheduler loads only when schedules are used
+
     audit(services.store, origin.user, command.name, None, channel=origin.channel)
-    return schedules.handle_schedule_command(command, user=origin.user, channel=origin.channel,
-                                             runtime=services.runtime, client=services.client)
+    return handle_schedule_command(command, user=origin.user, channel=origin.channel,
+                                   runtime=services.runtime, client=services.client)
 
 
 _HANDLERS = {

@@ -99,5 +99,3 @@ def render_dataset_prompt(name: str, user: str) -> dict[str, Any]:
     return message(f"Reply in this thread with the file for dataset {name}", [section(text)])
 
 
-def render_unavailable(what: str) -> dict[str, Any]:
-    return render_text(f":construction: {escape(what)}")

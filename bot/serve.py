@@ -122,6 +122,13 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
             identity = client.auth_test()
         except SlackApiError as error:
             raise _token_refused(error) from None
+        except OSError as error:  # URLError, timeouts, DNS: Slack is out of reach from this host
+            raise UserError(
+                f"Cannot reach Slack at {client.base_url} ({getattr(error, 'reason', error)}).",
+                field="SLACK_API_URL",
+                fix="check this host can open HTTPS connections to slack.com (proxy, firewall), "
+                "or SLACK_API_URL if you set it",
+            ) from None
         runtime = Runtime(settings)
     except UserError as error:
         print(f"tunebot: {error.text()}", file=sys.stderr)

@@ -139,6 +139,7 @@ def test_socket_mode_serve_connects_answers_and_stops_on_sigint(env, slack, serv
         ({"SLACK_BOT_TOKEN": "xoxb-revoked"}, "Slack refused SLACK_BOT_TOKEN (invalid_auth)"),
         ({"SLACK_APP_TOKEN": ""}, "SLACK_APP_TOKEN is not set; Socket Mode needs it"),
         ({"SLACK_APP_TOKEN": "xoxb-wrong-kind"}, "SLACK_APP_TOKEN is not an app-level token"),
+        ({"SLACK_API_URL": "http://127.0.0.1:9/api/"}, "Cannot reach Slack at http://127.0.0.1:9/api/"),
     ],
 )
 def test_a_missing_or_refused_token_is_a_plain_message_and_exit_code_2(env, change, said) -> None:
