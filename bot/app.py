@@ -86,7 +86,3 @@ def build_app(settings: BotSettings, runtime: Runtime, *, client: WebClient | No
     register_listeners(app)
     app.tunebot = services  # type: ignore[attr-defined]  # for serve() and tests
     return app
-
-
-def services_of_app(app: App) -> Services:
-    return app.tunebot  # type: ignore[attr-defined]

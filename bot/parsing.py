@@ -389,11 +389,6 @@ def _command_words() -> list[str]:
     return sorted({name.split(" ")[0] for name in SUBCOMMANDS} | {a for a in ALIASES if " " not in a})
 
 
-def usage_of(name: str) -> str:
-    spec = SUBCOMMANDS[name]
-    return f"{COMMAND} {spec.usage}"
-
-
 def _strip_prefix(text: str) -> str:
     """Drop a leading `/tune` (a shared file's message) or a leading @-mention of the bot."""
     text = LEADING_MENTION.sub("", text, count=1)

@@ -112,10 +112,6 @@ class Job(SQLModel, table=True):
         return self.state in FINAL_STATES
 
     @property
-    def is_active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    @property
     def label(self) -> str:
         return f"#{self.id}"
 

@@ -204,10 +204,6 @@ class Recipe:
     parent_id: int | None = None
     spec: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def compute_type(self) -> str:
-        return compute_type_of(self.args)
-
 
 def compute_type_of(args: dict[str, Any]) -> str:
     if _truthy(args.get("pure_bf16")):
@@ -606,25 +602,3 @@ def last_checkpoint(output_dir: Path) -> Path | None:
             if best is None or step > best[0]:
                 best = (step, child)
     return best[1] if best else None
-
-
-def preset_help() -> list[tuple[str, str]]:
-    return [(p.name, p.description) for p in PRESETS.values()]
-
-
-def friendly_defaults(preset: str = DEFAULT_PRESET) -> dict[str, str]:
-    """A preset as the modal form's fields (the WebUI's names)."""
-    args = PRESETS[_preset_name(preset)].values
-    return {
-        "model": str(args.get("model_name_or_path", "")),
-        "method": method_of(args),
-        "dataset": str(args.get("dataset", "")),
-        "lr": f"{args.get('learning_rate', 5e-5):g}",
-        "compute": compute_type_of(args),
-        "grad_accum": str(args.get("gradient_accumulation_steps", 8)),
-        "loraplus": f"{args.get('loraplus_lr_ratio', 0) or 0:g}",
-        "target": str(args.get("lora_target", "all")),
-        "epochs": f"{args.get('num_train_epochs', 3.0):g}",
-        "cutoff": str(args.get("cutoff_len", 2048)),
-        "batch": str(args.get("per_device_train_batch_size", 2)),
-    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -208,10 +208,6 @@ class Settings:
         return self.data_dir / "jobs"
 
     @property
-    def datasets_dir(self) -> Path:
-        return self.data_dir / "datasets"
-
-    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
@@ -224,7 +220,3 @@ def _storage_settings(env: dict[str, str]):
     from .storage import StorageSettings  # storage imports this module's helpers
 
     return StorageSettings.from_env(env)
-
-
-def settings_field_names() -> list[str]:
-    return [f.name for f in fields(Settings)]

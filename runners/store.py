@@ -33,13 +33,6 @@ from .job import (
 log = logging.getLogger(__name__)
 
 
-def _add_column(conn, table: str, column_sql: str) -> None:
-    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column_sql}"))
-
-
-# Schema history. Version 1 is the tables as first released; each later entry upgrades an
-# existing database in place (never drop, never recreate), so stored jobs survive upgrades.
-# create_all() only adds missing tables; columns added to existing tables go here.
 def _thread_indexes(conn) -> None:
     # Front ends find a job by the Slack thread a message is in (bot/threads.py), per message event.
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_job_channel_message_ts ON job (channel, message_ts)"))
@@ -51,6 +44,10 @@ def _runner_hardware(conn) -> None:
         conn.execute(text("ALTER TABLE runner ADD COLUMN hardware JSON"))
 
 
+# Schema history. Version 1 is the tables as first released; each later entry upgrades an
+# existing database in place (never drop, never recreate), so stored jobs survive upgrades.
+# create_all() only adds missing tables; columns and indexes of existing tables come from here,
+# written so they may also run on a database create_all() has just made.
 MIGRATIONS: dict[int, Callable[[Any], None]] = {
     1: lambda conn: None,
     2: _thread_indexes,
