@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,17 +71,16 @@ class JobQueue:
         yaml_text: str | None = None,
         requester: Requester = CLI,
     ) -> Job:
-        existing = self._seen(requester)
-        if existing:
-            return existing
-        recipe = recipes.train_recipe(
-            preset=preset,
-            pairs=pairs,
-            yaml_text=yaml_text,
-            default_model=self.settings.default_model,
-            default_dataset=self.settings.default_dataset,
+        return self._submit(
+            requester,
+            lambda: recipes.train_recipe(
+                preset=preset,
+                pairs=pairs,
+                yaml_text=yaml_text,
+                default_model=self.settings.default_model,
+                default_dataset=self.settings.default_dataset,
+            ),
         )
-        return self._queue(recipe, requester)
 
     def submit_eval(
         self,
@@ -90,16 +90,15 @@ class JobQueue:
         pairs: dict[str, str] | None = None,
         requester: Requester = CLI,
     ) -> Job:
-        existing = self._seen(requester)
-        if existing:
-            return existing
-        recipe = recipes.eval_recipe(
-            self._source(source, model, pairs, "evaluate"),
-            pairs,
-            default_dataset=self._default_eval_dataset(source, model),
-            gpu=self.hardware.has_gpu,
+        return self._submit(
+            requester,
+            lambda: recipes.eval_recipe(
+                self._source(source, model, pairs, "evaluate"),
+                pairs,
+                default_dataset=self._default_eval_dataset(source, model),
+                gpu=self.hardware.has_gpu,
+            ),
         )
-        return self._queue(recipe, requester)
 
     def submit_export(
         self,
@@ -109,13 +108,12 @@ class JobQueue:
         pairs: dict[str, str] | None = None,
         requester: Requester = CLI,
     ) -> Job:
-        existing = self._seen(requester)
-        if existing:
-            return existing
-        recipe = recipes.export_recipe(
-            self._source(source, model, pairs, "export"), pairs, gpu=self.hardware.has_gpu
+        return self._submit(
+            requester,
+            lambda: recipes.export_recipe(
+                self._source(source, model, pairs, "export"), pairs, gpu=self.hardware.has_gpu
+            ),
         )
-        return self._queue(recipe, requester)
 
     def submit_deploy(
         self,
@@ -125,9 +123,11 @@ class JobQueue:
         pairs: dict[str, str] | None = None,
         requester: Requester = CLI,
     ) -> Job:
-        existing = self._seen(requester)
-        if existing:
-            return existing
+        return self._submit(requester, lambda: self._deploy_recipe(source, model, pairs))
+
+    def _deploy_recipe(
+        self, source: int | str | None, model: str | None, pairs: dict[str, str] | None
+    ) -> Recipe:
         recipe = recipes.deploy_recipe(self._source(source, model, pairs, "deploy"), pairs)
         port = recipe.spec.get("port")
         if port and deploy.port_in_use(self.settings.deploy_host, port):
@@ -143,10 +143,15 @@ class JobQueue:
                 field="mode",
                 fix="mode=api: every deployment already gets a chat page link",
             )
-        return self._queue(recipe, requester)
+        return recipe
 
-    def _seen(self, requester: Requester) -> Job | None:
-        return self.store.find_by_request(requester.request_key) if requester.request_key else None
+    def _submit(self, requester: Requester, build: Callable[[], Recipe]) -> Job:
+        """A redelivered request returns its job; otherwise build, check and queue the recipe."""
+        if requester.request_key:
+            existing = self.store.find_by_request(requester.request_key)
+            if existing is not None:
+                return existing
+        return self._queue(build(), requester)
 
     def _source(
         self, source: int | str | None, model: str | None, pairs: dict[str, str] | None, purpose: str
