@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from runners.job import FINAL_STATES, Job, JobState
-from runners.progress import format_eta, progress_bar
 from runners.store import Store
 
 from .render import METRIC_LABELS
@@ -46,18 +45,10 @@ def job_line(job: Job) -> str:
 
 
 def progress_line(progress: dict[str, Any]) -> str:
-    bits = [progress_bar(progress.get("percent"))]
-    if progress.get("step") is not None:
-        bits.append(f"step {progress['step']}/{progress.get('total') or '?'}")
-    if progress.get("loss") is not None:
-        bits.append(f"loss {progress['loss']:.4f}")
-    if progress.get("eval_loss") is not None:
-        bits.append(f"eval loss {progress['eval_loss']:.4f}")
-    if progress.get("remaining_s") is not None:
-        bits.append(f"ETA {format_eta(progress['remaining_s'])}")
-    if progress.get("tokens_per_s"):
-        bits.append(f"{progress['tokens_per_s']:,.0f} tok/s")
-    return "  ".join(bits)
+    """The job message's progress line (bot.render), without Slack's code marks."""
+    from .render import progress_text
+
+    return progress_text(progress).replace("`", "")
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
