@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Commands that spend GPU time (or change what others train on): allowed users only.
 SPENDING = ("train", "eval", "export", "deploy", "resume", "dataset add")
+# Commands that change what tunebot posts to a channel: the same people (admins anywhere).
+MANAGING = ("schedule daily", "schedule weekly", "schedule cron", "schedule off")
 # Commands answered with "checking…" first, because the engine validates them (it may take seconds).
 CHECKED = ("train", "eval", "export", "deploy", "resume")
 BUTTON_COMMANDS = {
@@ -66,7 +68,10 @@ def answer_command(services: Services, command: Command, origin: Origin) -> dict
     """Do what `command` asks for `origin`; returns the reply for that person."""
     name = command.name
     if name in SPENDING:
-        services.access.require(origin.user, origin.channel)
+        services.access.require(origin.user, origin.channel, store=services.store)
+    elif name in MANAGING:
+        services.access.require(origin.user, origin.channel, "manage this channel's digests",
+                                store=services.store)
     handler = _HANDLERS.get(name)
     if handler is None:
         if name.startswith("schedule"):

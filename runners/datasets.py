@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, shorten
 
 DATASET_INFO = "dataset_info.json"
 LOCK_FILE = ".dataset_info.lock"
@@ -418,13 +418,23 @@ def check_dataset(path: Path | bytes) -> DatasetCheck:
 # The registry
 
 
-def validate_dataset_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+def validate_dataset_name(name: str, *, builtin: bool = False) -> str:
+    """A name people may register (not one of the built-in demo sets'), or a UserError."""
+    # fullmatch: `$` alone would let a trailing newline through ("train\n").
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise UserError(
-            f"{name!r} is not a usable dataset name: use 1-64 letters, digits, `-`, `_` or `.`, "
+            f"{shorten(name)!r} is not a usable dataset name: use 1-64 letters, digits, `-`, `_` or `.`, "
             "starting with a letter or digit.",
             field="name",
             fix="name=support_chats_v2",
+        )
+    from .recipes import DEMO_DATASET, DEMO_EVAL_DATASET
+
+    if name in (DEMO_DATASET, DEMO_EVAL_DATASET) and not builtin:
+        raise UserError(
+            f"`{name}` is the name of tunebot's built-in demo set (the `tiny` preset and the demo use it).",
+            field="name",
+            fix=f"pick another name, e.g. {name}-mine",
         )
     return name
 
@@ -516,15 +526,7 @@ def add_dataset(
     own name. The stored file is named after the dataset and a digest of its content. The names of
     the embedded demo sets are tunebot's own (`builtin=True` registers them).
     """
-    validate_dataset_name(name)
-    from .recipes import DEMO_DATASET, DEMO_EVAL_DATASET
-
-    if name in (DEMO_DATASET, DEMO_EVAL_DATASET) and not builtin:
-        raise UserError(
-            f"`{name}` is the name of tunebot's built-in demo set (the `tiny` preset and the demo use it).",
-            field="name",
-            fix=f"pick another name, e.g. {name}-mine",
-        )
+    validate_dataset_name(name, builtin=builtin)
     if isinstance(source, bytes):
         raw = source
     else:

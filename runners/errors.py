@@ -21,3 +21,9 @@ class UserError(Exception):
         if self.fix:
             text = f"{text}\nFix: {self.fix}"
         return text
+
+
+def shorten(text: object, limit: int = 80) -> str:
+    """User input quoted in an error message: never the whole of a long one."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"

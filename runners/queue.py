@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, deploy, recipes, validation
+from . import artifacts, deploy, recipes, safety, validation
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
@@ -182,8 +182,14 @@ class JobQueue:
         """Resolve the model and datasets and check everything; raises UserError, queues nothing."""
         args = dict(recipe.args)
         parent = self.store.get(recipe.parent_id) if recipe.parent_id else None
+        validation.check_ranges(args)
         in_store = artifacts.missing_inputs(args, parent)  # fetched by the runner before it starts
         model = str(args["model_name_or_path"])
+        # Set by the operator or by tunebot from a job that passed these checks: not judged again.
+        trusted = {v for v in (self.settings.default_model, *(parent.args.values() if parent else ()))
+                   if isinstance(v, str)}
+        if model in trusted:
+            trusted.add(validation.resolve_model_path(model, self.settings.models_dir))
         if model == recipes.TINY_MODEL:
             from .tinymodel import ensure_tiny_model
 
@@ -193,6 +199,14 @@ class JobQueue:
         args["model_name_or_path"] = model
         if "adapter_name_or_path" not in in_store:
             validation.check_adapter(args.get("adapter_name_or_path"))
+        # Every path the job would read or write: only the data dir and the operator's model roots.
+        safety.check_arguments(
+            args,
+            job_dir=self.settings.jobs_dir / "0",  # where relative paths land (each job runs in its folder)
+            roots=safety.allowed_roots(self.settings.data_dir, self.settings.model_roots),
+            allow_publishing=self.settings.allow_publishing,
+            trusted=trusted,
+        )
         for key in ("dataset", "eval_dataset"):
             if key in args:
                 for name in validation.dataset_names(args[key]):

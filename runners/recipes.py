@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from . import bounded_yaml
+from .errors import UserError, shorten
 from .job import Job, JobKind, JobState
 
 TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama
@@ -225,7 +226,7 @@ def parse_yaml_spec(text: str) -> dict[str, Any]:
     """A pasted LLaMA-Factory YAML (code fences allowed) -> its argument dict."""
     body = re.sub(r"^\s*```[a-zA-Z]*\s*\n?|\n?\s*```\s*$", "", text.strip())
     try:
-        data = yaml.safe_load(body)
+        data = bounded_yaml.load(body)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -245,7 +246,7 @@ def _apply_compute(args: dict[str, Any], value: str) -> None:
     value = value.strip().lower()
     if value not in COMPUTE_TYPES:
         raise UserError(
-            f"compute={value!r} is not a compute type.",
+            f"compute={shorten(value)!r} is not a compute type.",
             field="compute",
             fix="compute=bf16 (or fp16, fp32, pure_bf16)",
         )
@@ -259,7 +260,7 @@ def _apply_method(args: dict[str, Any], value: str) -> None:
     value = value.strip().lower()
     if value not in METHODS:
         raise UserError(
-            f"method={value!r} is not a fine-tuning method.",
+            f"method={shorten(value)!r} is not a fine-tuning method.",
             field="method",
             fix="method=lora (or qlora, freeze, full)",
         )
@@ -313,7 +314,7 @@ def _apply_pairs(args: dict[str, Any], pairs: dict[str, str], keys: dict[str, st
                 n_slots = int(value)
             except ValueError:
                 raise UserError(
-                    f"gpus={value!r} is not a whole number.", field="gpus", fix="gpus=2"
+                    f"gpus={shorten(value)!r} is not a whole number.", field="gpus", fix="gpus=2"
                 ) from None
             if n_slots < 1:
                 raise UserError("gpus must be at least 1.", field="gpus", fix="gpus=1")
@@ -389,7 +390,7 @@ def train_recipe(
 def _preset_name(name: str) -> str:
     if name not in PRESETS:
         known = ", ".join(PRESETS)
-        raise UserError(f"There is no preset {name!r}.", field="preset", fix=f"use one of: {known}")
+        raise UserError(f"There is no preset {shorten(name)!r}.", field="preset", fix=f"use one of: {known}")
     return name
 
 
@@ -556,13 +557,13 @@ def deploy_recipe(source: ModelSource, pairs: dict[str, str] | None = None) -> R
     pairs = dict(pairs or {})
     mode = str(pairs.pop("mode", "api")).strip().lower()
     if mode not in DEPLOY_MODES:
-        raise UserError(f"mode={mode!r} is not a deploy mode.", field="mode", fix="mode=api (or webchat)")
+        raise UserError(f"mode={shorten(mode)!r} is not a deploy mode.", field="mode", fix="mode=api (or webchat)")
     port = pairs.pop("port", None)
     if port is not None:
         try:
             port = int(port)
         except ValueError:
-            raise UserError(f"port={port!r} is not a port number.", field="port", fix="port=8000") from None
+            raise UserError(f"port={shorten(port)!r} is not a port number.", field="port", fix="port=8000") from None
         if not 1 <= port <= 65535:
             raise UserError(f"port={port} is out of range.", field="port", fix="port=8000")
     n_slots = _apply_pairs(args, pairs, DEPLOY_KEYS)

@@ -62,6 +62,13 @@ def _list(env: dict[str, str], name: str) -> list[str] | None:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _flag(env: dict[str, str], name: str, default: str) -> bool:
+    value = (_env(env, name, default) or default).lower()
+    if value not in {"on", "off", "1", "0", "true", "false", "yes", "no"}:
+        raise UserError(f"{name} must be on or off.", field=name, fix=f"{name}={default}")
+    return value in {"on", "1", "true", "yes"}
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -111,6 +118,18 @@ SETTINGS_TABLE: list[Setting] = [
     ),
     Setting("TUNEBOT_CANCEL_GRACE", "30s", "duration", "Time between SIGTERM and SIGKILL on cancel"),
     Setting("TUNEBOT_DEFAULT_MODEL", "(none)", "path/id", "Model used when a train request names none"),
+    Setting(
+        "TUNEBOT_MODEL_ROOTS",
+        "(none)",
+        "paths",
+        "Folders outside the data dir that jobs may read models from, e.g. `/models,/mnt/llm`",
+    ),
+    Setting(
+        "TUNEBOT_ALLOW_PUBLISHING",
+        "off",
+        "on/off",
+        "Let jobs push to a model hub or report to SwanLab/W&B/Trackio (`push_to_hub`, `report_to`…)",
+    ),
     Setting("TUNEBOT_DEFAULT_DATASET", "(none)", "name", "Dataset used when a train request names none"),
     Setting(
         "TUNEBOT_LLAMAFACTORY_CLI", "llamafactory-cli beside Python", "path", "The `llamafactory-cli` to run"
@@ -149,6 +168,9 @@ class Settings:
     cancel_grace: float = 30.0
     default_model: str | None = None
     default_dataset: str | None = None
+    # Where path-valued job arguments may point besides the data dir (runners/safety.py).
+    model_roots: list[Path] = field(default_factory=list)
+    allow_publishing: bool = False
     llamafactory_cli: str | None = None
     webchat_cli: str | None = None
     deploy_host: str = "127.0.0.1"
@@ -170,9 +192,6 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         data_dir = Path(os.path.expanduser(_env(env, "TUNEBOT_DATA_DIR") or str(default_data_dir())))
-        api_key_flag = (_env(env, "TUNEBOT_DEPLOY_API_KEY", "on") or "on").lower()
-        if api_key_flag not in {"on", "off", "1", "0", "true", "false", "yes", "no"}:
-            raise UserError("TUNEBOT_DEPLOY_API_KEY must be on or off.", field="TUNEBOT_DEPLOY_API_KEY")
         return cls(
             data_dir=data_dir,
             database_url=_env(env, "TUNEBOT_DATABASE_URL"),
@@ -182,13 +201,15 @@ class Settings:
             cancel_grace=_duration(env, "TUNEBOT_CANCEL_GRACE", "30s"),
             default_model=_env(env, "TUNEBOT_DEFAULT_MODEL"),
             default_dataset=_env(env, "TUNEBOT_DEFAULT_DATASET"),
+            model_roots=[Path(os.path.expanduser(p)) for p in _list(env, "TUNEBOT_MODEL_ROOTS") or []],
+            allow_publishing=_flag(env, "TUNEBOT_ALLOW_PUBLISHING", "off"),
             llamafactory_cli=_env(env, "TUNEBOT_LLAMAFACTORY_CLI"),
             webchat_cli=_env(env, "TUNEBOT_WEBCHAT_CLI"),
             deploy_host=_env(env, "TUNEBOT_DEPLOY_HOST", "127.0.0.1") or "127.0.0.1",
             public_url=_env(env, "TUNEBOT_PUBLIC_URL"),
             deploy_timeout=_duration(env, "TUNEBOT_DEPLOY_TIMEOUT", "10m"),
             deploy_idle=_duration(env, "TUNEBOT_DEPLOY_IDLE", "2h"),
-            deploy_api_key=api_key_flag in {"on", "1", "true", "yes"},
+            deploy_api_key=_flag(env, "TUNEBOT_DEPLOY_API_KEY", "on"),
             web_host=_env(env, "TUNEBOT_WEB_HOST", "127.0.0.1") or "127.0.0.1",
             web_port=_int(env, "TUNEBOT_WEB_PORT", 7860, minimum=0),
             poll_interval=_bounded(

@@ -378,13 +378,17 @@ def _public(values: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
+MAX_JOB_ID = 2**63 - 1  # a BIGINT / SQLite INTEGER
+
+
 def parse_job_id(value: int | str) -> int:
     """'12', '#12', 12 -> 12; anything else is the user's mistake."""
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_JOB_ID:
         return value
     raw = str(value).strip().lstrip("#")
-    if not raw.isdigit():
+    # ASCII digits only ('²'.isdigit() is true), and small enough for a database integer.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) > MAX_JOB_ID:
         raise UserError(
-            f"{value!r} is not a job id.", field="job", fix="use the number shown as #N, e.g. `status 12`"
+            f"{shorten(value)!r} is not a job id.", field="job", fix="use the number shown as #N, e.g. `status 12`"
         )
     return int(raw)

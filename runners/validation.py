@@ -16,15 +16,16 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, shorten
 from .hardware import Hardware
 from .job import JobKind
-from .recipes import Recipe, compute_type_of
+from .recipes import TRAIN_KEYS, Recipe, compute_type_of
 
 _PARSER_LOCK = threading.Lock()
 _BOOL_TRUE = {"true", "yes", "1", "on", "y", "t"}
 _BOOL_FALSE = {"false", "no", "0", "off", "n", "f"}
 _PRECISION_KEYS = ("bf16", "fp16", "pure_bf16")
+_MAX_PATH = 4096  # PATH_MAX on Linux: anything longer cannot name a file
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -73,7 +74,7 @@ def _convert(key: str, value: Any, action, annotation: str) -> Any:
             return False
         if "str" in annotation:  # e.g. include_num_input_tokens_seen: str | bool
             return str(value)
-        raise UserError(f"`{key}` must be true or false, not {value!r}.", field=key, fix=f"{key}=true")
+        raise UserError(f"`{key}` must be true or false, not {shorten(value)!r}.", field=key, fix=f"{key}=true")
     if action.nargs in ("+", "*"):
         items = value if isinstance(value, list) else [v for v in re.split(r"[,\s]+", str(value)) if v]
         return [_convert_scalar(key, item, convert, action.choices) for item in items]
@@ -87,7 +88,7 @@ def _convert_scalar(key: str, value: Any, convert, choices, default: Any = None)
             raise _choice_error(key, value, choices)
         return result
     if isinstance(value, bool) and convert in (int, float):
-        raise UserError(f"`{key}` must be a number, not {value!r}.", field=key, fix=f"{key}=…")
+        raise UserError(f"`{key}` must be a number, not {shorten(value)!r}.", field=key, fix=f"{key}=…")
     try:
         result = convert(value) if not isinstance(value, str) else convert(value.strip())
     except (TypeError, ValueError):
@@ -98,7 +99,7 @@ def _convert_scalar(key: str, value: Any, convert, choices, default: Any = None)
         if isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0:
             example = f"{default:g}"  # the argument's own default, e.g. num_train_epochs=3
         raise UserError(
-            f"`{key}` must be {kind}, not {value!r}.", field=key, fix=f"{key}={example}"
+            f"`{key}` must be {kind}, not {shorten(value)!r}.", field=key, fix=f"{key}={example}"
         ) from None
     if choices and str(getattr(result, "value", result)) not in [
         str(getattr(c, "value", c)) for c in choices
@@ -111,7 +112,7 @@ def _choice_error(key: str, value: Any, choices) -> UserError:
     names = [str(getattr(c, "value", c)) for c in choices]
     close = difflib.get_close_matches(str(value), names, n=1)
     hint = f"{key}={close[0]}" if close else f"one of: {', '.join(names[:12])}"
-    return UserError(f"`{key}` cannot be {value!r}.", field=key, fix=hint)
+    return UserError(f"`{key}` cannot be {shorten(value)!r}.", field=key, fix=hint)
 
 
 def _unknown_key_error(key: str, known: list[str]) -> UserError:
@@ -166,7 +167,7 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         converted[key] = _convert(key, value, action, annotations.get(key, ""))
     for key, value in converted.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"`{key}` must be a finite number, not {value!r}.", field=key, fix=f"{key}=…")
+            raise UserError(f"`{key}` must be a finite number, not {shorten(value)!r}.", field=key, fix=f"{key}=…")
     if converted.get("template"):
         _check_template(str(converted["template"]))
     # Precision is judged against the runner's hardware (check_hardware), not this process's.
@@ -205,7 +206,7 @@ def _check_template(name: str) -> None:
             if close
             else "template=llama3 (LLaMA-Factory's name for the model's chat format)"
         )
-        raise UserError(f"LLaMA-Factory has no chat template {name!r}.", field="template", fix=fix)
+        raise UserError(f"LLaMA-Factory has no chat template {shorten(name)!r}.", field="template", fix=fix)
 
 
 def check_hardware(recipe: Recipe, hardware: Hardware, slots: list[str]) -> None:
@@ -240,11 +241,21 @@ def check_hardware(recipe: Recipe, hardware: Hardware, slots: list[str]) -> None
 
 def resolve_model_path(model: str, models_dir: Path) -> str:
     """A model given as a path, a name under the data dir's models/, or a hub id."""
+    if len(model) > _MAX_PATH or "\0" in model:
+        raise UserError(
+            f"The model name is not a usable path ({len(model)} characters).",
+            field="model",
+            fix="give a local folder (model=/models/Meta-Llama-3-8B-Instruct) or a hub id",
+        )
     candidates = [Path(model).expanduser()]
     if not Path(model).is_absolute():
         candidates.append(models_dir / model)
     for path in candidates:
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # a name too long for the filesystem, a loop of links: not a model folder
+            is_dir = False
+        if is_dir:
             if not (path / "config.json").exists():
                 raise UserError(
                     f"{path} is a folder but holds no model (no config.json).",
@@ -252,10 +263,10 @@ def resolve_model_path(model: str, models_dir: Path) -> str:
                     fix="give the folder that holds config.json and the weights",
                 )
             return str(path.resolve())
-    if _HUB_ID.match(model) and not model.startswith((".", "~")):
+    if _HUB_ID.fullmatch(model) and not model.startswith((".", "~")):
         return model  # a hub id: the runner host may download it (not checked here)
     raise UserError(
-        f"Model {model!r} was not found on the runner.",
+        f"Model {shorten(model)!r} was not found on the runner.",
         field="model",
         fix="give a local folder (model=/models/Meta-Llama-3-8B-Instruct) or a name under "
         f"{models_dir}, or a hub id like meta-llama/Meta-Llama-3-8B-Instruct",
@@ -275,3 +286,76 @@ def dataset_names(value: Any) -> list[str]:
     if isinstance(value, list):
         return [str(v).strip() for v in value if str(v).strip()]
     return [v.strip() for v in str(value or "").split(",") if v.strip()]
+
+
+# (low, high, low inclusive, high inclusive, a good value): the ranges LLaMA-Factory's parser does
+# not enforce but a run needs; a value outside fails only after launch, so it is refused here.
+_RANGES: dict[str, tuple[float | None, float | None, bool, bool, str]] = {
+    "per_device_train_batch_size": (1, None, True, True, "2"),
+    "per_device_eval_batch_size": (1, None, True, True, "2"),
+    "gradient_accumulation_steps": (1, None, True, True, "8"),
+    "num_train_epochs": (0, None, False, True, "3"),
+    "learning_rate": (0, 1, False, True, "1e-4"),
+    "cutoff_len": (1, None, True, True, "2048"),
+    "lora_rank": (1, None, True, True, "8"),
+    "lora_alpha": (1, None, True, True, "16"),
+    "lora_dropout": (0, 1, True, False, "0"),
+    "loraplus_lr_ratio": (0, None, True, True, "16"),
+    "max_samples": (1, None, True, True, "1000"),
+    "warmup_steps": (0, None, True, True, "0"),
+    "warmup_ratio": (0, 1, True, True, "0.1"),
+    "weight_decay": (0, None, True, True, "0"),
+    "max_grad_norm": (0, None, False, True, "1.0"),
+    "logging_steps": (0, None, False, True, "5"),
+    "save_steps": (0, None, False, True, "100"),
+    "save_total_limit": (1, None, True, True, "2"),
+    "val_size": (0, None, True, True, "0.1"),
+    "max_new_tokens": (1, None, True, True, "512"),
+    "temperature": (0, None, True, True, "0.95"),
+    "top_p": (0, 1, False, True, "0.7"),
+    "top_k": (0, None, True, True, "50"),
+    "export_size": (1, None, True, True, "5"),
+    "preprocessing_num_workers": (1, None, True, True, "16"),
+}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
+    except ValueError:
+        return None  # not a number: LLaMA-Factory's conversion names the type
+
+
+def _range_text(low, high, low_in, high_in) -> str:
+    if high is None:
+        return f"at least {low:g}" if low_in else f"more than {low:g}"
+    left = "[" if low_in else "("
+    right = "]" if high_in else ")"
+    return f"in {left}{low:g}, {high:g}{right}"
+
+
+def check_ranges(args: dict[str, Any]) -> None:
+    """Refuse numbers a run cannot use (batch=0, epochs=-1, lr=-1…) before anything is queued."""
+    for key, (low, high, low_in, high_in, good) in _RANGES.items():
+        number = _number(args.get(key))
+        if number is None or not math.isfinite(number):
+            continue  # missing, or not a number (the parser says so), or inf/nan (said later)
+        too_low = low is not None and (number < low if low_in else number <= low)
+        too_high = high is not None and (number > high if high_in else number >= high)
+        if too_low or too_high:
+            friendly = next((k for k, v in TRAIN_KEYS.items() if v == key and k != key), None)
+            name = f"{friendly}` (`{key}`)" if friendly else f"{key}`"
+            raise UserError(
+                f"`{name} must be {_range_text(low, high, low_in, high_in)}, not {number:g}.",
+                field=key,
+                fix=f"{key}={good}",
+            )
+    steps = _number(args.get("max_steps"))
+    if steps is not None and math.isfinite(steps) and steps != -1 and steps < 1:
+        raise UserError(
+            f"`max_steps` must be at least 1 (or left out to train by epochs), not {steps:g}.",
+            field="max_steps",
+            fix="max_steps=100, or leave it out",
+        )

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("web") / "chat.html"
 # A chat request is a conversation, not an upload.
 MAX_BODY_BYTES = 1 << 20
+_MAX_JOB_ID = 2**63 - 1
 _SLOT = re.compile(r"\{\{(TITLE|NONCE|CONFIG)\}\}")
 # Headers of the deployment's answer passed back to the browser.
 _PASSED_HEADERS = ("content-type", "cache-control")
@@ -117,6 +118,8 @@ def create_chat_app(
 
     # Both may wait on the job store (a locked SQLite file, a remote PostgreSQL): off the event loop.
     async def lookup(job_id: int) -> ChatTarget | None:
+        if job_id > _MAX_JOB_ID:  # no database integer is that large: no such deployment
+            return None
         return await run_in_threadpool(resolve, job_id)
 
     async def touch(job_id: int) -> None:

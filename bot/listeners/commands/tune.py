@@ -112,7 +112,7 @@ def seed_recipe_for_form(services: Services) -> dict[str, Any]:
 
 
 def open_train_form(services: Services, client: WebClient, trigger_id: str, origin: Origin) -> None:
-    services.access.require(origin.user, origin.channel)
+    services.access.require(origin.user, origin.channel, store=services.store)
     metadata = json.dumps({"channel": origin.channel})
     view = render_train_modal(seed_recipe_for_form(services), private_metadata=metadata)
     client.views_open(trigger_id=trigger_id, view=view)
@@ -130,7 +130,7 @@ def ask_for_dataset_file(services: Services, client: WebClient, name: str, origi
     """Post the prompt the file is shared in reply to; remember it."""
     from runners.datasets import validate_dataset_name
 
-    services.access.require(origin.user, origin.channel, "add datasets")
+    services.access.require(origin.user, origin.channel, "add datasets", store=services.store)
     validate_dataset_name(name)
     if not _is_member(client, origin.channel):
         # Slack sends a bot the messages (and files) of conversations it is in, and no others.

@@ -49,7 +49,7 @@ def shared_file(event: dict[str, Any], client: WebClient, context: BoltContext,
         services.ephemeral(channel, user, thread_ts=where, **message)
 
     with answering_errors(tell, logger):
-        services.access.require(user, channel, "add datasets")
+        services.access.require(user, channel, "add datasets", store=services.store)
         file = uploads.pick_file(event.get("files") or [])
         info = uploads.register(client, services.runtime.settings.data_dir, name, file)
         audit(services.store, user, "dataset add", None, name=name, rows=info.rows, format=info.format,

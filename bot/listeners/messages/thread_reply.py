@@ -41,7 +41,7 @@ def thread_reply(event: dict[str, Any], body: dict[str, Any], client: WebClient,
         deployment = serving_deployment(services.runtime, root)
         if deployment is None:
             return  # people talking among themselves in a job's thread
-        services.access.require(user, channel, "chat with this model")
+        services.access.require(user, channel, "chat with this model", store=services.store)
         messages = read_thread(client, channel, thread_ts)
         if not any(m.get("ts") == ts for m in messages):
             messages.append(event)  # Slack's thread listing may lag behind the event

@@ -21,6 +21,7 @@ from runners.errors import UserError
 from runners.job import Job
 from runners.queue import Requester
 
+from ...auth import audit
 from ...commands import Origin
 from ...render import modal_values, render_error, render_modal_errors
 from ...replies import render_queued, render_text
@@ -62,6 +63,7 @@ def train_form_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], c
     origin = Origin(user=user, channel=_channel_of(view),
                     request_key=form_request_key(view, values) or body.get("trigger_id"))
     if not services.access.may_spend(user, origin.channel):
+        audit(services.store, user, "refused", None, what="start jobs", channel=origin.channel)
         ack(**render_modal_errors(services.access.refusal(user, origin.channel), values))
         return
     pairs = {k: v for k, v in values.items() if k != "yaml"}
