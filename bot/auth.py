@@ -62,7 +62,8 @@ class Access:
             fix = "run it in one of the channels tunebot works in, or ask an admin to add this one"
         return UserError(f"Sorry, you may not {what} here: {why}", field="user", fix=fix)
 
-    def require(self, user: str, channel: str, what: str = "start jobs", *, store: Store | None = None) -> None:
+    def require(self, user: str, channel: str, what: str = "start jobs", *,
+                store: Store | None = None) -> None:
         """Refuse unless `user` may spend here; a refusal is recorded in the audit table too."""
         if not self.may_spend(user, channel):
             if store is not None:

@@ -178,10 +178,14 @@ def cmd_run(settings: Settings, args) -> int:
 
 
 def _read_config(path: Path) -> str:
+    from runners.bounded_yaml import MAX_BYTES
+    from runners.user_files import read_regular_file
+
+    raw = read_regular_file(path, field="--config", max_bytes=MAX_BYTES, what="LLaMA-Factory YAML")
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"Cannot read {path}: {exc.strerror}.", field="--config") from None
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text.", field="--config", fix="save it as UTF-8") from None
 
 
 def cmd_resume(settings: Settings, args) -> int:

@@ -41,6 +41,10 @@ def _check_events(text: str) -> None:
             depth -= 1
 
 
+def _self_reference() -> UserError:
+    return UserError("The YAML refers to itself (an alias inside its own anchor).", field="yaml", fix=_FIX)
+
+
 def expanded_size(root: yaml.Node | None, budget: int = MAX_NODES) -> int:
     """How many nodes the document stands for with every alias expanded (stops past `budget`)."""
     if root is None:
@@ -65,15 +69,13 @@ def expanded_size(root: yaml.Node | None, budget: int = MAX_NODES) -> int:
             sizes[key] = min(total, budget + 1)
             continue
         if key in on_path:  # an alias inside its own anchor: an endless value
-            raise UserError("The YAML refers to itself (an alias inside its own anchor).", field="yaml", fix=_FIX)
+            raise _self_reference()
         on_path.add(key)
         stack.append((node, True))
         for child in children:
             if id(child) not in sizes:
                 if id(child) in on_path:
-                    raise UserError(
-                        "The YAML refers to itself (an alias inside its own anchor).", field="yaml", fix=_FIX
-                    )
+                    raise _self_reference()
                 stack.append((child, False))
     return sizes[id(root)]
 
@@ -83,7 +85,9 @@ def load(text: str) -> Any:
     size = len(text.encode("utf-8", errors="replace"))
     if size > MAX_BYTES:
         raise UserError(
-            f"The YAML is {size // 1024} KiB; a config is at most {MAX_BYTES // 1024} KiB.", field="yaml", fix=_FIX
+            f"The YAML is {size // 1024} KiB; a config is at most {MAX_BYTES // 1024} KiB.",
+            field="yaml",
+            fix=_FIX,
         )
     _check_events(text)
     root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, shorten
+from .user_files import read_regular_file
 
 DATASET_INFO = "dataset_info.json"
 LOCK_FILE = ".dataset_info.lock"
@@ -33,6 +34,7 @@ LOCK_FILE = ".dataset_info.lock"
 META_KEY = "tunebot"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SAMPLE_ROWS = 3
+MAX_DATASET_BYTES = 4 * 2**30  # a file from disk; Slack uploads have their own, smaller cap
 
 ALPACA = "alpaca"
 SHAREGPT = "sharegpt"
@@ -530,10 +532,7 @@ def add_dataset(
     if isinstance(source, bytes):
         raw = source
     else:
-        try:
-            raw = Path(source).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            raise UserError(f"Cannot read {source}: {exc.strerror}.", field="file") from None
+        raw = read_regular_file(source, field="file", max_bytes=MAX_DATASET_BYTES, what="dataset file")
     if filename is None and not isinstance(source, bytes):
         filename = Path(source).name
     check = check_dataset(raw)

@@ -557,13 +557,17 @@ def deploy_recipe(source: ModelSource, pairs: dict[str, str] | None = None) -> R
     pairs = dict(pairs or {})
     mode = str(pairs.pop("mode", "api")).strip().lower()
     if mode not in DEPLOY_MODES:
-        raise UserError(f"mode={shorten(mode)!r} is not a deploy mode.", field="mode", fix="mode=api (or webchat)")
+        raise UserError(
+            f"mode={shorten(mode)!r} is not a deploy mode.", field="mode", fix="mode=api (or webchat)"
+        )
     port = pairs.pop("port", None)
     if port is not None:
         try:
             port = int(port)
         except ValueError:
-            raise UserError(f"port={shorten(port)!r} is not a port number.", field="port", fix="port=8000") from None
+            raise UserError(
+                f"port={shorten(port)!r} is not a port number.", field="port", fix="port=8000"
+            ) from None
         if not 1 <= port <= 65535:
             raise UserError(f"port={port} is out of range.", field="port", fix="port=8000")
     n_slots = _apply_pairs(args, pairs, DEPLOY_KEYS)

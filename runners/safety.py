@@ -37,7 +37,9 @@ _PUBLISHING = re.compile(
 _NOT_PUBLISHING = frozenset({"swanlab_mode", "swanlab_logdir"})  # harmless without use_swanlab
 _QUIET_REPORT_TO = {"", "none", "[]", "null"}
 _PATH_WORDS = re.compile(r"\b(path|paths|directory|folder)\b|\bfile path\b|\bjson config file\b", re.I)
-_PATH_NAME = re.compile(r"(_dir|_path|_folder|_logdir|_name_or_path|_adapters)$|^(deepspeed|ref_model|reward_model)$")
+_PATH_NAME = re.compile(
+    r"(_dir|_path|_folder|_logdir|_name_or_path|_adapters)$|^(deepspeed|ref_model|reward_model)$"
+)
 # Help texts that say "path" about something else (a repository kept in sync with output_dir…).
 _NOT_PATHS = frozenset({"hub_model_id", "profile_modules", "export_hub_model_id"})
 
@@ -107,8 +109,9 @@ def _pieces(key: str, value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     text = str(value)
-    # LLaMA-Factory splits adapter lists on commas.
-    return [p for p in text.split(",")] if key.endswith("_name_or_path") or key.endswith("adapters") else [text]
+    if key.endswith(("_name_or_path", "adapters")):  # LLaMA-Factory splits these on commas
+        return text.split(",")
+    return [text]
 
 
 def check_arguments(

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from .errors import UserError
+from .errors import UserError, shorten
 from .job import (
     ACTIVE_STATES,
     AuditEntry,
@@ -389,6 +389,8 @@ def parse_job_id(value: int | str) -> int:
     # ASCII digits only ('²'.isdigit() is true), and small enough for a database integer.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) > MAX_JOB_ID:
         raise UserError(
-            f"{shorten(value)!r} is not a job id.", field="job", fix="use the number shown as #N, e.g. `status 12`"
+            f"{shorten(value)!r} is not a job id.",
+            field="job",
+            fix="use the number shown as #N, e.g. `status 12`",
         )
     return int(raw)

@@ -74,7 +74,9 @@ def _convert(key: str, value: Any, action, annotation: str) -> Any:
             return False
         if "str" in annotation:  # e.g. include_num_input_tokens_seen: str | bool
             return str(value)
-        raise UserError(f"`{key}` must be true or false, not {shorten(value)!r}.", field=key, fix=f"{key}=true")
+        raise UserError(
+            f"`{key}` must be true or false, not {shorten(value)!r}.", field=key, fix=f"{key}=true"
+        )
     if action.nargs in ("+", "*"):
         items = value if isinstance(value, list) else [v for v in re.split(r"[,\s]+", str(value)) if v]
         return [_convert_scalar(key, item, convert, action.choices) for item in items]
@@ -167,7 +169,9 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         converted[key] = _convert(key, value, action, annotations.get(key, ""))
     for key, value in converted.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"`{key}` must be a finite number, not {shorten(value)!r}.", field=key, fix=f"{key}=…")
+            raise UserError(
+                f"`{key}` must be a finite number, not {shorten(value)!r}.", field=key, fix=f"{key}=…"
+            )
     if converted.get("template"):
         _check_template(str(converted["template"]))
     # Precision is judged against the runner's hardware (check_hardware), not this process's.

@@ -342,6 +342,12 @@ class Worker:
         env.update(
             HF_HOME=str(cache / "huggingface"),
             MPLCONFIGDIR=str(cache / "matplotlib"),
+            # Libraries write caches and configs under HOME (~/.cache, ~/.config, ~/.triton…): the
+            # data dir's, never the person's who runs tunebot.
+            HOME=str(cache / "home"),
+            XDG_CACHE_HOME=str(cache / "home" / ".cache"),
+            XDG_CONFIG_HOME=str(cache / "home" / ".config"),
+            XDG_DATA_HOME=str(cache / "home" / ".local" / "share"),
             TOKENIZERS_PARALLELISM="false",
             PYTHONUNBUFFERED="1",
             DISABLE_VERSION_CHECK="1",
