@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runners.errors import UserError
+from runners.errors import UserError, shorten
 from runners.job import FINAL_STATES, Job, JobState
 from runners.settings import Settings
 
@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `tunebot jobs | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a path the system refused: say which words, not where in tunebot
+        where = f" ({shorten(exc.filename)})" if exc.filename else ""
+        print(f"tunebot: {exc.strerror or exc}{where}.", file=sys.stderr)
+        return 1
+    except RecursionError:
+        print("tunebot: the input is nested too deeply to read.", file=sys.stderr)
+        return 2
 
 
 # --- commands ---------------------------------------------------------------------------

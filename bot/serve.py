@@ -29,6 +29,7 @@ from starlette.routing import Route
 from runners.errors import UserError
 from runners.settings import Settings
 
+from . import http_guard
 from .schedules import Scheduler, ScheduleSettings
 from .settings import BotSettings
 
@@ -39,15 +40,45 @@ EVENTS_PATH = "/slack/events"
 DISPATCH_THREADS = 64
 
 
-def asgi_app(app: App, *, threads: int = DISPATCH_THREADS) -> Starlette:
-    """`/slack/events` (commands, events, interactivity) and `/healthz`, dispatching off the event loop."""
+def asgi_app(app: App, *, threads: int = DISPATCH_THREADS, signing_secret: str | None = None) -> Starlette:
+    """`/slack/events` (commands, events, interactivity) and `/healthz`, dispatching off the event loop.
+
+    Size, content type and signature are checked (bot/http_guard.py) before the body is parsed;
+    a forged or malformed request gets 400/401/413 and one log line.
+    """
     limiter = anyio.CapacityLimiter(threads)
+    secret = signing_secret or getattr(app, "_signing_secret", None)
+
+    def refuse(request: Request, refusal: http_guard.Refusal) -> Response:
+        client = request.client.host if request.client else "?"
+        log.warning("refused a request to %s from %s: %s (%d)", EVENTS_PATH, client, refusal.reason,
+                    refusal.status)
+        return PlainTextResponse(http_guard.STATUS_TEXT[refusal.status], status_code=refusal.status)
+
+    def verify_and_dispatch(request: Request, body: bytes) -> Response | http_guard.Refusal:
+        # In a worker thread: the HMAC over the body, Bolt's parsing and the listeners.
+        if secret and not http_guard.signature_ok(secret, request.headers, body):
+            return http_guard.Refusal(401, "wrong signature")
+        try:
+            bolt_request = to_bolt_request(request, body)
+        except Exception:  # Bolt's parsing assumes Slack's shapes (`[]` raises AttributeError…)
+            return http_guard.Refusal(400, "unreadable body")
+        if not isinstance(bolt_request.body, dict) or not all(
+            isinstance(bolt_request.body.get(k, {}), dict) for k in ("event", "view", "container")
+        ):
+            return http_guard.Refusal(400, "not a Slack payload")  # Bolt expects objects here
+        return to_starlette_response(app.dispatch(bolt_request))
 
     async def events(request: Request) -> Response:
-        body = await request.body()
-        bolt_request = to_bolt_request(request, body)
-        bolt_response = await anyio.to_thread.run_sync(app.dispatch, bolt_request, limiter=limiter)
-        return to_starlette_response(bolt_response)
+        refusal = http_guard.check_head(request.headers)
+        if refusal is not None:
+            return refuse(request, refusal)
+        try:
+            body = await http_guard.read_capped(request.stream())
+        except http_guard.BodyTooLarge:
+            return refuse(request, http_guard.Refusal(413, "body too large"))
+        result = await anyio.to_thread.run_sync(verify_and_dispatch, request, body, limiter=limiter)
+        return refuse(request, result) if isinstance(result, http_guard.Refusal) else result
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")

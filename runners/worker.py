@@ -280,6 +280,7 @@ class Worker:
             config = work_dir / "config.yaml"
             config.write_text(yaml.safe_dump(job.args, sort_keys=False, allow_unicode=True), encoding="utf-8")
             env = self._job_env(job, slots)
+            Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
             values: dict[str, Any] = {}
             if job.kind == JobKind.DEPLOY.value:
                 port = job.spec.get("port") or deploy.free_port(self.settings.deploy_host)
