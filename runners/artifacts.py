@@ -114,12 +114,21 @@ def remote_record(parent: Job | None, local_path: str | None) -> dict | None:
     return None
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long to be a file, a NUL byte: not here
+        return False
+
+
 def missing_inputs(args: dict[str, Any], parent: Job | None) -> dict[str, dict]:
     """Arguments naming a folder that is gone from this host but kept in the store: key -> record."""
     wanted: dict[str, dict] = {}
+    if parent is None:
+        return wanted  # only a parent job's uploaded artifacts can be fetched
     for arg in ("adapter_name_or_path", "model_name_or_path"):
         path = args.get(arg)
-        if path and not Path(str(path)).exists():
+        if path and not _exists(str(path)):
             record = remote_record(parent, str(path))
             if record is not None:
                 wanted[arg] = record

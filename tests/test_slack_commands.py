@@ -287,6 +287,57 @@ def test_schedule_commands_go_to_the_schedules_module(bot, monkeypatch) -> None:
     }
 
 
+def test_digests_are_managed_by_allowed_people_in_allowed_channels_and_admins_anywhere(
+    bot, monkeypatch
+) -> None:
+    called = []
+
+    def handle_schedule_command(command, *, user, channel, runtime, client):
+        called.append((command.name, user, channel))
+        return {"text": "done", "blocks": []}
+
+    monkeypatch.setitem(
+        sys.modules, "bot.schedules", types.SimpleNamespace(handle_schedule_command=handle_schedule_command)
+    )
+    for text in ("schedule daily 09:00", "schedule weekly mon 09:00", 'schedule cron "0 9 * * 1-5"',
+                 "schedule off 1"):
+        bot.command(text, user=OUTSIDER_ID)
+    answers = [bot.wait_response(i)["text"] for i in (1, 2, 3, 4)]
+    assert all("Sorry, you may not manage this channel's digests here" in a for a in answers)
+    assert called == []
+    refused = [e for e in bot.runtime.store.audit_log() if e.action == "refused"]
+    assert len(refused) == 4 and {e.user for e in refused} == {OUTSIDER_ID}
+    bot.command("schedule list", user=OUTSIDER_ID)  # reading stays open
+    bot.command("schedule daily 09:00", user=ADMIN_ID, channel="C0ELSEWHERE")  # admins: anywhere
+    bot.command("schedule daily 10:00", user=HUMAN_USER_ID)  # an allowed person
+    bot.wait_response(7)
+    assert [(name, user) for name, user, _ in called] == [
+        ("schedule list", OUTSIDER_ID), ("schedule daily", ADMIN_ID), ("schedule daily", HUMAN_USER_ID)]
+
+
+def test_an_allowed_person_may_not_manage_digests_of_a_channel_jobs_may_not_start_in() -> None:
+    access = Access(allowed_users=frozenset({HUMAN_USER_ID}), allowed_channels=frozenset({CHANNEL_ID}),
+                    admins=frozenset({ADMIN_ID}))
+    assert access.may_spend(HUMAN_USER_ID, CHANNEL_ID)
+    assert not access.may_spend(HUMAN_USER_ID, "C0OTHER")
+    assert access.may_spend(ADMIN_ID, "C0OTHER")
+
+
+def test_dataset_add_of_a_reserved_name_is_refused_before_any_prompt_is_posted(bot) -> None:
+    for name in ("demo", "demo-eval"):
+        bot.command(f"dataset add {name}")
+    answers = [bot.wait_response(i)["text"] for i in (1, 2)]
+    assert all("built-in demo set" in a for a in answers)
+    assert bot.slack.calls("chat.postMessage") == []
+
+
+def test_a_refused_request_leaves_an_audit_row(bot) -> None:
+    bot.command("train tiny", user=OUTSIDER_ID)
+    assert "Sorry, you may not" in bot.wait_response()["text"]
+    rows = [e for e in bot.runtime.store.audit_log() if e.action == "refused"]
+    assert [(e.user, e.detail.get("channel")) for e in rows] == [(OUTSIDER_ID, CHANNEL_ID)]
+
+
 # --- the HTTP endpoint itself --------------------------------------------------------------
 
 
