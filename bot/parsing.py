@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from runners.errors import UserError
+from runners.errors import UserError, shorten
 
 COMMAND = "/tune"
 
@@ -319,15 +319,15 @@ def _split_args(tokens: list[_Token]) -> tuple[list[str], dict[str, str]]:
     def add(key: str, value: str) -> None:
         if not _KEY.match(key):
             raise UserError(
-                f"`{key}={value}` is not a setting: a key is a word like learning_rate.",
+                f"`{shorten(key)}={shorten(value)}` is not a setting: a key is a word like learning_rate.",
                 field=key,
                 fix="learning_rate=1e-4",
             )
         if key in pairs:
             raise UserError(
-                f"`{key}` is given twice ({pairs[key]} and {value}).",
+                f"`{shorten(key)}` is given twice ({shorten(pairs[key])} and {shorten(value)}).",
                 field=key,
-                fix=f"keep one: {key}={value}",
+                fix=f"keep one: {shorten(key)}={shorten(value)}",
             )
         pairs[key] = value
 
@@ -343,8 +343,9 @@ def _split_args(tokens: list[_Token]) -> tuple[list[str], dict[str, str]]:
                 i += 2
                 continue
             if value == "" and not token.quoted:
+                shown = shorten(key)
                 raise UserError(
-                    f"`{key}=` has no value.", field=key, fix=f'{key}=VALUE (or {key}="" for empty)'
+                    f"`{shown}=` has no value.", field=key, fix=f'{shown}=VALUE (or {shown}="" for empty)'
                 )
             add(key, value)
             i += 1
@@ -352,12 +353,13 @@ def _split_args(tokens: list[_Token]) -> tuple[list[str], dict[str, str]]:
         if token.eq == 0 and not token.quoted:
             # `key =value` or `key = value`
             if not args:
-                raise UserError(f"`{token.text}` has no key before the =.", fix="learning_rate=1e-4")
+                raise UserError(f"`{shorten(token.text)}` has no key before the =.", fix="learning_rate=1e-4")
             key = args.pop()
             value = token.text[1:]
             if value == "":
                 if nxt is None or _pair_of(nxt) is not None:
-                    raise UserError(f"`{key} =` has no value.", field=key, fix=f"{key}=VALUE")
+                    shown = shorten(key)
+                    raise UserError(f"`{shown} =` has no value.", field=key, fix=f"{shown}=VALUE")
                 value = nxt.text
                 i += 1
             add(key, value)
@@ -373,7 +375,7 @@ def parse_job_ref(text: str) -> str:
     match = _JOB.match(text.strip())
     if not match:
         raise UserError(
-            f"`{text}` is not a job id: job ids are numbers like 12 (or #12).",
+            f"`{shorten(text)}` is not a job id: job ids are numbers like 12 (or #12).",
             field="job",
             fix="`/tune jobs` lists them",
         )
@@ -410,9 +412,9 @@ def parse_command(text: str) -> Command:
     first = tokens[0]
     if _pair_of(first) is not None or (first.eq == 0 and not first.quoted):
         raise UserError(
-            f"Start with what to do, then the settings: `{first.text}` is a setting.",
+            f"Start with what to do, then the settings: `{shorten(first.text)}` is a setting.",
             field="command",
-            fix=f"{COMMAND} train {first.text}",
+            fix=f"{COMMAND} train {shorten(first.text)}",
         )
     word = first.text.lower()
     rest = tokens[1:]
@@ -426,7 +428,8 @@ def parse_command(text: str) -> Command:
         else:
             options = ", ".join(f"`{word} {s}`" for s in GROUPS[word])
             guess = _closest(sub, list(GROUPS[word])) if sub else None
-            problem = f"`{word} {sub}` is not a command." if sub else f"`{word}` needs one more word."
+            problem = (f"`{word} {shorten(sub)}` is not a command." if sub
+                       else f"`{word}` needs one more word.")
             hint = f"Did you mean `{word} {guess}`?" if guess else f"It is one of {options}."
             example = SUBCOMMANDS[f"{word} {guess or GROUPS[word][0]}"].example
             raise UserError(f"{problem} {hint}", field="command", fix=f"{COMMAND} {example}")
@@ -442,7 +445,7 @@ def parse_command(text: str) -> Command:
             guess_name = f"{guess_name} {GROUPS[guess_name][0]}"
         example = SUBCOMMANDS[guess_name].example if guess_name in SUBCOMMANDS else "help"
         raise UserError(
-            f"`{first.text}` is not a tunebot command.{hint}",
+            f"`{shorten(first.text)}` is not a tunebot command.{hint}",
             field="command",
             fix=f"{COMMAND} {example}  (all commands: {COMMAND} help)",
         )
@@ -456,14 +459,14 @@ def parse_command(text: str) -> Command:
             fix=f"{COMMAND} train followed by the YAML in a ``` block",
         )
     if pairs and not spec.pairs:
-        given = " ".join(f"{k}={v}" for k, v in pairs.items())
+        given = shorten(" ".join(f"{k}={v}" for k, v in pairs.items()))
         raise UserError(
             f"`{name}` takes no key=value settings (got {given}).",
             field=next(iter(pairs)),
             fix=f"{COMMAND} {spec.example}",
         )
     if len(args) > spec.max_args:
-        extra = " ".join(args[spec.max_args :])
+        extra = shorten(" ".join(args[spec.max_args :]))
         raise UserError(
             f"`{name}` does not take `{extra}`. Usage: {COMMAND} {spec.usage}",
             field="command",

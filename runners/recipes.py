@@ -231,7 +231,7 @@ def parse_yaml_spec(text: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(
-            f"The YAML could not be read{where}: {getattr(exc, 'problem', exc)}.",
+            f"The YAML could not be read{where}: {shorten(getattr(exc, 'problem', None) or exc, 160)}.",
             field="yaml",
             fix="paste a LLaMA-Factory config such as `learning_rate: 1.0e-4` one key per line",
         ) from None
