@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("list", help="list registered datasets")
 
     sub.add_parser("worker", help="run queued jobs (no Slack)")
+    sub.add_parser(
+        "doctor", help="check tokens, database, GPUs, LLaMA-Factory, storage and disk; say how to fix"
+    )
     serve = sub.add_parser(
         "serve", help="the Slack bot (Socket Mode unless --http) with the runner in-process"
     )
@@ -381,6 +384,14 @@ def cmd_worker(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_doctor(settings: Settings, args) -> int:
+    from .doctor import run_doctor
+
+    code, report = run_doctor(settings)
+    print(report)
+    return code
+
+
 def cmd_serve(settings: Settings, args) -> int:
     from .serve import serve
 
@@ -401,6 +412,7 @@ COMMANDS: dict[str, Any] = {
     "dataset": cmd_dataset,
     "worker": cmd_worker,
     "serve": cmd_serve,
+    "doctor": cmd_doctor,
 }
 
 

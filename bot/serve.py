@@ -125,6 +125,17 @@ def _token_refused(error: Exception) -> UserError:
                          "and check the app is installed in the workspace")
 
 
+def _preflight(settings: Settings) -> None:
+    """`tunebot doctor`'s fast checks: warnings are printed, a problem stops the start with its fix."""
+    from .doctor import preflight
+
+    for check in preflight(settings):
+        line = f"tunebot: {check.name}: {check.detail}" + (f"\n  fix: {check.fix}" if check.fix else "")
+        if check.failed:
+            raise UserError(f"{check.name}: {check.detail}", field=check.name, fix=check.fix)
+        print(line, file=sys.stderr)
+
+
 def _start_notifier(runtime: Any, client: Any, bot_settings: BotSettings) -> tuple[Any, Any]:
     """The outbox, and the notifier that tells each job's story through it."""
     from .delivery import Delivery
@@ -148,6 +159,7 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
         bot_settings = bot_settings or BotSettings.from_env()
         bot_settings.check(http=http)
         schedule_settings = ScheduleSettings.from_env()
+        _preflight(settings)
         client = slack_client(bot_settings)
         try:
             identity = client.auth_test()

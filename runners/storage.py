@@ -394,6 +394,16 @@ class Storage(ABC):
                 progress(done, total)
         return dest_dir
 
+    def probe(self, key: str) -> None:
+        """Write, find and delete a tiny object at `key`: what jobs need these credentials to do."""
+        key = check_key(key)
+        self._write_bytes(key, b"tunebot doctor\n", "text/plain")
+        try:
+            if self._head(key) is None:
+                raise UserError(f"{self.location(key)} was written but could not be found again.")
+        finally:
+            self._delete(key)
+
     def exists(self, key: str) -> bool:
         """A file at `key`, or a directory whose manifest is there."""
         return self.stat(key) is not None

@@ -22,10 +22,10 @@ def read_regular_file(path: Path | str, *, field: str, max_bytes: int, what: str
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
-            kind = (
-                "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
-            )
-            raise UserError(f"Cannot read {shown}: it is {kind}.", field=field, fix=f"give a {what} on disk")
+            # The folder case in the system's own words (EISDIR), as reading it would have said.
+            kind = "Is a directory" if stat.S_ISDIR(info.st_mode) else (
+                "it is not a regular file (a pipe, socket or device)")
+            raise UserError(f"Cannot read {shown}: {kind}.", field=field, fix=f"give a {what} on disk")
         if info.st_size > max_bytes:
             raise UserError(
                 f"{shown} is {info.st_size / 2**20:.1f} MiB; a {what} is at most {max_bytes / 2**20:g} MiB.",
