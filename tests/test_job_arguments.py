@@ -245,3 +245,17 @@ def test_jobs_keep_their_caches_and_configs_out_of_the_users_home(local):
     for name in ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "HF_HOME", "MPLCONFIGDIR"):
         assert Path(env[name]).is_relative_to(settings.data_dir), name
     assert env["HOME"] != os.path.expanduser("~")
+
+
+@pytest.mark.parametrize("job_id", ["99999999999999999999999", "9223372036854775808", "12"])
+def test_a_chat_page_of_a_huge_or_unknown_job_id_is_a_404_not_a_500(local, job_id):
+    from starlette.testclient import TestClient
+
+    from runners.runtime import Runtime
+    from runners.webchat import create_chat_app
+
+    settings, _store = local
+    runtime = Runtime(settings)
+    with TestClient(create_chat_app(runtime.chat_target), raise_server_exceptions=False) as client:
+        assert client.get(f"/chat/{job_id}/").status_code == 404
+        assert client.get(f"/chat/{job_id}/v1/models").status_code == 404
