@@ -31,6 +31,13 @@ def _pairs(items: list[str]) -> tuple[list[str], dict[str, str]]:
     return positional, pairs
 
 
+def _positive(text: str) -> int:
+    """A count on the command line: a whole number from 1 to a million (argparse says it plainly)."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{shorten(text)!r} is not a whole number from 1 to 1000000")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunebot",
@@ -68,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     logs = sub.add_parser("logs", help="a job's log")
     logs.add_argument("job")
-    logs.add_argument("-n", "--lines", type=int, default=60)
+    logs.add_argument("-n", "--lines", type=_positive, default=60)
     logs.add_argument("-f", "--follow", action="store_true")
     cancel = sub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job")
@@ -77,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="send one message to a deployed model")
     chat.add_argument("job")
     chat.add_argument("message")
-    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--max-tokens", type=_positive, default=256)
 
     dataset = sub.add_parser("dataset", help="register and list datasets")
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)

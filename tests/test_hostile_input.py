@@ -125,6 +125,14 @@ def test_bad_dataset_files_and_names_exit_non_zero_with_a_plain_message(data, tm
         assert len(err) < 1000
 
 
+@pytest.mark.parametrize("argv", [["logs", "1", "-n", "-5"], ["logs", "1", "-n", "²"],
+                                  ["chat", "1", "hi", "--max-tokens", "0"], ["logs", "1", "-n", "9" * 30]])
+def test_counts_on_the_command_line_must_be_positive(data, capsys, argv):
+    assert _exit(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not a whole number from 1 to 1000000" in err and "Traceback" not in err
+
+
 def test_a_fifo_as_dataset_or_config_is_refused_without_hanging(data, tmp_path):
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
