@@ -105,7 +105,24 @@ def allowed_roots(data_dir: Path, model_roots: Iterable[Path] = ()) -> list[str]
     return roots
 
 
+def _nested_paths(value: Any) -> list[str]:
+    """Strings inside an inline config (a `deepspeed:` dict's `nvme_path`…) that look like paths."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, str) and (os.sep in item or item.startswith(("~", "."))):
+            found.append(item)
+    return found
+
+
 def _pieces(key: str, value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return _nested_paths(value)
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     text = str(value)
@@ -146,7 +163,7 @@ def check_arguments(
             )
     names = path_arguments()
     for key, value in args.items():
-        if key not in names or value is None or isinstance(value, (bool, dict)) or value == "":
+        if key not in names or value is None or isinstance(value, bool) or value == "":
             continue
         if str(value) in trusted_values:
             continue

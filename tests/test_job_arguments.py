@@ -79,6 +79,12 @@ def test_a_pasted_yaml_cannot_point_outside_either(local):
     assert "`tokenized_path` points outside" in text
 
 
+def test_paths_inside_an_inline_deepspeed_config_are_judged_too(local):
+    yaml_text = ("model_name_or_path: tiny\ndataset: demo\ntemplate: llama3\n"
+                 "deepspeed:\n  zero_optimization:\n    offload_param:\n      nvme_path: /etc\n")
+    assert "`deepspeed` points outside" in _refused(*local, yaml_text=yaml_text)
+
+
 def test_paths_inside_the_job_or_data_dir_are_accepted(local):
     settings, store = local
     queue = JobQueue(settings, store, hardware=CPU)
