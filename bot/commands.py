@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners import datasets
-from runners.errors import UserError
+from runners.errors import UserError, shorten
 from runners.job import ACTIVE_STATES, Job, JobState
 from runners.queue import Requester
 
@@ -65,13 +65,26 @@ class Origin:
 
 
 def answer_command(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
-    """Do what `command` asks for `origin`; returns the reply for that person."""
+    """Do what `command` asks for `origin`; returns the reply for that person.
+
+    A refused request that would spend GPU time or change a channel's digests leaves an audit row
+    (`refused`, with the reason), whether it was refused for who asked or for what was asked.
+    """
+    try:
+        return _answer(services, command, origin)
+    except UserError as err:
+        if command.name in SPENDING or command.name in MANAGING:
+            audit(services.store, origin.user, "refused", None, what=command.name, channel=origin.channel,
+                  reason=shorten(err.message, 200))
+        raise
+
+
+def _answer(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
     name = command.name
     if name in SPENDING:
-        services.access.require(origin.user, origin.channel, store=services.store)
+        services.access.require(origin.user, origin.channel)
     elif name in MANAGING:
-        services.access.require(origin.user, origin.channel, "manage this channel's digests",
-                                store=services.store)
+        services.access.require(origin.user, origin.channel, "manage this channel's digests")
     handler = _HANDLERS.get(name)
     if handler is None:
         if name.startswith("schedule"):

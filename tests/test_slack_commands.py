@@ -329,6 +329,9 @@ def test_dataset_add_of_a_reserved_name_is_refused_before_any_prompt_is_posted(b
     answers = [bot.wait_response(i)["text"] for i in (1, 2)]
     assert all("built-in demo set" in a for a in answers)
     assert bot.slack.calls("chat.postMessage") == []
+    refused = [e for e in bot.runtime.store.audit_log() if e.action == "refused"]
+    assert [e.detail["what"] for e in refused] == ["dataset add", "dataset add"]
+    assert all("built-in demo set" in e.detail["reason"] for e in refused)
 
 
 def test_a_refused_request_leaves_an_audit_row(bot) -> None:
@@ -336,6 +339,10 @@ def test_a_refused_request_leaves_an_audit_row(bot) -> None:
     assert "Sorry, you may not" in bot.wait_response()["text"]
     rows = [e for e in bot.runtime.store.audit_log() if e.action == "refused"]
     assert [(e.user, e.detail.get("channel")) for e in rows] == [(OUTSIDER_ID, CHANNEL_ID)]
+    bot.command("train tiny batch=0")  # refused for what was asked, by an allowed person
+    assert "must be at least 1" in bot.wait_response(2)["text"]
+    rows = [e for e in bot.runtime.store.audit_log() if e.action == "refused"]
+    assert len(rows) == 2 and "must be at least 1" in rows[0].detail["reason"]
 
 
 # --- the HTTP endpoint itself --------------------------------------------------------------

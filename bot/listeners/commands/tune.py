@@ -11,7 +11,7 @@ from slack_bolt import Ack, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from runners.errors import UserError
+from runners.errors import UserError, shorten
 from runners.recipes import DEFAULT_PRESET, PRESETS
 
 from ... import uploads
@@ -131,7 +131,12 @@ def ask_for_dataset_file(services: Services, client: WebClient, name: str, origi
     from runners.datasets import validate_dataset_name
 
     services.access.require(origin.user, origin.channel, "add datasets", store=services.store)
-    validate_dataset_name(name)
+    try:
+        validate_dataset_name(name)
+    except UserError as err:
+        audit(services.store, origin.user, "refused", None, what="dataset add", channel=origin.channel,
+              reason=shorten(err.message, 200))
+        raise
     if not _is_member(client, origin.channel):
         # Slack sends a bot the messages (and files) of conversations it is in, and no others.
         raise UserError("I am not in this channel, so I would not see the file you share here.",
