@@ -614,12 +614,12 @@ def get_dataset(data_dir: Path, name: str) -> DatasetInfo:
     known = sorted(key for key, value in info.items() if isinstance(value, dict))
     if not known:
         raise UserError(
-            f"Unknown dataset `{name}`: no datasets have been added yet.",
+            f"Unknown dataset `{shorten(name)}`: no datasets have been added yet.",
             field="dataset",
             fix="add one first: a JSON or JSON Lines file in alpaca or sharegpt format",
         )
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    message = f"Unknown dataset `{name}`. Known datasets: {', '.join(known)}."
+    message = f"Unknown dataset `{shorten(name)}`. Known datasets: {', '.join(known)}."
     if close:
         message += f" Did you mean `{close[0]}`?"
     return_fix = f"dataset={close[0] if close else known[0]}"

@@ -351,7 +351,7 @@ def train_recipe(
     stage = str(args.get("stage", "sft"))
     if stage != "sft":
         raise UserError(
-            f"stage={stage} is not supported: tunebot runs supervised fine-tuning (stage sft).",
+            f"stage={shorten(stage)} is not supported: tunebot runs supervised fine-tuning (stage sft).",
             field="stage",
             fix="stage: sft",
         )

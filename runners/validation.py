@@ -122,7 +122,7 @@ def _unknown_key_error(key: str, known: list[str]) -> UserError:
 
     close = difflib.get_close_matches(key, known + list(TRAIN_KEYS), n=1, cutoff=0.6)
     fix = f"did you mean `{close[0]}`?" if close else "see LLaMA-Factory's argument list, or `help`"
-    return UserError(f"Unknown key `{key}`: LLaMA-Factory has no such argument.", field=key, fix=fix)
+    return UserError(f"Unknown key `{shorten(key)}`: LLaMA-Factory has no such argument.", field=key, fix=fix)
 
 
 _LF_MESSAGES = [
@@ -143,7 +143,8 @@ def _translate(exc: Exception) -> UserError:
     match = re.search(r"Some keys are not used by the HfArgumentParser: \[(.*)\]", text)
     if match:
         keys = [k.strip(" '\"") for k in match.group(1).split(",")]
-        return UserError(f"Unknown key(s): {', '.join(keys)}.", field=keys[0], fix="leave them out")
+        shown = shorten(", ".join(keys), 200)
+        return UserError(f"Unknown key(s): {shown}.", field=keys[0], fix="leave them out")
     for pattern, fix in _LF_MESSAGES:
         m = pattern.search(text)
         if m:
