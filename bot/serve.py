@@ -22,7 +22,7 @@ from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_r
 from slack_bolt.error import BoltError
 from slack_sdk.errors import SlackApiError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -77,6 +77,8 @@ def asgi_app(app: App, *, threads: int = DISPATCH_THREADS, signing_secret: str |
             body = await http_guard.read_capped(request.stream())
         except http_guard.BodyTooLarge:
             return refuse(request, http_guard.Refusal(413, "body too large"))
+        except ClientDisconnect:  # the sender left mid-body: nobody to answer, nothing to log twice
+            return refuse(request, http_guard.Refusal(400, "client left before sending the body"))
         result = await anyio.to_thread.run_sync(verify_and_dispatch, request, body, limiter=limiter)
         return refuse(request, result) if isinstance(result, http_guard.Refusal) else result
 
