@@ -197,3 +197,19 @@ def test_the_head_checks_name_each_problem():
     assert http_guard.check_head({**good, "content-length": "99999999"}, now=now).status == 413
     assert http_guard.check_head({**good, "content-type": "text/plain"}, now=now).status == 400
     assert json.dumps(http_guard.STATUS_TEXT)  # every status has its short text
+
+
+def test_a_sender_leaving_mid_body_is_one_log_line_not_an_exception(url, caplog):
+    import socket
+
+    caplog.set_level(logging.WARNING)
+    target = urlparse(url)
+    head = (f"POST {target.path} HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM}\r\nContent-Length: 5000\r\n"
+            f"X-Slack-Request-Timestamp: {int(time.time())}\r\nX-Slack-Signature: v0={'0' * 64}\r\n\r\n")
+    with socket.create_connection((target.hostname, target.port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"token=abc")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("client left" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+    assert any("client left" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
