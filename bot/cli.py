@@ -195,8 +195,8 @@ def cmd_run(settings: Settings, args) -> int:
 
 
 def _read_config(path: Path) -> str:
-    from runners.bounded_yaml import MAX_BYTES
-    from runners.user_files import read_regular_file
+    from runners.inputs.bounded_yaml import MAX_BYTES
+    from runners.inputs.files import read_regular_file
 
     raw = read_regular_file(path, field="--config", max_bytes=MAX_BYTES, what="LLaMA-Factory YAML")
     try:

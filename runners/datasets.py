@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, shorten
-from .user_files import read_regular_file
+from .inputs.files import read_regular_file
 
 DATASET_INFO = "dataset_info.json"
 LOCK_FILE = ".dataset_info.lock"

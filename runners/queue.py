@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, deploy, recipes, safety, validation
+from . import artifacts, deploy, recipes, validation
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
+from .llamafactory import safety
 from .recipes import Recipe
 from .settings import Settings
 from .store import Store

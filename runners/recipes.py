@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from . import bounded_yaml
 from .errors import UserError, shorten
+from .inputs import bounded_yaml
 from .job import Job, JobKind, JobState
 
 TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama

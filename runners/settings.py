@@ -168,7 +168,7 @@ class Settings:
     cancel_grace: float = 30.0
     default_model: str | None = None
     default_dataset: str | None = None
-    # Where path-valued job arguments may point besides the data dir (runners/safety.py).
+    # Where path-valued job arguments may point besides the data dir (runners/llamafactory/safety.py).
     model_roots: list[Path] = field(default_factory=list)
     allow_publishing: bool = False
     llamafactory_cli: str | None = None

@@ -16,7 +16,6 @@ from sqlalchemy import text
 from bot import doctor
 from bot.cli import main
 from bot.settings import BotSettings
-from runners import doctor as engine
 from runners.settings import Settings
 from runners.storage import StorageSettings
 from runners.store import SCHEMA_VERSION, Store
@@ -68,52 +67,52 @@ def test_oss_credentials_are_checked_with_a_tiny_put_head_delete(settings, tmp_p
         storage = StorageSettings(backend="oss", oss_endpoint=server.endpoint, oss_bucket=server.bucket,
                                   oss_prefix="tunebot", oss_access_key_id=server.access_key_id,
                                   oss_access_key_secret=server.access_key_secret)
-        ok = engine.check_storage(replace(settings, storage=storage))
+        ok = doctor.check_storage(replace(settings, storage=storage))
         assert ok.status == "ok", ok
         assert [server.calls[c] for c in ("PutObject", "HeadObject", "DeleteObject")] == [1, 1, 1]
         assert server.keys() == []  # nothing left behind
-        wrong = engine.check_storage(replace(settings, storage=replace(storage, oss_access_key_secret="x")))
+        wrong = doctor.check_storage(replace(settings, storage=replace(storage, oss_access_key_secret="x")))
         assert wrong.failed and "TUNEBOT_OSS_ACCESS_KEY_SECRET" in (wrong.fix or "")
         assert "x" * 3 not in wrong.detail and server.access_key_secret not in wrong.detail
 
 
 def test_the_database_must_be_reachable_and_not_newer_than_this_tunebot(settings):
-    ok = engine.check_database(settings)
+    ok = doctor.check_database(settings)
     assert ok.status == "ok" and f"schema version {SCHEMA_VERSION}" in ok.detail
     closed = f"postgresql+psycopg://u:pw@127.0.0.1:{free_port()}/x"
-    down = engine.check_database(replace(settings, database_url=closed))
+    down = doctor.check_database(replace(settings, database_url=closed))
     assert down.failed and "pw" not in down.detail
     store = Store(settings.db_url)
     with store.engine.begin() as conn:
         conn.execute(text("INSERT INTO schema_version (version, applied_at) VALUES (:v, 0)"),
                      {"v": SCHEMA_VERSION + 1})
-    newer = engine.check_database(settings)
+    newer = doctor.check_database(settings)
     assert newer.failed and "upgrade tunebot" in newer.fix
 
 
 def test_data_dir_permissions_and_disk_space(settings, tmp_path, monkeypatch):
-    assert engine.check_data_dir(settings).status == "ok"
+    assert doctor.check_data_dir(settings).status == "ok"
     os.chmod(settings.data_dir, 0o777)
-    shared = engine.check_data_dir(settings)
+    shared = doctor.check_data_dir(settings)
     assert shared.status == "warn" and "chmod o-w" in shared.fix
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    unusable = engine.check_data_dir(replace(settings, data_dir=blocker / "data"))
+    unusable = doctor.check_data_dir(replace(settings, data_dir=blocker / "data"))
     assert unusable.failed and "TUNEBOT_DATA_DIR" in unusable.fix
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(engine.shutil, "disk_usage", lambda _p: usage(100 * 2**30, 99.5 * 2**30, 2**29))
-    assert engine.check_disk(settings).failed
-    monkeypatch.setattr(engine.shutil, "disk_usage", lambda _p: usage(100 * 2**30, 90 * 2**30, 10 * 2**30))
-    assert engine.check_disk(settings).status == "warn"
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda _p: usage(100 * 2**30, 99.5 * 2**30, 2**29))
+    assert doctor.check_disk(settings).failed
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda _p: usage(100 * 2**30, 90 * 2**30, 10 * 2**30))
+    assert doctor.check_disk(settings).status == "warn"
 
 
 def test_llamafactory_and_gpus(settings):
-    assert engine.check_llamafactory(settings).status == "ok"
-    missing = engine.check_llamafactory(replace(settings, llamafactory_cli="/nonexistent/llamafactory-cli"))
+    assert doctor.check_llamafactory(settings).status == "ok"
+    missing = doctor.check_llamafactory(replace(settings, llamafactory_cli="/nonexistent/llamafactory-cli"))
     assert missing.failed and "TUNEBOT_LLAMAFACTORY_CLI" in missing.fix
-    gpus = engine.check_gpus(settings)
+    gpus = doctor.check_gpus(settings)
     assert gpus.status in ("ok", "warn")  # CI has no GPU: a warning, not a problem
-    assert engine.check_gpus(replace(settings, gpus=["7"])).failed or gpus.status == "ok"
+    assert doctor.check_gpus(replace(settings, gpus=["7"])).failed or gpus.status == "ok"
 
 
 def test_the_doctor_command_prints_each_problem_with_its_fix_and_exits_non_zero(

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from runners import bounded_yaml, safety
 from runners.errors import UserError
 from runners.hardware import Hardware
+from runners.inputs import bounded_yaml
 from runners.job import Job
+from runners.llamafactory import safety
 from runners.queue import JobQueue
 from runners.recipes import parse_yaml_spec
 from runners.settings import Settings

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 MAX_BYTES = 64 * 1024  # LLaMA-Factory configs are a few hundred bytes
 MAX_DEPTH = 16  # its configs are a flat mapping, sometimes with a list or a small dict

@@ -22,7 +22,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 # The ones a hostile day used or tunebot manages; the derived set must contain them (a test checks).
 KNOWN_PATH_ARGUMENTS = frozenset({

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import UserError, shorten
+from ..errors import UserError, shorten
 
 
 def read_regular_file(path: Path | str, *, field: str, max_bytes: int, what: str = "file") -> bytes:
