@@ -29,7 +29,7 @@ from starlette.routing import Route
 from runners.errors import UserError
 from runners.settings import Settings
 
-from .schedules import Scheduler, ScheduleSettings
+from .schedules.scheduler import Scheduler, ScheduleSettings
 from .settings import BotSettings
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _token_refused(error: Exception) -> UserError:
 def _start_notifier(runtime: Any, client: Any, bot_settings: BotSettings) -> tuple[Any, Any]:
     """The outbox, and the notifier that tells each job's story through it."""
     from .delivery import Delivery
-    from .notifier import Notifier
+    from .story.notifier import Notifier
 
     delivery = Delivery(client, runtime.store, edit_every=bot_settings.status_edit_every)
     notifier = Notifier(runtime, delivery, bot_settings)
@@ -140,7 +140,7 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
     previous = _install_signal_handlers(stop)
     runtime.start(worker=runner)
     delivery, notifier = _start_notifier(runtime, client, bot_settings)
-    # Every serve starts one; a lease in the database lets exactly one of them post (bot/schedules.py).
+    # Every serve starts one; a lease in the database lets exactly one of them post (bot/leases.py).
     scheduler = Scheduler(runtime, delivery, schedule_settings).start()
     transport: Any = None
     try:

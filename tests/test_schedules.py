@@ -17,20 +17,14 @@ from apscheduler.triggers.cron import CronTrigger
 from slack_sdk import WebClient
 from sqlalchemy import create_engine, func, select
 
-from bot import schedules
 from bot.app import build_app
 from bot.delivery import Delivery
+from bot.leases import Lease
 from bot.parsing import parse_command
-from bot.schedules import (
-    SCHEDULE_SETTINGS_TABLE,
-    Scheduler,
-    SchedulerLease,
-    ScheduleSettings,
-    digest_table,
-    handle_schedule_command,
-    parse_schedule,
-    weekday_field,
-)
+from bot.schedules import scheduler as schedules
+from bot.schedules.command import handle_schedule_command
+from bot.schedules.scheduler import LEASE_NAME, Scheduler, digest_table
+from bot.schedules.spec import SCHEDULE_SETTINGS_TABLE, ScheduleSettings, parse_schedule, weekday_field
 from bot.serve import EVENTS_PATH, asgi_app
 from bot.settings import BotSettings
 from runners import worker as worker_module
@@ -234,8 +228,9 @@ def test_the_lease_has_one_holder_until_it_lapses_or_is_released(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'lease.db'}")
     schedules.create_tables(engine)
     clock = [1000.0]
-    a = SchedulerLease(engine, holder="a", ttl=30, clock=lambda: clock[0])
-    b = SchedulerLease(engine, holder="b", ttl=30, clock=lambda: clock[0])
+    table = schedules.lease_table
+    a = Lease(engine, table=table, name=LEASE_NAME, holder="a", ttl=30, clock=lambda: clock[0])
+    b = Lease(engine, table=table, name=LEASE_NAME, holder="b", ttl=30, clock=lambda: clock[0])
     assert a.acquire() and not b.acquire()
     clock[0] += 20
     assert a.acquire() and not b.acquire()  # renewed: good for 30 s from now

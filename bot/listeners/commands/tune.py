@@ -17,11 +17,11 @@ from runners.recipes import DEFAULT_PRESET, PRESETS
 from ... import uploads
 from ...auth import audit
 from ...channels import channel_info
-from ...commands import CHECKED, Origin, answer_command
 from ...parsing import COMMAND, Command, extract_yaml, parse_command
 from ...render import render_error, render_help, render_train_modal
-from ...replies import render_checking, render_dataset_prompt, render_text
+from ...render.replies import render_checking, render_dataset_prompt, render_text
 from ...services import Services, services_of
+from ...use_cases import CHECKED, Origin, answer_command
 from ..answers import Reply, answering_errors
 
 _YAML_LINE = re.compile(r"^\s*[A-Za-z_][\w.\-]*\s*:\s*\S", re.MULTILINE)

@@ -21,10 +21,10 @@ from runners.errors import UserError
 from runners.job import Job
 from runners.queue import Requester
 
-from ...commands import Origin
 from ...render import modal_values, render_error, render_modal_errors
-from ...replies import render_queued, render_text
+from ...render.replies import render_queued, render_text
 from ...services import Services, services_of
+from ...use_cases import Origin
 
 CHECK_DEADLINE_S = 2.0
 

@@ -371,7 +371,7 @@ def cmd_worker(settings: Settings, args) -> int:
 
 
 def cmd_serve(settings: Settings, args) -> int:
-    from .serve import serve
+    from ..serve import serve
 
     return serve(settings, http=args.http, host=args.host, port=args.port, runner=not args.no_runner)
 

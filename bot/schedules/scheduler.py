@@ -24,27 +24,21 @@ believed they led could not post the same digest twice.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import logging
 import os
-import re
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import (
     JSON,
@@ -58,23 +52,23 @@ from sqlalchemy import (
     UniqueConstraint,
     delete,
     insert,
-    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from bot import progress_posts as pp
-from bot.channels import channel_info, slack_error
-from bot.digest import build_digest, render_digest
-from bot.parsing import COMMAND, Command
-from bot.render import code, context, escape, mention, message, render_error, section, slack_date
+from bot.leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
+from bot.parsing import COMMAND
+from bot.schedules.digest import build_digest, render_digest
+from bot.story import progress as pp
+from bot.tables import BotTables, ensure_tables
 from runners.errors import UserError
 from runners.job import JobState
 from runners.progress import Progress, read_trainer_log
-from runners.settings import Setting, parse_duration
 from runners.store import make_engine
+
+from .spec import ScheduleSettings, ScheduleSpec, period_of
 
 log = logging.getLogger(__name__)
 
@@ -82,320 +76,9 @@ JOBSTORE_TABLE = "tunebot_schedules"
 SWEEP_JOB_ID = "progress-sweep"
 # A bot that was down this long still posts the digest it missed (once: coalesce).
 DIGEST_MISFIRE_GRACE_S = 12 * 3600
-# Digests closer together than this would flood a channel.
-MIN_DIGEST_INTERVAL_S = 15 * 60
 MAX_DIGESTS_PER_CHANNEL = 10
 LEASE_NAME = "scheduler"
 STORE_EVENTS_BATCH = 500  # Store.events_since's page
-DEFAULT_LEASE_TTL_S = 30.0
-
-# -- settings -------------------------------------------------------------------------------------
-
-SCHEDULE_SETTINGS_TABLE: list[Setting] = [
-    Setting(
-        "TUNEBOT_PROGRESS_EVERY",
-        "10",
-        "minutes",
-        "Progress posts in a running job's thread this often (also at 25/50/75%); `90s`, `1h` work too",
-    ),
-    Setting(
-        "TUNEBOT_STALL_AFTER",
-        "15",
-        "minutes",
-        "A running job with no new log line this long is reported as stalled, once",
-    ),
-    Setting(
-        "TUNEBOT_DIGEST_TZ",
-        "UTC",
-        "time zone",
-        "Time zone of `/tune schedule` times that name none, e.g. `Asia/Shanghai`",
-    ),
-]
-
-
-def _minutes(raw: str | None, name: str, default_minutes: float) -> float:
-    """'10' means minutes (as documented); '90s', '2h' are durations. Returns seconds."""
-    if raw is None or not raw.strip():
-        return default_minutes * 60.0
-    text = raw.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        seconds = float(text) * 60.0
-    else:
-        seconds = parse_duration(text, name=name)
-    if seconds <= 0:
-        raise UserError(f"{name} must be more than zero.", field=name, fix=f"{name}={default_minutes:g}")
-    return seconds
-
-
-@dataclass(frozen=True)
-class ScheduleSettings:
-    progress_every: float = 600.0  # seconds
-    stall_after: float = 900.0  # seconds
-    digest_tz: str = "UTC"
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ScheduleSettings:
-        env = dict(os.environ if env is None else env)
-        tz_name = (env.get("TUNEBOT_DIGEST_TZ") or "").strip() or "UTC"
-        try:
-            tz = resolve_timezone(tz_name, field="TUNEBOT_DIGEST_TZ")
-        except UserError as err:
-            raise UserError(f"TUNEBOT_DIGEST_TZ: {err.message}", field=err.field, fix=err.fix) from None
-        return cls(
-            progress_every=_minutes(env.get("TUNEBOT_PROGRESS_EVERY"), "TUNEBOT_PROGRESS_EVERY", 10),
-            stall_after=_minutes(env.get("TUNEBOT_STALL_AFTER"), "TUNEBOT_STALL_AFTER", 15),
-            digest_tz=tz.key,
-        )
-
-    @property
-    def sweep_every(self) -> float:
-        """How often running jobs are looked at: often enough to catch 25/50/75% and stalls in time."""
-        return max(0.5, min(30.0, min(self.progress_every, self.stall_after) / 4))
-
-
-# -- what a schedule is ---------------------------------------------------------------------------
-
-_DAYS = {"mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6, "sun": 0}
-_DAY_WORDS = {
-    **{name: num for name, num in _DAYS.items()},
-    "monday": 1,
-    "tues": 2,
-    "tuesday": 2,
-    "wednesday": 3,
-    "thur": 4,
-    "thurs": 4,
-    "thursday": 4,
-    "friday": 5,
-    "saturday": 6,
-    "sunday": 0,
-}
-_DAY_LABEL = {
-    1: "Monday",
-    2: "Tuesday",
-    3: "Wednesday",
-    4: "Thursday",
-    5: "Friday",
-    6: "Saturday",
-    0: "Sunday",
-}
-# APScheduler 3 numbers weekdays from Monday=0 (crontab: Sunday=0); names avoid the mismatch.
-_APS_DAY = {1: "mon", 2: "tue", 3: "wed", 4: "thu", 5: "fri", 6: "sat", 0: "sun"}
-_CRON_MACROS = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-}
-_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """A digest's timing: a crontab expression (weekdays as names) in a time zone."""
-
-    kind: str  # daily | weekly | cron
-    cron: str  # "0 9 * * mon-fri" style, canonical: what duplicates are recognised by
-    tz: str
-    label: str  # how people read it: "daily at 09:00 (Asia/Shanghai)"
-
-    def trigger(self) -> CronTrigger:
-        minute, hour, day, month, dow = self.cron.split()
-        return CronTrigger(
-            minute=minute, hour=hour, day=day, month=month, day_of_week=dow, timezone=ZoneInfo(self.tz)
-        )
-
-
-def _zone(name: str) -> ZoneInfo | None:
-    if not name or name.startswith(("/", ".")):
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return None
-
-
-def resolve_timezone(name: str, *, field: str = "timezone") -> ZoneInfo:
-    """'Asia/Shanghai', 'asia/shanghai', 'UTC' -> ZoneInfo; a UserError with a guess otherwise."""
-    text = name.strip()
-    if text.lower() in ("utc", "gmt", "z"):
-        return ZoneInfo("UTC")
-    zone = _zone(text)
-    if zone is None and text:
-        by_lower = {key.lower(): key for key in available_timezones()}
-        if text.lower() in by_lower:
-            zone = _zone(by_lower[text.lower()])
-    if zone is not None:
-        return zone
-    guesses = difflib.get_close_matches(text, sorted(available_timezones()), n=1, cutoff=0.6)
-    hint = f" Did you mean `{guesses[0]}`?" if guesses else ""
-    raise UserError(
-        f"`{name}` is not a time zone I know.{hint}",
-        field=field,
-        fix="an IANA name such as `Asia/Shanghai`, `Europe/Berlin`, `America/New_York` or `UTC`",
-    )
-
-
-def parse_time_of_day(text: str) -> tuple[int, int]:
-    match = _TIME.match(text.strip())
-    if match:
-        hour, minute = int(match.group(1)), int(match.group(2))
-        if hour <= 23 and minute <= 59:
-            return hour, minute
-    raise UserError(
-        f"`{text}` is not a time of day: write it as HH:MM on a 24-hour clock.",
-        field="time",
-        fix=f"{COMMAND} schedule daily 09:00",
-    )
-
-
-def parse_weekday(text: str) -> int:
-    number = _DAY_WORDS.get(text.strip().lower().rstrip("."))
-    if number is None:
-        raise UserError(
-            f"`{text}` is not a day of the week.",
-            field="day",
-            fix=f"{COMMAND} schedule weekly mon 09:00 (mon, tue, wed, thu, fri, sat or sun)",
-        )
-    return number
-
-
-def _cron_error(expr: str, problem: str) -> UserError:
-    return UserError(
-        f"`{expr}` is not a cron expression I can use: {problem}",
-        field="cron",
-        fix=f'{COMMAND} schedule cron "0 9 * * 1-5"  (minute hour day-of-month month day-of-week)',
-    )
-
-
-def _day_number(token: str, expr: str) -> int:
-    word = token.lower()
-    if word in _DAYS:
-        return _DAYS[word]
-    if word.isdigit() and 0 <= int(word) <= 7:
-        return int(word) % 7
-    raise _cron_error(expr, f"`{token}` is not a day of the week (0-7 or sun-sat).")
-
-
-def weekday_field(field: str, expr: str) -> str:
-    """A crontab day-of-week field (0 or 7 = Sunday) as APScheduler 3 reads it: names."""
-    days: set[int] = set()
-    for item in field.split(","):
-        base, _, step_text = item.partition("/")
-        step = 1
-        if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise _cron_error(expr, f"`{item}` has a bad step.")
-            step = int(step_text)
-        if base == "*":
-            first, last = 0, 6
-        elif "-" in base:
-            a, _, b = base.partition("-")
-            first, last = _day_number(a, expr), _day_number(b, expr)
-            if b == "7" or b.lower() == "sun":
-                last = 7
-            if last < first:
-                raise _cron_error(expr, f"`{item}` runs backwards.")
-        else:
-            first = _day_number(base, expr)
-            last = 6 if step_text else first
-        days.update(d % 7 for d in range(first, last + 1, step))
-    if len(days) == 7:
-        return "*"
-    return ",".join(_APS_DAY[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
-
-
-def _check_cadence(spec: ScheduleSpec, expr: str) -> None:
-    trigger = spec.trigger()
-    now = datetime.now(timezone.utc)
-    if trigger.get_next_fire_time(None, now) is None:
-        raise _cron_error(expr, "it never fires.")
-    period = period_of(trigger, now, firings=6)
-    if period < MIN_DIGEST_INTERVAL_S:
-        raise UserError(
-            f"`{expr}` would post a digest every {period / 60:.0f} min; "
-            f"digests go out at most every {MIN_DIGEST_INTERVAL_S // 60} minutes.",
-            field="cron",
-            fix=f'{COMMAND} schedule cron "0 * * * *"  (hourly)',
-        )
-
-
-def parse_schedule(command: Command, default_tz: str) -> ScheduleSpec:
-    """`schedule daily|weekly|cron …` -> ScheduleSpec; a UserError says what is wrong."""
-    args = list(command.args)
-    if command.name == "schedule daily":
-        hour, minute = parse_time_of_day(args[0])
-        tz = resolve_timezone(args[1] if len(args) > 1 else default_tz)
-        spec = ScheduleSpec(
-            "daily", f"{minute} {hour} * * *", tz.key, f"daily at {hour:02d}:{minute:02d} ({tz.key})"
-        )
-    elif command.name == "schedule weekly":
-        day = parse_weekday(args[0])
-        hour, minute = parse_time_of_day(args[1])
-        tz = resolve_timezone(args[2] if len(args) > 2 else default_tz)
-        spec = ScheduleSpec(
-            "weekly",
-            f"{minute} {hour} * * {_APS_DAY[day]}",
-            tz.key,
-            f"weekly on {_DAY_LABEL[day]} at {hour:02d}:{minute:02d} ({tz.key})",
-        )
-    elif command.name == "schedule cron":
-        if len(args) > 2:  # typed without quotes: the fields as words, then perhaps a time zone
-            if len(args) not in (5, 6):
-                raise _cron_error(
-                    " ".join(args),
-                    f"it has {len(args)} fields, not 5 (minute hour day-of-month month day-of-week).",
-                )
-            args = [" ".join(args[:5]), *args[5:]]
-        raw = args[0].strip()
-        tz_arg = args[1] if len(args) > 1 else None
-        expr = _CRON_MACROS.get(raw.lower(), raw)
-        fields = expr.split()
-        if len(fields) != 5:
-            raise _cron_error(
-                raw,
-                f"it has {len(fields)} field{'s' if len(fields) != 1 else ''}, "
-                "not 5 (minute hour day-of-month month day-of-week).",
-            )
-        minute, hour, day, month, dow = fields
-        if day not in ("*", "?") and dow not in ("*", "?"):
-            raise _cron_error(
-                raw,
-                "it limits both the day of the month and the day of the week, which "
-                "cron reads as either-or; make two schedules instead.",
-            )
-        day = "*" if day == "?" else day
-        dow = weekday_field("*" if dow == "?" else dow, raw)
-        tz = resolve_timezone(tz_arg or default_tz)
-        spec = ScheduleSpec(
-            "cron", f"{minute} {hour} {day} {month} {dow}", tz.key, f'cron "{raw}" ({tz.key})'
-        )
-        try:
-            spec.trigger()
-        except ValueError as exc:
-            raise _cron_error(raw, f"{exc}.") from None
-    else:
-        raise UserError(f"`{command.name}` does not make a schedule.", field="command")
-    _check_cadence(spec, args[0])
-    return spec
-
-
-def period_of(trigger: CronTrigger, at: datetime, *, firings: int = 4) -> float:
-    """The shortest time between two of the trigger's next `firings` firings, in seconds (a day
-    when it fires once or never)."""
-    fires = []
-    cursor = at
-    for _ in range(firings):
-        nxt = trigger.get_next_fire_time(None, cursor)
-        if nxt is None:
-            break
-        fires.append(nxt)
-        cursor = nxt + timedelta(seconds=1)
-    gaps = [(b - a).total_seconds() for a, b in zip(fires, fires[1:], strict=False)]
-    return min(gaps) if gaps else 86400.0
-
 
 # -- tables ---------------------------------------------------------------------------------------
 
@@ -414,18 +97,6 @@ digest_table = Table(
     Column("last_digest_at", Float, nullable=True),
     UniqueConstraint("channel", "cron", "tz", name="uq_tunebot_digest_when"),
 )
-def make_lease_table(name: str, meta: MetaData) -> Table:
-    """A table of leases (one row per lease name): which process holds it, until when."""
-    return Table(
-        name,
-        meta,
-        Column("name", String(64), primary_key=True),
-        Column("holder", String(200), nullable=False),
-        Column("expires_at", Float, nullable=False),
-        Column("renewed_at", Float, nullable=False),
-    )
-
-
 lease_table = make_lease_table("tunebot_scheduler_lease", metadata)
 progress_post_table = Table(
     "tunebot_progress_post",
@@ -436,16 +107,12 @@ progress_post_table = Table(
 )
 
 
+SCHEDULE_TABLES = BotTables("schedules", (digest_table, lease_table, progress_post_table))
+
+
 def create_tables(engine: Engine) -> None:
-    """Create tunebot's scheduling tables if missing (two processes starting at once may race)."""
-    for attempt in range(3):
-        try:
-            metadata.create_all(engine, checkfirst=True)
-            return
-        except (IntegrityError, DBAPIError):
-            if attempt == 2:
-                raise
-            time.sleep(0.2)
+    """Create tunebot's scheduling tables if missing, or upgrade them."""
+    ensure_tables(engine, SCHEDULE_TABLES)
 
 
 @dataclass(frozen=True)
@@ -471,93 +138,6 @@ class DigestSchedule:
 
 def digest_job_id(channel: str, schedule_id: int) -> str:
     return f"digest:{channel}:{schedule_id}"
-
-
-# -- the lease ------------------------------------------------------------------------------------
-
-
-class SchedulerLease:
-    """One row saying which process runs scheduled jobs, until when.
-
-    Taking it is a single conditional UPDATE (`holder = me OR expires_at < now`) or, the first
-    time, the INSERT of its primary key: atomic on SQLite and PostgreSQL alike. Times are each
-    process's wall clock; hosts should agree to well within the TTL (NTP does).
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        holder: str,
-        ttl: float = DEFAULT_LEASE_TTL_S,
-        name: str = LEASE_NAME,
-        clock: Callable[[], float] = time.time,
-        table: Table | None = None,
-    ):
-        self.engine = engine
-        self.holder = holder
-        self.ttl = ttl
-        self.name = name
-        self.clock = clock
-        self.table = lease_table if table is None else table  # another table: another kind of lease
-
-    def acquire(self) -> bool:
-        """Take the lease if it is free or lapsed, or extend it if it is ours; True if we hold it."""
-        now = self.clock()
-        table = self.table
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                update(table)
-                .where(
-                    table.c.name == self.name, or_(table.c.holder == self.holder, table.c.expires_at < now)
-                )
-                .values(holder=self.holder, expires_at=now + self.ttl, renewed_at=now)
-            ).rowcount
-        if taken == 1:
-            return True
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(table).values(
-                        name=self.name, holder=self.holder, expires_at=now + self.ttl, renewed_at=now
-                    )
-                )
-            return True
-        except IntegrityError:
-            return False
-
-    def confirm(self) -> bool:
-        """Extend the lease only if we still hold it and it has not lapsed (checked before posting)."""
-        now = self.clock()
-        table = self.table
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    update(table)
-                    .where(
-                        table.c.name == self.name, table.c.holder == self.holder, table.c.expires_at >= now
-                    )
-                    .values(expires_at=now + self.ttl, renewed_at=now)
-                ).rowcount
-                == 1
-            )
-
-    def release(self) -> None:
-        """Give the lease up so another process takes over at its next try, not after the TTL."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(self.table)
-                .where(self.table.c.name == self.name, self.table.c.holder == self.holder)
-                .values(expires_at=0.0)
-            )
-
-    def current(self) -> tuple[str, float] | None:
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                select(self.table.c.holder, self.table.c.expires_at).where(self.table.c.name == self.name)
-            ).first()
-        return (row.holder, row.expires_at) if row else None
-
 
 # -- delivery -------------------------------------------------------------------------------------
 
@@ -649,8 +229,11 @@ class Scheduler:
         self.settings = settings or ScheduleSettings()
         self.clock = clock
         self.db = database_key(self.store.engine)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease = SchedulerLease(self.store.engine, holder=self.holder, ttl=lease_ttl, clock=clock)
+        self.holder = holder_id()
+        self.lease = Lease(
+            self.store.engine, table=lease_table, name=LEASE_NAME, holder=self.holder, ttl=lease_ttl,
+            clock=clock,
+        )
         self._renew_every = max(0.2, lease_ttl / 3)
         self._aps: _BackgroundScheduler | None = None
         self._jobstore_engine: Engine | None = None
@@ -1078,177 +661,3 @@ def _read_end(path: Path, limit: int = 64_000) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-# -- /tune schedule … -----------------------------------------------------------------------------
-
-
-def _reply(text: str, *extra: dict[str, Any], fallback: str) -> dict[str, Any]:
-    return message(fallback, [section(text), *extra])
-
-
-def label_mrkdwn(label: str) -> str:
-    """A schedule's label for mrkdwn: its cron expression in code, so `*` stays literal."""
-    return re.sub(r'"([^"]*)"', lambda m: code(m.group(1)), escape(label))
-
-
-def _check_membership(client: Any, channel: str) -> None:
-    """The bot must be in the channel to post there; a clear message says how to fix it."""
-    from slack_sdk.errors import SlackApiError
-
-    invite = UserError(
-        "I am not in this channel, so I could not post its digest.",
-        field="channel",
-        fix="/invite @tunebot (then schedule again)",
-    )
-    try:
-        info = channel_info(client, channel)
-    except SlackApiError as exc:
-        error = slack_error(exc)
-        if error == "missing_scope":
-            raise invite from None
-        raise UserError(
-            f"Slack did not tell me about this channel ({error or 'no answer'}); nothing was scheduled.",
-            field="channel",
-            fix="try again in a minute",
-        ) from None
-    except Exception as exc:  # the network, a timeout: nothing is scheduled, say so
-        raise UserError(
-            f"I could not reach Slack to check this channel ({type(exc).__name__}); nothing was scheduled.",
-            field="channel",
-            fix="try again in a minute",
-        ) from None
-    if info.get("is_archived"):
-        raise UserError("This channel is archived; a digest could not be posted here.", field="channel")
-    if not info["is_member"]:
-        raise invite
-
-
-def _schedule_line(scheduler: Scheduler, row: DigestSchedule) -> str:
-    nxt = scheduler.next_run(row)
-    bits = [f"*#{row.id}* {label_mrkdwn(row.label)}"]
-    bits.append(f"next {slack_date(nxt.timestamp())}" if nxt else "no next run")
-    if row.last_digest_at:
-        bits.append(f"last {slack_date(row.last_digest_at)}")
-    if row.created_by:
-        bits.append(f"set by {mention(row.created_by)}")
-    return " · ".join(bits)
-
-
-def _render_list(scheduler: Scheduler, channel: str) -> dict[str, Any]:
-    rows = scheduler.all_digests(channel)
-    if not rows:
-        return _reply(
-            "No digests are scheduled in this channel.",
-            context(f"Add one: {code(f'{COMMAND} schedule daily 09:00')}"),
-            fallback="No digests are scheduled in this channel.",
-        )
-    lines = "\n".join(_schedule_line(scheduler, row) for row in rows)
-    fallback = "Digests in this channel: " + "; ".join(f"#{r.id} {r.label}" for r in rows)
-    return _reply(
-        f"*Digests in this channel*\n{lines}",
-        context(
-            f"Stop one with {code(f'{COMMAND} schedule off ID')}, all with {code(f'{COMMAND} schedule off')}."
-        ),
-        fallback=fallback,
-    )
-
-
-def _schedule_id(text: str) -> int:
-    raw = text.strip().lstrip("#")
-    if raw.isdigit():
-        return int(raw)
-    raise UserError(
-        f"`{text}` is not a digest number.",
-        field="id",
-        fix=f"{COMMAND} schedule list shows them, e.g. {COMMAND} schedule off 3",
-    )
-
-
-def _turn_off(scheduler: Scheduler, channel: str, args: list[str]) -> dict[str, Any]:
-    rows = scheduler.all_digests(channel)
-    if args:
-        wanted = _schedule_id(args[0])
-        row = next((r for r in rows if r.id == wanted), None)
-        if row is None:
-            there = ", ".join(f"#{r.id}" for r in rows)
-            found = f" Its digests: {there}." if there else " It has none."
-            raise UserError(
-                f"There is no digest #{wanted} in this channel.{found}",
-                field="id",
-                fix=f"{COMMAND} schedule list",
-            )
-        scheduler.remove_digest(row)
-        return _reply(
-            f":no_bell: Stopped digest *#{row.id}* ({label_mrkdwn(row.label)}).",
-            fallback=f"Stopped digest #{row.id} ({row.label}).",
-        )
-    if not rows:
-        raise UserError(
-            "No digests are scheduled in this channel; there is nothing to stop.",
-            field="id",
-            fix=f"{COMMAND} schedule daily 09:00 starts one",
-        )
-    for row in rows:
-        scheduler.remove_digest(row)
-    plural = "s" if len(rows) != 1 else ""
-    names = ", ".join(f"#{r.id} ({label_mrkdwn(r.label)})" for r in rows)
-    return _reply(
-        f":no_bell: Stopped {len(rows)} digest{plural}: {names}.",
-        fallback=f"Stopped {len(rows)} digest{plural}: " + ", ".join(f"#{r.id}" for r in rows),
-    )
-
-
-def _add(scheduler: Scheduler, command: Command, *, user: str, channel: str, client: Any) -> dict[str, Any]:
-    spec = parse_schedule(command, scheduler.settings.digest_tz)
-    if client is not None:
-        _check_membership(client, channel)
-    row, created = scheduler.add_digest(channel, spec, user=user)
-    nxt = scheduler.next_run(row)
-    when = f" The first one comes {slack_date(nxt.timestamp())}." if nxt else ""
-    if not created:
-        text = f"That digest is already scheduled here as *#{row.id}* ({label_mrkdwn(row.label)}).{when}"
-        return _reply(text, fallback=f"Already scheduled here as digest #{row.id} ({row.label}).")
-    return _reply(
-        f":calendar: Digest *#{row.id}* scheduled: {label_mrkdwn(row.label)}.{when}",
-        context(
-            "It lists running and queued jobs, what finished or failed since the last digest, "
-            "deployments and GPU hours per person. "
-            f"{code(f'{COMMAND} schedule off {row.id}')} stops it."
-        ),
-        fallback=f"Digest #{row.id} scheduled: {row.label}.",
-    )
-
-
-def handle_schedule_command(
-    command: Command,
-    *,
-    user: str,
-    channel: str,
-    runtime: Any,
-    client: Any,
-    scheduler: Scheduler | None = None,
-) -> dict[str, Any]:
-    """Answer `/tune schedule daily|weekly|cron|list|off …` in `channel`: a message for `respond`
-    (ephemeral). Mistakes come back as a clear message; nothing scheduled is lost or duplicated."""
-    scheduler = scheduler or scheduler_for(runtime.store)
-    try:
-        if scheduler is None or not scheduler.running:
-            raise UserError(
-                "Digests are off: this tunebot process is not running its scheduler.",
-                field="schedule",
-                fix="restart `tunebot serve`",
-            )
-        if command.name == "schedule list":
-            return _render_list(scheduler, channel)
-        if command.name == "schedule off":
-            return _turn_off(scheduler, channel, list(command.args))
-        if command.name in ("schedule daily", "schedule weekly", "schedule cron"):
-            return _add(scheduler, command, user=user, channel=channel, client=client)
-        raise UserError(
-            f"`{command.name}` is not a schedule command.",
-            field="command",
-            fix=f"{COMMAND} help schedule daily",
-        )
-    except UserError as err:
-        return render_error(err)

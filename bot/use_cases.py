@@ -17,7 +17,6 @@ from runners.errors import UserError
 from runners.job import ACTIVE_STATES, Job, JobState
 from runners.queue import Requester
 
-from . import replies
 from .auth import audit
 from .parsing import Command, ThreadCommand
 from .render import (
@@ -30,6 +29,7 @@ from .render import (
     render_help,
     render_job_message,
     render_jobs,
+    replies,
 )
 from .services import Services
 from .threads import job_of_thread, jobs_in_thread, story_thread
@@ -197,7 +197,7 @@ def _help(services: Services, command: Command, origin: Origin) -> dict[str, Any
 
 
 def _schedule(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
-    from .schedules import handle_schedule_command  # APScheduler loads only when schedules are used
+    from .schedules.command import handle_schedule_command  # APScheduler loads only when schedules are used
 
     audit(services.store, origin.user, command.name, None, channel=origin.channel)
     return handle_schedule_command(command, user=origin.user, channel=origin.channel,
