@@ -612,3 +612,11 @@ def test_a_job_running_on_another_host_is_followed_through_the_database_not_its_
     assert post["text"].startswith(f"Train #{job.id}: step 30/100") and "stalled" not in post["text"]
     assert slack.uploads() == []  # the runner's plot is not readable from here
     assert scheduler.sweep_progress() == 0  # nothing new, and not stalled
+
+
+def test_jobs_stored_by_an_older_tunebot_still_name_functions_that_load() -> None:
+    """APScheduler keeps `module:function` in tunebot_schedules; the module moved into a package."""
+    from apscheduler.util import ref_to_obj
+
+    assert ref_to_obj("bot.schedules:fire_digest") is schedules.fire_digest
+    assert ref_to_obj("bot.schedules:sweep_progress") is schedules.sweep_progress

@@ -1,8 +1,8 @@
 """Channel digests on a clock and progress posts in running jobs' threads (APScheduler 3.11).
 
 `bot/serve.py` builds one `Scheduler(runtime, delivery, ScheduleSettings.from_env())`, calls
-`.start()` once the Slack client works and `.stop()` at shutdown. The command router hands every
-`/tune schedule …` to `handle_schedule_command`, which answers with an ephemeral message.
+`.start()` once the Slack client works and `.stop()` at shutdown. `/tune schedule …` is answered
+by bot/schedules/command.py; the progress sweep it runs is bot/story/running.py's.
 
 Where things live, all in tunebot's own database:
 - `tunebot_digest`: one row per digest a channel asked for (the numbers `schedule list` shows),
@@ -10,9 +10,8 @@ Where things live, all in tunebot's own database:
 - `tunebot_schedules`: APScheduler's SQLAlchemyJobStore — the triggers and next run times, under
   fixed ids `digest:<channel>:<n>` and `progress-sweep`, so schedules survive restarts and a bot
   that was down posts one late digest (`coalesce`, `misfire_grace_time`), not a burst;
-- `tunebot_scheduler_lease`: which process may run jobs. Every `tunebot serve` starts its
+- `tunebot_scheduler_lease` (bot/leases.py): which process may run jobs. Every `tunebot serve` starts its
   scheduler paused (it can still add and remove schedules); only the lease holder resumes it.
-- `tunebot_progress_post`: what was last posted in each running job's thread.
 
 One scheduler per database: the lease is one row taken with an atomic conditional UPDATE (or the
 INSERT of its primary key), renewed every `ttl/3` seconds and taken over once `ttl` passes without
@@ -26,13 +25,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Protocol
 
 from apscheduler.jobstores.base import JobLookupError
@@ -41,7 +38,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import (
-    JSON,
     Column,
     Float,
     Integer,
@@ -61,11 +57,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from bot.leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
 from bot.parsing import COMMAND
 from bot.schedules.digest import build_digest, render_digest
-from bot.story import progress as pp
+from bot.story.running import ProgressPosts
 from bot.tables import BotTables, ensure_tables
 from runners.errors import UserError
-from runners.job import JobState
-from runners.progress import Progress, read_trainer_log
 from runners.store import make_engine
 
 from .spec import ScheduleSettings, ScheduleSpec, period_of
@@ -98,16 +92,9 @@ digest_table = Table(
     UniqueConstraint("channel", "cron", "tz", name="uq_tunebot_digest_when"),
 )
 lease_table = make_lease_table("tunebot_scheduler_lease", metadata)
-progress_post_table = Table(
-    "tunebot_progress_post",
-    metadata,
-    Column("job_id", Integer, primary_key=True, autoincrement=False),
-    Column("state", JSON, nullable=False),
-    Column("updated_at", Float, nullable=False),
-)
 
 
-SCHEDULE_TABLES = BotTables("schedules", (digest_table, lease_table, progress_post_table))
+SCHEDULE_TABLES = BotTables("schedules", (digest_table, lease_table))
 
 
 def create_tables(engine: Engine) -> None:
@@ -143,7 +130,7 @@ def digest_job_id(channel: str, schedule_id: int) -> str:
 
 
 class Poster(Protocol):
-    """What the scheduler needs of `bot.delivery.Delivery`."""
+    """What the scheduler needs of `bot.delivery.Delivery` (and its progress posts: ProgressPosts' Poster)."""
 
     def post(
         self,
@@ -152,10 +139,6 @@ class Poster(Protocol):
         text: str,
         blocks: list[dict[str, Any]] | None = None,
         thread_ts: str | None = None,
-    ) -> Any: ...
-
-    def upload(
-        self, channel: str, thread_ts: str | None, *, path: str | Path, filename: str, title: str
     ) -> Any: ...
 
 
@@ -241,7 +224,7 @@ class Scheduler:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._followed: dict[int, _Followed] = {}  # running job id -> its events read so far
+        self.progress = ProgressPosts(self.store, delivery, self.settings, clock=clock)
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> Scheduler:
@@ -514,150 +497,9 @@ class Scheduler:
         return True
 
     # --- progress posts -----------------------------------------------------------------
-    def _posted(self, job_id: int) -> pp.PostedState | None:
-        with self.store.engine.begin() as conn:
-            row = conn.execute(
-                select(progress_post_table.c.state).where(progress_post_table.c.job_id == job_id)
-            ).first()
-        return pp.PostedState.from_dict(row.state) if row else None
-
-    def _save_posted(self, job_id: int, state: pp.PostedState) -> None:
-        values = {"state": state.to_dict(), "updated_at": self.clock()}
-        with self.store.engine.begin() as conn:
-            changed = conn.execute(
-                update(progress_post_table).where(progress_post_table.c.job_id == job_id).values(**values)
-            ).rowcount
-            if not changed:
-                conn.execute(insert(progress_post_table).values(job_id=job_id, **values))
-
     def sweep_progress(self) -> int:
-        """Look at every running train/eval job once; returns how many posts went out."""
+        """Progress posts and stall reports for the running jobs (bot/story/running.py), while
+        this process holds the lease; returns how many posts went out."""
         if not self.lease.confirm():
             return 0
-        posted = 0
-        jobs = self.store.list_jobs(states=[JobState.RUNNING.value], kinds=pp.PROGRESS_KINDS)
-        for job in jobs:
-            try:
-                posted += self._progress_of(job)
-            except Exception:
-                log.exception("progress post for job #%s failed", job.id)
-        running = {job.id for job in jobs}
-        self._followed = {job_id: seen for job_id, seen in self._followed.items() if job_id in running}
-        return posted
-
-    def _from_store(self, job: Any) -> _Followed:
-        """The job's progress as the runner recorded it in the database (it may run on another host)."""
-        seen = self._followed.setdefault(job.id, _Followed())
-        while True:
-            events = self.store.events_since(seen.cursor, job_id=job.id)
-            for event in events:
-                seen.cursor = event.id
-                if event.type == "progress":
-                    point = Progress.from_dict(event.data or {})
-                    seen.points[(point.step, point.is_eval)] = point  # a resumed run's line wins
-                    seen.last_at = event.at
-                elif event.type == "plot" and (event.data or {}).get("path"):
-                    seen.plot, seen.plot_event = str(event.data["path"]), event.id
-            if len(events) < STORE_EVENTS_BATCH:
-                return seen
-
-    def _progress_of(self, job: Any) -> int:
-        thread_ts = job.thread_ts or job.message_ts
-        if not job.channel or not thread_ts:
-            return 0
-        now = self.clock()
-        seen = self._from_store(job)
-        points = sorted(seen.points.values(), key=lambda p: p.step)
-        if not points and (job.progress or {}).get("step") is not None:
-            points = [Progress.from_dict(job.progress)]
-        # The runner's files, where this host can see them (one host): a process that logs without
-        # reaching a step (loading, tokenizing) is alive too.
-        local_log = Path(job.work_dir) / "output" / "trainer_log.jsonl" if job.work_dir else None
-        if not points and local_log is not None:
-            points = read_trainer_log(local_log)
-        local = _last_write(local_log, Path(job.log_path) if job.log_path else None)
-        last_line_at = max((t for t in (seen.last_at, local) if t is not None), default=None)
-        stored = self._posted(job.id)
-        state = (stored or pp.PostedState(attempt=job.attempt)).for_attempt(job.attempt)
-        quiet = now - pp.quiet_since_of(job, last_line_at, now=now)
-        state = pp.moving_again(state, stalled=quiet >= self.settings.stall_after)
-        decision = pp.decide_progress_post(
-            job,
-            points,
-            state,
-            now=now,
-            last_line_at=last_line_at,
-            every_s=self.settings.progress_every,
-            stall_after_s=self.settings.stall_after,
-        )
-        if decision.action == pp.STALLED:
-            tail = pp.log_tail(_read_end(Path(job.log_path))) if job.log_path else ""
-            payload = pp.render_stall_post(
-                job, points, now=now, last_line_at=last_line_at, tail=tail or job.log_tail or ""
-            )
-            self.delivery.post(
-                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
-            )
-        elif decision.action == pp.PROGRESS:
-            payload = pp.render_progress_post(job, points, state, decision, now=now)
-            self.delivery.post(
-                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
-            )
-            plot = self._new_plot(job, seen, state)
-            if plot is not None:
-                point = pp.latest_point(points)
-                step = f"{point.step}/{point.total or '?'}" if point else "?"
-                self.delivery.upload(
-                    job.channel,
-                    thread_ts,
-                    path=plot,
-                    filename=f"loss-{job.id}-step{point.step if point else 0}.png",
-                    title=f"#{job.id} loss at step {step}",
-                )
-                state = replace(state, last_plot=seen.plot_event)
-        new_state = pp.after_post(state, decision, points, now=now)
-        if new_state != stored:
-            self._save_posted(job.id, new_state)
-        return 1 if decision.posts else 0
-
-    def _new_plot(self, job: Any, seen: _Followed, state: pp.PostedState) -> Path | None:
-        """The loss plot the runner drew last (it redraws it as the run goes), if not posted yet and
-        readable from here."""
-        if seen.plot is None or seen.plot_event == state.last_plot:
-            return None
-        path = Path(seen.plot)
-        if not path.is_file():
-            log.debug("job #%s: its loss plot %s is on the runner's host; not posted", job.id, path)
-            return None
-        return path
-
-
-@dataclass
-class _Followed:
-    """What the sweep has read of a running job's events: its trainer-log points and latest plot."""
-
-    cursor: int = 0
-    points: dict[tuple[int, bool], Progress] = field(default_factory=dict)
-    last_at: float | None = None  # when the runner recorded its latest trainer-log line
-    plot: str | None = None
-    plot_event: int | None = None
-
-
-def _last_write(*paths: Path | None) -> float | None:
-    times = []
-    for path in paths:
-        if path is None:
-            continue
-        with contextlib.suppress(OSError):
-            times.append(path.stat().st_mtime)
-    return max(times) if times else None
-
-
-def _read_end(path: Path, limit: int = 64_000) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - limit))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+        return self.progress.sweep()

@@ -33,13 +33,14 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, MetaData, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, select
 
 from runners.job import Job, JobEvent, JobKind, JobState
 from runners.runtime import Runtime
 
 from ..delivery import Delivery
 from ..leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
+from ..tables import BotModel, BotTables, ensure_tables
 from . import posts
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ _lease_meta = MetaData()
 notifier_lease_table = make_lease_table("tunebot_notifier_lease", _lease_meta)
 
 
-class NotifierCursor(SQLModel, table=True):
+class NotifierCursor(BotModel, table=True):
     """How far into the job event stream the Slack notifier has got."""
 
     __tablename__ = "slack_notifier_cursor"
@@ -63,6 +64,9 @@ class NotifierCursor(SQLModel, table=True):
     name: str = Field(primary_key=True)
     last_event_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: float = Field(default_factory=time.time)
+
+
+NOTIFIER_TABLES = BotTables("notifier", (NotifierCursor.__table__, notifier_lease_table))
 
 
 def root_key(job_id: int) -> str:
@@ -85,8 +89,7 @@ class Notifier:
         self.poll = poll if poll is not None else float(getattr(settings, "notifier_poll", None) or 0.5)
         self.name = name
         self.gap_wait = gap_wait
-        SQLModel.metadata.create_all(self.store.engine, tables=[NotifierCursor.__table__])
-        _lease_meta.create_all(self.store.engine, checkfirst=True)
+        ensure_tables(self.store.engine, NOTIFIER_TABLES)
         # One notifier per database tells the stories (the others stand by), as with the scheduler.
         self.lease = Lease(self.store.engine, table=notifier_lease_table, name=name, holder=holder_id(),
                            ttl=lease_ttl)
