@@ -1,14 +1,14 @@
-"""Channel digests on a clock and progress posts in running jobs' threads (APScheduler 3.11).
+"""Channel digests on a clock (APScheduler 3.11).
 
 `bot/serve.py` builds one `Scheduler(runtime, delivery, ScheduleSettings.from_env())`, calls
 `.start()` once the Slack client works and `.stop()` at shutdown. `/tune schedule …` is answered
-by bot/schedules/command.py; the progress sweep it runs is bot/story/running.py's.
+by bot/schedules/command.py. (Progress posts, once run here, are the story's: bot/story/running.py.)
 
 Where things live, all in tunebot's own database:
 - `tunebot_digest`: one row per digest a channel asked for (the numbers `schedule list` shows),
   with when its last digest went out, so the next one covers exactly the time since;
 - `tunebot_schedules`: APScheduler's SQLAlchemyJobStore — the triggers and next run times, under
-  fixed ids `digest:<channel>:<n>` and `progress-sweep`, so schedules survive restarts and a bot
+  fixed ids `digest:<channel>:<n>`, so schedules survive restarts and a bot
   that was down posts one late digest (`coalesce`, `misfire_grace_time`), not a burst;
 - `tunebot_scheduler_lease` (bot/leases.py): which process may run jobs. Every `tunebot serve` starts its
   scheduler paused (it can still add and remove schedules); only the lease holder resumes it.
@@ -29,14 +29,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import (
     Column,
     Float,
@@ -57,7 +56,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from bot.leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
 from bot.parsing import COMMAND
 from bot.schedules.digest import build_digest, render_digest
-from bot.story.running import ProgressPosts
 from bot.tables import BotTables, ensure_tables
 from runners.errors import UserError
 from runners.store import make_engine
@@ -130,7 +128,7 @@ def digest_job_id(channel: str, schedule_id: int) -> str:
 
 
 class Poster(Protocol):
-    """What the scheduler needs of `bot.delivery.Delivery` (and its progress posts: ProgressPosts' Poster)."""
+    """What the scheduler needs of `bot.delivery.Delivery`."""
 
     def post(
         self,
@@ -173,11 +171,8 @@ def fire_digest(db: str, schedule_id: int) -> None:
 
 
 def sweep_progress(db: str) -> None:
-    """APScheduler's job that looks at running jobs for progress posts."""
-    with _registry_lock:
-        scheduler = _leaders.get(db)
-    if scheduler is not None:
-        scheduler.sweep_progress()
+    """An older tunebot's progress-sweep job, as stored: loadable, and removed at the next take-over
+    (progress posts are told by the story's notifier: bot/story/running.py)."""
 
 
 class _BackgroundScheduler(BackgroundScheduler):
@@ -190,7 +185,7 @@ class _BackgroundScheduler(BackgroundScheduler):
 
 
 class Scheduler:
-    """Digests and progress posts for one tunebot process.
+    """Digests for one tunebot process.
 
     `start()` joins the database's scheduling (runs jobs if it wins the lease, else stands by and
     takes over when the holder stops or dies); `stop()` leaves it. Safe to run in every
@@ -224,7 +219,6 @@ class Scheduler:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.progress = ProgressPosts(self.store, delivery, self.settings, clock=clock)
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> Scheduler:
@@ -249,7 +243,7 @@ class Scheduler:
         )
         executor_log = logging.getLogger("apscheduler.executors.default")
         if executor_log.level == logging.NOTSET:
-            executor_log.setLevel(logging.WARNING)  # not two INFO lines per progress sweep
+            executor_log.setLevel(logging.WARNING)  # not two INFO lines per digest
         self._aps.start(paused=True)
         with _registry_lock:
             _started.setdefault(self.db, []).append(self)
@@ -323,7 +317,7 @@ class Scheduler:
         with _registry_lock:
             _leaders[self.db] = self
         self._aps.resume()
-        log.info("scheduler: this process (%s) runs digests and progress posts", self.holder)
+        log.info("scheduler: this process (%s) runs digests", self.holder)
 
     def _step_down(self) -> None:
         if self._aps is not None and self._leader:
@@ -334,24 +328,12 @@ class Scheduler:
                 _leaders.pop(self.db, None)
 
     def _reconcile(self) -> None:
-        """Make the job store match the digest rows: the sweep at this process's period, a job for
-        every row (existing ones keep their next run time, so a missed digest still fires), none
-        for rows that are gone."""
+        """Make the job store match the digest rows: a job for every row (existing ones keep their
+        next run time, so a missed digest still fires), none for rows that are gone, and no
+        progress sweep (an older tunebot's: progress posts are the story's now)."""
         assert self._aps is not None
-        every = self.settings.sweep_every
-        existing = self._aps.get_job(SWEEP_JOB_ID)
-        if existing is None or getattr(existing.trigger, "interval", None) != timedelta(seconds=every):
-            self._aps.add_job(
-                sweep_progress,
-                IntervalTrigger(seconds=every),
-                id=SWEEP_JOB_ID,
-                kwargs={"db": self.db},
-                replace_existing=True,
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(5, int(every * 2)),
-                name="progress posts",
-            )
+        with contextlib.suppress(JobLookupError):
+            self._aps.remove_job(SWEEP_JOB_ID)
         rows = {row.job_id: row for row in self.all_digests()}
         for job in self._aps.get_jobs():
             if job.id.startswith("digest:") and job.id not in rows:
@@ -495,11 +477,3 @@ class Scheduler:
             log.exception("posting digest %s to %s failed", row.id, row.channel)
             return False
         return True
-
-    # --- progress posts -----------------------------------------------------------------
-    def sweep_progress(self) -> int:
-        """Progress posts and stall reports for the running jobs (bot/story/running.py), while
-        this process holds the lease; returns how many posts went out."""
-        if not self.lease.confirm():
-            return 0
-        return self.progress.sweep()

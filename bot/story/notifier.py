@@ -42,6 +42,7 @@ from ..delivery import Delivery
 from ..leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
 from ..tables import BotModel, BotTables, ensure_tables
 from . import posts
+from .running import ProgressPosts
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ def post_key(job_id: int, event_id: int, n: int) -> str:
 class Notifier:
     def __init__(self, runtime: Runtime, delivery: Delivery, settings: Any = None, *,
                  poll: float | None = None, name: str = "slack", gap_wait: float = GAP_WAIT,
-                 lease_ttl: float = DEFAULT_LEASE_TTL_S):
-        """`settings` (optional, e.g. BotSettings) may carry `notifier_poll`; `poll` wins over it."""
+                 lease_ttl: float = DEFAULT_LEASE_TTL_S, progress: Any = None):
+        """`settings` (optional, e.g. BotSettings) may carry `notifier_poll`; `poll` wins over it.
+        `progress` (a ScheduleSettings: progress_every, stall_after, sweep_every) turns on progress
+        posts and stall reports in running jobs' threads (story/running.py)."""
         self.runtime = runtime
         self.store = runtime.store
         self.delivery = delivery
@@ -90,6 +93,8 @@ class Notifier:
         self.name = name
         self.gap_wait = gap_wait
         ensure_tables(self.store.engine, NOTIFIER_TABLES)
+        self.progress = ProgressPosts(self.store, delivery, progress) if progress is not None else None
+        self._swept = -math.inf
         # One notifier per database tells the stories (the others stand by), as with the scheduler.
         self.lease = Lease(self.store.engine, table=notifier_lease_table, name=name, holder=holder_id(),
                            ttl=lease_ttl)
@@ -160,8 +165,22 @@ class Notifier:
             except Exception:  # the next round retries from the saved cursor
                 log.exception("Slack notifier round failed")
                 handled = 0
+            self._sweep_when_due()
             if handled < BATCH:
                 self._stop.wait(self.poll)
+
+    def _sweep_when_due(self) -> None:
+        if self.progress is None or time.monotonic() - self._swept < self.progress.settings.sweep_every:
+            return
+        self._swept = time.monotonic()
+        try:
+            self.sweep_progress()
+        except Exception:
+            log.exception("Slack notifier: the progress sweep failed")
+
+    def sweep_progress(self) -> int:
+        """Progress posts and stall reports for the running jobs now; how many went out."""
+        return self.progress.sweep() if self.progress is not None else 0
 
     # --- one round ----------------------------------------------------------------------
     def tick(self) -> int:

@@ -1,7 +1,8 @@
 """Progress posts and stall reports in running jobs' threads: the part of a job's story told on a clock.
 
 `ProgressPosts.sweep()` looks at every running train/eval job: its progress as the runner
-recorded it in the database (`progress` and `plot` events), what was last posted for it
+recorded it in the database (`progress` and `plot` events of the job, read when it looks, so a
+post goes with the plot drawn for it), what was last posted for it
 (`tunebot_progress_post`), and decides with `bot.story.progress` whether to post now. Posts go
 through the outbox with keys (`job:<id>:progress:<attempt>:<n>`, `…:plot`, and
 `job:<id>:stall:<attempt>:<since>`), so a second process on the database cannot post one twice.
@@ -118,18 +119,14 @@ class ProgressPosts:
         return posted
 
     def _from_store(self, job: Any) -> _Followed:
-        """The job's progress as the runner recorded it in the database (it may run on another host)."""
+        """The job's progress as the runner recorded it in the database (it may run on another host),
+        read up to now: a post decided now goes with the plot drawn for it."""
         seen = self._followed.setdefault(job.id, _Followed())
         while True:
             events = self.store.events_since(seen.cursor, job_id=job.id)
             for event in events:
                 seen.cursor = event.id
-                if event.type == "progress":
-                    point = Progress.from_dict(event.data or {})
-                    seen.points[(point.step, point.is_eval)] = point  # a resumed run's line wins
-                    seen.last_at = event.at
-                elif event.type == "plot" and (event.data or {}).get("path"):
-                    seen.plot, seen.plot_event = str(event.data["path"]), event.id
+                seen.take(event)
             if len(events) < STORE_EVENTS_BATCH:
                 return seen
 
@@ -213,11 +210,24 @@ class ProgressPosts:
 class _Followed:
     """What the sweep has read of a running job's events: its trainer-log points and latest plot."""
 
-    cursor: int = 0
+    cursor: int = 0  # the job's last event read (in memory: the sweep reads a job's events in order)
     points: dict[tuple[int, bool], Progress] = field(default_factory=dict)
+    point_events: dict[tuple[int, bool], int] = field(default_factory=dict)  # the event each came from
     last_at: float | None = None  # when the runner recorded its latest trainer-log line
     plot: str | None = None
     plot_event: int | None = None
+
+    def take(self, event: Any) -> None:
+        """Read one event; an event read twice (history, then the stream) changes nothing."""
+        data = event.data or {}
+        if event.type == "progress":
+            point = Progress.from_dict(data)
+            key = (point.step, point.is_eval)
+            if event.id >= self.point_events.get(key, 0):  # a resumed run's line (a later event) wins
+                self.points[key], self.point_events[key] = point, event.id
+            self.last_at = event.at if self.last_at is None else max(self.last_at, event.at)
+        elif event.type == "plot" and data.get("path") and event.id > (self.plot_event or 0):
+            self.plot, self.plot_event = str(data["path"]), event.id
 
 
 def _last_write(*paths: Path | None) -> float | None:
