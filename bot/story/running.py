@@ -27,12 +27,15 @@ from sqlalchemy import JSON, Column, Float, Integer, MetaData, Table, insert, se
 
 from bot.story import progress as pp
 from bot.tables import BotTables, ensure_tables
-from runners.job import JobState
+from runners.job import JobKind, JobState
 from runners.progress import Progress, read_trainer_log
 
 log = logging.getLogger(__name__)
 
 STORE_EVENTS_BATCH = 500  # Store.events_since's page
+# A train job's progress post says "updated loss plot below": it waits (at most this long) for the
+# plot the runner draws next when none was drawn since the last post.
+PLOT_WAIT_S = 60.0
 
 _metadata = MetaData()
 progress_post_table = Table(
@@ -159,6 +162,12 @@ class ProgressPosts:
             every_s=self.settings.progress_every,
             stall_after_s=self.settings.stall_after,
         )
+        if decision.action == pp.PROGRESS and job.kind == JobKind.TRAIN.value:
+            if seen.plot_event is None or seen.plot_event == state.last_plot:
+                seen.plot_wait_from = seen.plot_wait_from if seen.plot_wait_from is not None else now
+                if now - seen.plot_wait_from < PLOT_WAIT_S:
+                    return 0  # the next sweep posts it, with the plot
+            seen.plot_wait_from = None
         if decision.action == pp.STALLED:
             tail = pp.log_tail(_read_end(Path(job.log_path))) if job.log_path else ""
             payload = pp.render_stall_post(
@@ -216,6 +225,7 @@ class _Followed:
     last_at: float | None = None  # when the runner recorded its latest trainer-log line
     plot: str | None = None
     plot_event: int | None = None
+    plot_wait_from: float | None = None  # since when a due progress post waits for a new plot
 
     def take(self, event: Any) -> None:
         """Read one event; an event read twice (history, then the stream) changes nothing."""
