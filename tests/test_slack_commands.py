@@ -275,7 +275,9 @@ def test_schedule_commands_go_to_the_schedules_module(bot, monkeypatch) -> None:
         return {"text": "2 digests", "blocks": []}
 
     monkeypatch.setitem(
-        sys.modules, "bot.schedules", types.SimpleNamespace(handle_schedule_command=handle_schedule_command)
+        sys.modules,
+        "bot.schedules.command",
+        types.SimpleNamespace(handle_schedule_command=handle_schedule_command),
     )
     bot.command("schedule daily 09:00 Asia/Shanghai")
     assert bot.wait_response()["text"] == "2 digests"
@@ -297,7 +299,8 @@ def test_digests_are_managed_by_allowed_people_in_allowed_channels_and_admins_an
         return {"text": "done", "blocks": []}
 
     monkeypatch.setitem(
-        sys.modules, "bot.schedules", types.SimpleNamespace(handle_schedule_command=handle_schedule_command)
+        sys.modules, "bot.schedules.command",
+        types.SimpleNamespace(handle_schedule_command=handle_schedule_command),
     )
     for text in ("schedule daily 09:00", "schedule weekly mon 09:00", 'schedule cron "0 9 * * 1-5"',
                  "schedule off 1"):
