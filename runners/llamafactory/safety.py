@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..values import parse_flag
 
 # The ones a hostile day used or tunebot manages; the derived set must contain them (a test checks).
 KNOWN_PATH_ARGUMENTS = frozenset({
@@ -70,13 +71,10 @@ def publishing_arguments(names: Iterable[str]) -> list[str]:
 
 
 def _is_off(value: Any) -> bool:
-    if value is None or value is False:
-        return True
-    if isinstance(value, str):
-        return value.strip().lower() in {"", "false", "no", "0", "off", "none", "null"}
+    """Left at no: a false word (runners/values.py, LLaMA-Factory's own), or nothing at all."""
     if isinstance(value, list):
         return all(_is_off(v) for v in value)
-    return False
+    return value is None or parse_flag(value) is False or str(value).strip().lower() in {"", "none", "null"}
 
 
 def _reports(value: Any) -> bool:
