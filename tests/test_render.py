@@ -79,7 +79,7 @@ def make_job(**changes: Any) -> Job:
         method="lora",
         preset="seed",
         user=ALICE,
-        channel="C0TUNEBOT",
+        origin={"channel": "C0TUNEBOT"},
         created_at=now - 900,
         started_at=now - 600,
         progress={
