@@ -6,7 +6,7 @@ import json
 
 from bot import progress_posts as pp
 from runners.job import Job
-from runners.progress import Progress, parse_trainer_log_line
+from runners.llamafactory.progress import Progress, parse_trainer_log_line
 from tests.slack_standin import block_kit_problems
 
 T0 = 1_800_000_000.0

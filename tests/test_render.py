@@ -48,7 +48,7 @@ from bot.render import (
 from bot.replies import render_dataset_added
 from runners.errors import UserError
 from runners.job import Job
-from runners.recipes import PRESETS, train_recipe
+from runners.llamafactory.recipes import PRESETS, train_recipe
 from tests.slack_signing import fill_view_state
 from tests.slack_standin import block_kit_problems, view_problems
 
