@@ -8,8 +8,8 @@ import pytest
 
 from runners.errors import UserError
 from runners.hardware import Hardware
-from runners.recipes import compute_type_of
-from runners.validation import check_hardware
+from runners.llamafactory.recipes import compute_type_of
+from runners.llamafactory.validation import check_hardware
 from runners.values import is_set, parse_flag
 
 CPU = Hardware(host="cpuhost", gpus=(), cpu_count=2)
