@@ -16,10 +16,10 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
+from ..env import parse_flag
 from ..errors import UserError
 from ..hardware import Hardware
 from ..job import JobKind
-from ..values import parse_flag
 from .recipes import Recipe, compute_type_of
 
 _PARSER_LOCK = threading.Lock()
