@@ -149,7 +149,7 @@ def check_llamafactory(settings: Settings) -> Check:
 
 
 def check_storage(settings: Settings) -> Check:
-    from runners.storage import open_storage
+    from runners.artifacts import open_storage
 
     storage_settings = settings.storage
     if storage_settings is None or storage_settings.backend != "oss":

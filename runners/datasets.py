@@ -430,7 +430,7 @@ def validate_dataset_name(name: str, *, builtin: bool = False) -> str:
             field="name",
             fix="name=support_chats_v2",
         )
-    from .recipes import DEMO_DATASET, DEMO_EVAL_DATASET
+    from .llamafactory.recipes import DEMO_DATASET, DEMO_EVAL_DATASET
 
     if name in (DEMO_DATASET, DEMO_EVAL_DATASET) and not builtin:
         raise UserError(

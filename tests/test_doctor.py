@@ -16,8 +16,8 @@ from sqlalchemy import text
 from bot import doctor
 from bot.cli import main
 from bot.settings import BotSettings
+from runners.artifacts.base import StorageSettings
 from runners.settings import Settings
-from runners.storage import StorageSettings
 from runners.store import SCHEMA_VERSION, Store
 from tests.oss_standin import OssStandin
 from tests.slack_fixtures import slack

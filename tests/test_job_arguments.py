@@ -17,8 +17,8 @@ from runners.hardware import Hardware
 from runners.inputs import bounded_yaml
 from runners.job import Job
 from runners.llamafactory import safety
+from runners.llamafactory.recipes import parse_yaml_spec
 from runners.queue import JobQueue
-from runners.recipes import parse_yaml_spec
 from runners.settings import Settings
 from runners.store import Store, parse_job_id
 from runners.worker import Worker

@@ -22,8 +22,8 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
+from ..env import parse_flag
 from ..errors import UserError
-from ..values import parse_flag
 
 # The ones a hostile day used or tunebot manages; the derived set must contain them (a test checks).
 KNOWN_PATH_ARGUMENTS = frozenset({
