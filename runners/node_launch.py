@@ -145,6 +145,10 @@ class _Follower(threading.Thread):
             self._sizes[latest.name] = size
             return
         self.sent.add(latest.name)
+        state = latest / "trainer_state.json"
+        for line in logline.file_lines(f"{self.spec['checkpoints']}/{latest.name}/{state.name}",
+                                       state.read_text(encoding="utf-8", errors="replace")):
+            self.report.write(line)  # what `resume` looks at to pick the checkpoint
         record = None
         if self.storage is not None:
             from .storage import job_key
@@ -174,6 +178,21 @@ def _fetch_inputs(spec: dict[str, Any], run_dir: Path, storage) -> None:
         dest = run_dir / "inputs" / arg
         storage.get_dir(key, dest)
         config[arg] = str(dest)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _place_ray_workers(spec: dict[str, Any], run_dir: Path) -> None:
+    """A `workers=N` run: rank 0 (which writes the log, checkpoints and adapter) on this node,
+    writing into this run folder, so the wrapper follows it as it follows a one-process run."""
+    if int(spec.get("ray_workers") or 1) <= 1:
+        return
+    import ray
+
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    config["output_dir"] = str(run_dir / "output")
+    # LLaMA-Factory orders ranks by node address, the bundles on `master_addr`'s node first.
+    config["master_addr"] = ray.util.get_node_ip_address().strip("[]")
     config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
@@ -258,6 +277,7 @@ def run(spec_path: Path, report: Reporter | None = None) -> int:
     try:
         storage = _storage(spec, run_dir)
         _fetch_inputs(spec, run_dir, storage)
+        _place_ray_workers(spec, run_dir)
     except Exception as exc:
         report.emit(logline.ERROR, text=f"could not prepare the job on this node: {exc}")
         report.emit(logline.EXIT, code=1)
