@@ -18,6 +18,12 @@ from runners.recipes import last_checkpoint
 pytestmark = pytest.mark.ray
 
 
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """One engine is enough here: the store is not what these tests are about, and Ray runs are slow."""
+    return f"sqlite:///{tmp_path / 'tunebot.db'}"
+
+
 def _run(cluster: RayCluster, staged, job_id: int, work: Path, timeout: float = 400.0):
     sid = submission_id(cluster.namespace, job_id, 1)
     handle = cluster.submit(
@@ -67,3 +73,23 @@ def test_tiny_train_as_a_ray_job_reports_progress_and_stores_its_adapter(ray_hea
     checkpoint = last_checkpoint(work / "output")
     assert checkpoint is not None and checkpoint.name in remote["checkpoints"]
     assert (shared / remote["checkpoints"][checkpoint.name]["key"] / "trainer_state.json").exists()
+
+
+def test_two_cpu_workers_train_through_llamafactorys_ray_trainer(ray_head, settings, store, tmp_path):
+    job = _tiny_job(settings, store)
+    work = tmp_path / "runner-side"
+    staged = stage(
+        job_id=job.id, attempt=1, kind="train", args=job.args, work_dir=tmp_path / "submit",
+        command=["llamafactory-cli", "train"], store=store_spec(None, settings.data_dir, tmp_path / "shared"),
+        workers=2,
+    )  # fmt: skip
+    cluster = RayCluster(ray_head.dashboard, namespace=f"w{int(time.time())}")
+    status, mirror = _run(cluster, staged, job.id, work)
+    log = (work / "job.log").read_text()
+    assert status.state == "SUCCEEDED", log[-4000:]
+    assert "Using ray.remote mode with 2 workers" in log
+    # Both ranks ran (their output reaches the job's log through Ray), in one gloo process group.
+    assert "Process rank: 0, world size: 2" in log and "Process rank: 1, world size: 2" in log
+    points = read_trainer_log(work / "output" / "trainer_log.jsonl")
+    assert points and points[-1].step == points[-1].total
+    assert mirror.remote()["uploads"]["adapter"]["files"] >= 2
