@@ -85,7 +85,8 @@ def _dataset_subset(dataset_dir: Path, names: list[str], dest: Path) -> None:
                 shutil.copytree(source, target)
             else:
                 shutil.copy2(source, target)
-    (dest / "dataset_info.json").write_text(json.dumps(wanted, ensure_ascii=False, indent=1), encoding="utf-8")
+    text = json.dumps(wanted, ensure_ascii=False, indent=1)
+    (dest / "dataset_info.json").write_text(text, encoding="utf-8")
 
 
 def _names(value: Any) -> list[str]:
@@ -161,7 +162,8 @@ def stage(
         command = ["python", "-m", "runners.ray_train"]
         num_gpus = 0.0
     node_env.update(env or {})
-    (folder / "config.yaml").write_text(yaml.safe_dump(args, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    config = yaml.safe_dump(args, sort_keys=False, allow_unicode=True)
+    (folder / "config.yaml").write_text(config, encoding="utf-8")
     spec = {
         "job": job_id,
         "attempt": attempt,
