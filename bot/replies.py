@@ -13,6 +13,8 @@ from bot.parsing import COMMAND
 from bot.render import code, context, escape, header, kind_label, message, ordinal, section, short_model
 from runners.job import Job, JobKind
 
+from .threads import channel_of
+
 DEMO_NOTE = "Built in: `demo` and `demo-eval` (the `tiny` preset's data)."
 
 
@@ -36,7 +38,7 @@ def render_queued(job: Job, *, position: int | None = None, thread_of: int | Non
         state += f" ({ordinal(position)} in line)"
     if thread_of:
         where = f"It reports in #{thread_of}'s thread."
-    elif job.channel:
+    elif channel_of(job):
         where = "Its message here shows its progress; everything else goes into that message's thread."
     else:
         where = f"`{COMMAND} status {job.id}` shows how it goes."

@@ -70,7 +70,9 @@ from bot.channels import channel_info, slack_error
 from bot.digest import build_digest, render_digest
 from bot.parsing import COMMAND, Command
 from bot.render import code, context, escape, mention, message, render_error, section, slack_date
+from bot.threads import channel_of, story_thread
 from runners.errors import UserError
+from runners.events import EventKind
 from runners.job import JobState
 from runners.progress import Progress, read_trainer_log
 from runners.settings import Setting, parse_duration
@@ -575,7 +577,7 @@ class Poster(Protocol):
     ) -> Any: ...
 
     def upload(
-        self, channel: str, thread_ts: str | None, *, path: str | Path, filename: str, title: str
+        self, channel: str, thread_ts: str | None, *, content: bytes, filename: str, title: str
     ) -> Any: ...
 
 
@@ -969,18 +971,21 @@ class Scheduler:
             events = self.store.events_since(seen.cursor, job_id=job.id)
             for event in events:
                 seen.cursor = event.id
-                if event.type == "progress":
+                if event.type == EventKind.PROGRESS:
                     point = Progress.from_dict(event.data or {})
                     seen.points[(point.step, point.is_eval)] = point  # a resumed run's line wins
                     seen.last_at = event.at
-                elif event.type == "plot" and (event.data or {}).get("path"):
-                    seen.plot, seen.plot_event = str(event.data["path"]), event.id
+                elif event.type == EventKind.PLOT and (event.data or {}).get("file"):
+                    seen.plot, seen.plot_event = str(event.data["file"]), event.id
+                elif event.type == EventKind.ACTIVITY:
+                    seen.log_at = (event.data or {}).get("log_at") or seen.log_at
+                    seen.tail = str((event.data or {}).get("tail") or "")
             if len(events) < STORE_EVENTS_BATCH:
                 return seen
 
     def _progress_of(self, job: Any) -> int:
-        thread_ts = job.thread_ts or job.message_ts
-        if not job.channel or not thread_ts:
+        channel, thread_ts = channel_of(job), story_thread(self.store, job)
+        if not channel or not thread_ts:
             return 0
         now = self.clock()
         seen = self._from_store(job)
@@ -993,7 +998,7 @@ class Scheduler:
         if not points and local_log is not None:
             points = read_trainer_log(local_log)
         local = _last_write(local_log, Path(job.log_path) if job.log_path else None)
-        last_line_at = max((t for t in (seen.last_at, local) if t is not None), default=None)
+        last_line_at = max((t for t in (seen.last_at, seen.log_at, local) if t is not None), default=None)
         stored = self._posted(job.id)
         state = (stored or pp.PostedState(attempt=job.attempt)).for_attempt(job.attempt)
         quiet = now - pp.quiet_since_of(job, last_line_at, now=now)
@@ -1010,24 +1015,24 @@ class Scheduler:
         if decision.action == pp.STALLED:
             tail = pp.log_tail(_read_end(Path(job.log_path))) if job.log_path else ""
             payload = pp.render_stall_post(
-                job, points, now=now, last_line_at=last_line_at, tail=tail or job.log_tail or ""
+                job, points, now=now, last_line_at=last_line_at, tail=tail or seen.tail or job.log_tail or ""
             )
             self.delivery.post(
-                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
+                channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
             )
         elif decision.action == pp.PROGRESS:
             payload = pp.render_progress_post(job, points, state, decision, now=now)
             self.delivery.post(
-                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
+                channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts
             )
             plot = self._new_plot(job, seen, state)
             if plot is not None:
                 point = pp.latest_point(points)
                 step = f"{point.step}/{point.total or '?'}" if point else "?"
                 self.delivery.upload(
-                    job.channel,
+                    channel,
                     thread_ts,
-                    path=plot,
+                    content=plot,
                     filename=f"loss-{job.id}-step{point.step if point else 0}.png",
                     title=f"#{job.id} loss at step {step}",
                 )
@@ -1037,16 +1042,14 @@ class Scheduler:
             self._save_posted(job.id, new_state)
         return 1 if decision.posts else 0
 
-    def _new_plot(self, job: Any, seen: _Followed, state: pp.PostedState) -> Path | None:
-        """The loss plot the runner drew last (it redraws it as the run goes), if not posted yet and
-        readable from here."""
+    def _new_plot(self, job: Any, seen: _Followed, state: pp.PostedState) -> bytes | None:
+        """The loss plot the runner drew last (it redraws it as the run goes), if not posted yet."""
         if seen.plot is None or seen.plot_event == state.last_plot:
             return None
-        path = Path(seen.plot)
-        if not path.is_file():
-            log.debug("job #%s: its loss plot %s is on the runner's host; not posted", job.id, path)
-            return None
-        return path
+        data = self.store.get_file(seen.plot)
+        if data is None:
+            log.debug("job #%s: its loss plot %s is gone from the store; not posted", job.id, seen.plot)
+        return data
 
 
 @dataclass
@@ -1056,8 +1059,10 @@ class _Followed:
     cursor: int = 0
     points: dict[tuple[int, bool], Progress] = field(default_factory=dict)
     last_at: float | None = None  # when the runner recorded its latest trainer-log line
-    plot: str | None = None
+    plot: str | None = None  # the job store's key of the latest loss plot (Store.get_file)
     plot_event: int | None = None
+    log_at: float | None = None  # the runner's latest activity event: when the job's log last grew
+    tail: str = ""  # and how it ended then
 
 
 def _last_write(*paths: Path | None) -> float | None:

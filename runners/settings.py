@@ -106,6 +106,7 @@ SETTINGS_TABLE: list[Setting] = [
     ),
     Setting("TUNEBOT_GPUS", "all visible", "list", "GPU indices the runner may use, e.g. `0,1,2,3`"),
     Setting("TUNEBOT_CPU_SLOTS", "1", "jobs", "Jobs run at once when the host has no GPU"),
+    Setting("TUNEBOT_BACKEND", "local", "name", "Where job processes run: `local` (this host)"),
     Setting(
         "TUNEBOT_MAX_JOBS_PER_USER", "2", "jobs", "Running jobs (deployments included) one user may hold"
     ),
@@ -145,6 +146,7 @@ class Settings:
     database_url: str | None = None
     gpus: list[str] | None = None
     cpu_slots: int = 1
+    backend: str = "local"  # runners.backends: which one runs the job processes
     max_jobs_per_user: int = 2
     cancel_grace: float = 30.0
     default_model: str | None = None
@@ -178,6 +180,7 @@ class Settings:
             database_url=_env(env, "TUNEBOT_DATABASE_URL"),
             gpus=_list(env, "TUNEBOT_GPUS"),
             cpu_slots=_int(env, "TUNEBOT_CPU_SLOTS", 1, minimum=1),
+            backend=(_env(env, "TUNEBOT_BACKEND", "local") or "local").strip().lower(),
             max_jobs_per_user=_int(env, "TUNEBOT_MAX_JOBS_PER_USER", 2, minimum=1),
             cancel_grace=_duration(env, "TUNEBOT_CANCEL_GRACE", "30s"),
             default_model=_env(env, "TUNEBOT_DEFAULT_MODEL"),

@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from . import artifacts, deploy
-from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
-from .backends.local import read_exit_file
+from . import artifacts, deploy, events
+from .backends import Backend, Handle, LaunchSpec, open_backend
 from .errors import UserError
+from .events import EventKind
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
 from .settings import Settings
@@ -35,6 +35,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 PLOT_EVERY = 30.0  # seconds between partial loss plots of a running job
+ACTIVITY_EVERY = 60.0  # seconds between activity events of a running job (front ends judge stalls by them)
+ACTIVITY_TAIL_LINES = 15
 RECOVER_EVERY = 30.0
 BEAT_EVERY = 5.0
 
@@ -42,7 +44,7 @@ BEAT_EVERY = 5.0
 @dataclass
 class Running:
     job_id: int
-    handle: ProcessHandle
+    handle: Handle
     follower: Any = None  # TrainerLogFollower for train jobs
     term_sent_at: float | None = None
     killed: bool = False
@@ -50,6 +52,7 @@ class Running:
     last_plot_at: float = 0.0
     new_points: bool = False
     seen_step: int = 0
+    last_activity_at: float = 0.0
 
 
 def llamafactory_cli(settings: Settings) -> list[str]:
@@ -76,10 +79,10 @@ class Worker:
     ):
         self.settings = settings
         self.store = store
-        self.backend = backend or LocalBackend()
         self.hardware = hardware or detect()
+        self.backend = backend or open_backend(settings.backend, settings, self.hardware)
         self.host = self.hardware.host or socket.gethostname()
-        self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
+        self.slots = self.backend.capacity() or slots_for(self.hardware, settings.gpus, settings.cpu_slots)
         self.runner_id = runner_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.only_job = only_job
         self.chat_base: str | None = None  # e.g. http://host:7860, set when the chat-page server runs
@@ -157,19 +160,16 @@ class Worker:
                 continue
             if not self.store.adopt(job.id, job.runner_id, self.runner_id):
                 continue  # another runner on this host adopted it first
-            exit_path = Path(job.work_dir) / "exit.json"
-            handle = self.backend.reattach(job.pid or 0, job.proc_start, exit_path) if job.pid else None
-            if handle is not None:
+            handle = job.handle or None
+            if handle is not None and self.backend.reattach(handle):
                 run = Running(job.id, handle, seen_step=int(job.progress.get("step") or 0))
                 if job.kind == JobKind.TRAIN.value:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
-                self.store.add_event(
-                    job.id, "message", {"text": "tunebot restarted and re-attached to this job"}
-                )
-                log.info("re-attached to job #%s (pid %s)", job.id, job.pid)
+                self.store.add_event(job.id, EventKind.REATTACHED)
+                log.info("re-attached to job #%s", job.id)
                 continue
-            code = read_exit_file(exit_path) if job.pid else None
+            code = self.backend.outcome(handle) if handle is not None else None
             if code is not None:
                 self._finish(job, code, None)
             else:
@@ -252,7 +252,7 @@ class Worker:
     def _fetch_then_launch(self, job: Job, parent: Job | None, slots: list[str]) -> None:
         """Inputs kept only in the artifact store (e.g. exported on another host) come first."""
         try:
-            self.store.add_event(job.id, "message", {"text": "fetching its inputs from the artifact store"})
+            self.store.add_event(job.id, EventKind.FETCHING)
             args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
             self.store.update(job.id, args=args)
         except Exception as exc:  # a thread of the pool: nothing above it would see the error
@@ -302,11 +302,7 @@ class Worker:
                     f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
                     f"{' '.join(argv)}\n"
                 )
-            handle = self.backend.launch(
-                LaunchSpec(
-                    argv=argv, env=env, cwd=work_dir, log_path=log_path, exit_path=work_dir / "exit.json"
-                )
-            )
+            handle = self.backend.start(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path))
         except OSError as exc:
             self._fail_before_start(
                 job,
@@ -314,7 +310,8 @@ class Worker:
                 "check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed",
             )
             return
-        self.store.update(job.id, pid=handle.pid, proc_start=handle.proc_start, **values)
+        self.store.update(job.id, handle=handle, **values)
+        config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
         run = Running(job.id, handle)
         if job.kind == JobKind.TRAIN.value:
             run.follower = self._follower(job)
@@ -323,7 +320,8 @@ class Worker:
                 run.follower.poll()
                 run.seen_step = _checkpoint_step(job.args.get("resume_from_checkpoint"))
         self.running[job.id] = run
-        self.store.add_event(job.id, "message", {"text": "started", "pid": handle.pid, "slots": slots})
+        run.last_activity_at = now()
+        self.store.add_event(job.id, EventKind.STARTED, events.started(slots, job.attempt, config_key))
 
     def _argv(self, job: Job, config: Path) -> list[str]:
         cli = llamafactory_cli(self.settings)
@@ -389,7 +387,7 @@ class Worker:
             except Exception as exc:  # one job's trouble must not stop the others being followed
                 log.exception("following job #%s failed", job_id)
                 self.running.pop(job_id, None)
-                self.backend.signal(run.handle, force=True)
+                self.backend.cancel(run.handle, force=True)
                 self._fail_before_start(job, f"tunebot lost track of it: {exc}")
 
     def _watch_one(self, job: Job, run: Running) -> None:
@@ -398,6 +396,8 @@ class Worker:
             self._follow(job, run)
         if job.kind == JobKind.DEPLOY.value:
             self._watch_deployment(job, run)
+        if now() - run.last_activity_at >= ACTIVITY_EVERY:
+            self._activity(job, run)
         if job.cancel_requested and run.term_sent_at is None:
             self._stop_process(run, reason=None)
         if (
@@ -405,12 +405,12 @@ class Worker:
             and not run.killed
             and now() - run.term_sent_at > self.settings.cancel_grace
         ):
-            self.backend.signal(run.handle, force=True)
+            self.backend.cancel(run.handle, force=True)
             run.killed = True
         code = self.backend.poll(run.handle)
         if code is not None:
             # Children that outlive the command (torchrun workers ignoring SIGTERM) go too.
-            self.backend.signal(run.handle, force=True)
+            self.backend.cancel(run.handle, force=True)
             if run.follower is not None:
                 self._follow(job, run)
             self.running.pop(job.id, None)
@@ -419,7 +419,23 @@ class Worker:
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason
         run.term_sent_at = now()
-        self.backend.signal(run.handle)
+        self.backend.cancel(run.handle)
+
+    def _activity(self, job: Job, run: Running) -> None:
+        """Say the job is still followed, when its log last grew and how it ends: front ends judge
+        a stall from this, without reading the runner's disk."""
+        run.last_activity_at = now()
+        log_at, size = None, 0
+        for path in (Path(job.log_path), Path(job.work_dir) / "output" / "trainer_log.jsonl"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            log_at = max(log_at or 0.0, stat.st_mtime)
+            if path == Path(job.log_path):
+                size = stat.st_size
+        tail = "\n".join(_read_log(job, limit=16_000).splitlines()[-ACTIVITY_TAIL_LINES:])
+        self.store.add_event(job.id, EventKind.ACTIVITY, events.activity(log_at, size, tail))
 
     def _follow(self, job: Job, run: Running) -> None:
         points = run.follower.poll()
@@ -431,7 +447,7 @@ class Worker:
                 self._plot(job, run, final=False)
             return
         for point in fresh:
-            self.store.add_event(job.id, "progress", point.to_dict())
+            self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
         run.seen_step = max(run.seen_step, max(p.step for p in fresh))
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
@@ -469,7 +485,8 @@ class Worker:
             return None
         fresh = self.store.get(job.id)
         self.store.update(job.id, artifacts={**fresh.artifacts, "plot": str(dest)})
-        self.store.add_event(job.id, "plot", {"path": str(dest), "final": final, "points": len(points)})
+        key = self.store.put_file(job.id, "loss.png", dest.read_bytes())
+        self.store.add_event(job.id, EventKind.PLOT, events.plot(key, final=final, points=len(points)))
         return str(dest)
 
     def _watch_deployment(self, job: Job, run: Running) -> None:
@@ -558,12 +575,8 @@ class Worker:
                 return  # settled already (by another runner, or while this one was away)
             self.store.add_event(
                 job.id,
-                "result",
-                {
-                    "kind": job.kind,
-                    "metrics": values.get("metrics", {}),
-                    "artifacts": values.get("artifacts", {}),
-                },
+                EventKind.RESULT,
+                events.result(job.kind, values.get("metrics", {}), values.get("artifacts", {})),
             )
             if self.storage is not None:
                 self._transfers.submit(self._upload, job.id)
@@ -592,10 +605,10 @@ class Worker:
                 data["link"] = artifacts.describe(self.storage, record)["link"]
             except UserError:
                 pass
-            self.store.add_event(job_id, "upload", data)
+            self.store.add_event(job_id, EventKind.UPLOAD, data)
         for name, error in errors.items():
             self.store.add_event(
-                job_id, "upload", {"name": name, "error": error, "local": str(Path(job.work_dir))}
+                job_id, EventKind.UPLOAD, {"name": name, "error": error, "local": str(Path(job.work_dir))}
             )
 
     def _collect(self, job: Job) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ...commands import Origin
 from ...render import modal_values, render_error, render_modal_errors
 from ...replies import render_queued, render_text
 from ...services import Services, services_of
+from ...threads import slack_origin
 
 CHECK_DEADLINE_S = 2.0
 
@@ -48,7 +49,8 @@ def form_request_key(view: dict[str, Any], values: dict[str, str]) -> str | None
 def submit_form(services: Services, values: dict[str, str], yaml_text: str | None,
                 origin: Origin) -> tuple[Job, bool]:
     """(the job, whether this very form had made it already)."""
-    requester = Requester(user=origin.user, channel=origin.channel, request_key=origin.request_key)
+    requester = Requester(user=origin.user, origin=slack_origin(origin.channel),
+                          request_key=origin.request_key)
     again = bool(origin.request_key) and services.store.find_by_request(origin.request_key) is not None
     with services.engine_slots:
         return services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=requester), again
