@@ -324,8 +324,7 @@ def run(spec_path: Path, report: Reporter | None = None) -> int:
         if storage is not None:
             _upload(spec, run_dir, report, storage)
     report.emit(logline.EXIT, code=code)
-    if not os.environ.get("TUNEBOT_NODE_KEEP"):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return code if code >= 0 else 128 - code
 
 

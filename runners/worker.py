@@ -302,7 +302,10 @@ class Worker:
                     f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
                     f"{' '.join(argv)}\n"
                 )
-            handle = self.backend.start(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path))
+            parent = self.store.find(job.parent_id) if job.parent_id else None
+            handle = self.backend.start(
+                LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path, job=job, parent=parent)
+            )
         except OSError as exc:
             self._fail_before_start(
                 job,
@@ -595,7 +598,8 @@ class Worker:
     def _upload(self, job_id: int) -> None:
         """Copy a succeeded job's artifacts to the store; say in its events what went where."""
         job = self.store.get(job_id)
-        records, errors = artifacts.upload_job(job, self.storage)
+        # Skip what the job stored itself: this host holds only the small files of it.
+        records, errors = artifacts.upload_job(job, self.storage, skip=set(job.artifacts.get("remote") or {}))
         fresh = self.store.get(job_id)
         remote = {**(fresh.artifacts.get("remote") or {}), **records}
         self.store.update(job_id, artifacts={**fresh.artifacts, "remote": remote, "remote_errors": errors})
@@ -616,6 +620,10 @@ class Worker:
         work = Path(job.work_dir)
         artifacts = dict(job.artifacts)
         metrics = dict(job.metrics)
+        # What the job put in the artifact store itself (a cluster node's upload): the real copy.
+        stored = self.backend.stored(job.handle) if job.handle else {}
+        if stored:
+            artifacts["remote"] = {**(artifacts.get("remote") or {}), **stored}
         if job.kind == JobKind.TRAIN.value:
             output = work / "output"
             has_weights = (output / "adapter_config.json").exists() or (output / "config.json").exists()
@@ -645,7 +653,9 @@ class Worker:
             if not (model_dir / "config.json").exists():
                 raise _MissingOutput("The export ended without a merged model (no config.json).")
             artifacts["model"] = str(model_dir)
-            metrics["size_bytes"] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+            metrics["size_bytes"] = (stored.get("model") or {}).get("size") or sum(
+                p.stat().st_size for p in model_dir.rglob("*") if p.is_file()
+            )
         return {"artifacts": artifacts, "metrics": metrics}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runners import logline
-from runners.backends.ray import RayCluster, RayHandle, submission_id
+from runners.backends.ray_cluster import RayCluster, RayHandle, submission_id
 from runners.errors import UserError
 from tests.ray_head import HEAD_CPUS
 

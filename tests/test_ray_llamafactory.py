@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.backends.ray import RayCluster, submission_id
+from runners.backends.ray_cluster import RayCluster, submission_id
 from runners.backends.ray_job import Mirror, stage, store_spec
 from runners.progress import read_trainer_log
 from runners.queue import JobQueue, Requester

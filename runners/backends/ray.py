@@ -1,253 +1,206 @@
-"""Jobs on a Ray cluster, through Ray's Job Submission API (the cluster's dashboard address).
+"""Job processes on a Ray cluster (TUNEBOT_BACKEND=ray, TUNEBOT_RAY_ADDRESS = its dashboard).
 
-Each tunebot job attempt is one Ray job whose submission id is derived from the job id and the
-attempt (`tunebot-12-a1`): submitting again — a redelivered request, a runner that restarted
-between submitting and recording — finds the Ray job already there and follows it instead of
-starting a second one. The Ray job runs `python -m runners.node_launch` in a folder Ray carries
-to the node (`runtime_env.working_dir`: the job's config, dataset and node spec; `py_modules`:
-this `runners` package, so the node runs the same wrapper as the runner). The wrapper reports
-through the job's log stream (runners/logline.py), which `read_log` follows from an offset the
-handle keeps, so a re-attached runner reads on from where the last one stopped.
+Each attempt of a job is one Ray job (runners/backends/ray_cluster.py) running the node wrapper
+(runners/node_launch.py) around the same LLaMA-Factory command and YAML the local backend runs.
+While the runner polls, the Ray job's log stream is applied to the job's folder on the runner's
+host (runners/backends/ray_job.py `Mirror`): the runner's follower, plots, result readers and
+failure explanations then work on that folder exactly as for a local job.
 
-The cluster's size comes from the dashboard's own resource report (the numbers
-`ray.cluster_resources()` / `ray.available_resources()` give, without making the runner a Ray
-driver): a request larger than the whole cluster is refused with those numbers; one that fits
-but not now waits in tunebot's queue.
+Its handle: {"backend": "ray", "submission_id", "work_dir", "log_path"}. How far the log has been
+read is kept in the job folder (`tunebot-remote.json`), so a restarted runner on the same host
+reads on from there and nothing is posted twice.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass, field
+import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
-from .. import logline
+import yaml
+
 from ..errors import UserError
+from ..hardware import Hardware
+from .base import Backend, Handle, LaunchSpec
+from .ray_cluster import Capacity, RayCluster, RayHandle, RayStatus, submission_id
+from .ray_job import Mirror, stage, store_spec
 
-RUNNERS_PACKAGE = Path(__file__).resolve().parents[1]
-# Ray's terminal states, and what tunebot makes of them.
-PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED = "PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"
-TERMINAL = frozenset({STOPPED, SUCCEEDED, FAILED})
-_NAMESPACE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+log = logging.getLogger(__name__)
 
-
-def submission_id(namespace: str, job_id: int, attempt: int) -> str:
-    """The Ray submission id of one attempt of a tunebot job (one per attempt: a resume is a new Ray job)."""
-    return f"{namespace}-{int(job_id)}-a{int(attempt)}"
-
-
-@dataclass
-class Capacity:
-    """What the cluster has in all (alive nodes) and what is free now."""
-
-    cpus: float
-    gpus: float
-    free_cpus: float
-    free_gpus: float
-    nodes: int
-
-    def describe(self) -> str:
-        nodes = f"{self.nodes} node{'s' if self.nodes != 1 else ''}"
-        gpus = f"{self.gpus:g} GPU{'s' if self.gpus != 1 else ''}"
-        free = f"{self.free_gpus:g} GPUs and {self.free_cpus:g} CPUs free now"
-        return f"{nodes}, {gpus} and {self.cpus:g} CPUs in all ({free})"
+NAME = "ray"
+# Variables of the runner's job environment that mean something on a node too.
+_FOR_NODE = ("API_KEY", "API_MODEL_NAME", "HF_HUB_OFFLINE")
+STOPPED_CODE = -15  # what a stopped Ray job reports as its exit status (SIGTERM)
+_SUBCOMMANDS = ("train", "export", "api", "webchat")
 
 
-@dataclass
-class RayHandle:
-    """What a runner keeps to follow a Ray job; JSON-serialisable, valid in any later runner."""
-
-    submission_id: str
-    log_offset: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RayHandle:
-        return cls(submission_id=str(data["submission_id"]), log_offset=int(data.get("log_offset") or 0))
+def cluster_of(settings) -> RayCluster:
+    if not settings.ray_address:
+        raise UserError(
+            "TUNEBOT_BACKEND=ray needs TUNEBOT_RAY_ADDRESS, the Ray cluster's dashboard address.",
+            field="TUNEBOT_RAY_ADDRESS",
+            fix="TUNEBOT_RAY_ADDRESS=http://<head>:8265 (see README: When one machine is not enough)",
+        )
+    return RayCluster(settings.ray_address, namespace=settings.ray_namespace)
 
 
-@dataclass
-class RayStatus:
-    state: str  # PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED
-    message: str = ""
-    exit_code: int | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in TERMINAL
+def job_resources(capacity: Capacity, n_slots: int, workers: int) -> tuple[float, float]:
+    """(CPUs, GPUs) a request holds on the cluster: GPUs on a GPU cluster (`gpus=N`, or one a
+    worker), else CPUs; LLaMA-Factory's Ray trainer reserves 10 CPUs a worker, plus its driver's one."""
+    if workers > 1:
+        return 1.0 + 10.0 * workers, float(workers) if capacity.gpus else 0.0
+    gpus = float(n_slots) if capacity.gpus or n_slots > 1 else 0.0
+    return 1.0, gpus
 
 
-@dataclass
-class LogChunk:
-    """New output of a Ray job: its plain text and the structured lines found in it."""
+def check_request(settings, n_slots: int, workers: int) -> Capacity:
+    """Refuse up front what the cluster could never run, naming what it has (before any GPU time)."""
+    cluster = cluster_of(settings)
+    capacity = cluster.capacity()
+    cpus, gpus = job_resources(capacity, n_slots, workers)
+    return cluster.check_fits(cpus, gpus)
 
-    text: str = ""
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
+class RayBackend(Backend):
+    name = NAME
 
-class RayCluster:
-    """One Ray cluster, reached through its dashboard (TUNEBOT_RAY_ADDRESS)."""
-
-    def __init__(self, address: str, *, namespace: str = "tunebot", timeout: float = 30.0):
-        if not _NAMESPACE.match(namespace):
-            raise UserError(
-                f"TUNEBOT_RAY_NAMESPACE={namespace!r} is not usable in a Ray submission id.",
-                field="TUNEBOT_RAY_NAMESPACE",
-                fix="lower-case letters, digits and -, starting with a letter (e.g. tunebot)",
-            )
-        self.address = address if "://" in address else f"http://{address}"
-        self.namespace = namespace
-        self.timeout = timeout
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            from ray.job_submission import JobSubmissionClient
-
-            try:
-                self._client = JobSubmissionClient(self.address)
-            except (ConnectionError, RuntimeError) as exc:
-                raise UserError(
-                    f"The Ray cluster at {self.address} does not answer ({exc}).",
-                    field="TUNEBOT_RAY_ADDRESS",
-                    fix="start it (`ray start --head --dashboard-host …`) or correct TUNEBOT_RAY_ADDRESS",
-                ) from None
-        return self._client
+    def __init__(self, settings, hardware: Hardware | None = None, cluster: RayCluster | None = None):
+        self.settings = settings
+        self.cluster = cluster or cluster_of(settings)
 
     # --- capacity ----------------------------------------------------------------------
-    def capacity(self) -> Capacity:
-        nodes = self._get("/nodes?view=summary")
-        # The autoscaler's report (what is in use) lags a node's start by a few seconds: then all is free.
-        status = self._get("/api/cluster_status")
-        return parse_capacity(nodes, status)
+    def capacity(self) -> list[str]:
+        """One slot per GPU of the cluster; on a CPU-only cluster TUNEBOT_CPU_SLOTS jobs at once."""
+        cap = self.cluster.capacity()
+        if cap.gpus:
+            return [f"ray-gpu{i}" for i in range(int(cap.gpus))]
+        return [f"ray-cpu{i}" for i in range(self.settings.cpu_slots)]
 
-    def _get(self, path: str) -> dict[str, Any]:
+    # --- starting ----------------------------------------------------------------------
+    def start(self, spec: LaunchSpec) -> Handle:
+        job = spec.job
+        if job is None:
+            raise OSError("the Ray backend starts tunebot jobs only (no job given)")
+        args = yaml.safe_load((spec.cwd / "config.yaml").read_text(encoding="utf-8")) or {}
+        sub = next((a for a in spec.argv if a in _SUBCOMMANDS), "train")
+        env = {k: spec.env[k] for k in _FOR_NODE if k in spec.env}
+        env.update(self.settings.job_env)
+        serve = {"port": None} if job.kind == "deploy" else None
+        capacity = self.cluster.capacity()
+        workers = int((job.spec or {}).get("workers") or 1)
+        cpus, gpus = job_resources(capacity, job.n_slots, workers)
+        staged = stage(
+            job_id=job.id,
+            attempt=job.attempt,
+            kind=job.kind,
+            args=args,
+            work_dir=spec.cwd,
+            command=[*shlex.split(self.settings.ray_cli), sub],
+            store=store_spec(self.settings.storage, self.settings.data_dir, self.settings.ray_shared_dir),
+            parent_artifacts=spec.parent.artifacts if spec.parent is not None else None,
+            workers=workers,
+            gpus=int(gpus),
+            serve=serve,
+            env=env,
+        )
+        sid = submission_id(self.cluster.namespace, job.id, job.attempt)
+        Mirror(spec.cwd, spec.log_path).reset()
         try:
-            with urllib.request.urlopen(f"{self.address}{path}", timeout=self.timeout) as reply:
-                return json.load(reply)
-        except (OSError, ValueError) as exc:
-            raise UserError(
-                f"The Ray cluster at {self.address} does not answer ({exc}).",
-                field="TUNEBOT_RAY_ADDRESS",
-                fix="start it or correct TUNEBOT_RAY_ADDRESS",
-            ) from None
-
-    def check_fits(self, cpus: float, gpus: float) -> Capacity:
-        """Refuse up front what this cluster could never run; the capacity otherwise."""
-        cap = self.capacity()
-        if gpus > cap.gpus or cpus > cap.cpus:
-            asked = f"{gpus:g} GPU{'s' if gpus != 1 else ''}" if gpus else f"{cpus:g} CPUs"
-            raise UserError(
-                f"This job needs {asked}; the Ray cluster has {cap.describe()}.",
-                field="gpus" if gpus > cap.gpus else "workers",
-                fix="ask for fewer, or add nodes to the cluster (`ray start --address …` on a GPU host)",
+            self.cluster.submit(
+                sid,
+                staged.folder,
+                num_cpus=1.0 if workers > 1 else cpus,
+                num_gpus=gpus if workers <= 1 else 0.0,
+                env={},  # everything the node needs is in the folder: Ray's dashboard shows env_vars
+                metadata={"tunebot_job": str(job.id), "attempt": str(job.attempt), "kind": job.kind},
             )
-        return cap
+        except (RuntimeError, ConnectionError, UserError) as exc:
+            text = exc.text() if isinstance(exc, UserError) else str(exc)
+            raise OSError(f"the Ray cluster refused the job: {text}") from None
+        return {
+            "backend": NAME,
+            "submission_id": sid,
+            "work_dir": str(spec.cwd),
+            "log_path": str(spec.log_path),
+        }
 
-    # --- jobs --------------------------------------------------------------------------
-    def find(self, sid: str) -> RayStatus | None:
-        """The Ray job with this submission id, or None if the cluster never saw it."""
+    # --- following ---------------------------------------------------------------------
+    def _mirror(self, handle: Handle) -> Mirror:
+        return Mirror(Path(handle["work_dir"]), Path(handle["log_path"]))
+
+    def _pump(self, handle: Handle) -> Mirror:
+        """Apply what the Ray job printed since the last read to the job's folder."""
+        mirror = self._mirror(handle)
+        ray_handle = RayHandle(handle["submission_id"], log_offset=mirror.offset())
+        chunk = self.cluster.read_log(ray_handle)
+        mirror.apply(chunk.text, chunk.events, offset=ray_handle.log_offset)
+        return mirror
+
+    def _code(self, handle: Handle, status: RayStatus, mirror: Mirror) -> int:
+        reported = mirror.remote().get("exit_code")
+        if reported is not None:
+            return int(reported)
+        if status.state == "SUCCEEDED":
+            return 0
+        if status.state == "STOPPED":
+            return STOPPED_CODE
+        # The wrapper never said how the command ended: the node or the job's driver died.
+        reason = status.message or "no reason given"
+        mirror.note(f"RuntimeError: The Ray job {handle['submission_id']} failed: {reason}")
+        return status.exit_code if status.exit_code not in (None, 0) else 1
+
+    def poll(self, handle: Handle) -> int | None:
         try:
-            info = self.client.get_job_info(sid)
-        except RuntimeError as exc:
-            if "does not exist" in str(exc) or "404" in str(exc):
+            status = self.cluster.status(RayHandle(handle["submission_id"]))
+            mirror = self._pump(handle)
+        except (RuntimeError, ConnectionError, OSError, UserError) as exc:
+            # The dashboard being away a moment is not the job's end: look again next tick.
+            log.warning("Ray job %s: cannot read its status (%s)", handle.get("submission_id"), exc)
+            return None
+        if not status.finished:
+            return None
+        mirror = self._pump(handle)  # the last lines, written as it ended
+        return self._code(handle, status, mirror)
+
+    def cancel(self, handle: Handle, *, force: bool = False) -> None:
+        # Ray's stop_job sends SIGTERM to the job's processes, then SIGKILL after its own grace.
+        try:
+            self.cluster.stop(RayHandle(handle["submission_id"]))
+        except (ConnectionError, OSError) as exc:
+            log.warning("Ray job %s: stop failed (%s)", handle.get("submission_id"), exc)
+
+    def reattach(self, handle: Handle) -> bool:
+        if handle.get("backend") != NAME:
+            return False
+        try:
+            found = self.cluster.find(handle["submission_id"])
+        except (RuntimeError, ConnectionError, OSError):
+            return True  # the cluster is away for a moment: keep following; poll tries again
+        return found is not None and not found.finished
+
+    def outcome(self, handle: Handle) -> int | None:
+        """How a Ray job that ended while no runner watched ended (Ray keeps its status and log)."""
+        if handle.get("backend") != NAME:
+            return None
+        try:
+            status = self.cluster.find(handle["submission_id"])
+            if status is None or not status.finished:
                 return None
-            raise
-        state = str(getattr(info.status, "value", info.status))
-        return RayStatus(state=state, message=info.message or "", exit_code=info.driver_exit_code)
+            mirror = self._pump(handle)
+        except (RuntimeError, ConnectionError, OSError, UserError):
+            return None
+        return self._code(handle, status, mirror)
 
-    def submit(
-        self,
-        sid: str,
-        folder: Path,
-        *,
-        num_cpus: float,
-        num_gpus: float,
-        env: dict[str, str],
-        metadata: dict[str, str],
-    ) -> RayHandle:
-        """Start the job in `folder` (node spec inside) unless a Ray job with this id exists already."""
-        if self.find(sid) is None:
-            runtime_env = {
-                "working_dir": str(folder),
-                "py_modules": [str(RUNNERS_PACKAGE)],
-                "env_vars": env,
-            }
-            try:
-                self.client.submit_job(
-                    entrypoint="python -m runners.node_launch tunebot-node.json",
-                    submission_id=sid,
-                    runtime_env=runtime_env,
-                    entrypoint_num_cpus=num_cpus,
-                    entrypoint_num_gpus=num_gpus,
-                    metadata=metadata,
-                )
-            except RuntimeError as exc:
-                if "already" not in str(exc):  # another runner submitted it a moment ago: follow that
-                    raise
-        return RayHandle(submission_id=sid)
+    def stored(self, handle: Handle) -> dict[str, dict[str, Any]]:
+        return dict(self._mirror(handle).remote().get("uploads") or {})
 
-    def status(self, handle: RayHandle) -> RayStatus:
-        found = self.find(handle.submission_id)
-        if found is None:
-            return RayStatus(FAILED, "the Ray cluster no longer knows this job (it was restarted?)")
-        return found
-
-    def read_log(self, handle: RayHandle) -> LogChunk:
-        """Output since the handle's offset, complete lines only; advances the offset."""
-        text = self.client.get_job_logs(handle.submission_id) or ""
-        if len(text) < handle.log_offset:
-            handle.log_offset = 0  # not expected from Ray; read again rather than miss lines
-        end = text.rfind("\n")
-        if end < handle.log_offset:
-            return LogChunk()
-        fresh = text[handle.log_offset : end + 1]
-        handle.log_offset = end + 1
-        chunk = LogChunk()
-        plain: list[str] = []
-        for line in fresh.splitlines(keepends=True):
-            parsed = logline.parse(line)
-            if parsed is None:
-                plain.append(line)
-            else:
-                chunk.events.append(parsed)
-                before = line[: line.find(logline.PREFIX)]
-                if before.strip():
-                    plain.append(before + "\n")
-        chunk.text = "".join(plain)
-        return chunk
-
-    def stop(self, handle: RayHandle) -> None:
-        try:
-            self.client.stop_job(handle.submission_id)
-        except RuntimeError:
-            pass  # ended or never started: nothing to stop
+    def endpoint(self, handle: Handle, host: str, port: int) -> str:
+        published = self._mirror(handle).remote().get("endpoint")
+        if published:
+            return f"http://{published['host']}:{published['port']}"
+        return f"http://{host}:{port}"
 
 
-def parse_capacity(nodes: dict[str, Any], status: dict[str, Any]) -> Capacity:
-    """The dashboard's node summary and cluster status -> totals of alive nodes, and what is free (pure)."""
-    summary = (nodes.get("data") or {}).get("summary") or []
-    alive = [n.get("raylet") or {} for n in summary if (n.get("raylet") or {}).get("state") == "ALIVE"]
-    cpus = sum(float((n.get("resourcesTotal") or {}).get("CPU") or 0) for n in alive)
-    gpus = sum(float((n.get("resourcesTotal") or {}).get("GPU") or 0) for n in alive)
-    report = ((status.get("data") or {}).get("clusterStatus") or {}).get("loadMetricsReport") or {}
-    usage = report.get("usage") or {}
-
-    def used(name: str) -> float:
-        pair = usage.get(name) or [0.0]
-        return float(pair[0] or 0)
-
-    return Capacity(
-        cpus=cpus,
-        gpus=gpus,
-        free_cpus=max(0.0, cpus - used("CPU")),
-        free_gpus=max(0.0, gpus - used("GPU")),
-        nodes=len(alive),
-    )
+def _factory(settings, hardware: Hardware) -> Backend:
+    return RayBackend(settings, hardware)

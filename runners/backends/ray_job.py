@@ -189,6 +189,18 @@ class Mirror:
         self.work_dir = Path(work_dir)
         self.log_path = Path(log_path)
 
+    def reset(self) -> None:
+        """A new attempt: forget what the last one's stream said (its log stays, appended to)."""
+        (self.work_dir / REMOTE_NAME).unlink(missing_ok=True)
+
+    def offset(self) -> int:
+        return int(self.remote().get("log_offset") or 0)
+
+    def note(self, text: str) -> None:
+        """A line of tunebot's own in the job's log (what Ray said about a job that died)."""
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(text.rstrip("\n") + "\n")
+
     def remote(self) -> dict[str, Any]:
         try:
             return json.loads((self.work_dir / REMOTE_NAME).read_text(encoding="utf-8"))
@@ -207,13 +219,16 @@ class Mirror:
         root = self.work_dir.resolve()
         return target if root in target.parents else None
 
-    def apply(self, text: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+    def apply(self, text: str, events: list[tuple[str, dict[str, Any]]], offset: int | None = None) -> None:
+        """Write one read of the stream; `offset` (how far it has been read) is saved with it."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if text:
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(text)
         remote = self.remote()
-        changed = False
+        changed = offset is not None and offset != remote.get("log_offset")
+        if offset is not None:
+            remote["log_offset"] = offset
         for kind, data in events:
             if kind == logline.TRAINER_LOG:
                 out = self.work_dir / "output" / "trainer_log.jsonl"
