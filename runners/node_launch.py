@@ -134,30 +134,36 @@ class _Follower(threading.Thread):
             (p for p in self.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
             key=lambda p: int(p.name[11:]),
         )
-        if not found or found[-1].name in self.sent:
+        if not found:
             return
-        latest = found[-1]
-        # trainer_state.json is written last; a size unchanged over one poll means the save is over.
-        if not (latest / "trainer_state.json").exists():
+        # A checkpoint with a newer one after it is complete; the newest is once its
+        # trainer_state.json (written last) is there and its size held still over a poll.
+        newest = found[-1]
+        size = _dir_size(newest)
+        still = final or self._sizes.get(newest.name) == size
+        settled = (newest / "trainer_state.json").exists() and still
+        self._sizes = {newest.name: size}
+        complete = found if settled else found[:-1]
+        if not complete or complete[-1].name in self.sent:
             return
-        size = _dir_size(latest)
-        if not final and self._sizes.get(latest.name) != size:
-            self._sizes[latest.name] = size
+        latest = complete[-1]
+        if self.sent and int(latest.name[11:]) <= max(int(name[11:]) for name in self.sent):
             return
         self.sent.add(latest.name)
-        state = latest / "trainer_state.json"
-        for line in logline.file_lines(f"{self.spec['checkpoints']}/{latest.name}/{state.name}",
-                                       state.read_text(encoding="utf-8", errors="replace")):
-            self.report.write(line)  # what `resume` looks at to pick the checkpoint
-        record = None
-        if self.storage is not None:
-            from .storage import job_key
+        if self.storage is None:
+            return  # nowhere to keep it: a resume starts over
+        from .storage import job_key
 
-            try:
-                key = job_key(self.spec["job"], "checkpoint", latest.name)
-                record = self.storage.put_dir(latest, key).to_record()
-            except Exception as exc:  # the run goes on; only resuming from the store is lost
-                self.report.emit(logline.ERROR, text=f"checkpoint {latest.name} not stored: {exc}")
+        try:
+            key = job_key(self.spec["job"], "checkpoint", latest.name)
+            record = self.storage.put_dir(latest, key).to_record()
+            state = (latest / "trainer_state.json").read_text(encoding="utf-8", errors="replace")
+        except Exception as exc:  # e.g. save_total_limit removed it meanwhile; the run goes on
+            self.report.emit(logline.ERROR, text=f"checkpoint {latest.name} not stored: {exc}")
+            return
+        # What `resume` looks at on the runner's side to pick the checkpoint, then where it is kept.
+        for line in logline.file_lines(f"{self.spec['checkpoints']}/{latest.name}/trainer_state.json", state):
+            self.report.write(line)
         self.report.emit(logline.CHECKPOINT, name=latest.name, record=record)
 
 
@@ -175,7 +181,7 @@ def _fetch_inputs(spec: dict[str, Any], run_dir: Path, storage) -> None:
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     for arg, key in inputs.items():
-        dest = run_dir / "inputs" / arg
+        dest = run_dir / "inputs" / arg / key.rsplit("/", 1)[-1]  # keeps the name: `checkpoint-40`
         storage.get_dir(key, dest)
         config[arg] = str(dest)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -270,7 +276,7 @@ def run(spec_path: Path, report: Reporter | None = None) -> int:
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     source = Path(spec_path).resolve().parent
     base = Path(os.environ.get("TUNEBOT_NODE_DIR") or Path(tempfile.gettempdir()) / "tunebot-node")
-    run_dir = base / f"job-{spec['job']}-{spec['attempt']}"
+    run_dir = base / str(spec.get("run_name") or f"job-{spec['job']}-{spec['attempt']}")
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(source, run_dir, symlinks=False)
     storage = None

@@ -586,6 +586,9 @@ class Worker:
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
+        lost = self.backend.lost(job.handle) if job.handle else None
+        if lost:  # the job could not say how it ended (its node was lost): the backend's words
+            values.update(error=lost, advice=None)
         if job.kind == JobKind.TRAIN.value and (Path(job.work_dir) / "output").is_dir():
             from .recipes import last_checkpoint
 

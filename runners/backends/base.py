@@ -61,6 +61,11 @@ class Backend(ABC):
         """A local folder holding what the job wrote (a remote backend copies it here first)."""
         return work_dir
 
+    def lost(self, handle: Handle) -> str | None:
+        """Why a job ended when the job itself could not report it (a cluster lost its node): the
+        backend's own reason, shown instead of one guessed from the log; None otherwise."""
+        return None
+
     def stored(self, handle: Handle) -> dict[str, dict[str, Any]]:
         """Artifact-store records of what the job uploaded itself, by name (a cluster's jobs upload
         from their node); empty when the runner uploads after the job (the local backend)."""

@@ -90,6 +90,7 @@ class RayBackend(Backend):
         capacity = self.cluster.capacity()
         workers = int((job.spec or {}).get("workers") or 1)
         cpus, gpus = job_resources(capacity, job.n_slots, workers)
+        sid = submission_id(self.cluster.namespace, job.id, job.attempt)
         staged = stage(
             job_id=job.id,
             attempt=job.attempt,
@@ -103,8 +104,8 @@ class RayBackend(Backend):
             gpus=int(gpus),
             serve=serve,
             env=env,
+            run_name=sid,
         )
-        sid = submission_id(self.cluster.namespace, job.id, job.attempt)
         Mirror(spec.cwd, spec.log_path).reset()
         try:
             self.cluster.submit(
@@ -146,9 +147,11 @@ class RayBackend(Backend):
         if status.state == "STOPPED":
             return STOPPED_CODE
         # The wrapper never said how the command ended: the node or the job's driver died.
-        reason = status.message or "no reason given"
-        mirror.note(f"RuntimeError: The Ray job {handle['submission_id']} failed: {reason}")
-        return status.exit_code if status.exit_code not in (None, 0) else 1
+        # Ray's words are the reason (the exit status of a killed driver would read as "out of memory").
+        reason = f"The Ray job {handle['submission_id']} failed: {ray_reason(status.message)}."
+        mirror.note(f"tunebot: {reason}")
+        mirror.set_lost(reason)
+        return 1
 
     def poll(self, handle: Handle) -> int | None:
         try:
@@ -192,6 +195,9 @@ class RayBackend(Backend):
             return None
         return self._code(handle, status, mirror)
 
+    def lost(self, handle: Handle) -> str | None:
+        return self._mirror(handle).remote().get("lost")
+
     def stored(self, handle: Handle) -> dict[str, dict[str, Any]]:
         return dict(self._mirror(handle).remote().get("uploads") or {})
 
@@ -200,6 +206,12 @@ class RayBackend(Backend):
         if published:
             return f"http://{published['host']}:{published['port']}"
         return f"http://{host}:{port}"
+
+
+def ray_reason(message: str | None) -> str:
+    """The first sentence of Ray's status message (it goes on with the job's last log lines)."""
+    text = (message or "").strip().splitlines()[0] if (message or "").strip() else "no reason given"
+    return text.split(", last available logs")[0].strip().rstrip(".:")
 
 
 def _factory(settings, hardware: Hardware) -> Backend:

@@ -128,6 +128,7 @@ def stage(
     gpus: int = 0,
     serve: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    run_name: str | None = None,
 ) -> Staged:
     """The folder to submit for one attempt of a job (rebuilt from scratch each time)."""
     folder = Path(work_dir) / "ray-submit"
@@ -167,6 +168,7 @@ def stage(
     spec = {
         "job": job_id,
         "attempt": attempt,
+        "run_name": run_name,
         "kind": kind,
         "command": [*command, "config.yaml"],
         "env": node_env,
@@ -200,6 +202,11 @@ class Mirror:
         """A line of tunebot's own in the job's log (what Ray said about a job that died)."""
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(text.rstrip("\n") + "\n")
+
+    def set_lost(self, reason: str) -> None:
+        remote = self.remote()
+        remote["lost"] = reason
+        self._save_remote(remote)
 
     def remote(self) -> dict[str, Any]:
         try:
