@@ -449,7 +449,13 @@ class Worker:
             if run.new_points and now() - run.last_plot_at >= PLOT_EVERY:
                 self._plot(job, run, final=False)
             return
+        # One event a step (and one a step's evaluation), also when a step's lines arrive together
+        # (the closing summary repeats the last step; a cluster's log comes in batches).
+        posted: set[tuple[int, bool]] = set()
         for point in fresh:
+            if (point.step, point.is_eval) in posted:
+                continue
+            posted.add((point.step, point.is_eval))
             self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
         run.seen_step = max(run.seen_step, max(p.step for p in fresh))
         latest = dict(job.progress)
@@ -492,16 +498,26 @@ class Worker:
         self.store.add_event(job.id, EventKind.PLOT, events.plot(key, final=final, points=len(points)))
         return str(dest)
 
+    def api_base(self, job: Job) -> str:
+        """Where the runner reaches a deployment's API (`…/v1`): this host, or the node that serves it."""
+        local = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
+        if not job.handle:
+            return local
+        host = local.split("//", 1)[1].rsplit(":", 1)[0]
+        return self.backend.endpoint(job.handle, host, job.port or 0) + "/v1"
+
     def _watch_deployment(self, job: Job, run: Running) -> None:
         if run.term_sent_at is not None:
             return
-        base = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
+        base = self.api_base(job)
         if job.state == JobState.STARTING.value:
             ready = job.mode == "webchat" and deploy.port_in_use(self.settings.deploy_host, job.port or 0)
             ready = ready or (job.mode != "webchat" and deploy.is_ready(base, job.api_key, timeout=1.0))
             if ready:
                 if job.mode == "webchat":
                     url = deploy.web_url(self.settings.public_url, self.settings.deploy_host, job.port)
+                elif base != deploy.internal_api_base(self.settings.deploy_host, job.port or 0):
+                    url = base  # served on a cluster node, at the address the node published
                 else:
                     url = deploy.api_url(self.settings.public_url, self.settings.deploy_host, job.port)
                 chat_url = (

@@ -46,7 +46,7 @@ def _events(store, job_id: int, kind: str) -> list[dict]:
     return [e.data for e in store.events_since(0, job_id=job_id) if e.type == kind]
 
 
-def test_tiny_train_then_eval_and_export_of_it_run_as_ray_jobs(ray_settings, store):
+def test_tiny_train_then_eval_export_and_deploy_of_it_run_as_ray_jobs(ray_settings, store):
     runtime = Runtime(ray_settings, store=store).start(web=False)
     try:
         train = runtime.queue.submit_train(preset="tiny", requester=Requester(user="U1"))
@@ -76,6 +76,19 @@ def test_tiny_train_then_eval_and_export_of_it_run_as_ray_jobs(ray_settings, sto
         model = exported.artifacts["remote"]["model"]
         assert (ray_settings.ray_shared_dir / model["key"] / "model.safetensors").exists()
         assert exported.metrics["size_bytes"] == model["size"]
+
+        # Deployed, the API server runs as a Ray job on a node and publishes its address.
+        deployment = runtime.queue.submit_deploy(train.id, requester=Requester(user="U1"))
+        serving = wait_for(store, deployment.id, ("serving", *FINAL), timeout=300)
+        assert serving.state == "serving", Path(serving.log_path).read_text()[-3000:]
+        assert serving.url.endswith(f":{serving.port}/v1") and "127.0.0.1" not in serving.url
+        answer = runtime.chat(train.id, [{"role": "user", "content": "hello"}], max_tokens=4)
+        assert isinstance(answer, str)
+        runtime.queue.undeploy(deployment.id, by="U1")
+        stopped = wait_for(store, deployment.id, FINAL, timeout=120)
+        assert stopped.state == "stopped"
+        ray_job = runtime.worker.backend.cluster.find(stopped.handle["submission_id"])
+        assert ray_job.finished
     finally:
         runtime.stop()
 

@@ -86,7 +86,8 @@ class RayBackend(Backend):
         sub = next((a for a in spec.argv if a in _SUBCOMMANDS), "train")
         env = {k: spec.env[k] for k in _FOR_NODE if k in spec.env}
         env.update(self.settings.job_env)
-        serve = {"port": None} if job.kind == "deploy" else None
+        # A deployment serves on its node at the port the runner chose (and keeps on the job).
+        serve = {"port": int(spec.env.get("API_PORT") or 0) or None} if job.kind == "deploy" else None
         capacity = self.cluster.capacity()
         workers = int((job.spec or {}).get("workers") or 1)
         cpus, gpus = job_resources(capacity, job.n_slots, workers)
@@ -205,7 +206,7 @@ class RayBackend(Backend):
         published = self._mirror(handle).remote().get("endpoint")
         if published:
             return f"http://{published['host']}:{published['port']}"
-        return f"http://{host}:{port}"
+        return ""  # not published yet: no address, so nothing is taken for ready
 
 
 def ray_reason(message: str | None) -> str:
