@@ -35,7 +35,7 @@ from bot.render import (
     truncate,
 )
 from runners.job import Job, JobKind, JobState
-from runners.progress import format_eta
+from runners.llamafactory.progress import format_eta
 from runners.store import Store
 
 from .threads import BotThread, sync

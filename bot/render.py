@@ -19,9 +19,9 @@ from typing import Any
 from bot.parsing import COMMAND, SUBCOMMANDS, THREAD_COMMANDS
 from runners.errors import UserError
 from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
-from runners.progress import format_eta, progress_bar
-from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
-from runners.results import compare_metrics
+from runners.llamafactory.progress import format_eta, progress_bar
+from runners.llamafactory.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
+from runners.llamafactory.results import compare_metrics
 
 # Slack's limits (Block Kit reference), counted like Slack counts: UTF-16 code units.
 MAX_BLOCKS = 50

@@ -74,7 +74,7 @@ from bot.threads import channel_of, story_thread
 from runners.errors import UserError
 from runners.events import EventKind
 from runners.job import JobState
-from runners.progress import Progress, read_trainer_log
+from runners.llamafactory.progress import Progress, read_trainer_log
 from runners.settings import Setting, parse_duration
 from runners.store import make_engine
 

@@ -19,7 +19,7 @@ from typing import Any
 class EventKind(str, Enum):
     STATE = "state"  # {"state": JobState value, ...public fields set by the same transition}
     STARTED = "started"  # {"slots": [...], "attempt": n, "config": file key | None}
-    PROGRESS = "progress"  # runners.progress.Progress.to_dict()
+    PROGRESS = "progress"  # runners.llamafactory.progress.Progress.to_dict()
     PLOT = "plot"  # {"file": file key, "final": bool, "points": n}
     ACTIVITY = "activity"  # {"log_at": time of the last log write | None, "log_bytes": n, "tail": str}
     CANCEL_REQUESTED = "cancel_requested"  # {"by": who}

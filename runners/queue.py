@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, deploy, events, recipes, validation
+from . import artifacts, deploy, events
 from .errors import UserError
 from .events import EventKind
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
-from .recipes import Recipe
+from .llamafactory import recipes, validation
+from .llamafactory.recipes import Recipe
 from .settings import Settings
 from .store import Store
 
@@ -186,7 +187,7 @@ class JobQueue:
         in_store = artifacts.missing_inputs(args, parent)  # fetched by the runner before it starts
         model = str(args["model_name_or_path"])
         if model == recipes.TINY_MODEL:
-            from .tinymodel import ensure_tiny_model
+            from .demo.tinymodel import ensure_tiny_model
 
             model = str(ensure_tiny_model(self.settings.models_dir))
         elif "model_name_or_path" not in in_store:
@@ -232,7 +233,7 @@ class JobQueue:
     def ensure_demo_datasets(self) -> None:
         """Register the embedded demo sets on first use."""
         from . import datasets
-        from .demo_data import write_demo_datasets
+        from .demo.data import write_demo_datasets
 
         with _DEMO_LOCK:
             known = {d.name for d in datasets.list_datasets(self.settings.data_dir)}

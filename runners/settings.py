@@ -7,27 +7,15 @@ README and the code cannot drift apart silently (a test compares them).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts.base import StorageSettings
+from .env import Setting, parse_duration
 from .errors import UserError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, *, name: str = "duration", example: str = "30m") -> float:
-    """'90', '90s', '15m', '2h', '7d' -> seconds."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise UserError(
-            f"{name}={text!r} is not a duration.", field=name, fix=f"{name}={example} (s, m, h or d)"
-        )
-    value, unit = match.groups()
-    return float(value) * _UNIT_SECONDS[(unit or "s").lower()]
-
+__all__ = ["SETTINGS_TABLE", "Setting", "Settings", "parse_duration"]
 
 def _path(env: dict[str, str], name: str) -> Path | None:
     value = _env(env, name)
@@ -86,16 +74,6 @@ def _bounded(value: float, name: str, low: float, high: float) -> float:
 
 def default_data_dir() -> Path:
     return Path(os.path.expanduser("~/.tunebot"))
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One row of the README's environment table."""
-
-    name: str
-    default: str
-    unit: str
-    meaning: str
 
 
 # name, default as shown, unit, meaning
@@ -197,7 +175,7 @@ class Settings:
     log_level: str = "INFO"
     # Extra environment for job subprocesses (tests use it; never secrets from users).
     job_env: dict[str, str] = field(default_factory=dict)
-    # The artifact store (runners/storage.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
+    # The artifact store (runners/artifacts/base.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
     # None = the local default (the job folders), without importing oss2.
     storage: Any = None
 
@@ -256,7 +234,5 @@ class Settings:
         return self.data_dir / "cache"
 
 
-def _storage_settings(env: dict[str, str]):
-    from .storage import StorageSettings  # storage imports this module's helpers
-
+def _storage_settings(env: dict[str, str]) -> StorageSettings:
     return StorageSettings.from_env(env)

@@ -6,13 +6,9 @@ leases are atomic in the store, so a job never starts twice and a GPU is never h
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shlex
-import shutil
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +25,8 @@ from .errors import UserError
 from .events import EventKind
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
+from .kinds import MissingOutput, kind_of
+from .llamafactory.command import command_env
 from .settings import Settings
 from .store import Store
 
@@ -55,17 +53,6 @@ class Running:
     last_activity_at: float = 0.0
 
 
-def llamafactory_cli(settings: Settings) -> list[str]:
-    """The command that runs LLaMA-Factory: TUNEBOT_LLAMAFACTORY_CLI (may carry arguments, e.g.
-    `python3 -m llamafactory.cli`), else `llamafactory-cli` beside this Python, else on PATH."""
-    if settings.llamafactory_cli:
-        return shlex.split(settings.llamafactory_cli)
-    beside = Path(sys.executable).parent / "llamafactory-cli"
-    if beside.exists():
-        return [str(beside)]
-    return [shutil.which("llamafactory-cli") or "llamafactory-cli"]
-
-
 class Worker:
     def __init__(
         self,
@@ -89,7 +76,7 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.storage = None  # the artifact store, when it is remote (OSS); local job folders otherwise
         if settings.storage is not None and settings.storage.backend != "local":
-            from .storage import open_storage
+            from .artifacts import open_storage
 
             self.storage = open_storage(settings.storage, settings.data_dir)
         # Uploads and input fetches take minutes for a merged 8B model: off the runner loop.
@@ -163,7 +150,7 @@ class Worker:
             handle = job.handle or None
             if handle is not None and self.backend.reattach(handle):
                 run = Running(job.id, handle, seen_step=int(job.progress.get("step") or 0))
-                if job.kind == JobKind.TRAIN.value:
+                if kind_of(job.kind).follows_trainer_log:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
                 self.store.add_event(job.id, EventKind.REATTACHED)
@@ -182,7 +169,7 @@ class Worker:
                     error="Its process was gone when tunebot looked again (tunebot restarted, or the "
                     "process never started).",
                     advice=f"`resume {job.id}` continues from the last checkpoint."
-                    if job.kind == "train"
+                    if kind_of(job.kind).resumable
                     else None,
                 )
         # Leases whose job has ended (a crash between finishing and releasing).
@@ -220,9 +207,7 @@ class Worker:
             slots = free[: job.n_slots]
             if not self.store.lease_slots(self.host, slots, job.id):
                 return  # another runner took them; try next tick
-            first_state = (
-                JobState.STARTING.value if job.kind == JobKind.DEPLOY.value else JobState.RUNNING.value
-            )
+            first_state = kind_of(job.kind).first_state
             claimed = self.store.transition(
                 job.id,
                 [JobState.QUEUED.value],
@@ -295,7 +280,7 @@ class Worker:
                     )
                     if api_key:
                         env["API_KEY"] = api_key
-            argv = self._argv(job, config)
+            argv = kind_of(job.kind).argv(job, config, self.settings)
             log_path = Path(job.log_path or work_dir / "job.log")
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(
@@ -316,7 +301,7 @@ class Worker:
         self.store.update(job.id, handle=handle, **values)
         config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
         run = Running(job.id, handle)
-        if job.kind == JobKind.TRAIN.value:
+        if kind_of(job.kind).follows_trainer_log:
             run.follower = self._follower(job)
             if job.attempt > 1:
                 # A resumed run appends to the log from its checkpoint's step on: skip the old lines.
@@ -326,52 +311,11 @@ class Worker:
         run.last_activity_at = now()
         self.store.add_event(job.id, EventKind.STARTED, events.started(slots, job.attempt, config_key))
 
-    def _argv(self, job: Job, config: Path) -> list[str]:
-        cli = llamafactory_cli(self.settings)
-        if job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            return [*cli, "train", str(config)]
-        if job.kind == JobKind.EXPORT.value:
-            return [*cli, "export", str(config)]
-        if job.mode == "webchat":
-            return [*shlex.split(self.settings.webchat_cli or ""), "webchat", str(config)]
-        return [*cli, "api", str(config)]
-
     def _job_env(self, job: Job, slots: list[str]) -> dict[str, str]:
-        # A job may run a model repository's own code (trust_remote_code): none of the bot's secrets.
-        env = {k: v for k, v in os.environ.items() if not _is_secret_variable(k)}
-        cache = self.settings.cache_dir
-        env.update(
-            HF_HOME=str(cache / "huggingface"),
-            MPLCONFIGDIR=str(cache / "matplotlib"),
-            TOKENIZERS_PARALLELISM="false",
-            PYTHONUNBUFFERED="1",
-            DISABLE_VERSION_CHECK="1",
-            # torchrun (multi-GPU) is called bare by LLaMA-Factory's launcher: this venv's bin/ first.
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        )
-        model = str(job.args.get("model_name_or_path", ""))
-        if Path(model).is_absolute() and Path(model).exists():
-            env["HF_HUB_OFFLINE"] = "1"  # a local model: no hub round trips (they cost ~1 min to fail)
-        if self.hardware.has_gpu:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(slots)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        if len(slots) > 1 and job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            env.update(
-                FORCE_TORCHRUN="1",
-                NPROC_PER_NODE=str(len(slots)),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(deploy.free_port()),
-            )
-        else:
-            env.pop("FORCE_TORCHRUN", None)
-        for key in ("API_KEY", "API_PORT", "API_HOST"):
-            env.pop(key, None)
-        env.update(self.settings.job_env)
-        return env
+        return command_env(job, slots, self.settings, has_gpu=self.hardware.has_gpu)
 
     def _follower(self, job: Job):
-        from .progress import TrainerLogFollower
+        from .llamafactory.progress import TrainerLogFollower
 
         return TrainerLogFollower(Path(job.work_dir) / "output" / "trainer_log.jsonl")
 
@@ -467,8 +411,8 @@ class Worker:
             self._plot(job, run, final=False)
 
     def _plot(self, job: Job, run: Running | None, *, final: bool) -> str | None:
+        from .llamafactory.progress import read_trainer_log
         from .plots import render_loss_plot
-        from .progress import read_trainer_log
 
         # A resumed run logs again from its checkpoint: the latest line of each step counts.
         latest = {
@@ -554,7 +498,7 @@ class Worker:
 
     # --- finishing ----------------------------------------------------------------------
     def _finish(self, job: Job, code: int, run: Running | None) -> None:
-        from .failures import explain_failure
+        from .llamafactory.failures import explain_failure
 
         self.store.release_slots(job.id)
         values: dict[str, Any] = {"finished_at": now(), "exit_code": code}
@@ -574,19 +518,21 @@ class Worker:
             )
             self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
             return
-        if job.kind == JobKind.TRAIN.value:
+        kind = kind_of(job.kind)
+        if kind.follows_trainer_log:
             self._plot(job, run, final=True)
             job = self.store.get(job.id)
         if job.cancel_requested:
             values["error"] = f"Cancelled by {job.cancelled_by or 'request'}."
-            if job.kind == JobKind.TRAIN.value:
+            if kind.resumable:
                 values["advice"] = f"`resume {job.id}` continues from the last checkpoint."
             self.store.transition(job.id, ACTIVE_STATES, JobState.CANCELLED.value, **values)
             return
         if code == 0:
             try:
-                values.update(self._collect(job))
-            except (_MissingOutput, UserError) as exc:
+                values.update(kind.collect(job))
+                self._add_stored(job, values)
+            except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
                 return
@@ -605,8 +551,8 @@ class Worker:
         lost = self.backend.lost(job.handle) if job.handle else None
         if lost:  # the job could not say how it ended (its node was lost): the backend's words
             values.update(error=lost, advice=None)
-        if job.kind == JobKind.TRAIN.value and (Path(job.work_dir) / "output").is_dir():
-            from .recipes import last_checkpoint
+        if kind.resumable and (Path(job.work_dir) / "output").is_dir():
+            from .llamafactory.recipes import last_checkpoint
 
             if last_checkpoint(Path(job.work_dir) / "output") is not None:
                 values["advice"] = ((failure.advice + " ") if failure.advice else "") + (
@@ -614,11 +560,23 @@ class Worker:
                 )
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
 
+    def _add_stored(self, job: Job, values: dict[str, Any]) -> None:
+        """What the job put in the artifact store itself (a cluster node uploads its outputs; this
+        host keeps only their small files): those records are the artifacts' real copies."""
+        stored = self.backend.stored(job.handle) if job.handle else {}
+        if not stored:
+            return
+        found = values.setdefault("artifacts", {})
+        found["remote"] = {**(found.get("remote") or {}), **stored}
+        if "model" in stored:
+            values.setdefault("metrics", {})["size_bytes"] = stored["model"]["size"]
+
     def _upload(self, job_id: int) -> None:
         """Copy a succeeded job's artifacts to the store; say in its events what went where."""
         job = self.store.get(job_id)
         # Skip what the job stored itself: this host holds only the small files of it.
-        records, errors = artifacts.upload_job(job, self.storage, skip=set(job.artifacts.get("remote") or {}))
+        stored = set(job.artifacts.get("remote") or {})
+        records, errors = artifacts.upload_job(job, self.storage, skip=stored)
         fresh = self.store.get(job_id)
         remote = {**(fresh.artifacts.get("remote") or {}), **records}
         self.store.update(job_id, artifacts={**fresh.artifacts, "remote": remote, "remote_errors": errors})
@@ -634,60 +592,6 @@ class Worker:
                 job_id, EventKind.UPLOAD, {"name": name, "error": error, "local": str(Path(job.work_dir))}
             )
 
-    def _collect(self, job: Job) -> dict[str, Any]:
-        """What a successful job left behind: artifacts and metrics."""
-        work = Path(job.work_dir)
-        artifacts = dict(job.artifacts)
-        metrics = dict(job.metrics)
-        # What the job put in the artifact store itself (a cluster node's upload): the real copy.
-        stored = self.backend.stored(job.handle) if job.handle else {}
-        if stored:
-            artifacts["remote"] = {**(artifacts.get("remote") or {}), **stored}
-        if job.kind == JobKind.TRAIN.value:
-            output = work / "output"
-            has_weights = (output / "adapter_config.json").exists() or (output / "config.json").exists()
-            if not has_weights:
-                raise _MissingOutput("Training ended without writing an adapter or model.")
-            artifacts["adapter"] = str(output)
-            results = _read_json(output / "train_results.json")
-            for key in ("train_loss", "train_runtime", "train_samples_per_second", "epoch"):
-                if key in results:
-                    metrics[key] = results[key]
-            for key in ("tokens_per_s", "total_tokens", "step", "total"):
-                if job.progress.get(key) is not None:
-                    metrics[key] = job.progress[key]
-        elif job.kind == JobKind.EVAL.value:
-            from .results import read_predict_results, sample_predictions
-
-            output = work / "output"
-            scores = read_predict_results(output)
-            if not scores:
-                raise _MissingOutput("The evaluation ended without predict_results.json.")
-            metrics.update(scores)
-            artifacts["predictions"] = str(output / "generated_predictions.jsonl")
-            artifacts["results"] = str(output / "predict_results.json")
-            artifacts["samples"] = sample_predictions(output, n=3)
-        elif job.kind == JobKind.EXPORT.value:
-            model_dir = work / "model"
-            if not (model_dir / "config.json").exists():
-                raise _MissingOutput("The export ended without a merged model (no config.json).")
-            artifacts["model"] = str(model_dir)
-            metrics["size_bytes"] = (stored.get("model") or {}).get("size") or sum(
-                p.stat().st_size for p in model_dir.rglob("*") if p.is_file()
-            )
-        return {"artifacts": artifacts, "metrics": metrics}
-
-
-class _MissingOutput(Exception):
-    pass
-
-
-_SECRET_PREFIXES = ("SLACK_", "TUNEBOT_OSS_", "TUNEBOT_DATABASE_URL")
-
-
-def _is_secret_variable(name: str) -> bool:
-    return name.startswith(_SECRET_PREFIXES)
-
 
 def _checkpoint_step(path: Any) -> int:
     """`.../checkpoint-40` -> 40; no checkpoint (starting over) -> 0."""
@@ -695,14 +599,6 @@ def _checkpoint_step(path: Any) -> int:
         return int(str(path).rstrip("/").rsplit("-", 1)[1]) if path else 0
     except (IndexError, ValueError):
         return 0
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _read_log(job: Job, limit: int = 200_000) -> str:

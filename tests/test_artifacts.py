@@ -7,9 +7,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from runners.artifacts import StorageSettings
 from runners.hardware import Hardware
 from runners.queue import JobQueue
-from runners.storage import StorageSettings
 from runners.worker import Worker, wait_for
 from tests.oss_standin import OssStandin
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runners import recipes
 from runners.errors import UserError
 from runners.hardware import Hardware
+from runners.llamafactory import recipes
 from runners.queue import JobQueue
 from runners.runtime import Runtime
 from runners.store import Store

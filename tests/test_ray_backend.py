@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runners import logline
-from runners.backends.ray_cluster import RayCluster, RayHandle, submission_id
+from runners.backends.ray import logline
+from runners.backends.ray.cluster import RayCluster, RayHandle, submission_id
 from runners.errors import UserError
 from tests.ray_head import HEAD_CPUS
 

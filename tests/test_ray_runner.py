@@ -125,7 +125,7 @@ def _node_processes(sid: str) -> list:
     for proc in psutil.process_iter(["pid", "cwd"]):
         if (proc.info.get("cwd") or "").endswith(f"/{sid}"):
             parent = proc.parent()
-            if parent is not None and "runners.node_launch" in " ".join(parent.cmdline()):
+            if parent is not None and "runners.backends.ray.node" in " ".join(parent.cmdline()):
                 found.append(parent)
             found.append(proc)
     return found
@@ -211,3 +211,22 @@ def test_a_ray_job_whose_processes_die_fails_with_rays_reason(ray_settings, stor
     resumed_from = log_path.read_text().split("Resuming training from ", 1)[1].split()[0].rstrip(".")
     # The node's copy of the checkpoint, fetched from the artifact store (not the runner's path).
     assert resumed_from.endswith(f"/inputs/resume_from_checkpoint/{checkpoint}")
+
+
+def test_workers_2_trains_through_llamafactorys_ray_trainer_on_two_cpu_workers(ray_settings, store):
+    runtime = Runtime(ray_settings, store=store).start(web=False)
+    try:
+        pairs = {"workers": "2"}
+        job = runtime.queue.submit_train(preset="tiny", pairs=pairs, requester=Requester(user="U1"))
+        assert job.spec["workers"] == 2
+        done = wait_for(store, job.id, FINAL, timeout=400)
+    finally:
+        runtime.stop()
+    log = Path(done.log_path).read_text()
+    assert done.state == "succeeded", log[-4000:]
+    assert "Using ray.remote mode with 2 workers" in log
+    # Both ranks ran (their output reaches the job's log through Ray), in one gloo process group.
+    assert "Process rank: 0, world size: 2" in log and "Process rank: 1, world size: 2" in log
+    steps = [p["step"] for p in _events(store, job.id, "progress") if p["eval_loss"] is None]
+    assert steps and steps[-1] == done.progress["total"]
+    assert done.metrics["train_loss"] > 0 and "adapter" in done.artifacts["remote"]

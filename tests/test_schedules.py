@@ -33,6 +33,7 @@ from bot.schedules import (
 )
 from bot.serve import EVENTS_PATH, asgi_app
 from bot.settings import BotSettings
+from bot.threads import record_root, slack_origin
 from runners import worker as worker_module
 from runners.errors import UserError
 from runners.hardware import Hardware
@@ -344,7 +345,7 @@ def test_a_schedule_fires_and_posts_the_channels_digest(make_scheduler, client, 
             state="succeeded",
             model="/models/tiny",
             user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
+            origin={"channel": CHANNEL_ID},
             started_at=now - 600,
             finished_at=now - 60,
             slots=["cpu0"],
@@ -513,9 +514,10 @@ def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(
     monkeypatch.setattr(worker_module, "PLOT_EVERY", 0.2)  # the runner redraws its plot this often
     s = fake_settings(settings, FAKE_STEPS="24", FAKE_STEP_SECONDS="0.25")
     queue = JobQueue(s, store, hardware=CPU)
-    job = queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
+    asker = Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
+    job = queue.submit_train(preset="tiny", requester=asker)
     root = client.chat_postMessage(channel=CHANNEL_ID, text=f"Train #{job.id} queued")["ts"]
-    store.update(job.id, message_ts=root)  # what the notifier records
+    record_root(store, job.id, root)  # what the notifier records
     scheduler = make_scheduler(ScheduleSettings(progress_every=1.5, stall_after=60.0))
     worker = Worker(s, store, hardware=CPU)
     worker.start()
@@ -566,8 +568,7 @@ def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(
             state="running",
             model="/models/tiny",
             user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
-            message_ts="1700000000.000100",
+            origin={"channel": CHANNEL_ID, "message_ts": "1700000000.000100"},
             started_at=old - 60,
             work_dir=str(work),
             log_path=str(work / "job.log"),
@@ -598,8 +599,7 @@ def test_a_job_running_on_another_host_is_followed_through_the_database_not_its_
             state="running",
             model="/models/tiny",
             user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
-            message_ts="1700000000.000200",
+            origin={"channel": CHANNEL_ID, "message_ts": "1700000000.000200"},
             started_at=long_ago,
             work_dir=str(tmp_path / "on-the-runner" / "9"),  # not on this host
             log_path=str(tmp_path / "on-the-runner" / "9" / "job.log"),

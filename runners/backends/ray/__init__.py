@@ -1,9 +1,9 @@
 """Job processes on a Ray cluster (TUNEBOT_BACKEND=ray, TUNEBOT_RAY_ADDRESS = its dashboard).
 
-Each attempt of a job is one Ray job (runners/backends/ray_cluster.py) running the node wrapper
-(runners/node_launch.py) around the same LLaMA-Factory command and YAML the local backend runs.
+Each attempt of a job is one Ray job (cluster.py) running the node wrapper
+(node.py) around the same LLaMA-Factory command and YAML the local backend runs.
 While the runner polls, the Ray job's log stream is applied to the job's folder on the runner's
-host (runners/backends/ray_job.py `Mirror`): the runner's follower, plots, result readers and
+host (job.py `Mirror`): the runner's follower, plots, result readers and
 failure explanations then work on that folder exactly as for a local job.
 
 Its handle: {"backend": "ray", "submission_id", "work_dir", "log_path"}. How far the log has been
@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
-from ..hardware import Hardware
-from .base import Backend, Handle, LaunchSpec
-from .ray_cluster import Capacity, RayCluster, RayHandle, RayStatus, submission_id
-from .ray_job import Mirror, stage, store_spec
+from ...errors import UserError
+from ...hardware import Hardware
+from ..base import Backend, Handle, LaunchSpec
+from .cluster import Capacity, RayCluster, RayHandle, RayStatus, submission_id
+from .job import Mirror, stage, store_spec
 
 log = logging.getLogger(__name__)
 

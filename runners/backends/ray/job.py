@@ -2,8 +2,8 @@
 
 `stage(...)` writes the folder Ray carries to the node (`runtime_env.working_dir`): the job's
 LLaMA-Factory YAML with paths relative to the run folder, the part of the dataset folder the job
-names, and the node spec `runners.node_launch` follows. `Mirror` applies the structured lines of
-the Ray job's log stream (runners/logline.py) to the job's folder on the runner's host, so the
+names, and the node spec `runners.backends.ray.node` follows. `Mirror` applies the structured lines of
+the Ray job's log stream (logline.py) to the job's folder on the runner's host, so the
 runner reads trainer_log.jsonl, result files and the log exactly as for a local job; the big
 outputs stay in the artifact store and are listed in `tunebot-remote.json` there.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .. import logline
+from . import logline
 
 SPEC_NAME = "tunebot-node.json"
 REMOTE_NAME = "tunebot-remote.json"  # in the job folder: uploads, checkpoints, exit, endpoint
@@ -160,7 +160,7 @@ def stage(
         # CPUs (and a GPU on a GPU cluster) in a placement group Ray spreads over the nodes.
         node_env["USE_RAY"] = "1"
         args["ray_num_workers"] = workers
-        command = ["python", "-m", "runners.ray_train"]
+        command = ["python", "-m", "runners.backends.ray.train"]
         num_gpus = 0.0
     node_env.update(env or {})
     config = yaml.safe_dump(args, sort_keys=False, allow_unicode=True)

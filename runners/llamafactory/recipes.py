@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
-from .job import Job, JobKind, JobState
+from ..errors import UserError
+from ..job import Job, JobKind, JobState
 
 TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama
 DEMO_DATASET = "demo"  # the embedded Chinese+English demo set (registered on first use)

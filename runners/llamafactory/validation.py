@@ -16,9 +16,9 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .hardware import Hardware
-from .job import JobKind
+from ..errors import UserError
+from ..hardware import Hardware
+from ..job import JobKind
 from .recipes import Recipe, compute_type_of
 
 _PARSER_LOCK = threading.Lock()

@@ -1,7 +1,7 @@
 """Structured lines in a job's stdout: how a job on another machine reports to the runner.
 
 A job on a cluster node (the Ray backend) shares no filesystem with the runner, so the node's
-launch wrapper (`runners.node_launch`) prints what the runner would otherwise read from the job
+launch wrapper (`runners.backends.ray.node`) prints what the runner would otherwise read from the job
 folder as lines of its own among LLaMA-Factory's output:
 
     @@tunebot {"t": "trainer_log", "line": {"current_steps": 1, "total_steps": 8, ...}}

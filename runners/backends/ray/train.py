@@ -1,7 +1,7 @@
 """LLaMA-Factory's Ray trainer (`USE_RAY=1`, `ray_num_workers`), with its placement group sized to
 the workers asked for.
 
-`python -m runners.ray_train config.yaml` on a Ray node, inside the Ray job of a `workers=N` run.
+`python -m runners.backends.ray.train config.yaml` on a Ray node, inside the Ray job of a `workers=N` run.
 LLaMA-Factory 0.9.5 (train/tuner.py) builds its placement group with one bundle per device of the
 whole cluster (`get_placement_group(total_devices)`), not per worker: on a GPU cluster a 2-worker
 run holds every GPU, and on CPUs (each bundle 10 CPUs, "devices" = all CPUs) the group can never
@@ -20,7 +20,7 @@ import yaml
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print("usage: python -m runners.ray_train config.yaml", file=sys.stderr)
+        print("usage: python -m runners.backends.ray.train config.yaml", file=sys.stderr)
         return 2
     config = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
     workers = int(config.get("ray_num_workers") or 1)

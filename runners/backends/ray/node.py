@@ -1,10 +1,10 @@
 """Runs one job on a cluster node and reports it on stdout, for a runner on another machine.
 
-`python -m runners.node_launch tunebot-node.json` is a Ray job's entrypoint (runners/backends/ray.py).
+`python -m runners.backends.ray.node tunebot-node.json` is a Ray job's entrypoint (runners/backends/ray).
 Ray unpacks the job's folder (config.yaml, its dataset, this spec) on the node; the wrapper copies
 it to a run folder of its own, fetches inputs kept in the artifact store (a parent job's adapter or
 merged model, a checkpoint to resume from), runs the command there, and while it runs prints
-structured lines (runners/logline.py): every new trainer_log.jsonl line, each finished checkpoint
+structured lines (logline.py): every new trainer_log.jsonl line, each finished checkpoint
 (uploaded to the store first), and at the end the small result files, the uploads of the big ones
 and the command's exit status. Nothing is assumed about a filesystem shared with the runner.
 
@@ -64,7 +64,9 @@ def _storage(spec: dict[str, Any], run_dir: Path):
     store = spec.get("store")
     if not store:
         return None
-    from .storage import LocalStorage, OssStorage, StorageSettings
+    from ...artifacts.base import StorageSettings
+    from ...artifacts.local import LocalStorage
+    from ...artifacts.oss import OssStorage
 
     if store.get("backend") == "local":
         return LocalStorage(Path(store["root"]))
@@ -152,7 +154,7 @@ class _Follower(threading.Thread):
         self.sent.add(latest.name)
         if self.storage is None:
             return  # nowhere to keep it: a resume starts over
-        from .storage import job_key
+        from ...artifacts.base import job_key
 
         try:
             key = job_key(self.spec["job"], "checkpoint", latest.name)
@@ -216,7 +218,7 @@ def _mirror(spec: dict[str, Any], run_dir: Path, report: Reporter) -> None:
 
 
 def _upload(spec: dict[str, Any], run_dir: Path, report: Reporter, storage) -> None:
-    from .storage import job_key
+    from ...artifacts.base import job_key
 
     for item in spec.get("uploads") or []:
         path = run_dir / item["path"]
@@ -337,7 +339,7 @@ def run(spec_path: Path, report: Reporter | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print(f"usage: python -m runners.node_launch {SPEC_NAME}", file=sys.stderr)
+        print(f"usage: python -m runners.backends.ray.node {SPEC_NAME}", file=sys.stderr)
         return 2
     return run(Path(argv[0]))
 

@@ -3,10 +3,10 @@
 Each tunebot job attempt is one Ray job whose submission id is derived from the job id and the
 attempt (`tunebot-12-a1`): submitting again — a redelivered request, a runner that restarted
 between submitting and recording — finds the Ray job already there and follows it instead of
-starting a second one. The Ray job runs `python -m runners.node_launch` in a folder Ray carries
+starting a second one. The Ray job runs `python -m runners.backends.ray.node` in a folder Ray carries
 to the node (`runtime_env.working_dir`: the job's config, dataset and node spec; `py_modules`:
 this `runners` package, so the node runs the same wrapper as the runner). The wrapper reports
-through the job's log stream (runners/logline.py), which `read_log` follows from an offset the
+through the job's log stream (logline.py), which `read_log` follows from an offset the
 handle keeps, so a re-attached runner reads on from where the last one stopped.
 
 The cluster's size comes from the dashboard's own resource report (the numbers
@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import logline
-from ..errors import UserError
+from ...errors import UserError
+from . import logline
 
-RUNNERS_PACKAGE = Path(__file__).resolve().parents[1]
+RUNNERS_PACKAGE = Path(__file__).resolve().parents[2]
 # Ray's terminal states, and what tunebot makes of them.
 PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED = "PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"
 TERMINAL = frozenset({STOPPED, SUCCEEDED, FAILED})
@@ -182,7 +182,7 @@ class RayCluster:
             }
             try:
                 self.client.submit_job(
-                    entrypoint="python -m runners.node_launch tunebot-node.json",
+                    entrypoint="python -m runners.backends.ray.node tunebot-node.json",
                     submission_id=sid,
                     runtime_env=runtime_env,
                     entrypoint_num_cpus=num_cpus,
