@@ -212,6 +212,13 @@ class JobQueue:
         if self.settings.backend == "ray":
             from .backends.ray import check_request
 
+            if recipe.mode == "webchat":
+                raise UserError(
+                    "mode=webchat is not offered on the Ray cluster (its Gradio page has no login).",
+                    field="mode",
+                    fix="mode=api (the chat page in front of it works as usual)",
+                )
+
             check_request(self.settings, recipe.n_slots, workers)
             return
         if workers > 1:
