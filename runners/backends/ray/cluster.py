@@ -18,6 +18,7 @@ but not now waits in tunebot's queue.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import urllib.error
 import urllib.request
@@ -110,6 +111,10 @@ class RayCluster:
     def client(self):
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
+
+            # Ray's client logs each package upload at INFO: noise on the terminal of `tunebot run`.
+            for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
             try:
                 self._client = JobSubmissionClient(self.address)
