@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ import yaml
 from . import logline
 
 SPEC_NAME = "tunebot-node.json"
+# The stream is the job's stdout: whatever the job's code prints is there too, so it is read as
+# untrusted — paths kept inside the job folder, sizes bounded, checkpoint names plain.
+MAX_MIRRORED_BYTES = 2_000_000
+_CHECKPOINT = re.compile(r"^checkpoint-\d{1,9}$")
 REMOTE_NAME = "tunebot-remote.json"  # in the job folder: uploads, checkpoints, exit, endpoint
 # Variables a job on a node needs from the runner (the rest of its environment is the node's own).
 _PASSED_ENV = ("HF_HUB_OFFLINE", "HF_ENDPOINT", "DISABLE_VERSION_CHECK", "TOKENIZERS_PARALLELISM")
@@ -248,11 +253,14 @@ class Mirror:
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 mode = "w" if not data.get("offset") else "a"
+                if mode == "a" and target.exists() and target.stat().st_size > MAX_MIRRORED_BYTES:
+                    continue  # the node only sends small files; anything bigger is not taken
                 with open(target, mode, encoding="utf-8") as fh:
                     fh.write(str(data.get("data") or ""))
             elif kind == logline.CHECKPOINT:
-                target = self._inside(f"output/{data.get('name')}")
-                if target is None or not data.get("record"):
+                name = str(data.get("name") or "")
+                target = self._inside(f"output/{name}") if _CHECKPOINT.match(name) else None
+                if target is None or not isinstance(data.get("record"), dict):
                     continue
                 target.mkdir(parents=True, exist_ok=True)
                 (target / REMOTE_NAME).write_text(json.dumps(data["record"]), encoding="utf-8")
