@@ -219,7 +219,9 @@ class JobQueue:
                     fix="mode=api (the chat page in front of it works as usual)",
                 )
 
-            check_request(self.settings, recipe.n_slots, workers)
+            capacity = check_request(self.settings, recipe.n_slots, workers)
+            if workers > 1 and capacity.gpus:
+                recipe.n_slots = workers  # a GPU a worker: the runner's slots count the cluster's GPUs
             return
         if workers > 1:
             raise UserError(
