@@ -15,13 +15,15 @@ from typing import Any
 
 from sqlalchemy import Index, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, select
 
 from runners.job import Job
 from runners.store import Store
 
+from .tables import BotModel, BotTables, ensure_tables
 
-class BotThread(SQLModel, table=True):
+
+class BotThread(BotModel, table=True):
     """Where a Slack job's story is told."""
 
     __tablename__ = "bot_thread"
@@ -34,6 +36,9 @@ class BotThread(SQLModel, table=True):
     channel: str = ""
     thread_ts: str = ""  # the thread it was asked in; "" = a new message in the channel
     message_ts: str = ""  # its root message, once Slack took it
+
+
+THREAD_TABLES = BotTables("thread", (BotThread.__table__,))
 
 
 def slack_origin(channel: str, thread_ts: str = "") -> dict[str, Any]:
@@ -58,7 +63,7 @@ _ready_lock = threading.Lock()
 def ensure_table(store: Store) -> None:
     with _ready_lock:
         if store.engine not in _ready:
-            SQLModel.metadata.create_all(store.engine, tables=[BotThread.__table__])
+            ensure_tables(store.engine, THREAD_TABLES)
             _ready.add(store.engine)
 
 

@@ -38,7 +38,7 @@ from runners.job import Job, JobKind, JobState
 from runners.llamafactory.progress import format_eta
 from runners.store import Store
 
-from .threads import BotThread, sync
+from ..threads import BotThread, sync
 
 RUNNING_STATES = (JobState.RUNNING.value, JobState.STARTING.value)
 DONE_STATES = (JobState.SUCCEEDED.value, JobState.CANCELLED.value, JobState.STOPPED.value)

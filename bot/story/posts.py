@@ -2,7 +2,7 @@
 
 `thread_posts(job, event)` turns one `JobEvent` (by its kind: runners.events) into `Post`s: edit the
 job's root message, post in the thread, upload a file into it, or show the requester alone something
-(a deployment's API key). The notifier (bot/notifier.py) reads the events, does the I/O and hands
+(a deployment's API key). The notifier (bot/story/notifier.py) reads the events, does the I/O and hands
 the posts to Delivery. `job` is the job as it is now; what the event itself says (its state, error,
 metrics) wins over that, so an event read late still tells what happened then.
 """
@@ -18,7 +18,7 @@ from runners.deploy import model_name
 from runners.events import EventKind, kind_of
 from runners.job import Job, JobEvent, JobKind, JobState
 
-from . import render
+from .. import render
 
 EDIT_ROOT = "edit_root"  # re-render the job's root message (render_job_message) in place
 THREAD = "thread"  # a post in the job's thread
@@ -200,7 +200,7 @@ def _result_posts(job: Job, data: dict[str, Any], previous_eval: Job | None) -> 
 
 def _plot_posts(job: Job, data: dict[str, Any]) -> list[Post]:
     if not data.get("final") or not data.get("file"):
-        return []  # partial plots: the schedules' periodic posts may show them
+        return []  # partial plots go out with the progress posts (story/running.py), the final one here
     return [Post(UPLOAD, file=str(data["file"]), filename=f"loss-{job.id}.png",
                  title=f"Training loss of #{job.id} ({render.short_model(job.model)})")]
 
