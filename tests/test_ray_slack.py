@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from bot.delivery import Delivery
-from bot.notifier import Notifier
+from bot.story.notifier import Notifier
 from bot.threads import root_ts
 from runners.runtime import Runtime
 from tests.delivery_fixtures import quick_client
