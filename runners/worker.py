@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import artifacts, deploy
+from . import artifacts, baseline, deploy
 from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
 from .backends.local import read_exit_file
 from .errors import UserError
@@ -279,6 +279,8 @@ class Worker:
             work_dir.mkdir(parents=True, exist_ok=True)
             config = work_dir / "config.yaml"
             config.write_text(yaml.safe_dump(job.args, sort_keys=False, allow_unicode=True), encoding="utf-8")
+            if job.kind == JobKind.EVAL.value:
+                job = self._plan_base(job, work_dir)
             env = self._job_env(job, slots)
             values: dict[str, Any] = {}
             if job.kind == JobKind.DEPLOY.value:
@@ -325,8 +327,24 @@ class Worker:
         self.running[job.id] = run
         self.store.add_event(job.id, "message", {"text": "started", "pid": handle.pid, "slots": slots})
 
+    def _plan_base(self, job: Job, work_dir: Path) -> Job:
+        """An eval of a fine-tune also scores its base model (cached per model × set × settings)."""
+        parent = self.store.find(job.parent_id) if job.parent_id else None
+        evals = self.store.list_jobs(kinds=[JobKind.EVAL.value], states=[JobState.SUCCEEDED.value])
+        plan = baseline.plan(job, parent, evals)
+        if plan.get("run"):
+            args = baseline.base_args(job.args, plan["model"], work_dir)
+            (work_dir / baseline.BASE_CONFIG).write_text(
+                yaml.safe_dump(args, sort_keys=False, allow_unicode=True), encoding="utf-8"
+            )
+        spec = {**job.spec, "base": plan}
+        self.store.update(job.id, spec=spec)
+        return job.model_copy(update={"spec": spec})
+
     def _argv(self, job: Job, config: Path) -> list[str]:
         cli = llamafactory_cli(self.settings)
+        if job.kind == JobKind.EVAL.value and (job.spec.get("base") or {}).get("run"):
+            return baseline.eval_with_base_argv(cli, config, config.with_name(baseline.BASE_CONFIG))
         if job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
             return [*cli, "train", str(config)]
         if job.kind == JobKind.EXPORT.value:
@@ -624,6 +642,9 @@ class Worker:
             if not scores:
                 raise _MissingOutput("The evaluation ended without predict_results.json.")
             metrics.update(scores)
+            base = baseline.collect(job)
+            if base:
+                metrics["base"] = base
             artifacts["predictions"] = str(output / "generated_predictions.jsonl")
             artifacts["results"] = str(output / "predict_results.json")
             artifacts["samples"] = sample_predictions(output, n=3)
