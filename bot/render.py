@@ -23,6 +23,8 @@ from runners.progress import format_eta, progress_bar
 from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
 from runners.results import compare_metrics
 
+from .scores import scores_line
+
 # Slack's limits (Block Kit reference), counted like Slack counts: UTF-16 code units.
 MAX_BLOCKS = 50
 MAX_MODAL_BLOCKS = 100
@@ -519,15 +521,19 @@ def render_eval_result(
     rows = []
     compare = bool(previous_metrics)
     scores = _scores(metrics)
+    base = _scores(metrics.get("base") or {})
     changes = compare_metrics(scores, _scores(previous_metrics or {}))
     for key, label in METRIC_LABELS:
         if key not in scores:
             continue
         row = f"{label:<8} {scores[key]:>7.2f}"
+        if base:
+            row += f"  {base[key]:>7.2f}  {scores[key] - base[key]:>+7.2f}" if key in base else " " * 18
         if compare:
             row += f"  {changes[key]:>+7.2f}" if key in changes else "      new"
         rows.append(row)
-    title = f"{'Metric':<8} {'Score':>7}" + (f"  {'Change':>7}" if compare else "")
+    title = f"{'Metric':<8} {'Score':>7}" + (f"  {'Base':>7}  {'Gain':>7}" if base else "")
+    title += f"  {'Change':>7}" if compare else ""
     table = "\n".join([title, *rows]) if rows else "No scores were written."
     on = f" on {code(job.dataset)}" if job.dataset else ""
     of = f" of #{job.parent_id}" if job.parent_id else ""
@@ -537,7 +543,13 @@ def render_eval_result(
         note = f"Change against{since} of this model (positive is better)."
     else:
         note = "The first eval of this model: nothing to compare with yet."
-    blocks: list[dict[str, Any]] = [section(head), section(code_block(table)), context(note)]
+    blocks: list[dict[str, Any]] = [section(head)]
+    if base:
+        blocks.append(section(scores_line(metrics, bold="*")))
+    blocks += [section(code_block(table)), context(note)]
+    if base:
+        blocks.append(context("Base and gain: the model it was fine-tuned from, on the same eval set "
+                              "with the same settings (positive gain: the fine-tune helped)."))
     for i, sample in enumerate(list(samples)[:3], start=1):
         prompt = " ".join(str(sample.get("prompt") or "").split())
         text = (
@@ -546,7 +558,7 @@ def render_eval_result(
             f"*Expected:* {escape(truncate(str(sample.get('label') or '').strip(), 1000))}"
         )
         blocks.append(section(text))
-    scores = ", ".join(
+    scores = scores_line(metrics) if base else ", ".join(
         f"{label} {_metric(metrics, key):.2f}"
         for key, label in METRIC_LABELS
         if _metric(metrics, key) is not None

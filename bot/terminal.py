@@ -11,7 +11,8 @@ from typing import Any
 from runners.job import FINAL_STATES, Job, JobState
 from runners.store import Store
 
-from .render import METRIC_LABELS
+from .render import METRIC_LABELS, finite_number
+from .scores import score_with_base
 
 STATE_MARK = {
     "queued": "…",
@@ -52,8 +53,10 @@ def progress_line(progress: dict[str, Any]) -> str:
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    rows = [f"  {label:<8} {metrics[key]:6.2f}"
-            for key, label in METRIC_LABELS if metrics.get(key) is not None]
+    """One score a line; beside the base model's and the gain when the eval has them."""
+    base = metrics.get("base") or {}
+    rows = [f"  {score_with_base(label, metrics[key], base.get(key))}"
+            for key, label in METRIC_LABELS if finite_number(metrics.get(key)) is not None]
     return "\n".join(rows)
 
 

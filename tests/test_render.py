@@ -557,3 +557,23 @@ def test_form_labels_and_hints_fit_slack() -> None:
             assert len(block["label"]["text"]) <= 150
             assert len(block.get("hint", {}).get("text", "")) <= 150
     assert re.fullmatch(r".{1,24}", view["title"]["text"])
+
+
+def test_an_eval_with_base_scores_shows_the_gain_over_the_base_model() -> None:
+    job = make_job(kind="eval", state="succeeded", id=13, parent_id=12, dataset="eval_zh")
+    metrics = {"rouge-l": 41.2, "bleu-4": 10.0, "base": {"rouge-l": 28.9, "bleu-4": 12.5}}
+    payload = render_eval_result(job, metrics, None, [])
+    assert_valid(payload)
+    text = section_texts(payload)
+    assert "ROUGE-L 41.2 (base 28.9, *+12.3*)" in text
+    assert "BLEU-4 10.0 (base 12.5, *-2.5*)" in text
+    assert "ROUGE-L    41.20    28.90   +12.30" in text  # the table's Base and Gain columns
+    assert "ROUGE-L 41.2 (base 28.9, +12.3)" in payload["text"]
+
+
+def test_the_terminal_shows_the_gain_over_the_base_model_too() -> None:
+    from bot.terminal import metrics_table
+
+    table = metrics_table({"rouge-l": 41.2, "rouge-1": 50.0, "base": {"rouge-l": 28.9}})
+    assert "ROUGE-L 41.2 (base 28.9, +12.3)" in table
+    assert "ROUGE-1 50.0" in table and "ROUGE-1 50.0 (" not in table
