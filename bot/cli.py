@@ -107,10 +107,17 @@ def for_terminal(text: str) -> str:
     text = re.sub(r"`(eval|export|deploy) (#?\d+)`", r"`tunebot run \1 \2`", text)
     text = re.sub(r"`(resume|cancel|undeploy) (#?\d+)`", r"`tunebot \1 \2`", text)
     text = text.replace("`jobs`", "`tunebot jobs`").replace("`datasets`", "`tunebot dataset list`")
+    text = text.replace("`help train`", "`tunebot run train --help`")
     return text.replace("`help`", "`tunebot --help`")
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:2] == ["run", "train"] and any(item in ("-h", "--help") for item in raw[2:]):
+        from .train_help import terminal_train_help
+
+        print(terminal_train_help())  # every preset and key, not just argparse's options
+        return 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Options may come anywhere among `run`'s items (`run train --detach tiny lr=1e-3`): argparse

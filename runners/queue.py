@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, deploy, recipes, validation
+from . import artifacts, deploy, keys, recipes, validation
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
@@ -201,6 +201,7 @@ class JobQueue:
         validation.check_hardware(recipe, *self.runner)
         if validation.llamafactory_available():
             recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
+        keys.check_ranges(recipe.args, recipe.spec.get("pairs"))
         recipe.model = parent.model if parent else model  # the name people know it by
         return recipe
 

@@ -115,10 +115,14 @@ def _choice_error(key: str, value: Any, choices) -> UserError:
 
 
 def _unknown_key_error(key: str, known: list[str]) -> UserError:
-    from .recipes import TRAIN_KEYS
+    from .keys import did_you_mean
 
-    close = difflib.get_close_matches(key, known + list(TRAIN_KEYS), n=1, cutoff=0.6)
-    fix = f"did you mean `{close[0]}`?" if close else "see LLaMA-Factory's argument list, or `help`"
+    close = did_you_mean(key, known)
+    fix = (
+        f"did you mean `{close}`?"
+        if close
+        else "`help train` lists tunebot's keys; any LLaMA-Factory argument works by its own name"
+    )
     return UserError(f"Unknown key `{key}`: LLaMA-Factory has no such argument.", field=key, fix=fix)
 
 

@@ -179,6 +179,11 @@ BAD_TRAIN = [
     ({"template": "lama3"}, "template=llama3"),
     ({"lr": "nan"}, "`learning_rate` must be a finite number"),
     ({"method": "qlora"}, "needs a GPU"),
+    ({"learnig_rate": "1e-4"}, "did you mean `learning_rate`?"),
+    ({"foo": "1"}, "`help train` lists tunebot's keys"),
+    ({"dropout": "1.5"}, "`dropout` (lora_dropout) must be 0 ≤ x < 1, not 1.5"),
+    ({"lr": "-1e-4"}, "`lr` (learning_rate) must be > 0"),
+    ({"batch": "0"}, "`batch` (per_device_train_batch_size) must be ≥ 1, not 0"),
 ]
 
 
