@@ -9,10 +9,13 @@ engine's event stream, so nothing here posts to a channel.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from runners import datasets
+from runners.deploy import keyed_chat_url, model_name
 from runners.errors import UserError
 from runners.job import ACTIVE_STATES, Job, JobState
 from runners.queue import Requester
@@ -27,10 +30,15 @@ from .render import (
     ACTION_EXPORT,
     ACTION_RESUME,
     ACTION_UNDEPLOY,
+    link,
+    message,
+    render_deploy_key,
     render_help,
     render_job_message,
     render_jobs,
+    section,
 )
+from .render import escape as render_escape
 from .services import Services
 from .threads import job_of_thread, jobs_in_thread, story_thread
 
@@ -171,7 +179,8 @@ def _resume(services: Services, command: Command, origin: Origin) -> dict[str, A
 def _status(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
     if command.job is not None:
         job = services.queue.get(command.job)
-        return render_job_message(job, queue_position=services.queue.position(job))
+        answer = render_job_message(job, queue_position=services.queue.position(job))
+        return with_family(services, job, answer, origin)
     jobs = services.queue.jobs(states=[*ACTIVE_STATES, JobState.QUEUED.value], newest_first=False)
     if not jobs:
         return replies.render_text("Nothing is running or queued. `/tune jobs` lists the recent jobs.")
@@ -204,6 +213,59 @@ def _schedule(services: Services, command: Command, origin: Origin) -> dict[str,
                                    runtime=services.runtime, client=services.client)
 
 
+def with_family(services: Services, job: Job, answer: dict[str, Any], origin: Origin) -> dict[str, Any]:
+    """A job's status with its family (evals, exports, deployments) and, for whoever may have it,
+    the chat link with the deployment's key (the answer is ephemeral)."""
+    from .family import family_of, render_family
+
+    blocks = list(answer["blocks"])
+    family = family_of(services.store, job)
+    extra = render_family(family)
+    deployment = job if job.kind == "deploy" else next(
+        (j for j in family if j.kind == "deploy" and j.state == JobState.SERVING.value), None)
+    if deployment is not None and deployment.state == JobState.SERVING.value and deployment.api_key \
+            and deployment.chat_url and _may_see_key(services, deployment, origin):
+        extra.append(section(f":key: Chat page with your key (only you see this): "
+                             f"{link(keyed_chat_url(deployment), 'open the chat')}"))
+    return message(answer["text"], blocks[:2] + extra + blocks[2:], escaped=True)
+
+
+def _may_see_key(services: Services, job: Job, origin: Origin) -> bool:
+    return services.access.is_admin(origin.user) or (bool(job.user) and job.user == origin.user)
+
+
+def _key(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    job = services.queue.deployment_key(command.job, by=origin.user,
+                                        admin=services.access.is_admin(origin.user))
+    return render_deploy_key(job, job.api_key or "", model_name=model_name(job))
+
+
+def _compare(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    from runners.leaderboard import board_for, draw_chart
+
+    from .compare import render_leaderboard
+
+    named = [int(a) for a in command.args]
+    board = board_for(services.store, dataset=command.pairs.get("dataset"), only=named or None)
+    target = services.queue.get(named[0]) if named else None
+    if target is None or target.channel != origin.channel or not story_thread(target):
+        return render_leaderboard(board)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", board.dataset)[:60] or "eval"
+    chart = draw_chart(board, services.runtime.settings.cache_dir / "leaderboards"
+                       / f"{safe}-{origin.request_key or int(time.time())}.png")
+    posted = render_leaderboard(board, chart_in_thread=True)
+    thread = story_thread(target)
+    services.post(target.channel, text=posted["text"], blocks=posted["blocks"], thread_ts=thread)
+    title = f"ROUGE-L on {board.dataset}"
+    if services.delivery is not None:
+        services.delivery.upload(target.channel, thread, path=chart, filename=chart.name, title=title)
+    else:
+        services.client.files_upload_v2(channel=target.channel, thread_ts=thread, file=str(chart),
+                                        filename=chart.name, title=title)
+    return replies.render_text(f":bar_chart: The leaderboard of `{render_escape(board.dataset)}` "
+                               f"is in #{target.id}'s thread.")
+
+
 _HANDLERS = {
     "train": _train,
     "eval": _on_job("eval"),
@@ -216,4 +278,6 @@ _HANDLERS = {
     "jobs": _jobs,
     "datasets": _datasets,
     "help": _help,
+    "compare": _compare,
+    "key": _key,
 }

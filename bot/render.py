@@ -593,6 +593,8 @@ def render_deploy(job: Job, url: str | None, chat_url: str | None) -> dict[str, 
 def render_deploy_key(job: Job, api_key: str, *, model_name: str | None = None) -> dict[str, Any]:
     """The one message that shows a deployment's API key: post it ephemeral, to the requester only."""
     lines = [f":key: Your API key for {kind_label(job)}: {code(api_key)}", "Only you can see this message."]
+    if job.chat_url:
+        lines.append(f"*Chat page with your key:* {link(f'{job.chat_url}#key={api_key}')}")
     if job.url:
         body = '{"model": "%s", "messages": [{"role": "user", "content": "Hello"}]}' % (model_name or "MODEL")
         example = (
@@ -646,7 +648,7 @@ def render_jobs(jobs: Sequence[Job], *, title: str = "Jobs") -> dict[str, Any]:
 
 _HELP_GROUPS = (
     ("Fine-tune", ("train",)),
-    ("Results", ("eval", "export", "deploy", "undeploy")),
+    ("Results", ("eval", "compare", "export", "deploy", "undeploy", "key")),
     ("Jobs", ("status", "jobs", "cancel", "resume")),
     ("Datasets", ("datasets", "dataset add")),
     (

@@ -35,6 +35,14 @@ def model_name(job: Job) -> str:
     return f"tunebot-{job.parent_id or job.id}"
 
 
+def keyed_chat_url(job: Job) -> str:
+    """The chat page with the deployment's key in the URL fragment (browsers never send it to a
+    server). A secret: only for the deployment's owner or an admin, never in a channel post."""
+    if not job.chat_url:
+        return ""
+    return f"{job.chat_url}#key={job.api_key}" if job.api_key else job.chat_url
+
+
 def public_base(public_url: str | None, bind_host: str) -> tuple[str, str]:
     """(scheme, host) people use to reach this runner's ports."""
     if public_url:

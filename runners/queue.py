@@ -318,6 +318,25 @@ class JobQueue:
         ]
         return sorted(found, key=lambda d: d.id, reverse=True)
 
+    def deployment_key(self, job_ref: int | str, *, by: str = "", admin: bool = True) -> Job:
+        """The serving deployment of a job, api_key included, for its owner or an admin only
+        (someone who lost the ephemeral, or deployed with --detach, asks again)."""
+        job = self.store.get(job_ref)
+        if job.kind != JobKind.DEPLOY.value:
+            serving = self.deployments_of(job.id, (JobState.SERVING.value,))
+            if not serving:
+                raise UserError(f"Job #{job.id} has no serving deployment.", field="job",
+                                fix=f"`deploy {job.id}`")
+            job = serving[0]
+        self._check_owner(job, by, admin, "see the API key of")
+        if job.state != JobState.SERVING.value:
+            raise UserError(f"Deployment #{job.id} is {job.state}: it has no key to give.", field="job")
+        if not job.api_key:
+            raise UserError(f"Deployment #{job.id} has no API key (TUNEBOT_DEPLOY_API_KEY is off).",
+                            field="job")
+        self.store.audit(by or "cli", "key", job.id)
+        return job
+
     def resume(
         self, job_ref: int | str, *, by: str = "", admin: bool = True, request_key: str | None = None
     ) -> Job:

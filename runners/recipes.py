@@ -20,6 +20,7 @@ from .job import Job, JobKind, JobState
 TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama
 DEMO_DATASET = "demo"  # the embedded Chinese+English demo set (registered on first use)
 DEMO_EVAL_DATASET = "demo-eval"
+MERGED = "merged"  # the method shown for a model whose LoRA was merged in by an export
 
 
 @dataclass(frozen=True)
@@ -438,7 +439,8 @@ def source_from_job(job: Job, purpose: str) -> ModelSource:
                 field="job",
                 fix=f"wait until #{job.id} has succeeded (`status {job.id}`)",
             )
-        return ModelSource(job.artifacts["model"], None, job.args.get("template"), "lora", job.id)
+        # A merged model: no adapter to load, and people should read "merged", not "lora".
+        return ModelSource(job.artifacts["model"], None, job.args.get("template"), MERGED, job.id)
     raise UserError(
         f"Job #{job.id} is {article(job.kind)} job; {purpose} takes a train job or an export job "
         "(or model=PATH for a base model).",
