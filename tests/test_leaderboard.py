@@ -104,7 +104,8 @@ def test_tunebot_compare_prints_the_board_and_writes_the_chart(tmp_path, monkeyp
     monkeypatch.delenv("TUNEBOT_DATABASE_URL", raising=False)
     store = Store(f"sqlite:///{data / 'tunebot.db'}")
     store.migrate()
-    for job in (train(1), train(2, learning_rate=5e-5), evaluation(3, 1, 30.0, base=20.0), evaluation(4, 2, 40.0)):
+    made = (train(1), train(2, learning_rate=5e-5), evaluation(3, 1, 30.0, base=20.0), evaluation(4, 2, 40.0))
+    for job in made:
         job.id = None
         store.add_job(job)
     assert main(["compare", "dataset=eval"]) == 0
