@@ -87,6 +87,7 @@ class Runtime:
             api_base=deploy.internal_api_base(self.settings.deploy_host, job.port),
             model_name=deploy.model_name(job),
             title=title,
+            defaults=deploy.chat_defaults(job),
         )
 
     def touch(self, job_id: int) -> None:
