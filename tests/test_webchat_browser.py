@@ -298,7 +298,8 @@ def test_chat_page_settings_markdown_and_stop_in_a_browser() -> None:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events())
 
     defaults = {"system": "", "temperature": 0.3, "top_p": 0.9, "max_tokens": 200}
-    target = ChatTarget(api_base="http://deployment.test/v1", model_name=MODEL_NAME, title="t", defaults=defaults)
+    target = ChatTarget(api_base="http://deployment.test/v1", model_name=MODEL_NAME, title="t",
+                        defaults=defaults)
     app = create_chat_app(lambda job_id: target if job_id == 7 else None,
                           transport=httpx.MockTransport(deployment))
     server, port = serve_in_thread(app, "127.0.0.1", 0)
