@@ -18,7 +18,7 @@ from typing import Any
 
 from bot.parsing import COMMAND, SUBCOMMANDS, THREAD_COMMANDS
 from runners.errors import UserError
-from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
+from runners.job import RESUMABLE_STATES, Job, JobKind, JobState, state_phrase
 from runners.progress import format_eta, progress_bar
 from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
 from runners.results import compare_metrics
@@ -358,7 +358,10 @@ def render_job_message(job: Job, *, queue_position: int | None = None) -> dict[s
         JobState.CANCELLED.value,
         JobState.INTERRUPTED.value,
     ):
-        blocks.append(section(progress_text(progress)))
+        # A live ETA means nothing once the job ended: the context line says how long it ran.
+        shown = progress if job.state == JobState.RUNNING.value else {
+            k: v for k, v in progress.items() if k != "remaining_s"}
+        blocks.append(section(progress_text(shown)))
         if job.state == JobState.RUNNING.value and finite_number(progress.get("percent")) is not None:
             fallback += f" ({progress['percent']:.0f}%)"
     if job.state == JobState.FAILED.value:
@@ -468,7 +471,7 @@ def render_finished(job: Job) -> dict[str, Any]:
         by = f" by {mention(job.cancelled_by)}" if job.cancelled_by else ""
         text = f"{emoji} {who} *{label} stopped*{by}; its URL no longer answers."
     else:
-        text = f"{emoji} {who} *{label}* is {escape(job.state)}."
+        text = f"{emoji} {who} *{label}* {escape(state_phrase(job.state))}."
     if job.kind == JobKind.TRAIN.value and job.state in RESUMABLE_STATES:
         text += " `resume` continues from the last checkpoint."
     blocks = [section(text)]

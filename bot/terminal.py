@@ -184,8 +184,15 @@ def follow(
         time.sleep(0.3)
 
 
+# One line per change: "started" (a message) says the job runs, and a deployment's URLs are printed
+# once it serves (print_deployment), so these states add nothing of their own.
+_SILENT_STATES = ("queued", "running", "starting", "serving")
+
+
 def describe_event(kind: str, data: dict[str, Any]) -> str | None:
     if kind == "state":
+        if data.get("state") in _SILENT_STATES and not data.get("error"):
+            return None
         text = data.get("state", "")
         if data.get("error"):
             text += f": {data['error']}"
@@ -210,8 +217,9 @@ def dataset_added(info) -> str:
 
 
 def dataset_line(info) -> str:
-    rows = info.rows if info.rows is not None else "?"
-    return f"{info.name:<20} {info.format:<9} {rows:>7} rows  {info.file or ''}"
+    rows = "?" if info.rows is None else f"{info.rows:,}"
+    unit = "row " if info.rows == 1 else "rows"
+    return f"{info.name:<20} {info.format:<9} {rows:>7} {unit}  {info.file or ''}"
 
 
 EMOJI = {

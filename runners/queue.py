@@ -16,7 +16,7 @@ from typing import Any
 from . import artifacts, deploy, keys, recipes, validation
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
-from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
+from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now, state_phrase
 from .recipes import Recipe
 from .settings import Settings
 from .store import Store
@@ -278,6 +278,9 @@ class JobQueue:
         job = self.store.get(job_ref)
         self._check_owner(job, by, admin, "cancel")
         if job.is_final:
+            if job.kind == JobKind.DEPLOY.value:
+                raise UserError(f"Deployment #{job.id} has already ended ({job.state}); "
+                                "there is nothing to undeploy.", field="job")
             raise UserError(
                 f"Job #{job.id} has already ended ({job.state}); there is nothing to cancel.", field="job"
             )
@@ -330,7 +333,8 @@ class JobQueue:
             job = serving[0]
         self._check_owner(job, by, admin, "see the API key of")
         if job.state != JobState.SERVING.value:
-            raise UserError(f"Deployment #{job.id} is {job.state}: it has no key to give.", field="job")
+            raise UserError(f"Deployment #{job.id} {state_phrase(job.state)}: it has no key to give.",
+                            field="job")
         if not job.api_key:
             raise UserError(f"Deployment #{job.id} has no API key (TUNEBOT_DEPLOY_API_KEY is off).",
                             field="job")
@@ -350,7 +354,7 @@ class JobQueue:
             )
         if job.state not in RESUMABLE_STATES:
             raise UserError(
-                f"Job #{job.id} is {job.state}; only interrupted, failed or cancelled train jobs "
+                f"Job #{job.id} {state_phrase(job.state)}; only interrupted, failed or cancelled train jobs "
                 "can be resumed.",
                 field="job",
             )

@@ -577,3 +577,22 @@ def test_the_terminal_shows_the_gain_over_the_base_model_too() -> None:
     table = metrics_table({"rouge-l": 41.2, "rouge-1": 50.0, "base": {"rouge-l": 28.9}})
     assert "ROUGE-L 41.2 (base 28.9, +12.3)" in table
     assert "ROUGE-1 50.0" in table and "ROUGE-1 50.0 (" not in table
+
+
+@pytest.mark.parametrize("state", ["succeeded", "cancelled", "failed", "interrupted"])
+def test_a_finished_job_keeps_no_live_eta(state: str) -> None:
+    progress = {"step": 40, "total": 100, "percent": 40.0, "remaining_s": 403.0, "loss": 1.2}
+    now = time.time()
+    job = make_job(state=state, progress=progress, started_at=now - 60, finished_at=now)
+    text = all_text(render_job_message(job))
+    assert "ETA" not in text and "step 40/100" in text and "ran 1m 00s" in text
+    running = all_text(render_job_message(make_job(state="running", progress=progress, started_at=now - 60)))
+    assert "ETA 6m 43s" in running
+
+
+def test_a_deploy_of_a_merged_model_says_merged() -> None:
+    from runners.recipes import source_from_job
+
+    export = make_job(kind="export", state="succeeded", artifacts={"model": "/data/jobs/3/model"},
+                      args={"template": "llama3"})
+    assert source_from_job(export, "deploy").finetuning_type == "merged"
