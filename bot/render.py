@@ -553,6 +553,9 @@ def render_eval_result(
     if base:
         blocks.append(context("Base and gain: the model it was fine-tuned from, on the same eval set "
                               "with the same settings (positive gain: the fine-tune helped)."))
+    elif ((job.spec or {}).get("base") or {}).get("run"):
+        blocks.append(context(f"The base model's eval failed, so there is no comparison; "
+                              f"`logs {job.id}` shows why."))
     for i, sample in enumerate(list(samples)[:3], start=1):
         prompt = " ".join(str(sample.get("prompt") or "").split())
         text = (

@@ -596,3 +596,9 @@ def test_a_deploy_of_a_merged_model_says_merged() -> None:
     export = make_job(kind="export", state="succeeded", artifacts={"model": "/data/jobs/3/model"},
                       args={"template": "llama3"})
     assert source_from_job(export, "deploy").finetuning_type == "merged"
+
+
+def test_an_eval_whose_base_run_failed_says_there_is_no_comparison() -> None:
+    job = make_job(kind="eval", state="succeeded", id=13, spec={"base": {"key": "k", "run": True}})
+    text = all_text(render_eval_result(job, {"rouge-l": 41.2}, None, []))
+    assert "The base model's eval failed" in text and "base 2" not in text
