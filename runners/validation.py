@@ -6,12 +6,14 @@ Every complaint becomes one `UserError` naming the field and the fix, and no GPU
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import math
 import re
 import threading
 import typing
+import warnings
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
@@ -177,7 +179,7 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     probe = {k: v for k, v in converted.items() if k not in _PRECISION_KEYS}
     if _family(kind) == "train":
         probe.setdefault("output_dir", "/nonexistent/tunebot-validate")
-    with _PARSER_LOCK:
+    with _PARSER_LOCK, _quiet_transformers():
         try:
             parsed = parser.parse_dict(probe)
             from llamafactory.hparams.parser import _check_extra_dependencies, _verify_model_args
@@ -197,6 +199,22 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         except ImportError as exc:
             raise UserError(f"The runner lacks a package this needs: {exc}.") from None
     return converted
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Checking is not running: the trainer's deprecation notices (`warmup_ratio is deprecated`)
+    belong in the job's log, where the real run prints them, not in the asker's terminal."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _check_template(name: str) -> None:

@@ -117,3 +117,10 @@ def test_show_gives_durations_seconds_rounded_metrics_config_and_the_family(data
     assert "sk-secret-4" in out and "chat/4/#key=sk-secret-4" in out
     assert main(["key", "2"]) == 2
     assert "has no serving deployment" in capsys.readouterr().err
+
+
+def test_checking_a_request_prints_no_library_noise(data, capfd):
+    assert main(["run", "train", "tiny", "warmup_ratio=0.1", "--detach"]) == 0
+    out, err = capfd.readouterr()
+    assert "deprecated" not in out + err and "Writing model shards" not in out + err
+    assert out.splitlines()[-1] == "queued as #1; `tunebot show 1` for its state"
