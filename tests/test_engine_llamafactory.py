@@ -68,7 +68,8 @@ def test_train_eval_export_deploy_chat_with_llamafactory(settings):
         assert len(evaluation.artifacts["samples"]) == 3
         # The base model was scored in the same job, on the same set with the same settings.
         assert set(evaluation.metrics["base"]) == {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
-        assert evaluation.spec["base"]["model"] == train.args["model_name_or_path"]
+        base_model = Path(evaluation.spec["base"]["model"]).resolve()
+        assert base_model == Path(train.args["model_name_or_path"]).resolve()
 
         export = wait_for(store, queue.submit_export(train.id).id, FINAL, timeout=300)
         assert export.state == "succeeded", f"{export.error}\n{export.log_tail}"
