@@ -250,9 +250,8 @@ def _compare(services: Services, command: Command, origin: Origin) -> dict[str, 
     target = services.queue.get(named[0]) if named else None
     if target is None or target.channel != origin.channel or not story_thread(target):
         return render_leaderboard(board)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", board.dataset)[:60] or "eval"
-    chart = draw_chart(board, services.runtime.settings.cache_dir / "leaderboards"
-                       / f"{safe}-{origin.request_key or int(time.time())}.png")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{board.dataset}-{origin.request_key or int(time.time())}")
+    chart = draw_chart(board, services.runtime.settings.cache_dir / "leaderboards" / f"{name[:80]}.png")
     posted = render_leaderboard(board, chart_in_thread=True)
     thread = story_thread(target)
     services.post(target.channel, text=posted["text"], blocks=posted["blocks"], thread_ts=thread)
