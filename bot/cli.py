@@ -301,7 +301,7 @@ def cmd_show(settings: Settings, args) -> int:
 
 
 def cmd_compare(settings: Settings, args) -> int:
-    from runners.leaderboard import board_for, draw_chart
+    from runners.compare.leaderboard import board_for, draw_chart
     from runners.store import parse_job_id
 
     from .compare import leaderboard_text

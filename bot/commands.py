@@ -241,7 +241,7 @@ def _key(services: Services, command: Command, origin: Origin) -> dict[str, Any]
 
 
 def _compare(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
-    from runners.leaderboard import board_for, draw_chart
+    from runners.compare.leaderboard import board_for, draw_chart
 
     from .compare import render_leaderboard
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runners.leaderboard import Board
+from runners.compare.leaderboard import Board
 
 from .render import code, code_block, context, escape, header, message, section
 

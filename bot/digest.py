@@ -157,7 +157,7 @@ def build_digest(
 
 def _new_bests(store: Store, finished: list[Job]) -> list[tuple[Job, float | None]]:
     """The period's evals that beat every earlier score on their eval set (base models included)."""
-    from runners.leaderboard import is_new_best
+    from runners.compare.leaderboard import is_new_best
 
     evals = [j for j in finished if j.kind == JobKind.EVAL.value and j.state == JobState.SUCCEEDED.value]
     if not evals:

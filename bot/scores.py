@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runners.baseline import gains, scores_of
+from runners.compare.baseline import gains, scores_of
 
 METRIC_LABELS = (("rouge-1", "ROUGE-1"), ("rouge-2", "ROUGE-2"), ("rouge-l", "ROUGE-L"), ("bleu-4", "BLEU-4"))
 

@@ -23,9 +23,10 @@ from typing import Any
 
 import yaml
 
-from . import artifacts, baseline, deploy
+from . import artifacts, deploy
 from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
 from .backends.local import read_exit_file
+from .compare import baseline
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runners import baseline
+from runners.compare import baseline
 from runners.job import Job
 from runners.queue import JobQueue
 from runners.worker import Worker, wait_for

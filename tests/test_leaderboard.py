@@ -6,7 +6,7 @@ import pytest
 
 from bot.cli import main
 from bot.compare import leaderboard_table, render_leaderboard
-from runners import leaderboard
+from runners.compare import leaderboard
 from runners.errors import UserError
 from runners.job import Job
 from runners.store import Store

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+from ..job import Job, JobKind, JobState
+from ..keys import number_text
 from .baseline import scores_of
-from .errors import UserError
-from .job import Job, JobKind, JobState
-from .keys import number_text
 
 RANK_BY = "rouge-l"
 # What may tell two fine-tunes apart: label -> how to read it from the train job.
@@ -203,7 +203,7 @@ def is_new_best(ev: Job, earlier: list[Job]) -> tuple[bool, float | None]:
 
 def draw_chart(board: Board, path: Path) -> Path:
     """A horizontal bar chart of ROUGE-L (and BLEU-4) per row, best on top, as a PNG at `path`."""
-    from .plots import DPI, Figure, FigureCanvasAgg
+    from ..plots import DPI, Figure, FigureCanvasAgg
 
     rows = board.rows[:20]
     labels = [r.label for r in rows][::-1]

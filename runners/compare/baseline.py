@@ -18,8 +18,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .job import Job, JobKind, JobState
-from .results import SCORE_NAMES, read_predict_results
+from ..job import Job, JobKind, JobState
+from ..results import SCORE_NAMES, read_predict_results
 
 BASE_OUTPUT = "base-output"  # the base model's predict output, beside the job's own `output`
 BASE_CONFIG = "base-config.yaml"
