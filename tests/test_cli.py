@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bot.cli import for_terminal, main
+from bot.cli.main import for_terminal, main
 from runners.store import Store
 
 

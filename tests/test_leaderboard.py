@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.cli import main
-from bot.compare import leaderboard_table, render_leaderboard
+from bot.render.compare import leaderboard_table, render_leaderboard
 from runners.compare import leaderboard
 from runners.errors import UserError
 from runners.job import Job

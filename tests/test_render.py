@@ -45,7 +45,7 @@ from bot.render import (
     truncate,
     truncate_tail,
 )
-from bot.replies import render_dataset_added
+from bot.render.replies import render_dataset_added
 from runners.errors import UserError
 from runners.job import Job
 from runners.recipes import PRESETS, train_recipe
@@ -572,7 +572,7 @@ def test_an_eval_with_base_scores_shows_the_gain_over_the_base_model() -> None:
 
 
 def test_the_terminal_shows_the_gain_over_the_base_model_too() -> None:
-    from bot.terminal import metrics_table
+    from bot.cli.terminal import metrics_table
 
     table = metrics_table({"rouge-l": 41.2, "rouge-1": 50.0, "base": {"rouge-l": 28.9}})
     assert "ROUGE-L 41.2 (base 28.9, +12.3)" in table

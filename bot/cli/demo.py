@@ -21,9 +21,9 @@ from runners.queue import Requester
 from runners.runtime import Runtime
 from runners.settings import Settings
 
+from ..render import METRIC_LABELS
+from ..render.scores import scores_line
 from . import terminal
-from .render import METRIC_LABELS
-from .scores import scores_line
 
 DEMO_USER = "demo"
 QUESTION = "What is the capital of France?"

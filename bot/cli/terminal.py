@@ -13,8 +13,8 @@ from runners.job import FINAL_STATES, Job, JobState
 from runners.progress import format_eta
 from runners.store import Store
 
-from .render import METRIC_LABELS, finite_number
-from .scores import score_with_base
+from ..render import METRIC_LABELS, finite_number
+from ..render.scores import score_with_base
 
 STATE_MARK = {
     "queued": "…",
@@ -59,7 +59,7 @@ def job_line(job: Job) -> str:
 
 def progress_line(progress: dict[str, Any]) -> str:
     """The job message's progress line (bot.render), without Slack's code marks."""
-    from .render import progress_text
+    from ..render import progress_text
 
     return progress_text(progress).replace("`", "")
 
@@ -121,7 +121,7 @@ def job_details(job: Job, *, family: list[Job] | None = None, show_key: bool = F
         lines.append("  last log lines:\n    " + job.log_tail.replace("\n", "\n    "))
     lines.append(f"  log: {job.log_path}")
     if family:
-        from .family import family_lines
+        from ..render.family import family_lines
 
         lines.extend(family_lines(family))
     return "\n".join(lines)
@@ -269,7 +269,7 @@ def blocks_to_text(message: dict[str, Any]) -> str:
 
 class ThreadPrinter:
     """Prints, for jobs followed in a terminal, what their Slack thread gets: the same
-    `bot.feed.thread_posts` the Slack notifier uses, written as text."""
+    `bot.story.posts.thread_posts` the Slack notifier uses, written as text."""
 
     def __init__(self, store: Store, out=None):
         self.store = store
@@ -283,7 +283,7 @@ class ThreadPrinter:
         self.out.flush()
 
     def drain(self, job_id: int) -> None:
-        from . import feed
+        from ..story import posts as feed
 
         for event in self.store.events_since(self.cursor.get(job_id, 0), job_id=job_id):
             first = job_id not in self.cursor

@@ -34,7 +34,7 @@ from bot.render import (
     slack_len,
     truncate,
 )
-from bot.scores import base_gain
+from bot.render.scores import base_gain
 from runners.job import Job, JobKind, JobState
 from runners.progress import format_eta
 from runners.store import Store

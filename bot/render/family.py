@@ -1,32 +1,16 @@
-"""A job's family: the evals, exports and deployments made from it (and from its exports), with
-their states and scores — for `tunebot show` and `/tune status JOB`. Pure but for one store read."""
+"""A job's family — the evals, exports and deployments made from it (and from its exports), with
+their states and scores — as lines for `tunebot show` and `/tune status JOB`. Pure; the jobs come
+from `bot.use_cases.family_of`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from runners.job import Job, JobKind
-from runners.store import Store
 
-from .render import STATE_EMOJI, escape, section
+from .blocks import escape, section
+from .job import STATE_EMOJI
 from .scores import scores_line
-
-MAX_SHOWN = 30
-
-
-def family_of(store: Store, job: Job) -> list[Job]:
-    """Jobs made from `job`, then from those (an export's deployments), oldest first."""
-    found: list[Job] = []
-    frontier = [job.id]
-    seen = {job.id}
-    while frontier and len(found) < MAX_SHOWN:
-        parent = frontier.pop(0)
-        for child in store.list_jobs(parent_id=parent, newest_first=False):
-            if child.id not in seen:
-                seen.add(child.id)
-                found.append(child)
-                frontier.append(child.id)
-    return sorted(found, key=lambda j: j.id or 0)[:MAX_SHOWN]
 
 
 def member_line(job: Job, *, slack: bool) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from runners.compare.leaderboard import Board
 
-from .render import code, code_block, context, escape, header, message, section
+from .blocks import code, code_block, context, escape, header, message, section
 
 
 def leaderboard_table(board: Board) -> str:

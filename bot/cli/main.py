@@ -17,18 +17,8 @@ from runners.errors import UserError
 from runners.job import FINAL_STATES, Job, JobState
 from runners.settings import Settings
 
+from ..parsing import split_words
 from . import terminal
-
-
-def _pairs(items: list[str]) -> tuple[list[str], dict[str, str]]:
-    positional, pairs = [], {}
-    for item in items:
-        if "=" in item and not item.startswith("="):
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = value.strip()
-        else:
-            positional.append(item)
-    return positional, pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +111,7 @@ def for_terminal(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     if raw[:2] == ["run", "train"] and any(item in ("-h", "--help") for item in raw[2:]):
-        from .train_help import terminal_train_help
+        from ..render.train_help import terminal_train_help
 
         print(terminal_train_help())  # every preset and key, not just argparse's options
         return 0
@@ -162,7 +152,7 @@ def cmd_run(settings: Settings, args) -> int:
     from runners.runtime import Runtime
 
     runtime = Runtime(settings)
-    positional, pairs = _pairs(args.items)
+    positional, pairs = split_words(args.items)
     if args.kind == "train":
         if len(positional) > 1:
             raise UserError(
@@ -276,7 +266,7 @@ def cmd_show(settings: Settings, args) -> int:
         data.pop("api_key", None)
         print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
     else:
-        from .family import family_of
+        from ..use_cases import family_of
 
         print(terminal.job_details(job, family=family_of(store, job), show_key=True))
         remote = job.artifacts.get("remote") or {}
@@ -304,9 +294,9 @@ def cmd_compare(settings: Settings, args) -> int:
     from runners.compare.leaderboard import board_for, draw_chart
     from runners.store import parse_job_id
 
-    from .compare import leaderboard_text
+    from ..render.compare import leaderboard_text
 
-    positional, pairs = _pairs(args.items)
+    positional, pairs = split_words(args.items)
     unknown = [k for k in pairs if k != "dataset"]
     if unknown:
         raise UserError(f"`compare` takes dataset=NAME and job ids, not `{unknown[0]}=`.",
@@ -422,7 +412,7 @@ def cmd_worker(settings: Settings, args) -> int:
 
 
 def cmd_serve(settings: Settings, args) -> int:
-    from .serve import serve
+    from ..serve import serve
 
     return serve(settings, http=args.http, host=args.host, port=args.port, runner=not args.no_runner)
 
