@@ -6,9 +6,9 @@ import pytest
 
 from bot.cli.main import for_terminal, main
 from bot.render import render_help
-from runners import keys
 from runners.errors import UserError
-from runners.recipes import PRESETS, TRAIN_KEYS, Preset
+from runners.llamafactory import keys
+from runners.llamafactory.recipes import PRESETS, TRAIN_KEYS, Preset
 
 
 def _text(payload) -> str:

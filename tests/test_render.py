@@ -48,7 +48,7 @@ from bot.render import (
 from bot.render.replies import render_dataset_added
 from runners.errors import UserError
 from runners.job import Job
-from runners.recipes import PRESETS, train_recipe
+from runners.llamafactory.recipes import PRESETS, train_recipe
 from tests.slack_signing import fill_view_state
 from tests.slack_standin import block_kit_problems, view_problems
 
@@ -79,7 +79,7 @@ def make_job(**changes: Any) -> Job:
         method="lora",
         preset="seed",
         user=ALICE,
-        channel="C0TUNEBOT",
+        origin={"channel": "C0TUNEBOT"},
         created_at=now - 900,
         started_at=now - 600,
         progress={
@@ -591,7 +591,7 @@ def test_a_finished_job_keeps_no_live_eta(state: str) -> None:
 
 
 def test_a_deploy_of_a_merged_model_says_merged() -> None:
-    from runners.recipes import source_from_job
+    from runners.llamafactory.recipes import source_from_job
 
     export = make_job(kind="export", state="succeeded", artifacts={"model": "/data/jobs/3/model"},
                       args={"template": "llama3"})

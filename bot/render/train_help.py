@@ -1,12 +1,12 @@
 """`/tune help train` and `tunebot run train --help`: every preset in one line, every short key with
 its meaning, its default in each preset and what it may be. Pure text, read from the engine's
-preset registry and key table (`runners.keys`), so a new preset or key shows up by itself.
+preset registry and key table (`runners.llamafactory.keys`), so a new preset or key shows up by itself.
 """
 
 from __future__ import annotations
 
-from runners.keys import TRAIN_KEY_HELP, aliases, preset_default, presets
-from runners.recipes import DEFAULT_PRESET
+from runners.llamafactory.keys import TRAIN_KEY_HELP, aliases, preset_default, presets
+from runners.llamafactory.recipes import DEFAULT_PRESET
 
 
 def _code(text: str, slack: bool) -> str:

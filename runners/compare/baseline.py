@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..job import Job, JobKind, JobState
-from ..results import SCORE_NAMES, read_predict_results
+from ..llamafactory.results import SCORE_NAMES, read_predict_results
 
 BASE_OUTPUT = "base-output"  # the base model's predict output, beside the job's own `output`
 BASE_CONFIG = "base-config.yaml"

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..job import Job, JobKind, JobState
-from ..keys import number_text
+from ..llamafactory.keys import number_text
 from .baseline import scores_of
 
 RANK_BY = "rouge-l"

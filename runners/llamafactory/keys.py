@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 from .recipes import COMPUTE_TYPES, METHODS, PRESETS, TRAIN_KEYS, Preset, compute_type_of, method_of
 
 
