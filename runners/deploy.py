@@ -107,6 +107,7 @@ def chat(
     messages: list[dict[str, str]],
     *,
     bind_host: str,
+    api_base: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -136,7 +137,7 @@ def chat(
     }
     try:
         reply = _request(
-            f"{internal_api_base(bind_host, job.port)}/chat/completions",
+            f"{api_base or internal_api_base(bind_host, job.port)}/chat/completions",
             key=job.api_key,
             body=body,
             timeout=timeout,
