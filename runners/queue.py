@@ -184,7 +184,6 @@ class JobQueue:
         """Resolve the model and datasets and check everything; raises UserError, queues nothing."""
         args = dict(recipe.args)
         parent = self.store.get(recipe.parent_id) if recipe.parent_id else None
-        validation.check_ranges(args)
         in_store = artifacts.missing_inputs(args, parent)  # fetched by the runner before it starts
         model = str(args["model_name_or_path"])
         # Set by the operator or by tunebot from a job that passed these checks: not judged again.

@@ -157,14 +157,12 @@ def test_path_arguments_come_from_llamafactorys_dataclasses_and_cover_the_known_
 # --- item 15: ranges ----------------------------------------------------------------------------
 
 RANGES = [
-    ({"batch": "0"}, "`batch` (`per_device_train_batch_size`) must be at least 1, not 0"),
-    ({"epochs": "-1"}, "`epochs` (`num_train_epochs`) must be more than 0, not -1"),
-    ({"lr": "-1"}, "`lr` (`learning_rate`) must be in (0, 1], not -1"),
-    ({"cutoff": "0"}, "`cutoff` (`cutoff_len`) must be at least 1, not 0"),
-    ({"rank": "0"}, "`rank` (`lora_rank`) must be at least 1, not 0"),
-    ({"steps": "-5"}, "`max_steps` must be at least 1"),
-    ({"dropout": "1.5"}, "must be in [0, 1), not 1.5"),
-    ({"grad_accum": "0"}, "must be at least 1, not 0"),
+    ({"batch": "0"}, "`batch` (per_device_train_batch_size) must be ≥ 1, not 0"),
+    ({"epochs": "-1"}, "`epochs` (num_train_epochs) must be > 0, not -1"),
+    ({"lr": "-1"}, "`lr` (learning_rate) must be > 0, not -1"),
+    ({"cutoff": "0"}, "`cutoff` (cutoff_len) must be ≥ 1, not 0"),
+    ({"rank": "0"}, "`rank` (lora_rank) must be ≥ 1, not 0"),
+    ({"steps": "-5"}, "`steps` (max_steps) must be ≥ 1, not -5"),
 ]
 
 

@@ -22,7 +22,7 @@ from ..env import parse_flag
 from ..errors import UserError, shorten
 from ..hardware import Hardware
 from ..job import JobKind
-from .recipes import TRAIN_KEYS, Recipe, compute_type_of
+from .recipes import Recipe, compute_type_of
 
 _PARSER_LOCK = threading.Lock()
 _PRECISION_KEYS = ("bf16", "fp16", "pure_bf16")
@@ -308,76 +308,3 @@ def dataset_names(value: Any) -> list[str]:
     if isinstance(value, list):
         return [str(v).strip() for v in value if str(v).strip()]
     return [v.strip() for v in str(value or "").split(",") if v.strip()]
-
-
-# (low, high, low inclusive, high inclusive, a good value): the ranges LLaMA-Factory's parser does
-# not enforce but a run needs; a value outside fails only after launch, so it is refused here.
-_RANGES: dict[str, tuple[float | None, float | None, bool, bool, str]] = {
-    "per_device_train_batch_size": (1, None, True, True, "2"),
-    "per_device_eval_batch_size": (1, None, True, True, "2"),
-    "gradient_accumulation_steps": (1, None, True, True, "8"),
-    "num_train_epochs": (0, None, False, True, "3"),
-    "learning_rate": (0, 1, False, True, "1e-4"),
-    "cutoff_len": (1, None, True, True, "2048"),
-    "lora_rank": (1, None, True, True, "8"),
-    "lora_alpha": (1, None, True, True, "16"),
-    "lora_dropout": (0, 1, True, False, "0"),
-    "loraplus_lr_ratio": (0, None, True, True, "16"),
-    "max_samples": (1, None, True, True, "1000"),
-    "warmup_steps": (0, None, True, True, "0"),
-    "warmup_ratio": (0, 1, True, True, "0.1"),
-    "weight_decay": (0, None, True, True, "0"),
-    "max_grad_norm": (0, None, False, True, "1.0"),
-    "logging_steps": (0, None, False, True, "5"),
-    "save_steps": (0, None, False, True, "100"),
-    "save_total_limit": (1, None, True, True, "2"),
-    "val_size": (0, None, True, True, "0.1"),
-    "max_new_tokens": (1, None, True, True, "512"),
-    "temperature": (0, None, True, True, "0.95"),
-    "top_p": (0, 1, False, True, "0.7"),
-    "top_k": (0, None, True, True, "50"),
-    "export_size": (1, None, True, True, "5"),
-    "preprocessing_num_workers": (1, None, True, True, "16"),
-}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
-    except ValueError:
-        return None  # not a number: LLaMA-Factory's conversion names the type
-
-
-def _range_text(low, high, low_in, high_in) -> str:
-    if high is None:
-        return f"at least {low:g}" if low_in else f"more than {low:g}"
-    left = "[" if low_in else "("
-    right = "]" if high_in else ")"
-    return f"in {left}{low:g}, {high:g}{right}"
-
-
-def check_ranges(args: dict[str, Any]) -> None:
-    """Refuse numbers a run cannot use (batch=0, epochs=-1, lr=-1…) before anything is queued."""
-    for key, (low, high, low_in, high_in, good) in _RANGES.items():
-        number = _number(args.get(key))
-        if number is None or not math.isfinite(number):
-            continue  # missing, or not a number (the parser says so), or inf/nan (said later)
-        too_low = low is not None and (number < low if low_in else number <= low)
-        too_high = high is not None and (number > high if high_in else number >= high)
-        if too_low or too_high:
-            friendly = next((k for k, v in TRAIN_KEYS.items() if v == key and k != key), None)
-            name = f"{friendly}` (`{key}`)" if friendly else f"{key}`"
-            raise UserError(
-                f"`{name} must be {_range_text(low, high, low_in, high_in)}, not {number:g}.",
-                field=key,
-                fix=f"{key}={good}",
-            )
-    steps = _number(args.get("max_steps"))
-    if steps is not None and math.isfinite(steps) and steps != -1 and steps < 1:
-        raise UserError(
-            f"`max_steps` must be at least 1 (or left out to train by epochs), not {steps:g}.",
-            field="max_steps",
-            fix="max_steps=100, or leave it out",
-        )
