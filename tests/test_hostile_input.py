@@ -113,7 +113,7 @@ def test_bad_dataset_files_and_names_exit_non_zero_with_a_plain_message(data, tm
         (["dataset", "add", "ok", "/" + "a" * 5000], "too long"),
         (["dataset", "add", "ok", str(tmp_path)], "Is a directory"),
         (["dataset", "add", "🦙" * 3000, str(good)], "not a usable dataset name"),
-        (["run", "train", "--detach", "tiny", "steps=-5"], "must be at least 1"),
+        (["run", "train", "--detach", "tiny", "steps=-5"], "must be ≥ 1"),
         (["run", "train", "--detach", "tiny", "resume_from_checkpoint=/etc"], "points outside"),
         (["run", "train", "--detach", "--config", str(loop)], "symbolic links"),
         (["run", "train", "--detach", "--config", "/" + "b" * 5000], "too long"),
