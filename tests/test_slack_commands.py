@@ -346,9 +346,9 @@ def test_a_refused_request_leaves_an_audit_row(bot) -> None:
     rows = [e for e in bot.runtime.store.audit_log() if e.action == "refused"]
     assert [(e.user, e.detail.get("channel")) for e in rows] == [(OUTSIDER_ID, CHANNEL_ID)]
     bot.command("train tiny batch=0")  # refused for what was asked, by an allowed person
-    assert "must be at least 1" in bot.wait_response(2)["text"]
+    assert "must be ≥ 1" in bot.wait_response(2)["text"]
     rows = [e for e in bot.runtime.store.audit_log() if e.action == "refused"]
-    assert len(rows) == 2 and "must be at least 1" in rows[0].detail["reason"]
+    assert len(rows) == 2 and "must be ≥ 1" in rows[0].detail["reason"]
 
 
 # --- the HTTP endpoint itself --------------------------------------------------------------
