@@ -57,6 +57,8 @@ def thread_posts(job: Job, event: JobEvent, *, previous_eval: Job | None = None)
         return _result_posts(job, data, previous_eval)
     if event.type == "message":
         return _message_posts(job, data)
+    if event.type == "upload":
+        return [_upload_note(job, data)]
     return []
 
 
@@ -208,6 +210,28 @@ def _message_posts(job: Job, data: dict[str, Any]) -> list[Post]:
         attempt = f" (attempt {job.attempt})" if job.attempt and job.attempt > 1 else ""
         return [_note(f":repeat: {render.kind_label(job)} is queued again{attempt}: {render.escape(text)}.")]
     return [_note(f"{render.kind_label(job)}: {render.escape(text)}")] if text else []
+
+
+def _upload_note(job: Job, data: dict[str, Any]) -> Post:
+    """Where an artifact was stored (with its link), or why it was not and where it still is."""
+    name = render.escape(str(data.get("name") or "artifacts"))
+    if data.get("error"):
+        local = f" Its files stay on the runner at {render.code(data['local'])}." if data.get("local") else ""
+        return _note(f":warning: {render.kind_label(job)}: the {name} was not uploaded: "
+                     f"{render.escape(render.truncate(str(data['error']), 600))}{local}")
+    where = str(data.get("location") or "the artifact store")
+    shown = render.link(str(data["link"]), where) if data.get("link") else render.code(where)
+    size = data.get("size")
+    size_text = f" ({_size(size)})" if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else ""
+    return _note(f":package: {render.kind_label(job)}: the {name} is stored at {shown}{size_text}.")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def _thread(message: dict[str, Any]) -> Post:

@@ -77,6 +77,9 @@ def job_details(job: Job) -> str:
     for key, value in job.artifacts.items():
         if key in ("samples", "remote", "remote_errors"):
             continue
+        if key == "upload_pending":
+            lines.append("  artifacts: upload not finished (the next runner on this host uploads them)")
+            continue
         lines.append(f"  {key}: {value}")
     if job.url:
         lines.append(f"  API: {job.url}")
@@ -150,6 +153,10 @@ def describe_event(kind: str, data: dict[str, Any]) -> str | None:
         return f"loss plot: {data.get('path')}"
     if kind == "result" and data.get("artifacts", {}).get("model"):
         return f"merged model: {data['artifacts']['model']}"
+    if kind == "upload" and data.get("error"):
+        return f"{data.get('name')} not uploaded: {data['error']}"
+    if kind == "upload":
+        return f"{data.get('name')} uploaded to {data.get('location')}"
     if kind == "result":
         metrics = data.get("metrics", {})
         table = metrics_table(metrics)

@@ -16,8 +16,8 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .backends.local import read_exit_file
 from .errors import UserError
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
+from .outage import Outage, is_database_error
 from .settings import Settings
 from .store import Store
 
@@ -50,6 +51,8 @@ class Running:
     last_plot_at: float = 0.0
     new_points: bool = False
     seen_step: int = 0
+    backlog: list = field(default_factory=list)  # trainer_log points read but not yet recorded
+    trouble_logged: bool = False  # a follow error of this job was logged once already
 
 
 def llamafactory_cli(settings: Settings) -> list[str]:
@@ -82,6 +85,7 @@ class Worker:
         self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
         self.runner_id = runner_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.only_job = only_job
+        self.announce_reattach = True  # a one-off look from the command line says nothing in the thread
         self.chat_base: str | None = None  # e.g. http://host:7860, set when the chat-page server runs
         self.running: dict[int, Running] = {}
         self.storage = None  # the artifact store, when it is remote (OSS); local job folders otherwise
@@ -92,6 +96,9 @@ class Worker:
         # Uploads and input fetches take minutes for a merged 8B model: off the runner loop.
         self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tunebot-transfer")
         self._fetching: set[int] = set()
+        self._uploads: dict[int, Future] = {}  # job id -> its artifact upload, while one runs
+        # One warning when the database goes away and one when it is back, not one per tick.
+        self.outage = Outage(log, f"runner {self.runner_id}")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat_thread: threading.Thread | None = None
@@ -110,28 +117,58 @@ class Worker:
         self._beat_thread = threading.Thread(target=self._beat_loop, name="tunebot-beat", daemon=True)
         self._beat_thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the loop. Job processes keep running: a later tunebot re-attaches to them."""
+    def stop(self, timeout: float = 10.0, *, upload_timeout: float = 600.0) -> None:
+        """Stop the loop. Job processes keep running: a later tunebot re-attaches to them.
+
+        Uploads under way are waited for (up to `upload_timeout`): an upload cut off here would
+        leave a job `succeeded` with half its files in the store. One that outlasts the wait stays
+        marked pending on the job, and the next runner on this host uploads it again."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.wait_uploads(upload_timeout)
         self._transfers.shutdown(wait=False, cancel_futures=True)
-        self.store.forget_runner(self.runner_id)
+        try:
+            self.store.forget_runner(self.runner_id)
+        except Exception as exc:  # the database is away: its beat simply goes stale
+            if not is_database_error(exc):
+                raise
+
+    def uploads_pending(self) -> list[int]:
+        """Jobs whose artifacts this runner is uploading now."""
+        return [job_id for job_id, future in list(self._uploads.items()) if not future.done()]
+
+    def wait_uploads(self, timeout: float | None = None) -> bool:
+        """Wait for the uploads under way; True if none is left."""
+        futures = [f for f in list(self._uploads.values()) if not f.done()]
+        if futures:
+            wait(futures, timeout=timeout)
+        return not self.uploads_pending()
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(BEAT_EVERY):
             try:
                 self.store.beat(self.runner_id, self.host, os.getpid())
-            except Exception:  # the database is away for a moment; the next beat tries again
-                log.exception("runner heartbeat failed")
+                self.outage.ok()
+            except Exception as exc:  # the database is away for a moment; the next beat tries again
+                if is_database_error(exc):
+                    self.outage.failed(exc)
+                else:
+                    log.exception("runner heartbeat failed")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            pause = self.settings.poll_interval
             try:
                 self.tick()
-            except Exception:  # keep the runner alive; the job-level code records job failures
-                log.exception("runner tick failed")
-            self._stop.wait(self.settings.poll_interval)
+                self.outage.ok()
+            except Exception as exc:  # keep the runner alive; the job-level code records job failures
+                if is_database_error(exc):
+                    # Locked or down: job processes go on; follow them again once it is back.
+                    pause = max(pause, self.outage.failed(exc))
+                else:
+                    log.exception("runner tick failed")
+            self._stop.wait(pause)
 
     def tick(self) -> None:
         with self._lock:
@@ -164,14 +201,19 @@ class Worker:
                 if job.kind == JobKind.TRAIN.value:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
-                self.store.add_event(
-                    job.id, "message", {"text": "tunebot restarted and re-attached to this job"}
-                )
+                if self.announce_reattach:
+                    self.store.add_event(
+                        job.id, "message", {"text": "tunebot restarted and re-attached to this job"}
+                    )
                 log.info("re-attached to job #%s (pid %s)", job.id, job.pid)
                 continue
             code = read_exit_file(exit_path) if job.pid else None
             if code is not None:
-                self._finish(job, code, None)
+                # It ended while no runner was up: its figures and end time come from what it
+                # left (trainer_log, exit file), not from the last progress seen or from now.
+                if job.kind == JobKind.TRAIN.value:
+                    self._catch_up_progress(job)
+                self._finish(self.store.get(job.id), code, None, finished_at=_exit_time(exit_path))
             else:
                 self.store.release_slots(job.id)
                 self.store.transition(
@@ -190,6 +232,39 @@ class Worker:
             job = self.store.find(job_id)
             if job is None or job.is_final:
                 self.store.release_slots(job_id)
+        if self.storage is not None:
+            self._retry_uploads(live)
+
+    def _retry_uploads(self, live: set[str]) -> None:
+        """Upload again what a runner of this host left unfinished (stopped or killed mid-upload)."""
+        for job in self.store.list_jobs(states=[JobState.SUCCEEDED.value], limit=200):
+            if (
+                not job.artifacts.get(UPLOAD_PENDING)
+                or job.host != self.host
+                or job.runner_id in live
+                or job.id in self._uploads
+                or (self.only_job is not None and job.id != self.only_job)
+            ):
+                continue
+            if not self.store.adopt(job.id, job.runner_id, self.runner_id):
+                continue
+            log.info("job #%s: uploading its artifacts again (the last upload did not finish)", job.id)
+            self._start_upload(job.id)
+
+    def _catch_up_progress(self, job: Job) -> None:
+        """Record the trainer_log lines written since the last progress this runner saw."""
+        from .progress import read_trainer_log
+
+        seen = int(job.progress.get("step") or 0)
+        points = read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
+        fresh = [p for p in points if p.step > seen]
+        if not fresh:
+            return
+        latest = dict(job.progress)
+        for point in fresh:
+            self.store.add_event(job.id, "progress", point.to_dict())
+            latest.update({k: v for k, v in point.to_dict().items() if v is not None})
+        self.store.update(job.id, progress=latest)
 
     # --- claiming and launching ---------------------------------------------------------
     def free_slots(self) -> list[str]:
@@ -384,20 +459,23 @@ class Worker:
             if job is None:
                 self.running.pop(job_id, None)
                 continue
-            try:
-                self._watch_one(job, run)
-            except Exception as exc:  # one job's trouble must not stop the others being followed
-                log.exception("following job #%s failed", job_id)
-                self.running.pop(job_id, None)
-                self.backend.signal(run.handle, force=True)
-                self._fail_before_start(job, f"tunebot lost track of it: {exc}")
+            # A database error goes up to the loop (an outage: retried with back-off); the job's
+            # process is never stopped for tunebot's own trouble; only its exit decides its fate.
+            self._watch_one(job, run)
 
     def _watch_one(self, job: Job, run: Running) -> None:
         """Follow one running job: progress, deployment state, cancel, and its end."""
-        if run.follower is not None:
-            self._follow(job, run)
-        if job.kind == JobKind.DEPLOY.value:
-            self._watch_deployment(job, run)
+        try:
+            if run.follower is not None:
+                self._follow(job, run)
+            if job.kind == JobKind.DEPLOY.value:
+                self._watch_deployment(job, run)
+        except Exception as exc:
+            if is_database_error(exc):
+                raise
+            if not run.trouble_logged:  # once per job: the next tick would only repeat it
+                log.exception("following job #%s failed; still waiting for its process to end", job.id)
+                run.trouble_logged = True
         if job.cancel_requested and run.term_sent_at is None:
             self._stop_process(run, reason=None)
         if (
@@ -413,8 +491,16 @@ class Worker:
             self.backend.signal(run.handle, force=True)
             if run.follower is not None:
                 self._follow(job, run)
+            try:
+                self._finish(self.store.get(job.id), code, run)
+            except Exception as exc:
+                if is_database_error(exc):
+                    raise  # still in self.running: finished again once the database is back
+                log.exception("recording the end of job #%s failed", job.id)
+                self.running.pop(job.id, None)
+                self._fail_before_start(job, f"tunebot could not record how it ended: {exc}")
+                return
             self.running.pop(job.id, None)
-            self._finish(self.store.get(job.id), code, run)
 
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason
@@ -422,17 +508,20 @@ class Worker:
         self.backend.signal(run.handle)
 
     def _follow(self, job: Job, run: Running) -> None:
-        points = run.follower.poll()
-        fresh = [
-            p for p in points if p.step > run.seen_step or p.eval_loss is not None and p.step >= run.seen_step
-        ]
+        # Lines read stay in the backlog until recorded: a database outage delays them, loses none.
+        run.backlog.extend(run.follower.poll())
+        fresh = []
+        while run.backlog:
+            point = run.backlog[0]
+            if point.step > run.seen_step or point.eval_loss is not None and point.step >= run.seen_step:
+                self.store.add_event(job.id, "progress", point.to_dict())
+                run.seen_step = max(run.seen_step, point.step)
+                fresh.append(point)
+            run.backlog.pop(0)
         if not fresh:
             if run.new_points and now() - run.last_plot_at >= PLOT_EVERY:
                 self._plot(job, run, final=False)
             return
-        for point in fresh:
-            self.store.add_event(job.id, "progress", point.to_dict())
-        run.seen_step = max(run.seen_step, max(p.step for p in fresh))
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
             latest.update({k: v for k, v in point.to_dict().items() if v is not None})
@@ -443,14 +532,9 @@ class Worker:
 
     def _plot(self, job: Job, run: Running | None, *, final: bool) -> str | None:
         from .plots import render_loss_plot
-        from .progress import read_trainer_log
+        from .progress import loss_points, read_trainer_log
 
-        # A resumed run logs again from its checkpoint: the latest line of each step counts.
-        latest = {
-            (p.step, p.is_eval): p
-            for p in read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
-        }
-        points = sorted(latest.values(), key=lambda p: p.step)
+        points = loss_points(read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl"))
         if run is not None:
             run.last_plot_at = now()
             run.new_points = False
@@ -517,11 +601,11 @@ class Worker:
                 )
 
     # --- finishing ----------------------------------------------------------------------
-    def _finish(self, job: Job, code: int, run: Running | None) -> None:
+    def _finish(self, job: Job, code: int, run: Running | None, *, finished_at: float | None = None) -> None:
         from .failures import explain_failure
 
         self.store.release_slots(job.id)
-        values: dict[str, Any] = {"finished_at": now(), "exit_code": code}
+        values: dict[str, Any] = {"finished_at": finished_at or now(), "exit_code": code}
         stop_reason = run.stop_reason if run else None
         if job.kind == JobKind.DEPLOY.value:
             if job.cancel_requested or (stop_reason and job.state == JobState.SERVING.value):
@@ -550,6 +634,8 @@ class Worker:
         if code == 0:
             try:
                 values.update(self._collect(job))
+                if self.storage is not None:  # cleared when the upload ends; a later runner retries
+                    values["artifacts"][UPLOAD_PENDING] = True
             except (_MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
@@ -566,7 +652,7 @@ class Worker:
                 },
             )
             if self.storage is not None:
-                self._transfers.submit(self._upload, job.id)
+                self._start_upload(job.id)
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
@@ -579,13 +665,30 @@ class Worker:
                 )
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
 
+    def _start_upload(self, job_id: int) -> None:
+        self._uploads[job_id] = self._transfers.submit(self._upload_recorded, job_id)
+        self._uploads[job_id].add_done_callback(lambda _f: self._uploads.pop(job_id, None))
+
+    def _upload_recorded(self, job_id: int) -> None:
+        """`_upload`, with any failure recorded on the job (a future would swallow it silently)."""
+        try:
+            self._upload(job_id)
+        except Exception as exc:
+            log.exception("uploading the artifacts of job #%s failed", job_id)
+            try:
+                error = {"name": "artifacts", "error": f"The upload failed: {exc}"}
+                self.store.add_event(job_id, "upload", error)
+            except Exception:  # the database is away too: the pending mark stays for a retry
+                log.warning("job #%s: the upload failure could not be recorded either", job_id)
+
     def _upload(self, job_id: int) -> None:
         """Copy a succeeded job's artifacts to the store; say in its events what went where."""
         job = self.store.get(job_id)
         records, errors = artifacts.upload_job(job, self.storage)
         fresh = self.store.get(job_id)
         remote = {**(fresh.artifacts.get("remote") or {}), **records}
-        self.store.update(job_id, artifacts={**fresh.artifacts, "remote": remote, "remote_errors": errors})
+        kept = {k: v for k, v in fresh.artifacts.items() if k != UPLOAD_PENDING}
+        self.store.update(job_id, artifacts={**kept, "remote": remote, "remote_errors": errors})
         for name, record in records.items():
             data = {"name": name, "location": record["location"], "size": record["size"]}
             try:
@@ -638,6 +741,22 @@ class Worker:
 
 class _MissingOutput(Exception):
     pass
+
+
+# In a succeeded job's artifacts while its upload has not finished (a later runner retries it).
+UPLOAD_PENDING = "upload_pending"
+
+
+def _exit_time(exit_path: Path) -> float | None:
+    """When the job's process ended, as its launcher recorded it (else the exit file's mtime)."""
+    data = _read_json(exit_path)
+    when = data.get("finished_at")
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        return float(when)
+    try:
+        return exit_path.stat().st_mtime
+    except OSError:
+        return None
 
 
 _SECRET_PREFIXES = ("SLACK_", "TUNEBOT_OSS_", "TUNEBOT_DATABASE_URL")
