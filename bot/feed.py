@@ -222,7 +222,8 @@ def _upload_note(job: Job, data: dict[str, Any]) -> Post:
     where = str(data.get("location") or "the artifact store")
     shown = render.link(str(data["link"]), where) if data.get("link") else render.code(where)
     size = data.get("size")
-    size_text = f" ({_size(size)})" if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else ""
+    known = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+    size_text = f" ({_size(size)})" if known else ""
     return _note(f":package: {render.kind_label(job)}: the {name} is stored at {shown}{size_text}.")
 
 

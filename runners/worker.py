@@ -257,14 +257,14 @@ class Worker:
 
         seen = int(job.progress.get("step") or 0)
         points = read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
-        fresh = [p for p in points if p.step > seen]
-        if not fresh:
-            return
         latest = dict(job.progress)
-        for point in fresh:
-            self.store.add_event(job.id, "progress", point.to_dict())
-            latest.update({k: v for k, v in point.to_dict().items() if v is not None})
-        self.store.update(job.id, progress=latest)
+        for point in points:
+            if point.step > seen or point.eval_loss is not None and point.step >= seen:
+                self.store.add_event(job.id, "progress", point.to_dict())
+                seen = max(seen, point.step)
+                latest.update({k: v for k, v in point.to_dict().items() if v is not None})
+        if latest != job.progress:
+            self.store.update(job.id, progress=latest)
 
     # --- claiming and launching ---------------------------------------------------------
     def free_slots(self) -> list[str]:
