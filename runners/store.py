@@ -131,10 +131,13 @@ class Store:
                     current = version
                 return current
         except OperationalError as exc:
+            from .outage import describe_database_error
+
+            reason, fix = describe_database_error(exc)
             raise UserError(
-                f"Cannot open the job database ({self.safe_url}): {exc.orig}.",
+                f"Cannot open the job database ({self.safe_url}): {reason}.",
                 field="TUNEBOT_DATABASE_URL",
-                fix="check TUNEBOT_DATA_DIR is writable, or that the PostgreSQL server is up",
+                fix=fix,
             ) from None
 
     @property

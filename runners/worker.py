@@ -6,6 +6,7 @@ leases are atomic in the store, so a job never starts twice and a GPU is never h
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -383,11 +384,13 @@ class Worker:
                 )
             )
         except OSError as exc:
-            self._fail_before_start(
-                job,
-                f"Could not start the job: {exc.strerror or exc}.",
-                "check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed",
+            advice = (
+                "free space on the runner's data disk (old jobs' checkpoints and merged exports are "
+                "the largest), then `resume` or run it again"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed"
             )
+            self._fail_before_start(job, f"Could not start the job: {exc.strerror or exc}.", advice)
             return
         self.store.update(job.id, pid=handle.pid, proc_start=handle.proc_start, **values)
         run = Running(job.id, handle)
@@ -548,6 +551,9 @@ class Worker:
                 title=f"#{job.id} {Path(job.model).name}",
                 subtitle=f"{job.method or ''} · {job.dataset or ''}" + ("" if final else " · in progress"),
             )
+        except OSError as exc:  # a full disk: one line, not a traceback on every try
+            log.warning("loss plot of job #%s not written: %s", job.id, exc.strerror or exc)
+            return None
         except Exception:
             log.exception("loss plot of job #%s failed", job.id)
             return None

@@ -129,3 +129,28 @@ def test_a_post_that_never_landed_is_sent_after_the_look(slack, db, short_claims
     [message] = posted(slack, "finished")  # lost: none; duplicated: none
     assert second.find("job:3:finished").ts == message["ts"]
     assert slack.calls("conversations.history")
+
+
+# --- 2: upload outcomes reach the job's thread ------------------------------------------------------
+def test_upload_outcomes_are_posted_in_the_thread_a_failure_with_its_reason_and_local_path():
+    from bot.feed import THREAD, thread_posts
+    from runners.job import Job, JobEvent
+
+    from .slack_standin import block_kit_problems
+
+    job = Job(id=12, kind="train", state="succeeded", model="/models/llama", channel="C1",
+              message_ts="1.000100", work_dir="/data/jobs/12")
+    stored = JobEvent(id=1, job_id=12, type="upload", data={
+        "name": "adapter", "location": "oss://bucket/team/12/train/adapter/", "size": 5 * 1024 * 1024,
+        "link": "https://bucket.oss.example/team/12/train/adapter/tunebot-manifest.json?Signature=x"})
+    failed = JobEvent(id=2, job_id=12, type="upload", data={
+        "name": "plot", "error": "The artifact store refused the credentials (403).",
+        "local": "/data/jobs/12"})
+    [ok_post] = thread_posts(job, stored)
+    [failed_post] = thread_posts(job, failed)
+    assert ok_post.action == THREAD and failed_post.action == THREAD
+    assert "oss://bucket/team/12/train/adapter/" in ok_post.text and "5.0 MiB" in ok_post.text
+    assert "Signature=x" in str(ok_post.blocks)  # the signed link
+    assert "not uploaded" in failed_post.text and "403" in failed_post.text
+    assert "/data/jobs/12" in failed_post.text
+    assert not block_kit_problems(ok_post.blocks) and not block_kit_problems(failed_post.blocks)
