@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -257,3 +258,69 @@ def test_a_database_locked_past_its_busy_timeout_neither_kills_nor_fails_a_train
     assert not [r for r in runner_lines if r.exc_info], "no tracebacks for a lock"
     assert 1 <= len(runner_lines) <= 2  # "locked; retrying" once, "back after N s" once
     assert "locked" in runner_lines[0].getMessage()
+
+
+# --- 6: PostgreSQL stopped while a job trains ------------------------------------------------------
+@pytest.fixture
+def own_pg(tmp_path_factory):
+    """A PostgreSQL server of this test's own, which the test may stop and start again."""
+    import shutil
+    import subprocess
+    import uuid
+
+    from .conftest import _as_postgres, _free_port, _pg_bin
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.fail("PostgreSQL is not installed (initdb/pg_ctl); `.ci/run` installs it")
+    base = Path(f"/tmp/tunebot-pg-{uuid.uuid4().hex[:8]}")
+    base.mkdir(mode=0o777)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+    data, port = base / "data", _free_port()
+    subprocess.run(_as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres"]),
+                   check=True, capture_output=True)
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def start():
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w",
+                                     "start"]), check=True, capture_output=True)
+
+    def stop():
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]),
+                       check=True, capture_output=True)
+
+    start()
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", stop, start
+    finally:
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_postgresql_stopped_mid_training_is_one_log_line_and_the_job_succeeds(lite, own_pg, caplog):
+    url, stop, start = own_pg
+    s = replace(with_steps(lite, 30, 0.1), database_url=url)
+    db = Store(s.db_url)
+    db.migrate()
+    queue = JobQueue(s, db, hardware=CPU)
+    worker = Worker(s, db, hardware=CPU)
+    job = queue.submit_train(preset="tiny")
+    caplog.set_level(logging.INFO, logger="runners")
+    worker.start()
+    try:
+        wait_until(lambda: (db.get(job.id).progress.get("step") or 0) >= 2, 30, what="step 2")
+        stop()
+        time.sleep(3.0)  # the training ends while the server is down
+        start()
+        done = wait_for(db, job.id, FINAL, timeout=60)
+    finally:
+        worker.stop()
+        db.engine.dispose()
+    assert done.state == "succeeded", done.error
+    assert progress_steps(Store(url), job.id) == list(range(1, 31))
+    runner_lines = [r for r in caplog.records if r.name == "runners.worker" and r.levelno >= logging.WARNING]
+    assert not [r for r in runner_lines if r.exc_info], "no tracebacks for an outage"
+    assert 1 <= len(runner_lines) <= 2
+    assert "PostgreSQL server cannot be reached" in runner_lines[0].getMessage()
