@@ -324,3 +324,43 @@ def test_postgresql_stopped_mid_training_is_one_log_line_and_the_job_succeeds(li
     assert not [r for r in runner_lines if r.exc_info], "no tracebacks for an outage"
     assert 1 <= len(runner_lines) <= 2
     assert "PostgreSQL server cannot be reached" in runner_lines[0].getMessage()
+
+
+# --- kill -9 of a runner mid-training -------------------------------------------------------------
+def test_a_runner_killed_with_sigkill_mid_training_is_taken_over_and_nothing_is_lost(lite, db):
+    import signal
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "TUNEBOT_DATA_DIR": str(lite.data_dir),
+        "TUNEBOT_DATABASE_URL": lite.db_url,
+        "TUNEBOT_LLAMAFACTORY_CLI": lite.llamafactory_cli,
+        "TUNEBOT_POLL_INTERVAL": "0.1s",
+        "TUNEBOT_WEB_PORT": "0",
+        "FAKE_STEPS": "50",
+        "FAKE_STEP_SECONDS": "0.4",
+    }
+    job = JobQueue(lite, db).submit_train(preset="tiny")
+    runner = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (db.get(job.id).progress.get("step") or 0) >= 3, 60, what="step 3")
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+    pid = db.get(job.id).pid
+    os.kill(pid, 0)  # the training outlives its runner
+    successor = Worker(replace(lite, job_env={}), db)  # this host's, as the killed one was
+    successor.start()
+    try:
+        done = wait_for(db, job.id, FINAL, timeout=60)
+    finally:
+        successor.stop()
+    assert done.state == "succeeded", done.error
+    assert done.runner_id == successor.runner_id
+    assert progress_steps(db, job.id) == list(range(1, 51))  # lost: 0, doubled: 0
+    assert [e.data["state"] for e in db.events_since(0, job_id=job.id) if e.type == "state"] == [
+        "queued", "running", "succeeded"]
