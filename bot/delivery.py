@@ -45,6 +45,7 @@ from slack_sdk.http_retry.handler import RetryHandler
 from sqlalchemy import JSON, BigInteger, Column, Integer, Text, delete, or_, update
 from sqlmodel import Field, Session, SQLModel, select
 
+from runners.outage import Outage, is_database_error
 from runners.store import Store
 
 from . import landed
@@ -232,6 +233,7 @@ class Delivery:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage = Outage(log, "Slack outbox")
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> Delivery:
@@ -460,9 +462,13 @@ class Delivery:
             self._wake.clear()
             try:
                 wait = self.drain()
-            except Exception:  # keep delivering; the database may be back next round
-                log.exception("draining the Slack outbox failed")
-                wait = 1.0
+                self._outage.ok()
+            except Exception as exc:  # keep delivering; the database may be back next round
+                if is_database_error(exc):  # one line per outage, not a traceback a second
+                    wait = self._outage.failed(exc)
+                else:
+                    log.exception("draining the Slack outbox failed")
+                    wait = 1.0
             self._wake.wait(wait)
 
     def drain(self) -> float:

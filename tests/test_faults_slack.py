@@ -154,3 +154,39 @@ def test_upload_outcomes_are_posted_in_the_thread_a_failure_with_its_reason_and_
     assert "not uploaded" in failed_post.text and "403" in failed_post.text
     assert "/data/jobs/12" in failed_post.text
     assert not block_kit_problems(ok_post.blocks) and not block_kit_problems(failed_post.blocks)
+
+
+# --- 6 (bot side): the database away while the outbox drains -------------------------------------------
+def test_the_outbox_loop_logs_a_database_outage_once_and_delivers_when_it_is_back(
+    slack, db, monkeypatch, caplog  # noqa: F811
+):
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    delivery = Delivery(quick_client(slack), db)
+    delivery.post("C1", text="before")
+    real = delivery.drain
+    failures = {"left": 5}
+
+    def away():
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("SELECT 1", {}, Exception("connection refused: is the server running?"))
+        return real()
+
+    monkeypatch.setattr(delivery, "drain", away)
+    monkeypatch.setattr(delivery._outage, "ceiling", 0.05)  # back-off scaled down
+    caplog.set_level(logging.INFO, logger="bot.delivery")
+    delivery.start()
+    try:
+        delivery.post("C1", text="queued while away", key="k:1")
+        slack.wait_for(lambda: posted(slack, "queued while away"), timeout=10, what="the post")
+        slack.wait_for(lambda: not failures["left"] and not delivery._outage.down, timeout=10,
+                       what="the loop to see the database back")
+    finally:
+        delivery.stop()
+    lines = [r for r in caplog.records if r.name == "bot.delivery" and r.levelno >= logging.WARNING]
+    assert not [r for r in lines if r.exc_info]
+    assert [r.getMessage() for r in lines if "database" in r.getMessage() or "PostgreSQL" in r.getMessage()]
+    assert len(lines) == 2  # away once, back once
