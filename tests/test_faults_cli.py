@@ -188,3 +188,27 @@ def test_a_locked_database_is_a_plain_message_not_a_traceback(data, capsys, monk
     assert code == 2
     assert "locked by another process" in err and "Fix:" in err
     assert "Traceback" not in err and "Background on this error" not in err and "sqlalche" not in err
+
+
+@pytest.mark.parametrize(
+    ("driver_says", "reason"),
+    [
+        ("database is locked", "locked by another process"),
+        ("attempt to write a readonly database", "read-only"),
+        ("database or disk is full", "disk holding the job database is full"),
+        ("unable to open database file", "cannot be opened"),
+        ('connection failed: connection to server at "127.0.0.1", port 5432 failed: Connection refused',
+         "PostgreSQL server cannot be reached"),
+        ("something new\nwith a second line", "the job database failed (something new)"),
+    ],
+)
+def test_database_faults_are_named_in_plain_words(driver_says, reason):
+    from sqlalchemy.exc import OperationalError
+
+    from runners.outage import describe_database_error, is_database_error
+
+    exc = OperationalError("UPDATE job SET state=?", {}, Exception(driver_says))
+    assert is_database_error(exc)
+    said, fix = describe_database_error(exc)
+    assert reason in said and fix
+    assert "Background" not in said and "sqlalche" not in said and "UPDATE" not in said
