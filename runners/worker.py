@@ -53,6 +53,8 @@ class Running:
     new_points: bool = False
     seen_step: int = 0
     backlog: list = field(default_factory=list)  # trainer_log points read but not yet recorded
+    final_plot_done: bool = False
+    succeeded_with: dict[str, Any] | None = None  # the values its success was recorded with
     trouble_logged: bool = False  # a follow error of this job was logged once already
 
 
@@ -243,6 +245,7 @@ class Worker:
                 not job.artifacts.get(UPLOAD_PENDING)
                 or job.host != self.host
                 or job.runner_id in live
+                or job.runner_id == self.runner_id  # its own: under way, or failed (said so once)
                 or job.id in self._uploads
                 or (self.only_job is not None and job.id != self.only_job)
             ):
@@ -628,8 +631,12 @@ class Worker:
             )
             self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
             return
-        if job.kind == JobKind.TRAIN.value:
+        # A database error anywhere below makes the loop call this again for the same run: the
+        # steps done already (the final plot, the state change) are not done twice.
+        if job.kind == JobKind.TRAIN.value and not (run is not None and run.final_plot_done):
             self._plot(job, run, final=True)
+            if run is not None:
+                run.final_plot_done = True
             job = self.store.get(job.id)
         if job.cancel_requested:
             values["error"] = f"Cancelled by {job.cancelled_by or 'request'}."
@@ -637,7 +644,9 @@ class Worker:
                 values["advice"] = f"`resume {job.id}` continues from the last checkpoint."
             self.store.transition(job.id, ACTIVE_STATES, JobState.CANCELLED.value, **values)
             return
-        if code == 0:
+        if code == 0 and run is not None and run.succeeded_with is not None:
+            values = run.succeeded_with  # recorded on an earlier try; its result event is what is left
+        elif code == 0:
             try:
                 values.update(self._collect(job))
                 if self.storage is not None:  # cleared when the upload ends; a later runner retries
@@ -648,6 +657,9 @@ class Worker:
                 return
             if not self.store.transition(job.id, ACTIVE_STATES, JobState.SUCCEEDED.value, **values):
                 return  # settled already (by another runner, or while this one was away)
+            if run is not None:
+                run.succeeded_with = values
+        if code == 0:
             self.store.add_event(
                 job.id,
                 "result",

@@ -254,6 +254,9 @@ def test_a_database_locked_past_its_busy_timeout_neither_kills_nor_fails_a_train
     assert done.state == "succeeded", done.error
     assert done.exit_code == 0 and done.artifacts["adapter"]
     assert progress_steps(db, job.id) == list(range(1, 13))  # delayed by the lock, none lost or doubled
+    events = db.events_since(0, job_id=job.id)
+    assert len([e for e in events if e.type == "plot" and e.data["final"]]) == 1  # one final plot posted
+    assert len([e for e in events if e.type == "result"]) == 1
     runner_lines = [r for r in caplog.records if r.name == "runners.worker" and r.levelno >= logging.WARNING]
     assert not [r for r in runner_lines if r.exc_info], "no tracebacks for a lock"
     assert 1 <= len(runner_lines) <= 2  # "locked; retrying" once, "back after N s" once
