@@ -133,7 +133,7 @@ def test_a_post_that_never_landed_is_sent_after_the_look(slack, db, short_claims
 
 # --- 2: upload outcomes reach the job's thread ------------------------------------------------------
 def test_upload_outcomes_are_posted_in_the_thread_a_failure_with_its_reason_and_local_path():
-    from bot.feed import THREAD, thread_posts
+    from bot.story.posts import THREAD, thread_posts
     from runners.job import Job, JobEvent
 
     from .slack_standin import block_kit_problems
