@@ -7,13 +7,9 @@ leases are atomic in the store, so a job never starts twice and a GPU is never h
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import shlex
-import shutil
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -24,12 +20,14 @@ from typing import Any
 
 import yaml
 
-from . import artifacts, deploy
-from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
-from .backends.local import read_exit_file
+from . import artifacts, deploy, events
+from .backends import Backend, Handle, LaunchSpec, open_backend
 from .errors import UserError
+from .events import EventKind
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
+from .kinds import MissingOutput, kind_of
+from .llamafactory.command import command_env
 from .outage import Outage, is_database_error
 from .settings import Settings
 from .store import Store
@@ -37,6 +35,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 PLOT_EVERY = 30.0  # seconds between partial loss plots of a running job
+ACTIVITY_EVERY = 60.0  # seconds between activity events of a running job (front ends judge stalls by them)
+ACTIVITY_TAIL_LINES = 15
 RECOVER_EVERY = 30.0
 BEAT_EVERY = 5.0
 
@@ -44,7 +44,7 @@ BEAT_EVERY = 5.0
 @dataclass
 class Running:
     job_id: int
-    handle: ProcessHandle
+    handle: Handle
     follower: Any = None  # TrainerLogFollower for train jobs
     term_sent_at: float | None = None
     killed: bool = False
@@ -52,21 +52,11 @@ class Running:
     last_plot_at: float = 0.0
     new_points: bool = False
     seen_step: int = 0
+    last_activity_at: float = 0.0
     backlog: list = field(default_factory=list)  # trainer_log points read but not yet recorded
     final_plot_done: bool = False
     succeeded_with: dict[str, Any] | None = None  # the values its success was recorded with
     trouble_logged: bool = False  # a follow error of this job was logged once already
-
-
-def llamafactory_cli(settings: Settings) -> list[str]:
-    """The command that runs LLaMA-Factory: TUNEBOT_LLAMAFACTORY_CLI (may carry arguments, e.g.
-    `python3 -m llamafactory.cli`), else `llamafactory-cli` beside this Python, else on PATH."""
-    if settings.llamafactory_cli:
-        return shlex.split(settings.llamafactory_cli)
-    beside = Path(sys.executable).parent / "llamafactory-cli"
-    if beside.exists():
-        return [str(beside)]
-    return [shutil.which("llamafactory-cli") or "llamafactory-cli"]
 
 
 class Worker:
@@ -82,10 +72,10 @@ class Worker:
     ):
         self.settings = settings
         self.store = store
-        self.backend = backend or LocalBackend()
         self.hardware = hardware or detect()
+        self.backend = backend or open_backend(settings.backend, settings, self.hardware)
         self.host = self.hardware.host or socket.gethostname()
-        self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
+        self.slots = self.backend.capacity() or slots_for(self.hardware, settings.gpus, settings.cpu_slots)
         self.runner_id = runner_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.only_job = only_job
         self.announce_reattach = True  # a one-off look from the command line says nothing in the thread
@@ -93,7 +83,7 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.storage = None  # the artifact store, when it is remote (OSS); local job folders otherwise
         if settings.storage is not None and settings.storage.backend != "local":
-            from .storage import open_storage
+            from .artifacts import open_storage
 
             self.storage = open_storage(settings.storage, settings.data_dir)
         # Uploads and input fetches take minutes for a merged 8B model: off the runner loop.
@@ -197,26 +187,23 @@ class Worker:
                 continue
             if not self.store.adopt(job.id, job.runner_id, self.runner_id):
                 continue  # another runner on this host adopted it first
-            exit_path = Path(job.work_dir) / "exit.json"
-            handle = self.backend.reattach(job.pid or 0, job.proc_start, exit_path) if job.pid else None
-            if handle is not None:
+            handle = job.handle or None
+            if handle is not None and self.backend.reattach(handle):
                 run = Running(job.id, handle, seen_step=int(job.progress.get("step") or 0))
-                if job.kind == JobKind.TRAIN.value:
+                if kind_of(job.kind).follows_trainer_log:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
                 if self.announce_reattach:
-                    self.store.add_event(
-                        job.id, "message", {"text": "tunebot restarted and re-attached to this job"}
-                    )
-                log.info("re-attached to job #%s (pid %s)", job.id, job.pid)
+                    self.store.add_event(job.id, EventKind.REATTACHED)
+                log.info("re-attached to job #%s", job.id)
                 continue
-            code = read_exit_file(exit_path) if job.pid else None
+            code = self.backend.outcome(handle) if handle is not None else None
             if code is not None:
                 # It ended while no runner was up: its figures and end time come from what it
                 # left (trainer_log, exit file), not from the last progress seen or from now.
-                if job.kind == JobKind.TRAIN.value:
+                if kind_of(job.kind).follows_trainer_log:
                     self._catch_up_progress(job)
-                self._finish(self.store.get(job.id), code, None, finished_at=_exit_time(exit_path))
+                self._finish(self.store.get(job.id), code, None, finished_at=self.backend.ended_at(handle))
             else:
                 self.store.release_slots(job.id)
                 self.store.transition(
@@ -227,7 +214,7 @@ class Worker:
                     error="Its process was gone when tunebot looked again (tunebot restarted, or the "
                     "process never started).",
                     advice=f"`resume {job.id}` continues from the last checkpoint."
-                    if job.kind == "train"
+                    if kind_of(job.kind).resumable
                     else None,
                 )
         # Leases whose job has ended (a crash between finishing and releasing).
@@ -257,14 +244,14 @@ class Worker:
 
     def _catch_up_progress(self, job: Job) -> None:
         """Record the trainer_log lines written since the last progress this runner saw."""
-        from .progress import read_trainer_log
+        from .llamafactory.progress import read_trainer_log
 
         seen = int(job.progress.get("step") or 0)
         points = read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
         latest = dict(job.progress)
         for point in points:
             if point.step > seen or point.eval_loss is not None and point.step >= seen:
-                self.store.add_event(job.id, "progress", point.to_dict())
+                self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
                 seen = max(seen, point.step)
                 latest.update({k: v for k, v in point.to_dict().items() if v is not None})
         if latest != job.progress:
@@ -299,9 +286,7 @@ class Worker:
             slots = free[: job.n_slots]
             if not self.store.lease_slots(self.host, slots, job.id):
                 return  # another runner took them; try next tick
-            first_state = (
-                JobState.STARTING.value if job.kind == JobKind.DEPLOY.value else JobState.RUNNING.value
-            )
+            first_state = kind_of(job.kind).first_state
             claimed = self.store.transition(
                 job.id,
                 [JobState.QUEUED.value],
@@ -331,7 +316,7 @@ class Worker:
     def _fetch_then_launch(self, job: Job, parent: Job | None, slots: list[str]) -> None:
         """Inputs kept only in the artifact store (e.g. exported on another host) come first."""
         try:
-            self.store.add_event(job.id, "message", {"text": "fetching its inputs from the artifact store"})
+            self.store.add_event(job.id, EventKind.FETCHING)
             args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
             self.store.update(job.id, args=args)
         except Exception as exc:  # a thread of the pool: nothing above it would see the error
@@ -374,18 +359,14 @@ class Worker:
                     )
                     if api_key:
                         env["API_KEY"] = api_key
-            argv = self._argv(job, config)
+            argv = kind_of(job.kind).argv(job, config, self.settings)
             log_path = Path(job.log_path or work_dir / "job.log")
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(
                     f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
                     f"{' '.join(argv)}\n"
                 )
-            handle = self.backend.launch(
-                LaunchSpec(
-                    argv=argv, env=env, cwd=work_dir, log_path=log_path, exit_path=work_dir / "exit.json"
-                )
-            )
+            handle = self.backend.start(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path))
         except OSError as exc:
             advice = (
                 "free space on the runner's data disk (old jobs' checkpoints and merged exports are "
@@ -395,63 +376,24 @@ class Worker:
             )
             self._fail_before_start(job, f"Could not start the job: {exc.strerror or exc}.", advice)
             return
-        self.store.update(job.id, pid=handle.pid, proc_start=handle.proc_start, **values)
+        self.store.update(job.id, handle=handle, **values)
+        config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
         run = Running(job.id, handle)
-        if job.kind == JobKind.TRAIN.value:
+        if kind_of(job.kind).follows_trainer_log:
             run.follower = self._follower(job)
             if job.attempt > 1:
                 # A resumed run appends to the log from its checkpoint's step on: skip the old lines.
                 run.follower.poll()
                 run.seen_step = _checkpoint_step(job.args.get("resume_from_checkpoint"))
         self.running[job.id] = run
-        self.store.add_event(job.id, "message", {"text": "started", "pid": handle.pid, "slots": slots})
-
-    def _argv(self, job: Job, config: Path) -> list[str]:
-        cli = llamafactory_cli(self.settings)
-        if job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            return [*cli, "train", str(config)]
-        if job.kind == JobKind.EXPORT.value:
-            return [*cli, "export", str(config)]
-        if job.mode == "webchat":
-            return [*shlex.split(self.settings.webchat_cli or ""), "webchat", str(config)]
-        return [*cli, "api", str(config)]
+        run.last_activity_at = now()
+        self.store.add_event(job.id, EventKind.STARTED, events.started(slots, job.attempt, config_key))
 
     def _job_env(self, job: Job, slots: list[str]) -> dict[str, str]:
-        # A job may run a model repository's own code (trust_remote_code): none of the bot's secrets.
-        env = {k: v for k, v in os.environ.items() if not _is_secret_variable(k)}
-        cache = self.settings.cache_dir
-        env.update(
-            HF_HOME=str(cache / "huggingface"),
-            MPLCONFIGDIR=str(cache / "matplotlib"),
-            TOKENIZERS_PARALLELISM="false",
-            PYTHONUNBUFFERED="1",
-            DISABLE_VERSION_CHECK="1",
-            # torchrun (multi-GPU) is called bare by LLaMA-Factory's launcher: this venv's bin/ first.
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        )
-        model = str(job.args.get("model_name_or_path", ""))
-        if Path(model).is_absolute() and Path(model).exists():
-            env["HF_HUB_OFFLINE"] = "1"  # a local model: no hub round trips (they cost ~1 min to fail)
-        if self.hardware.has_gpu:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(slots)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        if len(slots) > 1 and job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            env.update(
-                FORCE_TORCHRUN="1",
-                NPROC_PER_NODE=str(len(slots)),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(deploy.free_port()),
-            )
-        else:
-            env.pop("FORCE_TORCHRUN", None)
-        for key in ("API_KEY", "API_PORT", "API_HOST"):
-            env.pop(key, None)
-        env.update(self.settings.job_env)
-        return env
+        return command_env(job, slots, self.settings, has_gpu=self.hardware.has_gpu)
 
     def _follower(self, job: Job):
-        from .progress import TrainerLogFollower
+        from .llamafactory.progress import TrainerLogFollower
 
         return TrainerLogFollower(Path(job.work_dir) / "output" / "trainer_log.jsonl")
 
@@ -476,6 +418,8 @@ class Worker:
                 self._follow(job, run)
             if job.kind == JobKind.DEPLOY.value:
                 self._watch_deployment(job, run)
+            if now() - run.last_activity_at >= ACTIVITY_EVERY:
+                self._activity(job, run)
         except Exception as exc:
             if is_database_error(exc):
                 raise
@@ -489,12 +433,12 @@ class Worker:
             and not run.killed
             and now() - run.term_sent_at > self.settings.cancel_grace
         ):
-            self.backend.signal(run.handle, force=True)
+            self.backend.cancel(run.handle, force=True)
             run.killed = True
         code = self.backend.poll(run.handle)
         if code is not None:
             # Children that outlive the command (torchrun workers ignoring SIGTERM) go too.
-            self.backend.signal(run.handle, force=True)
+            self.backend.cancel(run.handle, force=True)
             if run.follower is not None:
                 self._follow(job, run)
             try:
@@ -511,7 +455,23 @@ class Worker:
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason
         run.term_sent_at = now()
-        self.backend.signal(run.handle)
+        self.backend.cancel(run.handle)
+
+    def _activity(self, job: Job, run: Running) -> None:
+        """Say the job is still followed, when its log last grew and how it ends: front ends judge
+        a stall from this, without reading the runner's disk."""
+        run.last_activity_at = now()
+        log_at, size = None, 0
+        for path in (Path(job.log_path), Path(job.work_dir) / "output" / "trainer_log.jsonl"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            log_at = max(log_at or 0.0, stat.st_mtime)
+            if path == Path(job.log_path):
+                size = stat.st_size
+        tail = "\n".join(_read_log(job, limit=16_000).splitlines()[-ACTIVITY_TAIL_LINES:])
+        self.store.add_event(job.id, EventKind.ACTIVITY, events.activity(log_at, size, tail))
 
     def _follow(self, job: Job, run: Running) -> None:
         # Lines read stay in the backlog until recorded: a database outage delays them, loses none.
@@ -520,7 +480,7 @@ class Worker:
         while run.backlog:
             point = run.backlog[0]
             if point.step > run.seen_step or point.eval_loss is not None and point.step >= run.seen_step:
-                self.store.add_event(job.id, "progress", point.to_dict())
+                self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
                 run.seen_step = max(run.seen_step, point.step)
                 fresh.append(point)
             run.backlog.pop(0)
@@ -537,8 +497,8 @@ class Worker:
             self._plot(job, run, final=False)
 
     def _plot(self, job: Job, run: Running | None, *, final: bool) -> str | None:
+        from .llamafactory.progress import loss_points, read_trainer_log
         from .plots import render_loss_plot
-        from .progress import loss_points, read_trainer_log
 
         points = loss_points(read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl"))
         if run is not None:
@@ -562,7 +522,8 @@ class Worker:
             return None
         fresh = self.store.get(job.id)
         self.store.update(job.id, artifacts={**fresh.artifacts, "plot": str(dest)})
-        self.store.add_event(job.id, "plot", {"path": str(dest), "final": final, "points": len(points)})
+        key = self.store.put_file(job.id, "loss.png", dest.read_bytes())
+        self.store.add_event(job.id, EventKind.PLOT, events.plot(key, final=final, points=len(points)))
         return str(dest)
 
     def _watch_deployment(self, job: Job, run: Running) -> None:
@@ -611,7 +572,7 @@ class Worker:
 
     # --- finishing ----------------------------------------------------------------------
     def _finish(self, job: Job, code: int, run: Running | None, *, finished_at: float | None = None) -> None:
-        from .failures import explain_failure
+        from .llamafactory.failures import explain_failure
 
         self.store.release_slots(job.id)
         values: dict[str, Any] = {"finished_at": finished_at or now(), "exit_code": code}
@@ -631,16 +592,17 @@ class Worker:
             )
             self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
             return
+        kind = kind_of(job.kind)
         # A database error anywhere below makes the loop call this again for the same run: the
         # steps done already (the final plot, the state change) are not done twice.
-        if job.kind == JobKind.TRAIN.value and not (run is not None and run.final_plot_done):
+        if kind.follows_trainer_log and not (run is not None and run.final_plot_done):
             self._plot(job, run, final=True)
             if run is not None:
                 run.final_plot_done = True
             job = self.store.get(job.id)
         if job.cancel_requested:
             values["error"] = f"Cancelled by {job.cancelled_by or 'request'}."
-            if job.kind == JobKind.TRAIN.value:
+            if kind.resumable:
                 values["advice"] = f"`resume {job.id}` continues from the last checkpoint."
             self.store.transition(job.id, ACTIVE_STATES, JobState.CANCELLED.value, **values)
             return
@@ -648,10 +610,10 @@ class Worker:
             values = run.succeeded_with  # recorded on an earlier try; its result event is what is left
         elif code == 0:
             try:
-                values.update(self._collect(job))
+                values.update(kind.collect(job))
                 if self.storage is not None:  # cleared when the upload ends; a later runner retries
                     values["artifacts"][UPLOAD_PENDING] = True
-            except (_MissingOutput, UserError) as exc:
+            except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
                 return
@@ -662,20 +624,16 @@ class Worker:
         if code == 0:
             self.store.add_event(
                 job.id,
-                "result",
-                {
-                    "kind": job.kind,
-                    "metrics": values.get("metrics", {}),
-                    "artifacts": values.get("artifacts", {}),
-                },
+                EventKind.RESULT,
+                events.result(job.kind, values.get("metrics", {}), values.get("artifacts", {})),
             )
             if self.storage is not None:
                 self._start_upload(job.id)
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
-        if job.kind == JobKind.TRAIN.value and (Path(job.work_dir) / "output").is_dir():
-            from .recipes import last_checkpoint
+        if kind.resumable and (Path(job.work_dir) / "output").is_dir():
+            from .llamafactory.recipes import last_checkpoint
 
             if last_checkpoint(Path(job.work_dir) / "output") is not None:
                 values["advice"] = ((failure.advice + " ") if failure.advice else "") + (
@@ -695,7 +653,7 @@ class Worker:
             log.exception("uploading the artifacts of job #%s failed", job_id)
             try:
                 error = {"name": "artifacts", "error": f"The upload failed: {exc}"}
-                self.store.add_event(job_id, "upload", error)
+                self.store.add_event(job_id, EventKind.UPLOAD, error)
             except Exception:  # the database is away too: the pending mark stays for a retry
                 log.warning("job #%s: the upload failure could not be recorded either", job_id)
 
@@ -713,75 +671,14 @@ class Worker:
                 data["link"] = artifacts.describe(self.storage, record)["link"]
             except UserError:
                 pass
-            self.store.add_event(job_id, "upload", data)
+            self.store.add_event(job_id, EventKind.UPLOAD, data)
         for name, error in errors.items():
             self.store.add_event(
-                job_id, "upload", {"name": name, "error": error, "local": str(Path(job.work_dir))}
+                job_id, EventKind.UPLOAD, {"name": name, "error": error, "local": str(Path(job.work_dir))}
             )
-
-    def _collect(self, job: Job) -> dict[str, Any]:
-        """What a successful job left behind: artifacts and metrics."""
-        work = Path(job.work_dir)
-        artifacts = dict(job.artifacts)
-        metrics = dict(job.metrics)
-        if job.kind == JobKind.TRAIN.value:
-            output = work / "output"
-            has_weights = (output / "adapter_config.json").exists() or (output / "config.json").exists()
-            if not has_weights:
-                raise _MissingOutput("Training ended without writing an adapter or model.")
-            artifacts["adapter"] = str(output)
-            results = _read_json(output / "train_results.json")
-            for key in ("train_loss", "train_runtime", "train_samples_per_second", "epoch"):
-                if key in results:
-                    metrics[key] = results[key]
-            for key in ("tokens_per_s", "total_tokens", "step", "total"):
-                if job.progress.get(key) is not None:
-                    metrics[key] = job.progress[key]
-        elif job.kind == JobKind.EVAL.value:
-            from .results import read_predict_results, sample_predictions
-
-            output = work / "output"
-            scores = read_predict_results(output)
-            if not scores:
-                raise _MissingOutput("The evaluation ended without predict_results.json.")
-            metrics.update(scores)
-            artifacts["predictions"] = str(output / "generated_predictions.jsonl")
-            artifacts["results"] = str(output / "predict_results.json")
-            artifacts["samples"] = sample_predictions(output, n=3)
-        elif job.kind == JobKind.EXPORT.value:
-            model_dir = work / "model"
-            if not (model_dir / "config.json").exists():
-                raise _MissingOutput("The export ended without a merged model (no config.json).")
-            artifacts["model"] = str(model_dir)
-            metrics["size_bytes"] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
-        return {"artifacts": artifacts, "metrics": metrics}
-
-
-class _MissingOutput(Exception):
-    pass
-
 
 # In a succeeded job's artifacts while its upload has not finished (a later runner retries it).
 UPLOAD_PENDING = "upload_pending"
-
-
-def _exit_time(exit_path: Path) -> float | None:
-    """When the job's process ended, as its launcher recorded it (else the exit file's mtime)."""
-    data = _read_json(exit_path)
-    when = data.get("finished_at")
-    if isinstance(when, (int, float)) and not isinstance(when, bool):
-        return float(when)
-    try:
-        return exit_path.stat().st_mtime
-    except OSError:
-        return None
-
-
-_SECRET_PREFIXES = ("SLACK_", "TUNEBOT_OSS_", "TUNEBOT_DATABASE_URL")
-
-
-def _is_secret_variable(name: str) -> bool:
-    return name.startswith(_SECRET_PREFIXES)
 
 
 def _checkpoint_step(path: Any) -> int:
@@ -790,14 +687,6 @@ def _checkpoint_step(path: Any) -> int:
         return int(str(path).rstrip("/").rsplit("-", 1)[1]) if path else 0
     except (IndexError, ValueError):
         return 0
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _read_log(job: Job, limit: int = 200_000) -> str:

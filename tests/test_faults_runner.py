@@ -18,11 +18,11 @@ import pytest
 
 from runners import artifacts
 from runners import store as store_module
+from runners.artifacts import StorageSettings
 from runners.hardware import Hardware
 from runners.queue import JobQueue
 from runners.runtime import Runtime
 from runners.settings import Settings
-from runners.storage import StorageSettings
 from runners.store import Store
 from runners.worker import UPLOAD_PENDING, Worker, wait_for
 from tests.oss_standin import OssStandin
@@ -354,7 +354,7 @@ def test_a_runner_killed_with_sigkill_mid_training_is_taken_over_and_nothing_is_
     finally:
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
-    pid = db.get(job.id).pid
+    pid = (db.get(job.id).handle or {})["pid"]  # the local backend's handle
     os.kill(pid, 0)  # the training outlives its runner
     successor = Worker(replace(lite, job_env={}), db)  # this host's, as the killed one was
     successor.start()

@@ -14,8 +14,8 @@ from typing import Any
 
 from bot.parsing import COMMAND
 from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
-from runners.progress import format_eta, progress_bar
-from runners.results import compare_metrics
+from runners.llamafactory.progress import format_eta, progress_bar
+from runners.llamafactory.results import compare_metrics
 
 from .blocks import (
     BUTTON_TEXT_MAX,
