@@ -46,7 +46,7 @@ from sqlalchemy import JSON, BigInteger, Column, Integer, Text, delete, or_, upd
 from sqlmodel import Field, Session, select
 
 from bot.tables import BotModel, BotTables, ensure_tables
-from runners.outage import Outage, is_database_error
+from runners.recovery.outage import Outage, is_database_error
 from runners.store import Store
 
 from . import landed

@@ -104,7 +104,7 @@ SCHEMA_VERSION = max(MIGRATIONS)
 
 
 # How long a SQLite writer waits for another process's write lock before "database is locked"
-# (the runner then retries with back-off: runners/outage.py). Tests shorten it.
+# (the runner then retries with back-off: runners/recovery/outage.py). Tests shorten it.
 BUSY_TIMEOUT_S = 30.0
 
 
@@ -178,7 +178,7 @@ class Store:
                     current = version
                 return current
         except OperationalError as exc:
-            from .outage import describe_database_error
+            from .recovery.outage import describe_database_error
 
             reason, fix = describe_database_error(exc)
             raise UserError(

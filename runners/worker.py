@@ -28,7 +28,7 @@ from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
 from .kinds import MissingOutput, kind_of
 from .llamafactory.command import command_env
-from .outage import Outage, is_database_error
+from .recovery.outage import Outage, is_database_error
 from .settings import Settings
 from .store import Store
 

@@ -212,7 +212,7 @@ def test_a_locked_database_is_a_plain_message_not_a_traceback(data, capsys, monk
 def test_database_faults_are_named_in_plain_words(driver_says, reason):
     from sqlalchemy.exc import OperationalError
 
-    from runners.outage import describe_database_error, is_database_error
+    from runners.recovery.outage import describe_database_error, is_database_error
 
     exc = OperationalError("UPDATE job SET state=?", {}, Exception(driver_says))
     assert is_database_error(exc)

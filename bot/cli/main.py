@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        from runners.outage import describe_database_error, is_database_error
+        from runners.recovery.outage import describe_database_error, is_database_error
 
         if not is_database_error(exc):
             raise
@@ -289,7 +289,7 @@ def _store(settings: Settings):
 
 def _settled(settings: Settings, store, job_ref: str, *, stop: bool = False) -> Job:
     """The job, with how it ended recorded when no runner follows it any more."""
-    from runners.unattended import settle
+    from runners.recovery.unattended import settle
 
     return settle(settings, store, store.get(job_ref), stop=stop)
 
@@ -352,7 +352,7 @@ def cmd_logs(settings: Settings, args) -> int:
 
 def cmd_cancel(settings: Settings, args) -> int:
     from runners.queue import JobQueue
-    from runners.unattended import settled_state_words
+    from runners.recovery.unattended import settled_state_words
 
     store = _store(settings)
     job = JobQueue(settings, store).cancel(args.job, by="cli")
@@ -363,7 +363,7 @@ def cmd_cancel(settings: Settings, args) -> int:
 
 def cmd_undeploy(settings: Settings, args) -> int:
     from runners.queue import JobQueue
-    from runners.unattended import settled_state_words
+    from runners.recovery.unattended import settled_state_words
 
     store = _store(settings)
     job = JobQueue(settings, store).undeploy(args.job, by="cli")

@@ -33,7 +33,7 @@ def answering_errors(reply: Reply, logger: logging.Logger) -> Iterator[None]:
         logger.warning("a Slack call failed: %s", error.response.get("error") if error.response else error)
         _send(reply, render_text(f":warning: Slack refused a call I made ({_slack_error(error)})."), logger)
     except Exception as error:
-        from runners.outage import describe_database_error, is_database_error
+        from runners.recovery.outage import describe_database_error, is_database_error
 
         if is_database_error(error):  # locked, down, read-only or full: a condition, not a bug
             reason, _fix = describe_database_error(error)

@@ -37,7 +37,7 @@ from sqlmodel import Field, Session, select
 
 from runners.events import EventKind
 from runners.job import Job, JobEvent, JobKind, JobState
-from runners.outage import Outage, is_database_error
+from runners.recovery.outage import Outage, is_database_error
 from runners.runtime import Runtime
 
 from ..delivery import Delivery

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 
-from .job import ACTIVE_STATES, Job, JobState
-from .settings import Settings
-from .store import Store
+from ..job import ACTIVE_STATES, Job, JobState
+from ..settings import Settings
+from ..store import Store
 
 
 def followed(store: Store, job: Job) -> bool:
@@ -33,7 +33,7 @@ def settle(settings: Settings, store: Store, job: Job, *, stop: bool = False, ti
     `stop` (a cancel or undeploy was just asked for), a live process is stopped (SIGTERM, then
     SIGKILL after the cancel grace) and its end recorded. Jobs of another host are left alone:
     their processes are not this machine's to signal."""
-    from .worker import Worker
+    from ..worker import Worker
 
     if followed(store, job):
         return job
