@@ -104,11 +104,14 @@ def test_cancel_with_no_runner_up_stops_the_process_itself(data, capsys):
     job_id = start_then_leave(data, steps="400")
     store = store_of(data)
     pid = process_of(store.get(job_id))
-    assert alive(pid)
-    assert main(["cancel", str(job_id)]) == 0
-    assert f"#{job_id}: cancelled" in capsys.readouterr().out
-    assert store.get(job_id).state == "cancelled"
-    assert not alive(pid)
+    try:
+        assert alive(pid)
+        assert main(["cancel", str(job_id)]) == 0
+        assert f"#{job_id}: cancelled" in capsys.readouterr().out
+        assert store.get(job_id).state == "cancelled"
+        assert not alive(pid)
+    finally:
+        leave_nothing(pid)
 
 
 def test_logs_follow_ends_when_the_unfollowed_job_ends(data, capsys):
@@ -140,14 +143,23 @@ def fake_deploy(data: Path) -> tuple[Store, int]:
     return store, job.id
 
 
+def leave_nothing(pid: int | None) -> None:
+    """A failed test must not leave its API process behind (it runs in its own session)."""
+    if pid and alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def test_undeploy_with_no_runner_up_really_stops_the_api_process(data, capsys):
     store, job_id = fake_deploy(data)
     pid = process_of(store.get(job_id))
-    assert alive(pid)
-    assert main(["undeploy", str(job_id)]) == 0
-    assert f"#{job_id}: stopped" in capsys.readouterr().out
-    assert not alive(pid)
-    assert store.get(job_id).state == "stopped"
+    try:
+        assert alive(pid)
+        assert main(["undeploy", str(job_id)]) == 0
+        assert f"#{job_id}: stopped" in capsys.readouterr().out
+        assert not alive(pid)
+        assert store.get(job_id).state == "stopped"
+    finally:
+        leave_nothing(pid)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
@@ -161,6 +173,7 @@ def test_ending_a_foreground_deploy_by_any_signal_undeploys_it(data, sig):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    pid = None
     try:
         store = store_of(data)
         wait_until(lambda: store.list_jobs() and process_of(store.list_jobs()[0]), 60,
@@ -173,10 +186,13 @@ def test_ending_a_foreground_deploy_by_any_signal_undeploys_it(data, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    output = proc.stdout.read().decode()
-    assert "Traceback" not in output
-    wait_until(lambda: not alive(pid), 10, what="the API process to stop")
-    assert store.get(job.id).state == "stopped"
+    try:
+        output = proc.stdout.read().decode()
+        assert "Traceback" not in output
+        wait_until(lambda: not alive(pid), 10, what="the API process to stop")
+        assert store.get(job.id).state == "stopped"
+    finally:
+        leave_nothing(pid)
 
 
 # --- 6: the command line and a database in trouble -------------------------------------------------
