@@ -366,7 +366,10 @@ class Worker:
                     f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
                     f"{' '.join(argv)}\n"
                 )
-            handle = self.backend.start(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path))
+            parent = self.store.find(job.parent_id) if job.parent_id else None
+            handle = self.backend.start(
+                LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path, job=job, parent=parent)
+            )
         except OSError as exc:
             advice = (
                 "free space on the runner's data disk (old jobs' checkpoints and merged exports are "
@@ -476,11 +479,16 @@ class Worker:
     def _follow(self, job: Job, run: Running) -> None:
         # Lines read stay in the backlog until recorded: a database outage delays them, loses none.
         run.backlog.extend(run.follower.poll())
+        # One event a step (and one a step's evaluation), also when a step's lines arrive together
+        # (the closing summary repeats the last step; a cluster's log comes in batches).
         fresh = []
+        posted: set[tuple[int, bool]] = set()
         while run.backlog:
             point = run.backlog[0]
-            if point.step > run.seen_step or point.eval_loss is not None and point.step >= run.seen_step:
+            new = point.step > run.seen_step or point.eval_loss is not None and point.step >= run.seen_step
+            if new and (point.step, point.is_eval) not in posted:
                 self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
+                posted.add((point.step, point.is_eval))
                 run.seen_step = max(run.seen_step, point.step)
                 fresh.append(point)
             run.backlog.pop(0)
@@ -526,16 +534,26 @@ class Worker:
         self.store.add_event(job.id, EventKind.PLOT, events.plot(key, final=final, points=len(points)))
         return str(dest)
 
+    def api_base(self, job: Job) -> str:
+        """Where the runner reaches a deployment's API (`…/v1`): this host, or the node that serves it."""
+        local = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
+        if not job.handle:
+            return local
+        host = local.split("//", 1)[1].rsplit(":", 1)[0]
+        return self.backend.endpoint(job.handle, host, job.port or 0) + "/v1"
+
     def _watch_deployment(self, job: Job, run: Running) -> None:
         if run.term_sent_at is not None:
             return
-        base = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
+        base = self.api_base(job)
         if job.state == JobState.STARTING.value:
             ready = job.mode == "webchat" and deploy.port_in_use(self.settings.deploy_host, job.port or 0)
             ready = ready or (job.mode != "webchat" and deploy.is_ready(base, job.api_key, timeout=1.0))
             if ready:
                 if job.mode == "webchat":
                     url = deploy.web_url(self.settings.public_url, self.settings.deploy_host, job.port)
+                elif base != deploy.internal_api_base(self.settings.deploy_host, job.port or 0):
+                    url = base  # served on a cluster node, at the address the node published
                 else:
                     url = deploy.api_url(self.settings.public_url, self.settings.deploy_host, job.port)
                 chat_url = (
@@ -611,6 +629,7 @@ class Worker:
         elif code == 0:
             try:
                 values.update(kind.collect(job))
+                self._add_stored(job, values)
                 if self.storage is not None:  # cleared when the upload ends; a later runner retries
                     values["artifacts"][UPLOAD_PENDING] = True
             except (MissingOutput, UserError) as exc:
@@ -632,6 +651,9 @@ class Worker:
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
+        lost = self.backend.lost(job.handle) if job.handle else None
+        if lost:  # the job could not say how it ended (its node was lost): the backend's words
+            values.update(error=lost, advice=None)
         if kind.resumable and (Path(job.work_dir) / "output").is_dir():
             from .llamafactory.recipes import last_checkpoint
 
@@ -657,10 +679,23 @@ class Worker:
             except Exception:  # the database is away too: the pending mark stays for a retry
                 log.warning("job #%s: the upload failure could not be recorded either", job_id)
 
+    def _add_stored(self, job: Job, values: dict[str, Any]) -> None:
+        """What the job put in the artifact store itself (a cluster node uploads its outputs; this
+        host keeps only their small files): those records are the artifacts' real copies."""
+        stored = self.backend.stored(job.handle) if job.handle else {}
+        if not stored:
+            return
+        found = values.setdefault("artifacts", {})
+        found["remote"] = {**(found.get("remote") or {}), **stored}
+        if "model" in stored:
+            values.setdefault("metrics", {})["size_bytes"] = stored["model"]["size"]
+
     def _upload(self, job_id: int) -> None:
         """Copy a succeeded job's artifacts to the store; say in its events what went where."""
         job = self.store.get(job_id)
-        records, errors = artifacts.upload_job(job, self.storage)
+        # Skip what the job stored itself: this host holds only the small files of it.
+        stored = set(job.artifacts.get("remote") or {})
+        records, errors = artifacts.upload_job(job, self.storage, skip=stored)
         fresh = self.store.get(job_id)
         remote = {**(fresh.artifacts.get("remote") or {}), **records}
         kept = {k: v for k, v in fresh.artifacts.items() if k != UPLOAD_PENDING}

@@ -113,7 +113,7 @@ def test_final_loss_plot_draws_the_last_steps_loss_not_the_closing_summary_line(
 
 # --- 4: a job that ended while no runner was up ---------------------------------------------------
 def test_a_job_that_ended_with_no_runner_up_is_adopted_with_its_final_figures_and_end_time(lite, db):
-    s = with_steps(lite, 8, 0.25)
+    s = with_steps(lite, 20, 0.25)
     queue = JobQueue(s, db, hardware=CPU)
     first = Worker(s, db, hardware=CPU)
     job = queue.submit_train(preset="tiny")
@@ -131,21 +131,21 @@ def test_a_job_that_ended_with_no_runner_up_is_adopted_with_its_final_figures_an
         done = wait_for(db, job.id, FINAL, timeout=30)
     finally:
         second.stop()
-    assert stale < 8
+    assert stale < 20
     assert done.state == "succeeded"
-    assert done.progress["step"] == 8 and done.progress["percent"] == 100.0
-    assert done.progress["loss"] == pytest.approx(3.0 / 8)
+    assert done.progress["step"] == 20 and done.progress["percent"] == 100.0
+    assert done.progress["loss"] == pytest.approx(3.0 / 20)
     assert done.finished_at == pytest.approx(ended_at, abs=0.01)  # not when it was adopted
-    assert progress_steps(db, job.id) == list(range(1, 9))  # each step recorded once, none lost
+    assert progress_steps(db, job.id) == list(range(1, 21))  # each step recorded once, none lost
 
 
 # --- 1: uploads are finished or retried, never cut off -------------------------------------------
 def slow_uploads(monkeypatch, seconds: float) -> None:
     real = artifacts.upload_job
 
-    def slow(job, storage):
+    def slow(job, storage, **kwargs):
         time.sleep(seconds)
-        return real(job, storage)
+        return real(job, storage, **kwargs)
 
     monkeypatch.setattr(artifacts, "upload_job", slow)
 
@@ -171,7 +171,7 @@ def test_a_foreground_run_stopping_after_success_finishes_its_uploads_first(lite
 def test_an_upload_cut_off_by_a_stop_is_uploaded_by_the_next_runner(lite, db, tmp_path, monkeypatch):
     release = threading.Event()
 
-    def stuck(job, storage):
+    def stuck(job, storage, **kwargs):
         release.wait(30)
         raise RuntimeError("the process was killed mid-upload")
 
@@ -201,7 +201,7 @@ def test_an_upload_cut_off_by_a_stop_is_uploaded_by_the_next_runner(lite, db, tm
 
 
 def test_an_upload_that_crashes_says_so_in_the_jobs_events_and_stays_pending(lite, db, tmp_path, monkeypatch):
-    def broken(job, storage):
+    def broken(job, storage, **kwargs):
         raise RuntimeError("oss2 fell over")
 
     with OssStandin(tmp_path / "oss") as server:
