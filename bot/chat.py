@@ -22,9 +22,9 @@ from .render import SECTION_TEXT_MAX, context, escape, message, section
 log = logging.getLogger(__name__)
 
 ANSWER_MARKER = "tunebot_chat_answer"
-# Enough history for a chat in a thread, short enough for a small model's context.
+# Enough history for a chat in a thread, short enough for a small model's context. (Answer length,
+# temperature, top-p and the system prompt are the deployment's: runners.deploy.chat_defaults.)
 MAX_TURNS = 20
-MAX_TOKENS = 512
 # Messages with these subtypes are still something a person wrote.
 _HUMAN_SUBTYPES = (None, "thread_broadcast", "file_share")
 

@@ -77,6 +77,25 @@ _SPECS = [
         model_instead_of_job=True,
     ),
     CommandSpec(
+        "compare",
+        "compare [dataset=NAME] [JOB …]",
+        "Leaderboard of an eval set: every evaluated model (base models too) by ROUGE-L, "
+        "the hyperparameters that differ, a bar chart",
+        "compare dataset=eval 12 15",
+        min_args=0,
+        max_args=20,
+        pairs=True,
+    ),
+    CommandSpec(
+        "key",
+        "key JOB",
+        "Your deployment's API key and chat link again (only you see it)",
+        "key 15",
+        min_args=1,
+        max_args=1,
+        job_arg=True,
+    ),
+    CommandSpec(
         "undeploy", "undeploy JOB", "Stop a deployment", "undeploy 15", min_args=1, max_args=1, job_arg=True
     ),
     CommandSpec(
@@ -489,6 +508,12 @@ def parse_command(text: str) -> Command:
         )
     if spec.job_arg and args:
         args = [parse_job_ref(args[0]), *args[1:]]
+    if name == "compare":
+        args = [parse_job_ref(a) for a in args]
+        unknown = [k for k in pairs if k != "dataset"]
+        if unknown:
+            raise UserError(f"`compare` takes dataset=NAME and job ids, not `{unknown[0]}=`.",
+                            field=unknown[0], fix=f"{COMMAND} {spec.example}")
     return Command(name, args, pairs, yaml_text)
 
 

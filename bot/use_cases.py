@@ -9,10 +9,13 @@ engine's event stream, so nothing here posts to a channel.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from runners import datasets
+from runners.deploy import keyed_chat_url, model_name
 from runners.errors import UserError
 from runners.job import ACTIVE_STATES, Job, JobState
 from runners.queue import Requester
@@ -26,11 +29,16 @@ from .render import (
     ACTION_EXPORT,
     ACTION_RESUME,
     ACTION_UNDEPLOY,
+    link,
+    message,
+    render_deploy_key,
     render_help,
     render_job_message,
     render_jobs,
     replies,
+    section,
 )
+from .render import escape as render_escape
 from .services import Services
 from .threads import channel_of, job_of_thread, jobs_in_thread, slack_origin, story_thread
 
@@ -171,7 +179,8 @@ def _resume(services: Services, command: Command, origin: Origin) -> dict[str, A
 def _status(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
     if command.job is not None:
         job = services.queue.get(command.job)
-        return render_job_message(job, queue_position=services.queue.position(job))
+        answer = render_job_message(job, queue_position=services.queue.position(job))
+        return with_family(services, job, answer, origin)
     jobs = services.queue.jobs(states=[*ACTIVE_STATES, JobState.QUEUED.value], newest_first=False)
     if not jobs:
         return replies.render_text("Nothing is running or queued. `/tune jobs` lists the recent jobs.")
@@ -204,6 +213,77 @@ def _schedule(services: Services, command: Command, origin: Origin) -> dict[str,
                                    runtime=services.runtime, client=services.client)
 
 
+MAX_FAMILY = 30
+
+
+def family_of(store: Any, job: Job) -> list[Job]:
+    """Jobs made from `job`, then from those (an export's deployments), oldest first."""
+    found: list[Job] = []
+    frontier = [job.id]
+    seen = {job.id}
+    while frontier and len(found) < MAX_FAMILY:
+        parent = frontier.pop(0)
+        for child in store.list_jobs(parent_id=parent, newest_first=False):
+            if child.id not in seen:
+                seen.add(child.id)
+                found.append(child)
+                frontier.append(child.id)
+    return sorted(found, key=lambda j: j.id or 0)[:MAX_FAMILY]
+
+
+def with_family(services: Services, job: Job, answer: dict[str, Any], origin: Origin) -> dict[str, Any]:
+    """A job's status with its family (evals, exports, deployments) and, for whoever may have it,
+    the chat link with the deployment's key (the answer is ephemeral)."""
+    from .render.family import render_family
+
+    blocks = list(answer["blocks"])
+    family = family_of(services.store, job)
+    extra = render_family(family)
+    deployment = job if job.kind == "deploy" else next(
+        (j for j in family if j.kind == "deploy" and j.state == JobState.SERVING.value), None)
+    if deployment is not None and deployment.state == JobState.SERVING.value and deployment.api_key \
+            and deployment.chat_url and _may_see_key(services, deployment, origin):
+        extra.append(section(f":key: Chat page with your key (only you see this): "
+                             f"{link(keyed_chat_url(deployment), 'open the chat')}"))
+    return message(answer["text"], blocks[:2] + extra + blocks[2:], escaped=True)
+
+
+def _may_see_key(services: Services, job: Job, origin: Origin) -> bool:
+    return services.access.is_admin(origin.user) or (bool(job.user) and job.user == origin.user)
+
+
+def _key(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    job = services.queue.deployment_key(command.job, by=origin.user,
+                                        admin=services.access.is_admin(origin.user))
+    return render_deploy_key(job, job.api_key or "", model_name=model_name(job))
+
+
+def _compare(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    from runners.compare.leaderboard import board_for, draw_chart
+
+    from .render.compare import render_leaderboard
+
+    named = [int(a) for a in command.args]
+    board = board_for(services.store, dataset=command.pairs.get("dataset"), only=named or None)
+    target = services.queue.get(named[0]) if named else None
+    where = channel_of(target) if target is not None else ""
+    thread = story_thread(services.store, target) if target is not None else ""
+    if target is None or where != origin.channel or not thread:
+        return render_leaderboard(board)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{board.dataset}-{origin.request_key or int(time.time())}")
+    chart = draw_chart(board, services.runtime.settings.cache_dir / "leaderboards" / f"{name[:80]}.png")
+    posted = render_leaderboard(board, chart_in_thread=True)
+    services.post(where, text=posted["text"], blocks=posted["blocks"], thread_ts=thread)
+    title = f"ROUGE-L on {board.dataset}"
+    if services.delivery is not None:
+        services.delivery.upload(where, thread, path=chart, filename=chart.name, title=title)
+    else:
+        services.client.files_upload_v2(channel=where, thread_ts=thread, file=str(chart),
+                                        filename=chart.name, title=title)
+    return replies.render_text(f":bar_chart: The leaderboard of `{render_escape(board.dataset)}` "
+                               f"is in #{target.id}'s thread.")
+
+
 _HANDLERS = {
     "train": _train,
     "eval": _on_job("eval"),
@@ -216,4 +296,6 @@ _HANDLERS = {
     "jobs": _jobs,
     "datasets": _datasets,
     "help": _help,
+    "compare": _compare,
+    "key": _key,
 }

@@ -35,6 +35,14 @@ def model_name(job: Job) -> str:
     return f"tunebot-{job.parent_id or job.id}"
 
 
+def keyed_chat_url(job: Job) -> str:
+    """The chat page with the deployment's key in the URL fragment (browsers never send it to a
+    server). A secret: only for the deployment's owner or an admin, never in a channel post."""
+    if not job.chat_url:
+        return ""
+    return f"{job.chat_url}#key={job.api_key}" if job.api_key else job.chat_url
+
+
 def public_base(public_url: str | None, bind_host: str) -> tuple[str, str]:
     """(scheme, host) people use to reach this runner's ports."""
     if public_url:
@@ -77,17 +85,37 @@ def is_ready(base: str, key: str | None, timeout: float = 2.0) -> bool:
         return False
 
 
+# LLaMA-Factory's WebUI chat defaults (top-p 0.7, temperature 0.95); answers kept short for a thread.
+CHAT_DEFAULTS: dict[str, Any] = {"system": "", "temperature": 0.95, "top_p": 0.7, "max_tokens": 512}
+
+
+def chat_defaults(job: Job) -> dict[str, Any]:
+    """The deployment's chat settings: its own arguments (`deploy 12 temperature=0.3
+    default_system=…`) over the WebUI's defaults. The chat page starts from these; the thread
+    chat uses them as they are."""
+    args = job.args or {}
+    found = dict(CHAT_DEFAULTS)
+    for ours, theirs in (("system", "default_system"), ("temperature", "temperature"),
+                         ("top_p", "top_p"), ("max_tokens", "max_new_tokens")):
+        if args.get(theirs) not in (None, ""):
+            found[ours] = args[theirs]
+    return found
+
+
 def chat(
     job: Job,
     messages: list[dict[str, str]],
     *,
     bind_host: str,
     api_base: str | None = None,
-    max_tokens: int = 256,
+    max_tokens: int | None = None,
     temperature: float | None = None,
+    top_p: float | None = None,
+    system: str | None = None,
     timeout: float = 300.0,
 ) -> str:
-    """Send a conversation to a serving deployment; returns the model's answer."""
+    """Send a conversation to a serving deployment; returns the model's answer. Settings not given
+    are the deployment's (`chat_defaults`)."""
     if job.state != JobState.SERVING.value or not job.port:
         raise UserError(
             f"Deployment #{job.id} is not serving (it is {job.state}).",
@@ -96,9 +124,17 @@ def chat(
         )
     if not messages or messages[-1].get("role") != "user":
         raise UserError("A chat turn must end with the user's message.")
-    body: dict[str, Any] = {"model": model_name(job), "messages": messages, "max_tokens": max_tokens}
-    if temperature is not None:
-        body["temperature"] = temperature
+    defaults = chat_defaults(job)
+    system = defaults["system"] if system is None else system
+    if system and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+    body: dict[str, Any] = {
+        "model": model_name(job),
+        "messages": messages,
+        "max_tokens": defaults["max_tokens"] if max_tokens is None else max_tokens,
+        "temperature": defaults["temperature"] if temperature is None else temperature,
+        "top_p": defaults["top_p"] if top_p is None else top_p,
+    }
     try:
         reply = _request(
             f"{api_base or internal_api_base(bind_host, job.port)}/chat/completions",

@@ -46,6 +46,24 @@ FINAL_STATES = (
 RESUMABLE_STATES = (JobState.INTERRUPTED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 
 
+_STATE_PHRASES = {
+    JobState.QUEUED.value: "is queued",
+    JobState.RUNNING.value: "is running",
+    JobState.SUCCEEDED.value: "has succeeded",
+    JobState.FAILED.value: "has failed",
+    JobState.CANCELLED.value: "was cancelled",
+    JobState.INTERRUPTED.value: "was interrupted",
+    JobState.STARTING.value: "is starting",
+    JobState.SERVING.value: "is serving",
+    JobState.STOPPED.value: "has stopped",
+}
+
+
+def state_phrase(state: str) -> str:
+    """`Job #1 has succeeded`, not `Job #1 is succeeded`: the verb that fits the state."""
+    return _STATE_PHRASES.get(state, f"is {state}")
+
+
 def now() -> float:
     return time.time()
 

@@ -17,8 +17,8 @@ from . import artifacts, deploy, events
 from .errors import UserError
 from .events import EventKind
 from .hardware import Hardware, detect, slots_for
-from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
-from .llamafactory import recipes, validation
+from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now, state_phrase
+from .llamafactory import keys, recipes, validation
 from .llamafactory.recipes import Recipe
 from .settings import Settings
 from .store import Store
@@ -203,6 +203,7 @@ class JobQueue:
         self._check_capacity(recipe)
         if validation.llamafactory_available():
             recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
+        keys.check_ranges(recipe.args, recipe.spec.get("pairs"))
         recipe.model = parent.model if parent else model  # the name people know it by
         return recipe
 
@@ -304,6 +305,9 @@ class JobQueue:
         job = self.store.get(job_ref)
         self._check_owner(job, by, admin, "cancel")
         if job.is_final:
+            if job.kind == JobKind.DEPLOY.value:
+                raise UserError(f"Deployment #{job.id} has already ended ({job.state}); "
+                                "there is nothing to undeploy.", field="job")
             raise UserError(
                 f"Job #{job.id} has already ended ({job.state}); there is nothing to cancel.", field="job"
             )
@@ -344,6 +348,26 @@ class JobQueue:
         ]
         return sorted(found, key=lambda d: d.id, reverse=True)
 
+    def deployment_key(self, job_ref: int | str, *, by: str = "", admin: bool = True) -> Job:
+        """The serving deployment of a job, api_key included, for its owner or an admin only
+        (someone who lost the ephemeral, or deployed with --detach, asks again)."""
+        job = self.store.get(job_ref)
+        if job.kind != JobKind.DEPLOY.value:
+            serving = self.deployments_of(job.id, (JobState.SERVING.value,))
+            if not serving:
+                raise UserError(f"Job #{job.id} has no serving deployment.", field="job",
+                                fix=f"`deploy {job.id}`")
+            job = serving[0]
+        self._check_owner(job, by, admin, "see the API key of")
+        if job.state != JobState.SERVING.value:
+            raise UserError(f"Deployment #{job.id} {state_phrase(job.state)}: it has no key to give.",
+                            field="job")
+        if not job.api_key:
+            raise UserError(f"Deployment #{job.id} has no API key (TUNEBOT_DEPLOY_API_KEY is off).",
+                            field="job")
+        self.store.audit(by or "cli", "key", job.id)
+        return job
+
     def resume(
         self, job_ref: int | str, *, by: str = "", admin: bool = True, request_key: str | None = None
     ) -> Job:
@@ -357,7 +381,7 @@ class JobQueue:
             )
         if job.state not in RESUMABLE_STATES:
             raise UserError(
-                f"Job #{job.id} is {job.state}; only interrupted, failed or cancelled train jobs "
+                f"Job #{job.id} {state_phrase(job.state)}; only interrupted, failed or cancelled train jobs "
                 "can be resumed.",
                 field="job",
             )

@@ -87,6 +87,7 @@ class Runtime:
             api_base=self.worker.api_base(job),
             model_name=deploy.model_name(job),
             title=title,
+            defaults=deploy.chat_defaults(job),
         )
 
     def touch(self, job_id: int) -> None:

@@ -47,6 +47,8 @@ class ChatTarget:
     api_base: str  # e.g. "http://127.0.0.1:8123/v1"
     model_name: str  # the `model` of API requests (API_MODEL_NAME)
     title: str
+    # The settings panel's starting values: system, temperature, top_p, max_tokens (deploy.chat_defaults).
+    defaults: dict[str, Any] | None = None
 
 
 def _security_headers(nonce: str | None = None) -> dict[str, str]:
@@ -75,7 +77,10 @@ def _not_serving_page(job_id: int) -> HTMLResponse:
 
 def render_page(job_id: int, target: ChatTarget, nonce: str) -> str:
     """chat.html with the deployment's name and title filled in."""
-    config = json.dumps({"jobId": job_id, "model": target.model_name, "title": target.title})
+    defaults = target.defaults or {}
+    config = json.dumps(
+        {"jobId": job_id, "model": target.model_name, "title": target.title, "defaults": defaults}
+    )
     # Inside <script>, "</" or "<!--" could end the element early: no markup characters at all.
     config = config.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     values = {"TITLE": html.escape(target.title), "NONCE": nonce, "CONFIG": config}

@@ -343,6 +343,9 @@ class Worker:
             work_dir.mkdir(parents=True, exist_ok=True)
             config = work_dir / "config.yaml"
             config.write_text(yaml.safe_dump(job.args, sort_keys=False, allow_unicode=True), encoding="utf-8")
+            prepare = kind_of(job.kind).prepare
+            if prepare is not None:
+                job = prepare(job, work_dir, self.store)
             env = self._job_env(job, slots)
             values: dict[str, Any] = {}
             if job.kind == JobKind.DEPLOY.value:

@@ -30,6 +30,8 @@ def test_demo_runs_the_seed_workflow_on_cpu_and_reports_every_result(tmp_path, s
     plot = Path(re.search(r"loss plot \(PNG\):\s+(\S+)", text).group(1))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert re.search(r"ROUGE-1 \d+\.\d\d, ROUGE-2 \d+\.\d\d, ROUGE-L \d+\.\d\d, BLEU-4 \d+\.\d\d", text)
+    # The fine-tune's gain over the base model, computed in the same eval job.
+    assert re.search(r"vs the base model: ROUGE-1 \d+\.\d \(base \d+\.\d, [+-]\d+\.\d\)", text)
     exported = Path(re.search(r"exported model:\s+(\S+)", text).group(1))
     assert (exported / "config.json").exists()
     assert re.search(r"chat page:\s+http://127\.0\.0\.1:\d+/chat/4/\s+\(answered\)", text)

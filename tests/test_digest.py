@@ -268,3 +268,23 @@ def test_a_long_digest_stays_within_slacks_limits(store):
     payload = render_digest(build_digest(store, channel=CHANNEL, since=SINCE, until=NOW, now=NOW))
     assert block_kit_problems(payload["blocks"]) == []
     assert "…and 45 more." in json.dumps(payload["blocks"], ensure_ascii=False)
+
+
+def test_the_digest_mentions_a_new_best_score_and_the_gain_over_the_base(store, busy_channel):
+    trained = busy_channel["trained"]
+    better = add(
+        store, kind="eval", state="succeeded", user="U0ALICE01", dataset="support_eval",
+        parent_id=trained.id, created_at=NOW - 2 * HOUR, started_at=NOW - 2 * HOUR,
+        finished_at=NOW - HOUR, metrics={"rouge-l": 41.2, "base": {"rouge-l": 28.9}},
+    )
+    worse = add(
+        store, kind="eval", state="succeeded", user="U0ALICE01", dataset="support_eval",
+        parent_id=trained.id, created_at=NOW - HOUR, started_at=NOW - HOUR,
+        finished_at=NOW - 0.5 * HOUR, metrics={"rouge-l": 12.0},
+    )
+    data = build_digest(store, channel=CHANNEL, since=SINCE, until=NOW, now=NOW)
+    assert [job.id for job, _ in data.new_bests] == [busy_channel["evaluated"].id, better.id]
+    assert worse.id not in [job.id for job, _ in data.new_bests]
+    text = json.dumps(render_digest(data)["blocks"], ensure_ascii=False)
+    assert "New best on `support_eval`" in text and "ROUGE-L 41.2 (the best before: 30.2)" in text
+    assert "ROUGE-L +12.3 over the base model" in text

@@ -66,6 +66,10 @@ def test_train_eval_export_deploy_chat_with_llamafactory(settings):
         for key in ("rouge-1", "rouge-2", "rouge-l", "bleu-4"):
             assert isinstance(evaluation.metrics[key], float)
         assert len(evaluation.artifacts["samples"]) == 3
+        # The base model was scored in the same job, on the same set with the same settings.
+        assert set(evaluation.metrics["base"]) == {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
+        base_model = Path(evaluation.spec["base"]["model"]).resolve()
+        assert base_model == Path(train.args["model_name_or_path"]).resolve()
 
         export = wait_for(store, queue.submit_export(train.id).id, FINAL, timeout=300)
         assert export.state == "succeeded", f"{export.error}\n{export.log_tail}"
@@ -179,6 +183,11 @@ BAD_TRAIN = [
     ({"template": "lama3"}, "template=llama3"),
     ({"lr": "nan"}, "`learning_rate` must be a finite number"),
     ({"method": "qlora"}, "needs a GPU"),
+    ({"learnig_rate": "1e-4"}, "did you mean `learning_rate`?"),
+    ({"foo": "1"}, "`help train` lists tunebot's keys"),
+    ({"dropout": "1.5"}, "`dropout` (lora_dropout) must be 0 ≤ x < 1, not 1.5"),
+    ({"lr": "-1e-4"}, "`lr` (learning_rate) must be > 0"),
+    ({"batch": "0"}, "`batch` (per_device_train_batch_size) must be ≥ 1, not 0"),
 ]
 
 

@@ -557,3 +557,48 @@ def test_form_labels_and_hints_fit_slack() -> None:
             assert len(block["label"]["text"]) <= 150
             assert len(block.get("hint", {}).get("text", "")) <= 150
     assert re.fullmatch(r".{1,24}", view["title"]["text"])
+
+
+def test_an_eval_with_base_scores_shows_the_gain_over_the_base_model() -> None:
+    job = make_job(kind="eval", state="succeeded", id=13, parent_id=12, dataset="eval_zh")
+    metrics = {"rouge-l": 41.2, "bleu-4": 10.0, "base": {"rouge-l": 28.9, "bleu-4": 12.5}}
+    payload = render_eval_result(job, metrics, None, [])
+    assert_valid(payload)
+    text = section_texts(payload)
+    assert "ROUGE-L 41.2 (base 28.9, *+12.3*)" in text
+    assert "BLEU-4 10.0 (base 12.5, *-2.5*)" in text
+    assert "ROUGE-L    41.20    28.90   +12.30" in text  # the table's Base and Gain columns
+    assert "ROUGE-L 41.2 (base 28.9, +12.3)" in payload["text"]
+
+
+def test_the_terminal_shows_the_gain_over_the_base_model_too() -> None:
+    from bot.cli.terminal import metrics_table
+
+    table = metrics_table({"rouge-l": 41.2, "rouge-1": 50.0, "base": {"rouge-l": 28.9}})
+    assert "ROUGE-L 41.2 (base 28.9, +12.3)" in table
+    assert "ROUGE-1 50.0" in table and "ROUGE-1 50.0 (" not in table
+
+
+@pytest.mark.parametrize("state", ["succeeded", "cancelled", "failed", "interrupted"])
+def test_a_finished_job_keeps_no_live_eta(state: str) -> None:
+    progress = {"step": 40, "total": 100, "percent": 40.0, "remaining_s": 403.0, "loss": 1.2}
+    now = time.time()
+    job = make_job(state=state, progress=progress, started_at=now - 60, finished_at=now)
+    text = all_text(render_job_message(job))
+    assert "ETA" not in text and "step 40/100" in text and "ran 1m 00s" in text
+    running = all_text(render_job_message(make_job(state="running", progress=progress, started_at=now - 60)))
+    assert "ETA 6m 43s" in running
+
+
+def test_a_deploy_of_a_merged_model_says_merged() -> None:
+    from runners.llamafactory.recipes import source_from_job
+
+    export = make_job(kind="export", state="succeeded", artifacts={"model": "/data/jobs/3/model"},
+                      args={"template": "llama3"})
+    assert source_from_job(export, "deploy").finetuning_type == "merged"
+
+
+def test_an_eval_whose_base_run_failed_says_there_is_no_comparison() -> None:
+    job = make_job(kind="eval", state="succeeded", id=13, spec={"base": {"key": "k", "run": True}})
+    text = all_text(render_eval_result(job, {"rouge-l": 41.2}, None, []))
+    assert "The base model's eval failed" in text and "base 2" not in text

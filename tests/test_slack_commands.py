@@ -330,3 +330,77 @@ def test_slacks_url_check_and_the_health_route_answer(bot) -> None:
     health = bot.url.replace("/slack/events", "/healthz")
     with urllib.request.urlopen(health, timeout=5) as response:
         assert response.read() == b"ok"
+
+
+# --- help train, key, compare, status with the family -----------------------------------------
+
+
+def _stored(bot, **fields):
+    from runners.job import Job
+
+    where = {"origin": {"channel": CHANNEL_ID}, "user": HUMAN_USER_ID}
+    job, _ = bot.runtime.store.add_job(Job(**{"model": "/models/tiny-llama3", **where, **fields}))
+    return job
+
+
+def test_help_train_lists_every_preset_and_key(bot) -> None:
+    from runners.llamafactory.recipes import PRESETS
+
+    shown = texts(ack_json(bot.command("help train")))
+    for name in PRESETS:
+        assert f"`{name}`" in shown
+    assert "*lr* (also learning_rate): learning rate" in shown and "*dropout*" in shown
+
+
+def test_the_deployment_key_again_is_for_its_owner_or_an_admin(bot) -> None:
+    deployment = _stored(bot, kind="deploy", state="serving", api_key="sk-tunebot-again",
+                         chat_url="http://127.0.0.1:7860/chat/1/", url="http://127.0.0.1:8001/v1")
+    bot.command(f"key {deployment.id}", user=OTHER_USER_ID)
+    refused = bot.wait_response()
+    assert f"may see the API key of #{deployment.id}" in refused["text"]
+    assert "sk-tunebot-again" not in str(refused)
+    bot.command(f"key {deployment.id}")
+    mine = str(bot.wait_response(2))
+    assert "sk-tunebot-again" in mine and "chat/1/#key=sk-tunebot-again" in mine
+    bot.command(f"key {deployment.id}", user=ADMIN_ID)
+    assert "sk-tunebot-again" in str(bot.wait_response(3))
+    # status: the owner's (ephemeral) answer carries the keyed chat link, another person's does not
+    bot.command(f"status {deployment.id}")
+    assert "#key=sk-tunebot-again" in str(bot.wait_response(4))
+    bot.command(f"status {deployment.id}", user=OTHER_USER_ID)
+    assert "sk-tunebot-again" not in str(bot.wait_response(5))
+
+
+def test_status_of_a_train_job_lists_its_family(bot) -> None:
+    train = _stored(bot, kind="train", state="succeeded")
+    _stored(bot, kind="eval", state="succeeded", parent_id=train.id, dataset="demo-eval",
+            metrics={"rouge-l": 41.2, "base": {"rouge-l": 28.9}})
+    bot.command(f"status {train.id}")
+    shown = texts(bot.wait_response())
+    assert "Made from it" in shown and "on demo-eval: ROUGE-L 41.2 (base 28.9, +12.3)" in shown
+
+
+def test_compare_answers_the_asker_or_posts_the_board_and_chart_in_the_named_jobs_thread(bot) -> None:
+    train = _stored(bot, kind="train", state="succeeded", args={"learning_rate": 1e-4})
+    other = _stored(bot, kind="train", state="succeeded", args={"learning_rate": 5e-4})
+    bot.post_job_message(train)
+    _stored(bot, kind="eval", state="succeeded", parent_id=train.id, dataset="demo-eval",
+            metrics={"rouge-l": 30.0, "base": {"rouge-l": 20.0}},
+            spec={"base": {"key": "k", "model": "/models/tiny-llama3", "run": True}})
+    _stored(bot, kind="eval", state="succeeded", parent_id=other.id, dataset="demo-eval",
+            metrics={"rouge-l": 35.0})
+    bot.command("compare dataset=demo-eval")
+    shown = texts(bot.wait_response())
+    assert shown.index(f"#{other.id}") < shown.index(f"#{train.id}") < shown.index("base: tiny-llama3")
+    assert "Name a job" in shown
+    bot.command(f"compare {train.id}")
+    assert f"is in #{train.id}'s thread" in bot.wait_response(2)["text"]
+    from bot.threads import root_ts
+
+    thread_ts = root_ts(bot.runtime.store, bot.runtime.store.get(train.id))
+    bot.slack.wait_for(lambda: bot.slack.uploads(), what="the chart upload")
+    [chart] = bot.slack.uploads()
+    assert chart.content[:8] == b"\x89PNG\r\n\x1a\n" and chart.thread_ts == thread_ts
+    posted = [texts(m) for m in bot.slack.thread(CHANNEL_ID, thread_ts)]
+    assert any("Leaderboard: demo-eval" in t for t in posted)
+    assert "`compare` takes dataset=NAME" in texts(ack_json(bot.command("compare lr=1")))

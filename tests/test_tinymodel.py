@@ -97,8 +97,10 @@ def test_second_ensure_uses_the_cache(tiny_model: Path, monkeypatch: pytest.Monk
     assert weights.stat().st_mtime_ns == before
 
 
-def test_incomplete_model_directory_is_rebuilt(tmp_path: Path) -> None:
+def test_incomplete_model_directory_is_rebuilt(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     path = ensure_tiny_model(tmp_path)
+    # Building it prints nothing: no "Writing model shards" bar in a terminal following a job.
+    assert "Writing model shards" not in "".join(capfd.readouterr())
     (path / "model.safetensors").unlink()
     assert not tinymodel.is_complete(path)
     assert ensure_tiny_model(tmp_path) == path

@@ -266,3 +266,100 @@ def test_chat_page_in_a_browser_talks_to_a_real_deployment(deployment: tuple[str
                 browser.close()
     finally:
         server.stop()
+
+
+@needs_chromium
+def test_chat_page_settings_markdown_and_stop_in_a_browser() -> None:
+    """The settings beside the chat reach the API (a system prompt changes the request), are
+    remembered in the browser, answers render as Markdown with code blocks kept, and Stop ends a
+    streamed answer where it is."""
+    import asyncio
+
+    from playwright.sync_api import expect, sync_playwright
+
+    seen: list[dict] = []
+    answer = "Here is **code**:\n\n```python\nprint('<b>hi</b>')\n```\n\n- one\n- two"
+
+    async def deployment(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": MODEL_NAME}]})
+        body = json.loads(request.content)
+        seen.append(body)
+        slow = body["messages"][-1]["content"] == "slow"
+
+        async def events():
+            pieces = ["a", "b", "c"] * 200 if slow else [answer[i:i + 7] for i in range(0, len(answer), 7)]
+            for piece in pieces:
+                chunk = {"choices": [{"delta": {"content": piece}}]}
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                await asyncio.sleep(0.05 if slow else 0)
+            yield b"data: [DONE]\n\n"
+
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events())
+
+    defaults = {"system": "", "temperature": 0.3, "top_p": 0.9, "max_tokens": 200}
+    target = ChatTarget(api_base="http://deployment.test/v1", model_name=MODEL_NAME, title="t",
+                        defaults=defaults)
+    app = create_chat_app(lambda job_id: target if job_id == 7 else None,
+                          transport=httpx.MockTransport(deployment))
+    server, port = serve_in_thread(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/chat/7/#key=k"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context()
+                page = context.new_page()
+                page.goto(url)
+                expect(page.locator("#status")).to_have_text("connected")
+                # The deployment's defaults fill the panel.
+                expect(page.locator("#temperature")).to_have_value("0.3")
+                expect(page.locator("#max_tokens")).to_have_value("200")
+                page.fill("#input", "no system prompt")
+                page.click("#send")
+                expect(page.locator(".msg.assistant:not(.pending)")).to_have_count(1)
+                page.fill("#system", "Answer like a pirate.")
+                page.fill("#temperature", "0.5")
+                page.fill("#top_p", "0.8")
+                page.fill("#max_tokens", "64")
+                page.locator("#max_tokens").dispatch_event("change")
+                page.locator("#system").dispatch_event("change")
+                page.fill("#input", "hello")
+                page.click("#send")
+                expect(page.locator(".msg.assistant:not(.pending)")).to_have_count(2)
+                first, second = seen
+                assert [m["role"] for m in first["messages"]] == ["user"]
+                assert (first["temperature"], first["top_p"], first["max_tokens"]) == (0.3, 0.9, 200)
+                assert second["messages"][0] == {"role": "system", "content": "Answer like a pirate."}
+                assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "user"]
+                assert (second["temperature"], second["top_p"], second["max_tokens"]) == (0.5, 0.8, 64)
+                # Markdown: the code block is kept as written (not run as HTML), lists and bold render.
+                reply = page.locator(".msg.assistant").nth(1)
+                expect(reply.locator("pre code")).to_have_text("print('<b>hi</b>')")
+                expect(reply.locator("strong")).to_have_text("code")
+                expect(reply.locator("li")).to_have_count(2)
+                assert reply.locator("b").count() == 0
+
+                # Stop: the streamed answer ends where it is and stays in the conversation.
+                page.fill("#input", "slow")
+                page.click("#send")
+                expect(page.locator("#stop")).to_be_visible()
+                expect(page.locator(".msg.assistant").nth(2)).to_contain_text("abc")
+                page.click("#stop")
+                expect(page.locator(".msg.assistant").nth(2)).to_contain_text("(stopped)")
+                expect(page.locator("#stop")).to_be_hidden()
+                partial = page.locator(".msg.assistant").nth(2).inner_text()
+                assert len(partial) < 600 + len("(stopped)")
+
+                # Remembered in this browser: a new page starts with the same settings.
+                again = context.new_page()
+                again.goto(url)
+                expect(again.locator("#system")).to_have_value("Answer like a pirate.")
+                expect(again.locator("#max_tokens")).to_have_value("64")
+                again.click("#defaults")
+                expect(again.locator("#system")).to_have_value("")
+                expect(again.locator("#temperature")).to_have_value("0.3")
+            finally:
+                browser.close()
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ from runners.runtime import Runtime
 from runners.settings import Settings
 
 from ..render import METRIC_LABELS
+from ..render.scores import scores_line
 from . import terminal
 
 DEMO_USER = "demo"
@@ -141,6 +142,9 @@ def _summary(train: Job, evaluation: Job, export: Job, deployment: Job, page_ok:
         f"{label} {metrics[key]:.2f}" for key, label in METRIC_LABELS if metrics.get(key) is not None
     )
     lines.append(f"  eval scores:       {scores or evaluation.error}")
+    if metrics.get("base"):
+        lines.append(f"  vs the base model: {scores_line(metrics)}")
+        lines.append("                     (the tiny model before fine-tuning, same eval set and settings)")
     lines.append(f"  eval results:      {evaluation.artifacts.get('results')}")
     lines.append(f"  exported model:    {export.artifacts.get('model')}  (transformers loads it directly)")
     lines.append(f"  deployed API:      {deployment.url}")

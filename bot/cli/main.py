@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("job")
     logs.add_argument("-n", "--lines", type=int, default=60)
     logs.add_argument("-f", "--follow", action="store_true")
+    compare = sub.add_parser(
+        "compare", help="leaderboard of an eval set: every evaluated model by ROUGE-L, with a bar chart"
+    )
+    compare.add_argument("items", nargs="*", help="[dataset=NAME] [JOB …] (default: the newest eval's set)")
+    compare.add_argument("--dataset", help="the eval set (same as dataset=NAME)")
+    key = sub.add_parser("key", help="a deployment's API key and chat link again")
+    key.add_argument("job")
     cancel = sub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job")
     undeploy = sub.add_parser("undeploy", help="stop a deployment")
@@ -97,10 +104,17 @@ def for_terminal(text: str) -> str:
     text = re.sub(r"`(eval|export|deploy) (#?\d+)`", r"`tunebot run \1 \2`", text)
     text = re.sub(r"`(resume|cancel|undeploy) (#?\d+)`", r"`tunebot \1 \2`", text)
     text = text.replace("`jobs`", "`tunebot jobs`").replace("`datasets`", "`tunebot dataset list`")
+    text = text.replace("`help train`", "`tunebot run train --help`")
     return text.replace("`help`", "`tunebot --help`")
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:2] == ["run", "train"] and any(item in ("-h", "--help") for item in raw[2:]):
+        from ..render.train_help import terminal_train_help
+
+        print(terminal_train_help())  # every preset and key, not just argparse's options
+        return 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Options may come anywhere among `run`'s items (`run train --detach tiny lr=1e-3`): argparse
@@ -295,13 +309,16 @@ def _settled(settings: Settings, store, job_ref: str, *, stop: bool = False) -> 
 
 
 def cmd_show(settings: Settings, args) -> int:
-    job = _settled(settings, _store(settings), args.job)
+    store = _store(settings)
+    job = _settled(settings, store, args.job)
     if args.json:
         data = job.model_dump()
         data.pop("api_key", None)
         print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
     else:
-        print(terminal.job_details(job))
+        from ..use_cases import family_of
+
+        print(terminal.job_details(job, family=family_of(store, job), show_key=True))
         remote = job.artifacts.get("remote") or {}
         if remote and settings.storage is not None and settings.storage.backend != "local":
             from runners.artifacts import describe, open_storage
@@ -319,6 +336,40 @@ def cmd_show(settings: Settings, args) -> int:
                 print(f"  {name}: {info['location']} ({info['size_text']}{expires})\n    {info['link']}")
         for name, error in (job.artifacts.get("remote_errors") or {}).items():
             print(f"  {name}: not uploaded: {error}")
+    return 0
+
+
+def cmd_compare(settings: Settings, args) -> int:
+    from runners.compare.leaderboard import board_for, draw_chart
+    from runners.store import parse_job_id
+
+    from ..render.compare import leaderboard_text
+
+    positional, pairs = split_words(args.items)
+    unknown = [k for k in pairs if k != "dataset"]
+    if unknown:
+        raise UserError(f"`compare` takes dataset=NAME and job ids, not `{unknown[0]}=`.",
+                        field=unknown[0], fix="tunebot compare dataset=demo-eval 1 5")
+    dataset = args.dataset or pairs.get("dataset")
+    named = [parse_job_id(p.lstrip("#")) for p in positional]
+    board = board_for(_store(settings), dataset=dataset, only=named or None)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", board.dataset)[:60] or "eval"
+    chart = draw_chart(board, settings.cache_dir / "leaderboards" / f"{safe}.png")
+    print(leaderboard_text(board, str(chart)))
+    return 0
+
+
+def cmd_key(settings: Settings, args) -> int:
+    from runners.deploy import keyed_chat_url
+    from runners.queue import JobQueue
+
+    # The terminal is the operator's machine: it may have every deployment's key.
+    job = JobQueue(settings, _store(settings)).deployment_key(args.job, by="cli", admin=True)
+    print(f"#{job.id} API key (keep it to yourself): {job.api_key}")
+    if job.chat_url:
+        print(f"  chat page with the key: {keyed_chat_url(job)}")
+    if job.url:
+        print(f"  API: {job.url}  (header: Authorization: Bearer <key>)")
     return 0
 
 
@@ -431,6 +482,8 @@ COMMANDS: dict[str, Any] = {
     "show": cmd_show,
     "status": cmd_show,
     "logs": cmd_logs,
+    "compare": cmd_compare,
+    "key": cmd_key,
     "cancel": cmd_cancel,
     "undeploy": cmd_undeploy,
     "chat": cmd_chat,

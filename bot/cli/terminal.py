@@ -6,13 +6,16 @@ import re
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from runners.events import EventKind, kind_of
 from runners.job import FINAL_STATES, Job, JobState
+from runners.llamafactory.progress import format_eta
 from runners.store import Store
 
-from ..render import METRIC_LABELS
+from ..render import METRIC_LABELS, finite_number
+from ..render.scores import score_with_base
 
 STATE_MARK = {
     "queued": "…",
@@ -28,7 +31,17 @@ STATE_MARK = {
 
 
 def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _metric_text(value: Any) -> str:
+    """A metric as people read it: 2.6602110397070646 -> 2.66; 1234.5 -> 1,234; ints as they are."""
+    number = finite_number(value)
+    if number is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{number:,.0f}" if abs(number) >= 100 else f"{number:.4g}"
 
 
 def job_line(job: Job) -> str:
@@ -53,28 +66,42 @@ def progress_line(progress: dict[str, Any]) -> str:
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    rows = [f"  {label:<8} {metrics[key]:6.2f}"
-            for key, label in METRIC_LABELS if metrics.get(key) is not None]
+    """One score a line; beside the base model's and the gain when the eval has them."""
+    base = metrics.get("base") or {}
+    rows = [f"  {score_with_base(label, metrics[key], base.get(key))}"
+            for key, label in METRIC_LABELS if finite_number(metrics.get(key)) is not None]
     return "\n".join(rows)
 
 
-def job_details(job: Job) -> str:
+def job_details(job: Job, *, family: list[Job] | None = None, show_key: bool = False) -> str:
+    """`tunebot show`: times to the second with durations, rounded metrics, the config, the job's
+    family; `show_key`: the deployment's chat link with its key (the operator's terminal)."""
     lines = [
         job_line(job),
         f"  asked by {job.user or 'cli'}  created {_when(job.created_at)}"
         f"  started {_when(job.started_at)}  ended {_when(job.finished_at)}",
     ]
+    waited = (job.started_at or (None if job.is_final else time.time())) if job.created_at else None
+    durations = []
+    if waited is not None:
+        durations.append(f"queued {format_eta(max(0.0, waited - job.created_at))}")
+    ran = job.duration()
+    if ran is not None:
+        durations.append(f"{'ran' if job.is_final else 'running for'} {format_eta(ran)}")
+    if durations:
+        lines.append("  " + ", ".join(durations))
     if job.method:
         lines.append(f"  method {job.method}  preset {job.preset or '-'}  slots {','.join(job.slots) or '-'}")
-    if job.progress:
-        lines.append("  " + progress_line(job.progress))
+    if job.progress and not (job.is_final and job.kind != "train"):
+        lines.append("  " + progress_line(_finished_progress(job)))
     if job.metrics:
         table = metrics_table(job.metrics)
         if table:
             lines.append(table)
-        for key in ("train_loss", "train_runtime", "tokens_per_s"):
+        for key in ("train_loss", "train_runtime", "tokens_per_s", "total_tokens", "size_bytes"):
             if job.metrics.get(key) is not None:
-                lines.append(f"  {key} {job.metrics[key]}")
+                unit = _UNITS.get(key, "")
+                lines.append(f"  {key} {_metric_text(job.metrics[key])}{unit}")
     for key, value in job.artifacts.items():
         if key in ("samples", "remote", "remote_errors"):
             continue
@@ -82,10 +109,14 @@ def job_details(job: Job) -> str:
             lines.append("  artifacts: upload not finished (the next runner on this host uploads them)")
             continue
         lines.append(f"  {key}: {value}")
+    if job.work_dir:
+        lines.append(f"  config: {Path(job.work_dir) / 'config.yaml'}")
     if job.url:
         lines.append(f"  API: {job.url}")
     if job.chat_url:
         lines.append(f"  chat page: {job.chat_url}")
+        if show_key and job.api_key and job.state == JobState.SERVING.value:
+            lines.append(f"  chat page with its key (keep it to yourself): {job.chat_url}#key={job.api_key}")
     if job.error:
         lines.append(f"  {job.error}")
     if job.advice:
@@ -93,7 +124,22 @@ def job_details(job: Job) -> str:
     if job.log_tail and job.state == JobState.FAILED.value:
         lines.append("  last log lines:\n    " + job.log_tail.replace("\n", "\n    "))
     lines.append(f"  log: {job.log_path}")
+    if family:
+        from ..render.family import family_lines
+
+        lines.extend(family_lines(family))
     return "\n".join(lines)
+
+
+_UNITS = {"train_runtime": " s", "tokens_per_s": " tokens/s", "size_bytes": " bytes"}
+
+
+def _finished_progress(job: Job) -> dict[str, Any]:
+    """A finished job's last progress without the live ETA (it means nothing once it ended)."""
+    progress = dict(job.progress)
+    if job.is_final:
+        progress.pop("remaining_s", None)
+    return progress
 
 
 def print_deployment(job: Job) -> None:
@@ -142,6 +188,11 @@ def follow(
         time.sleep(0.3)
 
 
+# One line per change: "started" says the job runs, and a deployment's URLs are printed once it
+# serves (print_deployment), so these states add nothing of their own.
+_SILENT_STATES = ("queued", "running", "starting", "serving")
+
+
 def _plot_path(store: Store, job_id: int) -> str:
     """Where the runner keeps the job's loss plot (the terminal runs beside the runner)."""
     job = store.find(job_id)
@@ -152,6 +203,8 @@ def describe_event(kind: str, data: dict[str, Any], *, plot_path: str = "") -> s
     """One event as a terminal line (words made here, from the event's kind and payload)."""
     kind = kind_of(kind)
     if kind == EventKind.STATE:
+        if data.get("state") in _SILENT_STATES and not data.get("error"):
+            return None
         text = data.get("state", "")
         if data.get("error"):
             text += f": {data['error']}"
@@ -191,8 +244,9 @@ def dataset_added(info) -> str:
 
 
 def dataset_line(info) -> str:
-    rows = info.rows if info.rows is not None else "?"
-    return f"{info.name:<20} {info.format:<9} {rows:>7} rows  {info.file or ''}"
+    rows = "?" if info.rows is None else f"{info.rows:,}"
+    unit = "row " if info.rows == 1 else "rows"
+    return f"{info.name:<20} {info.format:<9} {rows:>7} {unit}  {info.file or ''}"
 
 
 EMOJI = {

@@ -8,6 +8,7 @@ from bot.parsing import COMMAND, SUBCOMMANDS, THREAD_COMMANDS
 from runners.errors import UserError
 
 from .blocks import (
+    SECTION_TEXT_MAX,
     code,
     code_block,
     context,
@@ -15,11 +16,13 @@ from .blocks import (
     header,
     message,
     section,
+    slack_len,
+    truncate,
 )
 
 _HELP_GROUPS = (
     ("Fine-tune", ("train",)),
-    ("Results", ("eval", "export", "deploy", "undeploy")),
+    ("Results", ("eval", "compare", "export", "deploy", "undeploy", "key")),
     ("Jobs", ("status", "jobs", "cancel", "resume")),
     ("Datasets", ("datasets", "dataset add")),
     (
@@ -35,7 +38,10 @@ def render_help(allowed_summary: str, topic: str | None = None) -> dict[str, Any
         spec = SUBCOMMANDS[topic.lower()]
         example = code(f"{COMMAND} {spec.example}")
         text = f"*{COMMAND} {escape(spec.usage)}*\n{escape(spec.summary)}.\nExample: {example}"
-        return message(f"{COMMAND} {spec.usage}", [section(text), context(escape(allowed_summary))])
+        blocks = [section(text)]
+        if spec.name == "train":
+            blocks += _train_help_blocks()
+        return message(f"{COMMAND} {spec.usage}", [*blocks, context(escape(allowed_summary))])
     blocks: list[dict[str, Any]] = [
         header("tunebot: fine-tune, evaluate, export and deploy LLMs"),
         section(
@@ -58,6 +64,31 @@ def render_help(allowed_summary: str, topic: str | None = None) -> dict[str, Any
     )
     blocks.append(context(f":lock: {escape(allowed_summary)}"))
     return message(f"tunebot help: {COMMAND} train | eval | export | deploy | status | jobs | help", blocks)
+
+
+def _train_help_blocks() -> list[dict[str, Any]]:
+    """Every preset and key, from the engine's registries (bot.render.train_help)."""
+    from .train_help import key_lines, presets_lines, usage
+
+    blocks = [section(escape(usage(f"{COMMAND} train", slack=True)))]
+    blocks += _line_sections(["*Presets*", *map(escape, presets_lines(slack=True))])
+    blocks += _line_sections(["*Keys* (key=value; the default in each preset)",
+                              *map(escape, key_lines(slack=True))])
+    return blocks
+
+
+def _line_sections(lines: list[str]) -> list[dict[str, Any]]:
+    """Lines packed into as few sections as Slack's 3000-character limit allows."""
+    blocks, chunk = [], []
+    for line in lines:
+        line = truncate(line, SECTION_TEXT_MAX)
+        if chunk and slack_len("\n".join([*chunk, line])) > SECTION_TEXT_MAX:
+            blocks.append(section("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        blocks.append(section("\n".join(chunk)))
+    return blocks
 
 
 def render_error(error: UserError) -> dict[str, Any]:

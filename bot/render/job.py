@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bot.parsing import COMMAND
-from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
+from runners.job import RESUMABLE_STATES, Job, JobKind, JobState, state_phrase
 from runners.llamafactory.progress import format_eta, progress_bar
 from runners.llamafactory.results import compare_metrics
 
@@ -36,6 +36,7 @@ from .blocks import (
     slack_len,
     truncate,
 )
+from .scores import scores_line
 
 # Buttons on a job message: action_id -> what it does; the button's value is the job id.
 ACTION_EVAL = "job_eval"
@@ -233,7 +234,10 @@ def render_job_message(job: Job, *, queue_position: int | None = None) -> dict[s
         JobState.CANCELLED.value,
         JobState.INTERRUPTED.value,
     ):
-        blocks.append(section(progress_text(progress)))
+        # A live ETA means nothing once the job ended: the context line says how long it ran.
+        shown = progress if job.state == JobState.RUNNING.value else {
+            k: v for k, v in progress.items() if k != "remaining_s"}
+        blocks.append(section(progress_text(shown)))
         if job.state == JobState.RUNNING.value and finite_number(progress.get("percent")) is not None:
             fallback += f" ({progress['percent']:.0f}%)"
     if job.state == JobState.FAILED.value:
@@ -343,7 +347,7 @@ def render_finished(job: Job) -> dict[str, Any]:
         by = f" by {mention(job.cancelled_by)}" if job.cancelled_by else ""
         text = f"{emoji} {who} *{label} stopped*{by}; its URL no longer answers."
     else:
-        text = f"{emoji} {who} *{label}* is {escape(job.state)}."
+        text = f"{emoji} {who} *{label}* {escape(state_phrase(job.state))}."
     if job.kind == JobKind.TRAIN.value and job.state in RESUMABLE_STATES:
         text += " `resume` continues from the last checkpoint."
     blocks = [section(text)]
@@ -396,15 +400,19 @@ def render_eval_result(
     rows = []
     compare = bool(previous_metrics)
     scores = _scores(metrics)
+    base = _scores(metrics.get("base") or {})
     changes = compare_metrics(scores, _scores(previous_metrics or {}))
     for key, label in METRIC_LABELS:
         if key not in scores:
             continue
         row = f"{label:<8} {scores[key]:>7.2f}"
+        if base:
+            row += f"  {base[key]:>7.2f}  {scores[key] - base[key]:>+7.2f}" if key in base else " " * 18
         if compare:
             row += f"  {changes[key]:>+7.2f}" if key in changes else "      new"
         rows.append(row)
-    title = f"{'Metric':<8} {'Score':>7}" + (f"  {'Change':>7}" if compare else "")
+    title = f"{'Metric':<8} {'Score':>7}" + (f"  {'Base':>7}  {'Gain':>7}" if base else "")
+    title += f"  {'Change':>7}" if compare else ""
     table = "\n".join([title, *rows]) if rows else "No scores were written."
     on = f" on {code(job.dataset)}" if job.dataset else ""
     of = f" of #{job.parent_id}" if job.parent_id else ""
@@ -414,7 +422,16 @@ def render_eval_result(
         note = f"Change against{since} of this model (positive is better)."
     else:
         note = "The first eval of this model: nothing to compare with yet."
-    blocks: list[dict[str, Any]] = [section(head), section(code_block(table)), context(note)]
+    blocks: list[dict[str, Any]] = [section(head)]
+    if base:
+        blocks.append(section(scores_line(metrics, bold="*")))
+    blocks += [section(code_block(table)), context(note)]
+    if base:
+        blocks.append(context("Base and gain: the model it was fine-tuned from, on the same eval set "
+                              "with the same settings (positive gain: the fine-tune helped)."))
+    elif ((job.spec or {}).get("base") or {}).get("run"):
+        blocks.append(context(f"The base model's eval failed, so there is no comparison; "
+                              f"`logs {job.id}` shows why."))
     for i, sample in enumerate(list(samples)[:3], start=1):
         prompt = " ".join(str(sample.get("prompt") or "").split())
         text = (
@@ -423,7 +440,7 @@ def render_eval_result(
             f"*Expected:* {escape(truncate(str(sample.get('label') or '').strip(), 1000))}"
         )
         blocks.append(section(text))
-    scores = ", ".join(
+    scores = scores_line(metrics) if base else ", ".join(
         f"{label} {_metric(metrics, key):.2f}"
         for key, label in METRIC_LABELS
         if _metric(metrics, key) is not None
@@ -458,6 +475,8 @@ def render_deploy(job: Job, url: str | None, chat_url: str | None) -> dict[str, 
 def render_deploy_key(job: Job, api_key: str, *, model_name: str | None = None) -> dict[str, Any]:
     """The one message that shows a deployment's API key: post it ephemeral, to the requester only."""
     lines = [f":key: Your API key for {kind_label(job)}: {code(api_key)}", "Only you can see this message."]
+    if job.chat_url:
+        lines.append(f"*Chat page with your key:* {link(f'{job.chat_url}#key={api_key}')}")
     if job.url:
         body = '{"model": "%s", "messages": [{"role": "user", "content": "Hello"}]}' % (model_name or "MODEL")
         example = (

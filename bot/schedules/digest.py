@@ -34,6 +34,7 @@ from bot.render import (
     slack_len,
     truncate,
 )
+from bot.render.scores import base_gain
 from runners.job import Job, JobKind, JobState
 from runners.llamafactory.progress import format_eta
 from runners.store import Store
@@ -70,6 +71,8 @@ class DigestData:
     serving: list[Job] = field(default_factory=list)
     usage: list[Usage] = field(default_factory=list)
     title: str = "tunebot digest"
+    # Evals of the period that set the best ROUGE-L on their eval set: (eval, the best before it).
+    new_bests: list[tuple[Job, float | None]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -140,6 +143,7 @@ def build_digest(
             overlap.append(or_(Job.finished_at.is_(None), Job.finished_at > since))
         used = jobs(*overlap)
     return DigestData(
+        new_bests=_new_bests(store, finished),
         channel=channel,
         since=since,
         until=until,
@@ -152,6 +156,29 @@ def build_digest(
         usage=usage_by_user(used, since=since, until=until, now=now),
         title=title,
     )
+
+
+def _new_bests(store: Store, finished: list[Job]) -> list[tuple[Job, float | None]]:
+    """The period's evals that beat every earlier score on their eval set (base models included)."""
+    from runners.compare.leaderboard import is_new_best
+
+    evals = [j for j in finished if j.kind == JobKind.EVAL.value and j.state == JobState.SUCCEEDED.value]
+    if not evals:
+        return []
+    every = store.list_jobs(kinds=[JobKind.EVAL.value], states=[JobState.SUCCEEDED.value])
+    found = []
+    for job in evals:
+        best, before = is_new_best(job, every)
+        if best:
+            found.append((job, before))
+    return found
+
+
+def _best_line(job: Job, before: float | None) -> str:
+    score = _metric(job, "rouge-l")
+    was = f" (the best before: {before:.1f})" if before is not None else " (the first score on it)"
+    who = f"*#{job.parent_id or job.id}*"
+    return f":trophy: New best on {code(job.dataset or '')}: {who} ROUGE-L {score:.1f}{was}"
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -176,6 +203,9 @@ def results_text(job: Job) -> str:
     bits = [
         f"{label} {_metric(job, key):.2f}" for key, label in METRIC_LABELS if _metric(job, key) is not None
     ]
+    gain = base_gain(job.metrics or {})
+    if gain is not None:
+        bits.append(f"ROUGE-L {gain:+.1f} over the base model")
     if job.kind == JobKind.TRAIN.value:
         progress = job.progress or {}
         final = finite_number(progress.get("loss"))
@@ -297,6 +327,8 @@ def render_digest(data: DigestData) -> dict[str, Any]:
     if data.queued:
         blocks += _part(f"Queued ({len(data.queued)})", [_queued_line(j, p) for j, p in data.queued])
         counts.append(f"{len(data.queued)} queued")
+    if data.new_bests:
+        blocks += _part("Leaderboards", [_best_line(j, b) for j, b in data.new_bests])
     if data.finished:
         blocks += _part(f"Finished ({len(data.finished)})", [_finished_line(j) for j in data.finished])
         counts.append(f"{len(data.finished)} finished")

@@ -223,7 +223,16 @@ def build_model(dest: Path, *, shape: str = "tiny", device: str | None = None, s
         eos_token_id=[tokenizer.convert_tokens_to_ids(EOT), tokenizer.convert_tokens_to_ids(END_OF_TEXT)],
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(dest, max_shard_size="5GB")
+    from transformers.utils import logging as hf_logging
+
+    # A progress bar for one small shard is noise in a terminal that is following a job.
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(dest, max_shard_size="5GB")
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -33,6 +33,9 @@ class Kind:
     first_state: str = JobState.RUNNING.value
     follows_trainer_log: bool = False  # progress events and loss plots from output/trainer_log.jsonl
     resumable: bool = False  # a failed or cancelled run continues from its last checkpoint
+    # Before the process starts (config written): may look at the store and return the job with
+    # more in its spec, e.g. an eval deciding whether it must also score the base model.
+    prepare: Callable[[Job, Path, Any], Job] | None = None
 
 
 _KINDS: dict[str, Kind] = {}

@@ -16,11 +16,12 @@ import yaml
 
 from ..env import is_set
 from ..errors import UserError
-from ..job import Job, JobKind, JobState
+from ..job import Job, JobKind, JobState, state_phrase
 
 TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama
 DEMO_DATASET = "demo"  # the embedded Chinese+English demo set (registered on first use)
 DEMO_EVAL_DATASET = "demo-eval"
+MERGED = "merged"  # the method shown for a model whose LoRA was merged in by an export
 
 
 @dataclass(frozen=True)
@@ -433,9 +434,10 @@ def source_from_job(job: Job, purpose: str) -> ModelSource:
     """The weights a finished train or export job left behind, for `purpose` (eval/export/deploy)."""
     if job.kind == JobKind.TRAIN.value:
         if job.state != JobState.SUCCEEDED.value or not job.artifacts.get("adapter"):
-            state = job.state if job.state != JobState.SUCCEEDED.value else "finished without an adapter"
+            state = (state_phrase(job.state) if job.state != JobState.SUCCEEDED.value
+                     else "finished without an adapter")
             raise UserError(
-                f"Job #{job.id} has no adapter to {purpose} yet: it is {state}.",
+                f"Job #{job.id} has no adapter to {purpose} yet: it {state}.",
                 field="job",
                 fix=f"wait until #{job.id} has succeeded (`status {job.id}`), "
                 f"or `resume {job.id}` if it stopped",
@@ -457,11 +459,12 @@ def source_from_job(job: Job, purpose: str) -> ModelSource:
     if job.kind == JobKind.EXPORT.value:
         if job.state != JobState.SUCCEEDED.value or not job.artifacts.get("model"):
             raise UserError(
-                f"Export #{job.id} has no merged model yet: it is {job.state}.",
+                f"Export #{job.id} has no merged model yet: it {state_phrase(job.state)}.",
                 field="job",
                 fix=f"wait until #{job.id} has succeeded (`status {job.id}`)",
             )
-        return ModelSource(job.artifacts["model"], None, job.args.get("template"), "lora", job.id)
+        # A merged model: no adapter to load, and people should read "merged", not "lora".
+        return ModelSource(job.artifacts["model"], None, job.args.get("template"), MERGED, job.id)
     raise UserError(
         f"Job #{job.id} is {article(job.kind)} job; {purpose} takes a train job or an export job "
         "(or model=PATH for a base model).",

@@ -6,12 +6,14 @@ Every complaint becomes one `UserError` naming the field and the fix, and no GPU
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import math
 import re
 import threading
 import typing
+import warnings
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
@@ -110,10 +112,14 @@ def _choice_error(key: str, value: Any, choices) -> UserError:
 
 
 def _unknown_key_error(key: str, known: list[str]) -> UserError:
-    from .recipes import TRAIN_KEYS
+    from .keys import did_you_mean
 
-    close = difflib.get_close_matches(key, known + list(TRAIN_KEYS), n=1, cutoff=0.6)
-    fix = f"did you mean `{close[0]}`?" if close else "see LLaMA-Factory's argument list, or `help`"
+    close = did_you_mean(key, known)
+    fix = (
+        f"did you mean `{close}`?"
+        if close
+        else "`help train` lists tunebot's keys; any LLaMA-Factory argument works by its own name"
+    )
     return UserError(f"Unknown key `{key}`: LLaMA-Factory has no such argument.", field=key, fix=fix)
 
 
@@ -168,7 +174,7 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     probe = {k: v for k, v in converted.items() if k not in _PRECISION_KEYS}
     if _family(kind) == "train":
         probe.setdefault("output_dir", "/nonexistent/tunebot-validate")
-    with _PARSER_LOCK:
+    with _PARSER_LOCK, _quiet_transformers():
         try:
             parsed = parser.parse_dict(probe)
             from llamafactory.hparams.parser import _check_extra_dependencies, _verify_model_args
@@ -188,6 +194,22 @@ def check_with_llamafactory(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         except ImportError as exc:
             raise UserError(f"The runner lacks a package this needs: {exc}.") from None
     return converted
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Checking is not running: the trainer's deprecation notices (`warmup_ratio is deprecated`)
+    belong in the job's log, where the real run prints them, not in the asker's terminal."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _check_template(name: str) -> None:

@@ -9,7 +9,7 @@ from slack_bolt import BoltContext
 from slack_sdk import WebClient
 
 from ...auth import audit
-from ...chat import MAX_TOKENS, conversation, read_thread, render_chat_answer, serving_deployment
+from ...chat import conversation, read_thread, render_chat_answer, serving_deployment
 from ...parsing import parse_thread_reply
 from ...services import services_of
 from ...threads import job_of_thread
@@ -49,6 +49,6 @@ def thread_reply(event: dict[str, Any], body: dict[str, Any], client: WebClient,
                              root_ts=thread_ts, until_ts=ts)
         if not turns:
             return
-        answer = services.runtime.chat(deployment.id, turns, max_tokens=MAX_TOKENS)
+        answer = services.runtime.chat(deployment.id, turns)  # the deployment's own chat settings
         services.post(channel, thread_ts=thread_ts, **render_chat_answer(answer, deployment))
         audit(services.store, user, "chat", deployment.id, channel=channel, turns=len(turns))

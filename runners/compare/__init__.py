@@ -1,0 +1,2 @@
+"""Comparing scores: a fine-tune against its base model (`baseline`), runs against each other on one
+eval set (`leaderboard`)."""
