@@ -46,7 +46,10 @@ from sqlalchemy import JSON, BigInteger, Column, Integer, Text, delete, or_, upd
 from sqlmodel import Field, Session, select
 
 from bot.tables import BotModel, BotTables, ensure_tables
+from runners.recovery.outage import Outage, is_database_error
 from runners.store import Store
+
+from . import landed
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,18 @@ GONE_ERRORS = frozenset({
 })
 
 
+# Failures after which the post may have reached Slack all the same (the answer was lost): before
+# sending it again, Slack is asked whether it is there (bot/landed.py).
+UNCERTAIN_ERRORS = frozenset({"timeout", "TimeoutError", "URLError", "ConnectionError",
+                              "ConnectionResetError", "RemoteDisconnected", "IncompleteRead", "OSError"})
+
+
+MAYBE_SENT = "_maybe_sent"  # in a post's payload: an attempt may have landed; look before sending
+
+
 def retry_handlers() -> list[RetryHandler]:
-    """Connection errors, 429 (sleeping Retry-After) and 500/503, each retried twice by the client."""
+    """Connection errors, 429 (sleeping Retry-After) and 500/503, each retried twice by the client.
+    A send may so last minutes under a long Retry-After: its claim is renewed while it runs."""
     return [
         ConnectionErrorRetryHandler(max_retry_count=2),
         RateLimitErrorRetryHandler(max_retry_count=2),
@@ -224,6 +237,7 @@ class Delivery:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage = Outage(log, "Slack outbox")
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> Delivery:
@@ -452,9 +466,13 @@ class Delivery:
             self._wake.clear()
             try:
                 wait = self.drain()
-            except Exception:  # keep delivering; the database may be back next round
-                log.exception("draining the Slack outbox failed")
-                wait = 1.0
+                self._outage.ok()
+            except Exception as exc:  # keep delivering; the database may be back next round
+                if is_database_error(exc):  # one line per outage, not a traceback a second
+                    wait = self._outage.failed(exc)
+                else:
+                    log.exception("draining the Slack outbox failed")
+                    wait = 1.0
             self._wake.wait(wait)
 
     def drain(self) -> float:
@@ -506,10 +524,14 @@ class Delivery:
                     return last_sent
             if not self._resolve(head):
                 return last_sent
+            # A claim that ran out unreleased (its sender died or hung mid-call), or an answer lost
+            # on the way back: Slack may have this post already.
+            uncertain = (head.claimed_by is not None or (head.error or "") in UNCERTAIN_ERRORS
+                         or bool(head.payload.get(MAYBE_SENT)))
             row = self._claim(head.id)
             if row is None:
                 return last_sent
-            if self._send(row):
+            if self._send(row, uncertain=uncertain):
                 last_sent = row
                 continue
             head = self._head(lane)
@@ -558,27 +580,68 @@ class Delivery:
             s.exec(update(OutboxItem).where(OutboxItem.id == row_id).values(**values))
             s.commit()
 
-    def _send(self, row: OutboxItem) -> bool:
+    def _release(self, row_id: int, **values: Any) -> None:
+        """Record a failed attempt and give the claim up, if this sender still holds it."""
+        with self._session() as s:
+            s.exec(update(OutboxItem).where(OutboxItem.id == row_id, OutboxItem.claimed_by == self.sender_id)
+                   .values(claimed_by=None, claimed_until=None, **values))
+            s.commit()
+
+    def _send(self, row: OutboxItem, *, uncertain: bool = False) -> bool:
         """Make the row's call; record the outcome. True if Slack took it."""
         if row.state != PENDING or row.claimed_by != self.sender_id:
             return False
         try:
-            answer = self._call(row)
+            with self._claim_kept(row.id):
+                answer = None
+                if uncertain and row.action == POST and row.key:
+                    answer = landed.find_landed(self.client, row.channel, row.thread_ts, row.key,
+                                                oldest=row.created_at)
+                    if answer:
+                        log.info("Slack post to %s had landed already; not sent again (outbox #%s)",
+                                 row.channel, row.id)
+                if not answer:
+                    answer = self._call(row)
         except Exception as exc:  # every failure is recorded; none escapes to the caller
             failure = _classify(exc)
+            if row.action == POST and row.key and (uncertain or failure.code in UNCERTAIN_ERRORS):
+                # Kept until it is known: a later failure of another kind must not make it certain.
+                row.payload = {**row.payload, MAYBE_SENT: True}
             return self._failed(row, failure)
+        return self._record_sent(row, answer)
+
+    def _claim_kept(self, row_id: int):
+        """While a call runs, renew the row's claim (a slow call must not let another sender in)."""
+        return _ClaimKeeper(self, row_id)
+
+    def _renew_claim(self, row_id: int) -> bool:
+        with self._session() as s:
+            result = s.exec(update(OutboxItem).where(
+                OutboxItem.id == row_id, OutboxItem.claimed_by == self.sender_id,
+                OutboxItem.state == PENDING).values(claimed_until=time.time() + CLAIM_SECONDS))
+            s.commit()
+            return result.rowcount == 1
+
+    def _record_sent(self, row: OutboxItem, answer: str | None) -> bool:
         now = time.time()
         if row.action == UPDATE:
             with self._lock:
                 self._last_edit[row.lane] = now
+        mine = (OutboxItem.id == row.id, OutboxItem.claimed_by == self.sender_id)
         with self._session() as s:
             if row.key:
-                s.exec(update(OutboxItem).where(OutboxItem.id == row.id).values(
+                result = s.exec(update(OutboxItem).where(*mine).values(
                     state=SENT, ts=answer, sent_at=now, payload={}, claimed_by=None, claimed_until=None,
                     error=None))
             else:
-                s.exec(delete(OutboxItem).where(OutboxItem.id == row.id))
+                result = s.exec(delete(OutboxItem).where(*mine))
             s.commit()
+        if result.rowcount != 1:
+            # Only the claim holder records a row: this sender lost it (its claim ran out), and
+            # whoever holds it now decides, after looking in Slack, what was sent.
+            log.warning("Slack %s to %s went out after this sender lost its claim (outbox #%s)",
+                        row.action, row.channel, row.id)
+            return False
         row.state, row.ts, row.sent_at = SENT, answer, now
         if row.key:
             self._wake.set()  # rows waiting for this one to have a ts may go now
@@ -600,25 +663,23 @@ class Delivery:
             if row.action == POST and not payload.get("_plain") and failure.code in CONTENT_ERRORS:
                 # Try once more as plain text: the words get through even if the layout cannot.
                 plain = {"text": (payload.get("text") or " ")[:FALLBACK_TEXT_MAX], "blocks": None,
-                         "metadata": None, "_plain": True}
+                         "metadata": None, "_plain": True, MAYBE_SENT: payload.get(MAYBE_SENT, False)}
                 log.warning("Slack refused a post to %s (%s); retrying it as plain text (outbox #%s)",
                             row.channel, failure.code, row.id)
-                self._set(row.id, payload=plain, attempts=attempts, error=failure.code,
-                          claimed_by=None, claimed_until=None)
+                self._release(row.id, payload=plain, attempts=attempts, error=failure.code)
                 return False
             log.warning("Slack refused %s to %s for good (%s); kept as failed (outbox #%s)",
                         row.action, row.channel, failure.code, row.id)
             # An ephemeral is one person's: what it said is not kept (it may have been a secret).
             kept = {"user": payload.get("user")} if row.action == EPHEMERAL else payload
-            self._set(row.id, state=FAILED, attempts=attempts, error=failure.code, claimed_by=None,
-                      claimed_until=None, payload=kept)
+            self._release(row.id, state=FAILED, attempts=attempts, error=failure.code, payload=kept)
             return False
         backoff = min(self.retry_max, self.retry_base * 2 ** (attempts - 1))
         delay = max(0.5, failure.retry_after if failure.retry_after is not None else backoff)
         log.warning("Slack %s to %s failed (%s); retrying in %.1f s (outbox #%s, attempt %d)",
                     row.action, row.channel, failure.code, delay, row.id, attempts)
-        self._set(row.id, attempts=attempts, error=failure.code, next_at=time.time() + delay,
-                  claimed_by=None, claimed_until=None)
+        self._release(row.id, attempts=attempts, error=failure.code, next_at=time.time() + delay,
+                      payload=row.payload)
         return False
 
     def _call(self, row: OutboxItem) -> str | None:
@@ -629,6 +690,8 @@ class Delivery:
                 kwargs["blocks"] = p["blocks"]
             if p.get("metadata"):
                 kwargs["metadata"] = p["metadata"]
+            if row.key:  # so a sender unsure whether it landed can find it (bot/landed.py)
+                kwargs["metadata"] = landed.with_key(kwargs.get("metadata"), row.key)
             if row.thread_ts:
                 kwargs["thread_ts"] = row.thread_ts
             return self.client.chat_postMessage(**kwargs)["ts"]
@@ -670,6 +733,32 @@ class Delivery:
             files = answer.get("files") or []
             return files[0].get("id") if files else None
         raise _Failure(f"unknown action {row.action}", permanent=True)
+
+
+class _ClaimKeeper:
+    """Renews a claim every third of CLAIM_SECONDS until the call it guards returns."""
+
+    def __init__(self, delivery: Delivery, row_id: int):
+        self.delivery = delivery
+        self.row_id = row_id
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._done.wait(CLAIM_SECONDS / 3):
+            try:
+                if not self.delivery._renew_claim(self.row_id):
+                    return
+            except Exception:  # the database is away: the claim may run out; the holder check decides
+                log.warning("could not renew the claim of outbox #%s", self.row_id)
+
+    def __enter__(self) -> _ClaimKeeper:
+        self._thread = threading.Thread(target=self._run, name="tunebot-claim", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
 
 
 def _keyed_at(s: Session, channel: str, ts: str) -> OutboxItem | None:

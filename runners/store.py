@@ -103,10 +103,15 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
+# How long a SQLite writer waits for another process's write lock before "database is locked"
+# (the runner then retries with back-off: runners/recovery/outage.py). Tests shorten it.
+BUSY_TIMEOUT_S = 30.0
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
@@ -125,7 +130,7 @@ def make_engine(url: str) -> Engine:
                 ) from None
         # hide_parameters: a database error must not print row values (API keys, posts) into logs.
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+            url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}, hide_parameters=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -173,10 +178,13 @@ class Store:
                     current = version
                 return current
         except OperationalError as exc:
+            from .recovery.outage import describe_database_error
+
+            reason, fix = describe_database_error(exc)
             raise UserError(
-                f"Cannot open the job database ({self.safe_url}): {exc.orig}.",
+                f"Cannot open the job database ({self.safe_url}): {reason}.",
                 field="TUNEBOT_DATABASE_URL",
-                fix="check TUNEBOT_DATA_DIR is writable, or that the PostgreSQL server is up",
+                fix=fix,
             ) from None
 
     @property

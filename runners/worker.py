@@ -6,14 +6,15 @@ leases are atomic in the store, so a job never starts twice and a GPU is never h
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
 from .kinds import MissingOutput, kind_of
 from .llamafactory.command import command_env
+from .recovery.outage import Outage, is_database_error
 from .settings import Settings
 from .store import Store
 
@@ -51,6 +53,10 @@ class Running:
     new_points: bool = False
     seen_step: int = 0
     last_activity_at: float = 0.0
+    backlog: list = field(default_factory=list)  # trainer_log points read but not yet recorded
+    final_plot_done: bool = False
+    succeeded_with: dict[str, Any] | None = None  # the values its success was recorded with
+    trouble_logged: bool = False  # a follow error of this job was logged once already
 
 
 class Worker:
@@ -72,6 +78,7 @@ class Worker:
         self.slots = self.backend.capacity() or slots_for(self.hardware, settings.gpus, settings.cpu_slots)
         self.runner_id = runner_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.only_job = only_job
+        self.announce_reattach = True  # a one-off look from the command line says nothing in the thread
         self.chat_base: str | None = None  # e.g. http://host:7860, set when the chat-page server runs
         self.running: dict[int, Running] = {}
         self.storage = None  # the artifact store, when it is remote (OSS); local job folders otherwise
@@ -82,6 +89,9 @@ class Worker:
         # Uploads and input fetches take minutes for a merged 8B model: off the runner loop.
         self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tunebot-transfer")
         self._fetching: set[int] = set()
+        self._uploads: dict[int, Future] = {}  # job id -> its artifact upload, while one runs
+        # One warning when the database goes away and one when it is back, not one per tick.
+        self.outage = Outage(log, f"runner {self.runner_id}")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat_thread: threading.Thread | None = None
@@ -100,28 +110,58 @@ class Worker:
         self._beat_thread = threading.Thread(target=self._beat_loop, name="tunebot-beat", daemon=True)
         self._beat_thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the loop. Job processes keep running: a later tunebot re-attaches to them."""
+    def stop(self, timeout: float = 10.0, *, upload_timeout: float = 600.0) -> None:
+        """Stop the loop. Job processes keep running: a later tunebot re-attaches to them.
+
+        Uploads under way are waited for (up to `upload_timeout`): an upload cut off here would
+        leave a job `succeeded` with half its files in the store. One that outlasts the wait stays
+        marked pending on the job, and the next runner on this host uploads it again."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.wait_uploads(upload_timeout)
         self._transfers.shutdown(wait=False, cancel_futures=True)
-        self.store.forget_runner(self.runner_id)
+        try:
+            self.store.forget_runner(self.runner_id)
+        except Exception as exc:  # the database is away: its beat simply goes stale
+            if not is_database_error(exc):
+                raise
+
+    def uploads_pending(self) -> list[int]:
+        """Jobs whose artifacts this runner is uploading now."""
+        return [job_id for job_id, future in list(self._uploads.items()) if not future.done()]
+
+    def wait_uploads(self, timeout: float | None = None) -> bool:
+        """Wait for the uploads under way; True if none is left."""
+        futures = [f for f in list(self._uploads.values()) if not f.done()]
+        if futures:
+            wait(futures, timeout=timeout)
+        return not self.uploads_pending()
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(BEAT_EVERY):
             try:
                 self.store.beat(self.runner_id, self.host, os.getpid())
-            except Exception:  # the database is away for a moment; the next beat tries again
-                log.exception("runner heartbeat failed")
+                self.outage.ok()
+            except Exception as exc:  # the database is away for a moment; the next beat tries again
+                if is_database_error(exc):
+                    self.outage.failed(exc)
+                else:
+                    log.exception("runner heartbeat failed")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            pause = self.settings.poll_interval
             try:
                 self.tick()
-            except Exception:  # keep the runner alive; the job-level code records job failures
-                log.exception("runner tick failed")
-            self._stop.wait(self.settings.poll_interval)
+                self.outage.ok()
+            except Exception as exc:  # keep the runner alive; the job-level code records job failures
+                if is_database_error(exc):
+                    # Locked or down: job processes go on; follow them again once it is back.
+                    pause = max(pause, self.outage.failed(exc))
+                else:
+                    log.exception("runner tick failed")
+            self._stop.wait(pause)
 
     def tick(self) -> None:
         with self._lock:
@@ -153,12 +193,17 @@ class Worker:
                 if kind_of(job.kind).follows_trainer_log:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
-                self.store.add_event(job.id, EventKind.REATTACHED)
+                if self.announce_reattach:
+                    self.store.add_event(job.id, EventKind.REATTACHED)
                 log.info("re-attached to job #%s", job.id)
                 continue
             code = self.backend.outcome(handle) if handle is not None else None
             if code is not None:
-                self._finish(job, code, None)
+                # It ended while no runner was up: its figures and end time come from what it
+                # left (trainer_log, exit file), not from the last progress seen or from now.
+                if kind_of(job.kind).follows_trainer_log:
+                    self._catch_up_progress(job)
+                self._finish(self.store.get(job.id), code, None, finished_at=self.backend.ended_at(handle))
             else:
                 self.store.release_slots(job.id)
                 self.store.transition(
@@ -177,6 +222,40 @@ class Worker:
             job = self.store.find(job_id)
             if job is None or job.is_final:
                 self.store.release_slots(job_id)
+        if self.storage is not None:
+            self._retry_uploads(live)
+
+    def _retry_uploads(self, live: set[str]) -> None:
+        """Upload again what a runner of this host left unfinished (stopped or killed mid-upload)."""
+        for job in self.store.list_jobs(states=[JobState.SUCCEEDED.value], limit=200):
+            if (
+                not job.artifacts.get(UPLOAD_PENDING)
+                or job.host != self.host
+                or job.runner_id in live
+                or job.runner_id == self.runner_id  # its own: under way, or failed (said so once)
+                or job.id in self._uploads
+                or (self.only_job is not None and job.id != self.only_job)
+            ):
+                continue
+            if not self.store.adopt(job.id, job.runner_id, self.runner_id):
+                continue
+            log.info("job #%s: uploading its artifacts again (the last upload did not finish)", job.id)
+            self._start_upload(job.id)
+
+    def _catch_up_progress(self, job: Job) -> None:
+        """Record the trainer_log lines written since the last progress this runner saw."""
+        from .llamafactory.progress import read_trainer_log
+
+        seen = int(job.progress.get("step") or 0)
+        points = read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
+        latest = dict(job.progress)
+        for point in points:
+            if point.step > seen or point.eval_loss is not None and point.step >= seen:
+                self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
+                seen = max(seen, point.step)
+                latest.update({k: v for k, v in point.to_dict().items() if v is not None})
+        if latest != job.progress:
+            self.store.update(job.id, progress=latest)
 
     # --- claiming and launching ---------------------------------------------------------
     def free_slots(self) -> list[str]:
@@ -296,11 +375,13 @@ class Worker:
                 LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path, job=job, parent=parent)
             )
         except OSError as exc:
-            self._fail_before_start(
-                job,
-                f"Could not start the job: {exc.strerror or exc}.",
-                "check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed",
+            advice = (
+                "free space on the runner's data disk (old jobs' checkpoints and merged exports are "
+                "the largest), then `resume` or run it again"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed"
             )
+            self._fail_before_start(job, f"Could not start the job: {exc.strerror or exc}.", advice)
             return
         self.store.update(job.id, handle=handle, **values)
         config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
@@ -333,22 +414,25 @@ class Worker:
             if job is None:
                 self.running.pop(job_id, None)
                 continue
-            try:
-                self._watch_one(job, run)
-            except Exception as exc:  # one job's trouble must not stop the others being followed
-                log.exception("following job #%s failed", job_id)
-                self.running.pop(job_id, None)
-                self.backend.cancel(run.handle, force=True)
-                self._fail_before_start(job, f"tunebot lost track of it: {exc}")
+            # A database error goes up to the loop (an outage: retried with back-off); the job's
+            # process is never stopped for tunebot's own trouble; only its exit decides its fate.
+            self._watch_one(job, run)
 
     def _watch_one(self, job: Job, run: Running) -> None:
         """Follow one running job: progress, deployment state, cancel, and its end."""
-        if run.follower is not None:
-            self._follow(job, run)
-        if job.kind == JobKind.DEPLOY.value:
-            self._watch_deployment(job, run)
-        if now() - run.last_activity_at >= ACTIVITY_EVERY:
-            self._activity(job, run)
+        try:
+            if run.follower is not None:
+                self._follow(job, run)
+            if job.kind == JobKind.DEPLOY.value:
+                self._watch_deployment(job, run)
+            if now() - run.last_activity_at >= ACTIVITY_EVERY:
+                self._activity(job, run)
+        except Exception as exc:
+            if is_database_error(exc):
+                raise
+            if not run.trouble_logged:  # once per job: the next tick would only repeat it
+                log.exception("following job #%s failed; still waiting for its process to end", job.id)
+                run.trouble_logged = True
         if job.cancel_requested and run.term_sent_at is None:
             self._stop_process(run, reason=None)
         if (
@@ -364,8 +448,16 @@ class Worker:
             self.backend.cancel(run.handle, force=True)
             if run.follower is not None:
                 self._follow(job, run)
+            try:
+                self._finish(self.store.get(job.id), code, run)
+            except Exception as exc:
+                if is_database_error(exc):
+                    raise  # still in self.running: finished again once the database is back
+                log.exception("recording the end of job #%s failed", job.id)
+                self.running.pop(job.id, None)
+                self._fail_before_start(job, f"tunebot could not record how it ended: {exc}")
+                return
             self.running.pop(job.id, None)
-            self._finish(self.store.get(job.id), code, run)
 
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason
@@ -389,23 +481,25 @@ class Worker:
         self.store.add_event(job.id, EventKind.ACTIVITY, events.activity(log_at, size, tail))
 
     def _follow(self, job: Job, run: Running) -> None:
-        points = run.follower.poll()
-        fresh = [
-            p for p in points if p.step > run.seen_step or p.eval_loss is not None and p.step >= run.seen_step
-        ]
+        # Lines read stay in the backlog until recorded: a database outage delays them, loses none.
+        run.backlog.extend(run.follower.poll())
+        # One event a step (and one a step's evaluation), also when a step's lines arrive together
+        # (the closing summary repeats the last step; a cluster's log comes in batches).
+        fresh = []
+        posted: set[tuple[int, bool]] = set()
+        while run.backlog:
+            point = run.backlog[0]
+            new = point.step > run.seen_step or point.eval_loss is not None and point.step >= run.seen_step
+            if new and (point.step, point.is_eval) not in posted:
+                self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
+                posted.add((point.step, point.is_eval))
+                run.seen_step = max(run.seen_step, point.step)
+                fresh.append(point)
+            run.backlog.pop(0)
         if not fresh:
             if run.new_points and now() - run.last_plot_at >= PLOT_EVERY:
                 self._plot(job, run, final=False)
             return
-        # One event a step (and one a step's evaluation), also when a step's lines arrive together
-        # (the closing summary repeats the last step; a cluster's log comes in batches).
-        posted: set[tuple[int, bool]] = set()
-        for point in fresh:
-            if (point.step, point.is_eval) in posted:
-                continue
-            posted.add((point.step, point.is_eval))
-            self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
-        run.seen_step = max(run.seen_step, max(p.step for p in fresh))
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
             latest.update({k: v for k, v in point.to_dict().items() if v is not None})
@@ -415,15 +509,10 @@ class Worker:
             self._plot(job, run, final=False)
 
     def _plot(self, job: Job, run: Running | None, *, final: bool) -> str | None:
-        from .llamafactory.progress import read_trainer_log
+        from .llamafactory.progress import loss_points, read_trainer_log
         from .plots import render_loss_plot
 
-        # A resumed run logs again from its checkpoint: the latest line of each step counts.
-        latest = {
-            (p.step, p.is_eval): p
-            for p in read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
-        }
-        points = sorted(latest.values(), key=lambda p: p.step)
+        points = loss_points(read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl"))
         if run is not None:
             run.last_plot_at = now()
             run.new_points = False
@@ -437,6 +526,9 @@ class Worker:
                 title=f"#{job.id} {Path(job.model).name}",
                 subtitle=f"{job.method or ''} · {job.dataset or ''}" + ("" if final else " · in progress"),
             )
+        except OSError as exc:  # a full disk: one line, not a traceback on every try
+            log.warning("loss plot of job #%s not written: %s", job.id, exc.strerror or exc)
+            return None
         except Exception:
             log.exception("loss plot of job #%s failed", job.id)
             return None
@@ -501,11 +593,11 @@ class Worker:
                 )
 
     # --- finishing ----------------------------------------------------------------------
-    def _finish(self, job: Job, code: int, run: Running | None) -> None:
+    def _finish(self, job: Job, code: int, run: Running | None, *, finished_at: float | None = None) -> None:
         from .llamafactory.failures import explain_failure
 
         self.store.release_slots(job.id)
-        values: dict[str, Any] = {"finished_at": now(), "exit_code": code}
+        values: dict[str, Any] = {"finished_at": finished_at or now(), "exit_code": code}
         stop_reason = run.stop_reason if run else None
         if job.kind == JobKind.DEPLOY.value:
             if job.cancel_requested or (stop_reason and job.state == JobState.SERVING.value):
@@ -523,8 +615,12 @@ class Worker:
             self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
             return
         kind = kind_of(job.kind)
-        if kind.follows_trainer_log:
+        # A database error anywhere below makes the loop call this again for the same run: the
+        # steps done already (the final plot, the state change) are not done twice.
+        if kind.follows_trainer_log and not (run is not None and run.final_plot_done):
             self._plot(job, run, final=True)
+            if run is not None:
+                run.final_plot_done = True
             job = self.store.get(job.id)
         if job.cancel_requested:
             values["error"] = f"Cancelled by {job.cancelled_by or 'request'}."
@@ -532,23 +628,30 @@ class Worker:
                 values["advice"] = f"`resume {job.id}` continues from the last checkpoint."
             self.store.transition(job.id, ACTIVE_STATES, JobState.CANCELLED.value, **values)
             return
-        if code == 0:
+        if code == 0 and run is not None and run.succeeded_with is not None:
+            values = run.succeeded_with  # recorded on an earlier try; its result event is what is left
+        elif code == 0:
             try:
                 values.update(kind.collect(job))
                 self._add_stored(job, values)
+                if self.storage is not None:  # cleared when the upload ends; a later runner retries
+                    values["artifacts"][UPLOAD_PENDING] = True
             except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
                 return
             if not self.store.transition(job.id, ACTIVE_STATES, JobState.SUCCEEDED.value, **values):
                 return  # settled already (by another runner, or while this one was away)
+            if run is not None:
+                run.succeeded_with = values
+        if code == 0:
             self.store.add_event(
                 job.id,
                 EventKind.RESULT,
                 events.result(job.kind, values.get("metrics", {}), values.get("artifacts", {})),
             )
             if self.storage is not None:
-                self._transfers.submit(self._upload, job.id)
+                self._start_upload(job.id)
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
@@ -563,6 +666,22 @@ class Worker:
                     f"`resume {job.id}` continues from the last checkpoint."
                 )
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
+
+    def _start_upload(self, job_id: int) -> None:
+        self._uploads[job_id] = self._transfers.submit(self._upload_recorded, job_id)
+        self._uploads[job_id].add_done_callback(lambda _f: self._uploads.pop(job_id, None))
+
+    def _upload_recorded(self, job_id: int) -> None:
+        """`_upload`, with any failure recorded on the job (a future would swallow it silently)."""
+        try:
+            self._upload(job_id)
+        except Exception as exc:
+            log.exception("uploading the artifacts of job #%s failed", job_id)
+            try:
+                error = {"name": "artifacts", "error": f"The upload failed: {exc}"}
+                self.store.add_event(job_id, EventKind.UPLOAD, error)
+            except Exception:  # the database is away too: the pending mark stays for a retry
+                log.warning("job #%s: the upload failure could not be recorded either", job_id)
 
     def _add_stored(self, job: Job, values: dict[str, Any]) -> None:
         """What the job put in the artifact store itself (a cluster node uploads its outputs; this
@@ -583,7 +702,8 @@ class Worker:
         records, errors = artifacts.upload_job(job, self.storage, skip=stored)
         fresh = self.store.get(job_id)
         remote = {**(fresh.artifacts.get("remote") or {}), **records}
-        self.store.update(job_id, artifacts={**fresh.artifacts, "remote": remote, "remote_errors": errors})
+        kept = {k: v for k, v in fresh.artifacts.items() if k != UPLOAD_PENDING}
+        self.store.update(job_id, artifacts={**kept, "remote": remote, "remote_errors": errors})
         for name, record in records.items():
             data = {"name": name, "location": record["location"], "size": record["size"]}
             try:
@@ -595,6 +715,9 @@ class Worker:
             self.store.add_event(
                 job_id, EventKind.UPLOAD, {"name": name, "error": error, "local": str(Path(job.work_dir))}
             )
+
+# In a succeeded job's artifacts while its upload has not finished (a later runner retries it).
+UPLOAD_PENDING = "upload_pending"
 
 
 def _checkpoint_step(path: Any) -> int:

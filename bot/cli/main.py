@@ -156,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     except RecursionError:
         print("tunebot: the input is nested too deeply to read.", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from runners.recovery.outage import describe_database_error, is_database_error
+
+        if not is_database_error(exc):
+            raise
+        reason, fix = describe_database_error(exc)  # not SQLAlchemy's traceback and link
+        print(f"tunebot: {reason[:1].upper()}{reason[1:]}. Fix: {fix}.", file=sys.stderr)
+        return 2
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -229,6 +237,9 @@ def _follow(runtime, job: Job, *, detach: bool, since: int = 0) -> int:
     if in_process:
         runtime.worker.only_job = job.id
         runtime.start(web=job.kind == "deploy")
+        # A terminal closed (SIGHUP) or a `kill` (SIGTERM) ends this process as Ctrl-C does: a
+        # deployment is undeployed (its chat page lives here), uploads finish, nothing is orphaned.
+        _stop_on_signals()
     else:
         print(f"a runner is up ({others[0].id}); following #{job.id}")
     try:
@@ -242,11 +253,14 @@ def _follow(runtime, job: Job, *, detach: bool, since: int = 0) -> int:
                 try:
                     final, since = terminal.follow(runtime.store, job.id, since=since)
                 except KeyboardInterrupt:
-                    runtime.queue.undeploy(job.id, by="cli")
-                    final, since = terminal.follow(runtime.store, job.id, since=since)
+                    _undeploy_here(runtime, job.id, since)
             return 0
     except KeyboardInterrupt:
-        if in_process:
+        if in_process and job.kind == "deploy":
+            # Its chat page and its watcher are this process: a deployment left behind would hold
+            # its GPU with nobody to stop it.
+            _undeploy_here(runtime, job.id, since)
+        elif in_process:
             print(
                 f"\nleaving #{job.id} running in the background; "
                 f"`tunebot show {job.id}` / `tunebot cancel {job.id}`"
@@ -254,8 +268,37 @@ def _follow(runtime, job: Job, *, detach: bool, since: int = 0) -> int:
         return 130
     finally:
         if in_process:
+            _finish_uploads(runtime, job.id)
             runtime.stop()
     return 0 if final.state in (JobState.SUCCEEDED.value, JobState.STOPPED.value) else 1
+
+
+def _stop_on_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+
+def _undeploy_here(runtime, job_id: int, since: int) -> None:
+    print(f"\nundeploying #{job_id}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+    try:
+        runtime.queue.undeploy(job_id, by="cli")
+        terminal.follow(runtime.store, job_id, since=since)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _finish_uploads(runtime, job_id: int) -> None:
+    """Wait for this job's artifact upload (a cut-off upload would leave half a model in the store)."""
+    if not runtime.worker.uploads_pending():
+        return
+    print(f"#{job_id} uploading artifacts…")
+    since = runtime.store.last_event_id()
+    runtime.worker.wait_uploads()
+    for event in runtime.store.events_since(since, job_id=job_id):
+        text = terminal.describe_event(event.type, event.data)
+        if text:
+            print(f"#{job_id} {text}")
 
 
 def cmd_jobs(settings: Settings, args) -> int:
@@ -279,9 +322,16 @@ def _store(settings: Settings):
     return store
 
 
+def _settled(settings: Settings, store, job_ref: str, *, stop: bool = False) -> Job:
+    """The job, with how it ended recorded when no runner follows it any more."""
+    from runners.recovery.unattended import settle
+
+    return settle(settings, store, store.get(job_ref), stop=stop)
+
+
 def cmd_show(settings: Settings, args) -> int:
     store = _store(settings)
-    job = store.get(args.job)
+    job = _settled(settings, store, args.job)
     if args.json:
         data = job.model_dump()
         data.pop("api_key", None)
@@ -346,7 +396,7 @@ def cmd_key(settings: Settings, args) -> int:
 
 def cmd_logs(settings: Settings, args) -> int:
     store = _store(settings)
-    job = store.get(args.job)
+    job = _settled(settings, store, args.job)
     path = Path(job.log_path)
     if not path.exists():
         print(f"#{job.id} has no log yet ({job.state})")
@@ -357,6 +407,7 @@ def cmd_logs(settings: Settings, args) -> int:
     if args.follow:
         with open(path, encoding="utf-8", errors="replace") as fh:
             fh.seek(0, os.SEEK_END)
+            looked = time.monotonic()
             while True:
                 line = fh.readline()
                 if line:
@@ -364,25 +415,32 @@ def cmd_logs(settings: Settings, args) -> int:
                     continue
                 if store.get(job.id).state in FINAL_STATES:
                     return 0
+                if time.monotonic() - looked > 5.0:  # no runner may be following it: look ourselves
+                    looked = time.monotonic()
+                    _settled(settings, store, str(job.id))
                 time.sleep(0.5)
     return 0
 
 
 def cmd_cancel(settings: Settings, args) -> int:
     from runners.queue import JobQueue
+    from runners.recovery.unattended import settled_state_words
 
-    queue = JobQueue(settings, _store(settings))
-    job = queue.cancel(args.job, by="cli")
-    print(f"#{job.id}: {'cancelled' if job.is_final else 'cancel requested; the runner stops it'}")
+    store = _store(settings)
+    job = JobQueue(settings, store).cancel(args.job, by="cli")
+    job = _settled(settings, store, str(job.id), stop=True)
+    print(f"#{job.id}: {settled_state_words(job)}")
     return 0
 
 
 def cmd_undeploy(settings: Settings, args) -> int:
     from runners.queue import JobQueue
+    from runners.recovery.unattended import settled_state_words
 
-    queue = JobQueue(settings, _store(settings))
-    job = queue.undeploy(args.job, by="cli")
-    print(f"#{job.id}: stopping")
+    store = _store(settings)
+    job = JobQueue(settings, store).undeploy(args.job, by="cli")
+    job = _settled(settings, store, str(job.id), stop=True)
+    print(f"#{job.id}: {settled_state_words(job)}")
     return 0
 
 

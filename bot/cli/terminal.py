@@ -105,6 +105,9 @@ def job_details(job: Job, *, family: list[Job] | None = None, show_key: bool = F
     for key, value in job.artifacts.items():
         if key in ("samples", "remote", "remote_errors"):
             continue
+        if key == "upload_pending":
+            lines.append("  artifacts: upload not finished (the next runner on this host uploads them)")
+            continue
         lines.append(f"  {key}: {value}")
     if job.work_dir:
         lines.append(f"  config: {Path(job.work_dir) / 'config.yaml'}")
@@ -223,6 +226,10 @@ def describe_event(kind: str, data: dict[str, Any], *, plot_path: str = "") -> s
         return f"loss plot: {plot_path or data.get('file')}"
     if kind == EventKind.RESULT and data.get("artifacts", {}).get("model"):
         return f"merged model: {data['artifacts']['model']}"
+    if kind == EventKind.UPLOAD and data.get("error"):
+        return f"{data.get('name')} not uploaded: {data['error']}"
+    if kind == EventKind.UPLOAD:
+        return f"{data.get('name')} uploaded to {data.get('location')}"
     if kind == EventKind.RESULT:
         metrics = data.get("metrics", {})
         table = metrics_table(metrics)

@@ -32,7 +32,15 @@ def answering_errors(reply: Reply, logger: logging.Logger) -> Iterator[None]:
     except SlackApiError as error:
         logger.warning("a Slack call failed: %s", error.response.get("error") if error.response else error)
         _send(reply, render_text(f":warning: Slack refused a call I made ({_slack_error(error)})."), logger)
-    except Exception:
+    except Exception as error:
+        from runners.recovery.outage import describe_database_error, is_database_error
+
+        if is_database_error(error):  # locked, down, read-only or full: a condition, not a bug
+            reason, _fix = describe_database_error(error)
+            logger.warning("a listener could not use the job database: %s", reason)
+            _send(reply, render_text(f":warning: I cannot reach my job database right now ({reason}); "
+                                     "try again in a minute."), logger)
+            return
         logger.exception("a listener failed")
         _send(reply, render_text(":boom: Something went wrong on tunebot's side; the details are in its log."
                                  ), logger)

@@ -37,6 +37,7 @@ from sqlmodel import Field, Session, select
 
 from runners.events import EventKind
 from runners.job import Job, JobEvent, JobKind, JobState
+from runners.recovery.outage import Outage, is_database_error
 from runners.runtime import Runtime
 
 from ..delivery import Delivery
@@ -111,6 +112,7 @@ class Notifier:
         self._gaps: dict[int, float] = {}  # cursor -> when a gap after it was first seen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage = Outage(log, "Slack notifier")
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> Notifier:
@@ -143,8 +145,11 @@ class Notifier:
         self._lease_checked = time.monotonic()
         try:
             held = self.lease.acquire()
-        except Exception:
-            log.exception("Slack notifier lease: the database did not answer")
+        except Exception as exc:
+            if is_database_error(exc):
+                self._outage.failed(exc)
+            else:
+                log.exception("Slack notifier lease: the database did not answer")
             held = False
         if held and not self._leading:
             # The one that led before moved the cursor on: go on from where it stopped.
@@ -162,14 +167,19 @@ class Notifier:
             if not self._lead():
                 self._stop.wait(self.poll)
                 continue
+            pause = self.poll
             try:
                 handled = self.tick()
-            except Exception:  # the next round retries from the saved cursor
-                log.exception("Slack notifier round failed")
+                self._outage.ok()
+            except Exception as exc:  # the next round retries from the saved cursor
+                if is_database_error(exc):  # one line per outage, not a traceback a round
+                    pause = max(pause, self._outage.failed(exc))
+                else:
+                    log.exception("Slack notifier round failed")
                 handled = 0
             self._sweep_when_due()
             if handled < BATCH:
-                self._stop.wait(self.poll)
+                self._stop.wait(pause)
 
     def _sweep_when_due(self) -> None:
         if self.progress is None or time.monotonic() - self._swept < self.progress.settings.sweep_every:

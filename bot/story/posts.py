@@ -74,7 +74,9 @@ def thread_posts(job: Job, event: JobEvent, *, previous_eval: Job | None = None)
         return [_note(f"{render.kind_label(job)}: fetching its inputs from the artifact store")]
     if kind == EventKind.NOTE and data.get("text"):
         return [_note(f"{render.kind_label(job)}: {render.escape(str(data['text']))}")]
-    return []  # activity, upload: the root message and the progress posts show what matters
+    if kind == EventKind.UPLOAD:  # where each artifact was stored, or why it was not (the README's promise)
+        return [_upload_note(job, data)]
+    return []  # activity: the root message and the progress posts show what matters
 
 
 def root_message(job: Job, *, queue_position: int | None = None) -> dict[str, Any]:
@@ -212,6 +214,29 @@ def _started_posts(job: Job, data: dict[str, Any]) -> list[Post]:
         posts.append(Post(UPLOAD, file=str(config), filename=f"tunebot-{job.id}-{job.kind}.yaml",
                           title=f"LLaMA-Factory config of #{job.id}", redact=True))
     return posts
+
+
+def _upload_note(job: Job, data: dict[str, Any]) -> Post:
+    """Where an artifact was stored (with its link), or why it was not and where it still is."""
+    name = render.escape(str(data.get("name") or "artifacts"))
+    if data.get("error"):
+        local = f" Its files stay on the runner at {render.code(data['local'])}." if data.get("local") else ""
+        return _note(f":warning: {render.kind_label(job)}: the {name} was not uploaded: "
+                     f"{render.escape(render.truncate(str(data['error']), 600))}{local}")
+    where = str(data.get("location") or "the artifact store")
+    shown = render.link(str(data["link"]), where) if data.get("link") else render.code(where)
+    size = data.get("size")
+    known = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+    size_text = f" ({_size(size)})" if known else ""
+    return _note(f":package: {render.kind_label(job)}: the {name} is stored at {shown}{size_text}.")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def _thread(message: dict[str, Any]) -> Post:

@@ -53,6 +53,10 @@ class Backend(ABC):
     def outcome(self, handle: Handle) -> int | None:
         """The exit code a process recorded when it ended while nobody watched; None if unknown."""
 
+    def ended_at(self, handle: Handle) -> float | None:
+        """When a process that ended while nobody watched ended (epoch seconds); None if unknown."""
+        return None
+
     @abstractmethod
     def capacity(self) -> list[str]:
         """The slots (GPU indices, or CPU slots) this backend offers, one job process each."""

@@ -139,3 +139,16 @@ class LocalBackend(Backend):
 
     def outcome(self, handle: Handle) -> int | None:
         return read_exit_file(Path(handle.get("exit_file") or "")) if handle.get("exit_file") else None
+
+    def ended_at(self, handle: Handle) -> float | None:
+        # runners.launch records the time next to the exit code; the file's mtime is the fallback.
+        path = Path(handle.get("exit_file") or "")
+        if not handle.get("exit_file"):
+            return None
+        try:
+            when = json.loads(path.read_text(encoding="utf-8")).get("finished_at")
+            if isinstance(when, (int, float)) and not isinstance(when, bool):
+                return float(when)
+            return path.stat().st_mtime
+        except (OSError, ValueError, AttributeError):
+            return None

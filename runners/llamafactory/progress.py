@@ -113,6 +113,14 @@ def read_trainer_log(path: Path) -> list[Progress]:
     return [point for point in points if point is not None]
 
 
+def loss_points(points: list[Progress]) -> list[Progress]:
+    """The points a loss plot draws, in step order: the latest line of each step (a resumed run
+    logs again from its checkpoint), leaving out lines with no loss at all, such as the closing
+    summary line LLaMA-Factory writes for the last step (it would hide that step's loss)."""
+    latest = {(p.step, p.is_eval): p for p in points if p.loss is not None or p.eval_loss is not None}
+    return sorted(latest.values(), key=lambda p: p.step)
+
+
 class TrainerLogFollower:
     """Reads the lines appended to a trainer_log.jsonl since the last poll.
 
