@@ -134,6 +134,12 @@ SETTINGS_TABLE: list[Setting] = [
     Setting(
         "TUNEBOT_WEB_PORT", "7860", "port", "Port of the chat-page server (the seed's web port); 0 = any"
     ),
+    Setting(
+        "TUNEBOT_ESTIMATE",
+        "on",
+        "on/off",
+        "Count a train job's dataset tokens before it runs: ETA, `fast` batch shape, true tokens/s",
+    ),
     Setting("TUNEBOT_POLL_INTERVAL", "1s", "duration", "How often the runner checks its jobs and the queue"),
     Setting("TUNEBOT_LOG_LEVEL", "INFO", "level", "Python log level"),
 ]
@@ -160,6 +166,9 @@ class Settings:
     web_port: int = 7860
     poll_interval: float = 1.0
     log_level: str = "INFO"
+    # Count dataset tokens before a train job runs (ETA, the fast plan, true tokens/s). Off unless
+    # asked for when built in code (tests); `from_env` turns it on by default.
+    estimate: bool = False
     # Extra environment for job subprocesses (tests use it; never secrets from users).
     job_env: dict[str, str] = field(default_factory=dict)
     # The artifact store (runners/storage.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
@@ -173,6 +182,9 @@ class Settings:
         api_key_flag = (_env(env, "TUNEBOT_DEPLOY_API_KEY", "on") or "on").lower()
         if api_key_flag not in {"on", "off", "1", "0", "true", "false", "yes", "no"}:
             raise UserError("TUNEBOT_DEPLOY_API_KEY must be on or off.", field="TUNEBOT_DEPLOY_API_KEY")
+        estimate_flag = (_env(env, "TUNEBOT_ESTIMATE", "on") or "on").lower()
+        if estimate_flag not in {"on", "off", "1", "0", "true", "false", "yes", "no"}:
+            raise UserError("TUNEBOT_ESTIMATE must be on or off.", field="TUNEBOT_ESTIMATE")
         return cls(
             data_dir=data_dir,
             database_url=_env(env, "TUNEBOT_DATABASE_URL"),
@@ -195,6 +207,7 @@ class Settings:
                 _duration(env, "TUNEBOT_POLL_INTERVAL", "1s"), "TUNEBOT_POLL_INTERVAL", 0.05, 10
             ),
             log_level=_log_level(_env(env, "TUNEBOT_LOG_LEVEL", "INFO") or "INFO"),
+            estimate=estimate_flag in {"on", "1", "true", "yes"},
             storage=_storage_settings(env),
         )
 
@@ -214,6 +227,11 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def calibration_dir(self) -> Path:
+        """Each runner host's table of measured training speeds (runners/estimate.py)."""
+        return self.data_dir / "calibration"
 
 
 def _storage_settings(env: dict[str, str]):

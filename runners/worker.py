@@ -31,6 +31,7 @@ from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
 from .settings import Settings
 from .store import Store
+from .throughput import true_progress
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class Worker:
         # Uploads and input fetches take minutes for a merged 8B model: off the runner loop.
         self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tunebot-transfer")
         self._fetching: set[int] = set()
+        # Token counts for estimates of queued train jobs: one at a time, off the runner loop.
+        self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunebot-count")
+        self._estimating: set[int] = set()
+        self._tokens_per_epoch: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat_thread: threading.Thread | None = None
@@ -116,6 +121,7 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
         self._transfers.shutdown(wait=False, cancel_futures=True)
+        self._counting.shutdown(wait=False, cancel_futures=True)
         self.store.forget_runner(self.runner_id)
 
     def _beat_loop(self) -> None:
@@ -139,6 +145,8 @@ class Worker:
                 self.recover()
             self._watch()
             self._claim()
+            if self.settings.estimate:
+                self._estimate_queued()
 
     # --- recovery -----------------------------------------------------------------------
     def recover(self) -> None:
@@ -243,29 +251,125 @@ class Worker:
                 busy_users[job.user] = busy_users.get(job.user, 0) + 1
             claimed_job = self.store.get(job.id)
             parent = self.store.find(claimed_job.parent_id) if claimed_job.parent_id else None
-            if self.storage is not None and artifacts.missing_inputs(claimed_job.args, parent):
+            fetch = self.storage is not None and artifacts.missing_inputs(claimed_job.args, parent)
+            prepare = self.settings.estimate and claimed_job.kind == JobKind.TRAIN.value
+            if fetch or prepare:
                 self._fetching.add(job.id)
-                self._transfers.submit(self._fetch_then_launch, claimed_job, parent, slots)
+                self._transfers.submit(self._fetch_then_launch, claimed_job, parent, slots, fetch=fetch)
             else:
                 self._launch(claimed_job, slots)
 
-    def _fetch_then_launch(self, job: Job, parent: Job | None, slots: list[str]) -> None:
-        """Inputs kept only in the artifact store (e.g. exported on another host) come first."""
+    def _fetch_then_launch(
+        self, job: Job, parent: Job | None, slots: list[str], *, fetch: bool = True
+    ) -> None:
+        """Inputs kept only in the artifact store (e.g. exported on another host) come first; a train
+        job's tokens are counted and its `fast` shape chosen for the GPU it got."""
         try:
-            self.store.add_event(job.id, "message", {"text": "fetching its inputs from the artifact store"})
-            args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
-            self.store.update(job.id, args=args)
+            if fetch:
+                self.store.add_event(job.id, "message", {"text": "fetching its inputs from the artifact store"})
+                args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
+                self.store.update(job.id, args=args)
+            if self.settings.estimate and job.kind == JobKind.TRAIN.value:
+                self._prepare_train(self.store.get(job.id), slots)
         except Exception as exc:  # a thread of the pool: nothing above it would see the error
             if not isinstance(exc, (UserError, OSError)):
                 log.exception("fetching the inputs of job #%s failed", job.id)
             text = exc.text() if isinstance(exc, UserError) else str(exc)
             with self._lock:
                 self._fetching.discard(job.id)
-                self._fail_before_start(job, f"Could not fetch its inputs from the artifact store: {text}")
+                self._fail_before_start(job, f"Could not prepare the job: {text}")
             return
         with self._lock:
             self._fetching.discard(job.id)
             self._launch(self.store.get(job.id), slots)
+
+    # --- token counts, the fast plan, estimates ----------------------------------------------
+    def _calibration_path(self) -> Path:
+        return self.settings.calibration_dir / f"{self.host}.json"
+
+    def _prepare(self, job: Job, slots: list[str] | None, *, apply_plan: bool):
+        from .estimate import load_table
+        from .trainprep import prepare
+
+        return prepare(
+            dict(job.args),
+            preset=job.preset,
+            spec=job.spec,
+            hardware=self.hardware,
+            slots=slots,
+            cache_dir=self.settings.cache_dir,
+            table=load_table(self._calibration_path()),
+            env=self._job_env(job, slots or []),
+            apply_plan=apply_plan,
+        )
+
+    def _prepare_train(self, job: Job, slots: list[str]) -> None:
+        """Count, choose the fast plan for this GPU, estimate; record it all on the job."""
+        if job.attempt > 1 and job.metrics.get("tokens_per_epoch"):
+            self._tokens_per_epoch[job.id] = int(job.metrics["tokens_per_epoch"])
+            return  # a resumed run keeps the plan it started with
+        prepared = self._prepare(job, slots, apply_plan=True)
+        metrics = {**self.store.get(job.id).metrics, **prepared.info}
+        self.store.update(job.id, args=prepared.args, metrics=metrics)
+        if prepared.info.get("tokens_per_epoch"):
+            self._tokens_per_epoch[job.id] = int(prepared.info["tokens_per_epoch"])
+        if prepared.info.get("estimate"):
+            self.store.add_event(job.id, "estimate", prepared.info["estimate"])
+
+    def _estimate_queued(self) -> None:
+        """Queued train jobs get an estimate while they wait (the bot edits their message)."""
+        for job in self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False, limit=50):
+            if job.kind != JobKind.TRAIN.value or job.id in self._estimating:
+                continue
+            if "estimate" in job.metrics or "count_error" in job.metrics or job.attempt > 1:
+                continue
+            if job.n_slots > len(self.slots):
+                continue  # another runner's job
+            self._estimating.add(job.id)
+            self._counting.submit(self._estimate_one, job)
+
+    def _estimate_one(self, job: Job) -> None:
+        try:
+            prepared = self._prepare(job, self.slots[: job.n_slots], apply_plan=True)
+            fresh = self.store.find(job.id)
+            if fresh is None or fresh.state != JobState.QUEUED.value:
+                return  # it started meanwhile: the launch made its own estimate
+            keep = ("estimate", "dataset_tokens", "params", "gpu", "count_error")
+            info = {k: v for k, v in prepared.info.items() if k in keep}
+            info.setdefault("estimate", None)
+            self.store.update(job.id, metrics={**fresh.metrics, **info})
+            if info.get("estimate"):
+                self.store.add_event(job.id, "estimate", info["estimate"])
+        except Exception:  # a thread of the pool: an estimate is never worth a failed job
+            log.exception("estimating job #%s failed", job.id)
+
+    def _measure(self, job: Job, metrics: dict[str, Any]) -> None:
+        """A finished train job's true tokens/s and MFU; its speed refines this runner's table."""
+        from . import estimate as eta
+        from .throughput import mfu, tokens_per_second
+
+        seen = metrics.get("total_tokens")
+        runtime = metrics.get("train_runtime")
+        rate = tokens_per_second(seen, runtime)
+        if rate is None:
+            return
+        metrics["tokens_per_s"] = round(rate, 1)
+        params = metrics.get("params")
+        gpu = metrics.get("gpu")
+        n_gpus = max(1, len(job.slots or []))
+        if gpu and isinstance(params, int):
+            value = mfu(rate, params, gpu, n_gpus)
+            if value is not None:
+                metrics["mfu"] = round(value, 4)
+        if job.started_at:
+            metrics["actual_s"] = round(now() - job.started_at, 1)
+        if isinstance(params, int) and params > 0:
+            key = eta.table_key(eta.device_name(gpu), job.preset, n_gpus)
+            startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics else None
+            path = self._calibration_path()
+            eta.save_table(
+                path, eta.refine(eta.load_table(path), key, tokens_per_s=rate, params=params, startup_s=startup)
+            )
 
     def _fail_before_start(self, job: Job, error: str, advice: str | None = None) -> None:
         self.store.release_slots(job.id)
@@ -430,12 +534,14 @@ class Worker:
             if run.new_points and now() - run.last_plot_at >= PLOT_EVERY:
                 self._plot(job, run, final=False)
             return
+        per_epoch = self._tokens_per_epoch.get(job.id) or job.metrics.get("tokens_per_epoch")
         for point in fresh:
-            self.store.add_event(job.id, "progress", point.to_dict())
+            self.store.add_event(job.id, "progress", true_progress(point.to_dict(), per_epoch))
         run.seen_step = max(run.seen_step, max(p.step for p in fresh))
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
             latest.update({k: v for k, v in point.to_dict().items() if v is not None})
+        latest = true_progress(latest, self._tokens_per_epoch.get(job.id) or job.metrics.get("tokens_per_epoch"))
         self.store.update(job.id, progress=latest)
         run.new_points = True
         if now() - run.last_plot_at >= PLOT_EVERY:
@@ -616,6 +722,16 @@ class Worker:
             for key in ("tokens_per_s", "total_tokens", "step", "total"):
                 if job.progress.get(key) is not None:
                     metrics[key] = job.progress[key]
+            if metrics.get("tokens_per_epoch") and results.get("epoch") is not None:
+                from .throughput import tokens_seen
+
+                seen = tokens_seen(results["epoch"], metrics["tokens_per_epoch"])
+                if seen is not None:
+                    metrics["total_tokens"] = seen
+            try:
+                self._measure(job, metrics)
+            except OSError:
+                log.exception("recording the speed of job #%s failed", job.id)
         elif job.kind == JobKind.EVAL.value:
             from .results import read_predict_results, sample_predictions
 
