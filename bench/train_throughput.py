@@ -11,7 +11,7 @@ measured in the same call, tunebot's estimate beside the actual time, and loss v
 
     python3 bench/train_throughput.py run seed-cli fast       # recipes by name (see RUNS)
     python3 bench/train_throughput.py profile                 # torch.profiler over a few fast steps
-    python3 bench/train_throughput.py plot a.json b.json ...  # loss-vs-tokens PNG from results
+    python3 bench/train_throughput.py plot a.json[:run,run] ... out.png  # loss vs tokens
     BENCH_SHAPE=tiny BENCH_ROWS=64 python3 bench/train_throughput.py run seed fast   # on a CPU
 
 Every run appends to $OUT/throughput.json as it finishes, so a call cut short still reports.
@@ -59,7 +59,17 @@ RUNS: dict[str, tuple[str, dict[str, str], float | None, int | None]] = {
     "fast-compile": ("fast", {"torch_compile": "true"}, None, 120),
     "fast-compile-noliger": ("fast", {"torch_compile": "true", "enable_liger_kernel": "false"}, None, 120),
     "fast-noliger": ("fast", {"enable_liger_kernel": "false"}, None, 120),
+    "fast-120": ("fast", {}, None, 120),
+    "seed-cli-30": ("seed-cli", {}, None, 30),
+    "fast-purebf16": ("fast", {"compute": "pure_bf16"}, None, 120),
+    # what `fast` chose before torch.compile joined it (Liger kernels, eager)
+    "fast-liger": ("fast", {"torch_compile": "false", "enable_liger_kernel": "true"}, None, None),
 }
+ARG_KEYS = (
+    "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps", "packing", "neat_packing",
+    "enable_liger_kernel", "optim", "disable_gradient_checkpointing", "flash_attn", "torch_compile",
+    "learning_rate", "loraplus_lr_ratio", "bf16", "pure_bf16",
+)
 CARD_BYTES = {80.0: 81_559 * 2**20, 24.0: 24_564 * 2**20}  # H100 80GB HBM3, RTX 4090 / A10-class
 
 _WORDS = (
@@ -69,7 +79,21 @@ _WORDS = (
     "third because therefore however instance method function return list string table file "
     "value memory device compute network language sentence summary translate write code python"
 ).split()
-_HANZI = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例真务具万每目至达走积示议声报斗完类八离华名确才科张信马节话米整空元况今集温传土许步群广石记需段研界拉林律叫且究观越织装影算低持音众书布复容儿须际商非验连断深难近矿千周委素技备半办青省列习响约支般史感劳便团往酸历市克何除消构府称太准精值号率族维划选标写存候毛亲快效斯院查江型眼王按格养易置派层片始却专状育厂京识适属圆包火住调满县局照参红细引听该铁价严"
+_HANZI = (
+    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动"
+    "同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自"
+    "二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日"
+    "那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变"
+    "条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总"
+    "次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指"
+    "几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器"
+    "压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安"
+    "场身车例真务具万每目至达走积示议声报斗完类八离华名确才科张信马节话米整空元况今集"
+    "温传土许步群广石记需段研界拉林律叫且究观越织装影算低持音众书布复容儿须际商非验连"
+    "断深难近矿千周委素技备半办青省列习响约支般史感劳便团往酸历市克何除消构府称太准精"
+    "值号率族维划选标写存候毛亲快效斯院查江型眼王按格养易置派层片始却专状育厂京识适属"
+    "圆包火住调满县局照参红细引听该铁价严"
+)
 
 
 def log(text: str) -> None:
@@ -100,7 +124,7 @@ def environment() -> dict:
             "python": sys.version.split()[0],
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
-            **{n: md.version(n) for n in ("transformers", "llamafactory", "peft", "liger-kernel", "accelerate")},
+            **{n: md.version(n) for n in ("transformers", "llamafactory", "peft", "liger-kernel")},
         }
     except Exception as exc:  # the figures still matter without the versions
         info["versions"] = {"error": str(exc)}
@@ -227,7 +251,8 @@ def _cap_dir() -> Path:
         "            p = os.environ.get('TUNEBOT_BENCH_PEAK_FILE')\n"
         "            if p and torch.cuda.is_initialized() and torch.cuda.max_memory_reserved(0) > 0:\n"
         "                with open(p, 'a') as fh:\n"
-        "                    fh.write(f'{torch.cuda.max_memory_reserved(0)} {torch.cuda.max_memory_allocated(0)}\\n')\n"
+        "                    r, a = torch.cuda.max_memory_reserved(0), torch.cuda.max_memory_allocated(0)\n"
+        "                    fh.write(f'{r} {a}\\n')\n"
         "        atexit.register(_peak)\n"
     )
     return folder
@@ -249,7 +274,8 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
         }
         # The runner plans for the card it believes it has.
         g = hardware.gpus[0]
-        hardware = Hardware(hardware.host, (Gpu(g.index, g.name, card // 2**20, g.compute_capability),), hardware.cpu_count)
+        capped = Gpu(g.index, g.name, card // 2**20, g.compute_capability)
+        hardware = Hardware(hardware.host, (capped,), hardware.cpu_count)
     settings = Settings(data_dir=DATA, poll_interval=0.5, web_port=0, estimate=True, job_env=job_env)
     runtime = Runtime(settings)
     runtime.worker.hardware = hardware
@@ -282,7 +308,8 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
                     step_seen.setdefault(point.step, time.time())
                 if job.state in FINAL_STATES:
                     break
-                if not job.cancel_requested and time.time() - started > float(os.environ.get("BENCH_RUN_LIMIT", "560")):
+                late = time.time() - started > float(os.environ.get("BENCH_RUN_LIMIT", "560"))
+                if late and not job.cancel_requested:
                     runtime.queue.cancel(job.id, by="bench time limit")
                 time.sleep(0.2)
         wall = time.time() - started
@@ -294,10 +321,7 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
             state=job.state,
             error=job.error,
             wall_s=round(wall, 1),
-            args={k: job.args.get(k) for k in (
-                "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps", "packing",
-                "neat_packing", "enable_liger_kernel", "optim", "disable_gradient_checkpointing",
-                "flash_attn", "torch_compile", "learning_rate", "loraplus_lr_ratio")},
+            args={k: job.args.get(k) for k in ARG_KEYS},
             plan=metrics.get("plan"),
             dataset_tokens=metrics.get("dataset_tokens"),
             tokens_per_epoch=per_epoch,
@@ -308,7 +332,11 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
             tunebot_tokens_per_s=metrics.get("tokens_per_s"),
             tunebot_mfu=metrics.get("mfu"),
             steps=max(step_seen) if step_seen else 0,
-            loss=[(round(p.epoch * per_epoch), p.loss) for p in points if p.loss is not None and p.epoch is not None and per_epoch],
+            loss=[
+                (round(p.epoch * per_epoch), p.loss)
+                for p in points
+                if p.loss is not None and p.epoch is not None and per_epoch
+            ],
         )
         steady_from = 20 if "compile" in name else 5
         steps = sorted(s for s in step_seen if s >= steady_from)
@@ -334,10 +362,10 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
         if job.state != "succeeded":
             tail = Path(job.log_path).read_text(errors="replace")[-4000:]
             row["log_tail"] = tail
-        shutil.copy(job.log_path, OUT / f"{name}.log") if job.state != "succeeded" else None
-        log(f"{name}: {job.state} in {wall:.0f}s  " + json.dumps({k: row.get(k) for k in (
-            "tokens_per_s", "s_per_step", "gpu_util", "mfu_measured", "gpu_peak_mib", "process_peak_mib",
-            "estimate", "actual_s")}, default=str))
+            shutil.copy(job.log_path, OUT / f"{name}.log")
+        shown = ("tokens_per_s", "s_per_step", "gpu_util", "mfu_measured", "gpu_peak_mib",
+                 "process_peak_mib", "estimate", "actual_s")
+        log(f"{name}: {job.state} in {wall:.0f}s  " + json.dumps({k: row.get(k) for k in shown}, default=str))
         return row
     finally:
         runtime.stop()
@@ -369,34 +397,44 @@ def cmd_run(names: list[str]) -> int:
 
 def summary(results: dict) -> None:
     base = (results["runs"].get("seed-cli") or {}).get("tokens_per_s")
-    print("\n| run | state | tokens/s | × seed-cli | s/step | util % | MFU | card peak MiB | process peak / cap MiB | estimate s | actual s |")
+    print("\n| run | state | tokens/s | × seed-cli | s/step | util % | MFU | card peak MiB "
+          "| process peak / cap MiB | estimate s | actual s |")
     for name, r in results["runs"].items():
         ratio = f"{r['tokens_per_s'] / base:.2f}" if base and r.get("tokens_per_s") else "-"
         est = (r.get("estimate") or {}).get("seconds")
         print(
             f"| {name} | {r.get('state')} | {r.get('tokens_per_s')} | {ratio} | {r.get('s_per_step')} | "
             f"{r.get('gpu_util')} | {r.get('mfu_measured')} | {r.get('gpu_peak_mib')} | "
-            f"{r.get('process_peak_mib', '-')} / {r.get('cap_mib', '-')} | {round(est) if est else '-'} | {r.get('actual_s')} |"
+            f"{r.get('process_peak_mib', '-')} / {r.get('cap_mib', '-')} | {round(est) if est else '-'} | "
+            f"{r.get('actual_s')} |"
         )
 
 
 # --- profiling ---------------------------------------------------------------------------------
 def cmd_profile() -> int:
     """torch.profiler over steps 6-9 of the fast recipe, in LLaMA-Factory's own trainer."""
-    results = load_results()
-    fast = results["runs"].get("fast") or {}
-    job_dir = DATA / "jobs" / str(fast.get("job"))
-    config_path = job_dir / "config.yaml"
     import yaml
 
+    from runners.store import Store
+
+    store = Store(Settings(data_dir=DATA).db_url)
+    # the latest uncapped `fast` job's arguments, as the runner planned them
+    fast = [j for j in store.list_jobs() if j.preset == "fast" and j.state == "succeeded"
+            and not j.spec.get("pairs", {}).get("torch_compile")]
+    config_path = Path(fast[0].work_dir) / "config.yaml"
+
     args = yaml.safe_load(config_path.read_text())
-    args.update(output_dir=str(DATA / "profile-out"), max_steps=10, save_steps=100000, plot_loss=False,
-                overwrite_output_dir=True)
+    args.update(
+        output_dir=str(DATA / "profile-out"), max_steps=10, save_steps=100000, plot_loss=False,
+        overwrite_output_dir=True,
+    )
     spec = DATA / "profile.yaml"
     spec.write_text(yaml.safe_dump(args))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
-    proc = subprocess.run([sys.executable, __file__, "profile-child", str(spec)], env=env, text=True,
-                          capture_output=True, timeout=500)
+    proc = subprocess.run(
+        [sys.executable, __file__, "profile-child", str(spec)],
+        env=env, text=True, capture_output=True, timeout=500,
+    )
     (OUT / "profile.txt").write_text(proc.stdout[-200000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
     print(proc.stdout[-6000:])
     return proc.returncode
@@ -428,8 +466,9 @@ def cmd_profile_child(spec: str) -> int:
                 self.prof.__exit__(None, None, None)
                 events = self.prof.key_averages()
                 busy = sum(e.self_device_time_total for e in events) / 1e6
+                kernels = sum(e.count for e in events if e.self_device_time_total > 0)
                 print(f"PROFILE 4 steps: wall {wall:.3f}s, GPU kernel time {busy:.3f}s "
-                      f"({100 * busy / wall:.0f}% busy), {sum(e.count for e in events if e.self_device_time_total > 0)} kernels")
+                      f"({100 * busy / wall:.0f}% busy), {kernels} kernels")
                 print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
                 print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
                 self.prof = None
@@ -447,12 +486,14 @@ def cmd_plot(files: list[str], dest: str) -> int:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for file in files:
+        file, _, wanted = file.partition(":")  # results.json[:run,run]
         for name, run in json.loads(Path(file).read_text())["runs"].items():
-            if run.get("cap_gib") or run.get("steps", 0) < 50 or not run.get("loss"):
+            if (wanted and name not in wanted.split(",")) or not run.get("loss"):
                 continue
             xs = [t / 1000 for t, _ in run["loss"]]
             ys = [loss for _, loss in run["loss"]]
-            ax.plot(xs, ys, label=f"{name} ({run.get('tokens_per_s') or '?'} tok/s)", linewidth=1)
+            label = f"{name} ({run.get('steps')} steps, {run.get('tokens_per_s') or '?':,} tokens/s)"
+            ax.plot(xs, ys, label=label, linewidth=1)
     ax.set_xlabel("training tokens (thousands, non-padding)")
     ax.set_ylabel("training loss")
     ax.set_title("Loss vs tokens: random Llama-3-8B, LoRA r8, one H200")

@@ -25,13 +25,17 @@ from .throughput import short_gpu_name
 # Weight of a new measurement against what the table held (an exponential moving average).
 REFINE_WEIGHT = 0.5
 
-# Measured with bench/train_throughput.py (docs/benchmarks.md): tokens/s x params, start-up s.
+# Measured with bench/train_throughput.py on an H200, 2026-12-01 (docs/benchmarks.md): tokens/s x
+# params (8.03e9, random Llama-3-8B), and start-up s (loading the model; for `fast` also compiling
+# it: ~20 s with the compiler's cache warm, ~110 s cold). H100 entries are the H200's until a job
+# there replaces them (same compute; `runs: 0` means not measured).
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
-    "H200|fast|1": {"param_tokens_per_s": 6.5e13, "startup_s": 45.0, "runs": 1},
-    "H200|seed|1": {"param_tokens_per_s": 1.15e13, "startup_s": 40.0, "runs": 1},
-    "H200|seed-cli|1": {"param_tokens_per_s": 1.46e13, "startup_s": 40.0, "runs": 1},
-    "H100|fast|1": {"param_tokens_per_s": 6.0e13, "startup_s": 45.0, "runs": 0},
-    "H100|seed|1": {"param_tokens_per_s": 1.1e13, "startup_s": 40.0, "runs": 0},
+    "H200|fast|1": {"param_tokens_per_s": 7.59e13, "startup_s": 60.0, "runs": 1},
+    "H200|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 1},
+    "H200|seed-cli|1": {"param_tokens_per_s": 1.43e13, "startup_s": 30.0, "runs": 1},
+    "H100|fast|1": {"param_tokens_per_s": 7.2e13, "startup_s": 60.0, "runs": 0},
+    "H100|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 0},
+    "H100|seed-cli|1": {"param_tokens_per_s": 1.43e13, "startup_s": 30.0, "runs": 0},
 }
 
 

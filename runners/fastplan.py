@@ -12,7 +12,8 @@ within 10%), in as few and as large forward passes as memory allows:
 - a pack never exceeds the seed's cutoff (2,048), so no sample is cut shorter than `seed` cuts it,
   unless it is longer than a whole step's tokens (then it is cut at the pack length; the plan
   says how many tokens that drops);
-- gradient checkpointing only when the micro-batch's activations do not fit without it.
+- gradient checkpointing only when the micro-batch's activations do not fit without it;
+- without checkpointing the model is compiled (torch.compile) and Liger is off; with it, Liger on.
 
 Memory model (measured on an H200 with Llama-3-8B, LoRA r8 on all linear layers, Liger kernels,
 SDPA, bf16; docs/benchmarks.md): activations ~ 51 bytes x hidden x layers per token without
@@ -38,12 +39,18 @@ HEADROOM = 0.90
 
 # Flags `fast` adds on a GPU (measured effect of each in docs/benchmarks.md).
 GPU_FLAGS: dict[str, Any] = {
-    "enable_liger_kernel": True,
     "optim": "adamw_torch_fused",
     "dataloader_num_workers": 4,
     "dataloader_pin_memory": True,
     "dataloader_persistent_workers": True,
 }
+# Without checkpointing the step is bound by the host launching ~10k small kernels (profiler:
+# GPU busy 39% of a step); torch.compile fuses them: 0.156 s/step against 0.275 on an H200
+# (Liger's kernels are opaque to the compiler and cost it 40% of that gain, so they go).
+# With checkpointing (small cards) Liger stays and nothing is compiled: that pairing is measured.
+COMPILED_FLAGS: dict[str, Any] = {"torch_compile": True, "enable_liger_kernel": False}
+CHECKPOINTED_FLAGS: dict[str, Any] = {"enable_liger_kernel": True}
+LOGITS_BYTES_PER_VOCAB = 12.0  # no Liger: fp32 logits, their gradient and the bf16 copy
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class ModelShape:
     params: int
     hidden: int
     layers: int
+    vocab: int = 128_256
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class FastPlan:
             "per_device_train_batch_size": self.batch,
             "gradient_accumulation_steps": self.accum,
             "disable_gradient_checkpointing": not self.checkpointing,
+            **(CHECKPOINTED_FLAGS if self.checkpointing else COMPILED_FLAGS),
         }
 
 
@@ -81,12 +90,15 @@ def shape_of(config: dict[str, Any], params: int) -> ModelShape:
     config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 4096)
     layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 32)
-    return ModelShape(params=params, hidden=hidden, layers=layers)
+    vocab = int(config.get("vocab_size") or 128_256)
+    return ModelShape(params=params, hidden=hidden, layers=layers, vocab=vocab)
 
 
 def activation_bytes(shape: ModelShape, tokens: int, checkpointing: bool) -> float:
-    per = ACT_BYTES_PER_HIDDEN_LAYER_CKPT if checkpointing else ACT_BYTES_PER_HIDDEN_LAYER
-    return per * shape.hidden * shape.layers * tokens
+    if checkpointing:  # with Liger: its fused loss never holds the logits
+        return ACT_BYTES_PER_HIDDEN_LAYER_CKPT * shape.hidden * shape.layers * tokens
+    per_token = ACT_BYTES_PER_HIDDEN_LAYER * shape.hidden * shape.layers + LOGITS_BYTES_PER_VOCAB * shape.vocab
+    return per_token * tokens
 
 
 def peak_bytes(shape: ModelShape, tokens: int, checkpointing: bool) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import estimate as eta
-from .fastplan import GPU_FLAGS, plan_fast, shape_of
+from .fastplan import CHECKPOINTED_FLAGS, GPU_FLAGS, plan_fast, shape_of
 from .errors import UserError
 from .hardware import Hardware
 from .recipes import TRAIN_KEYS, parse_yaml_spec
@@ -90,13 +90,15 @@ def apply_fast(
     args = {**args, **{k: v for k, v in GPU_FLAGS.items() if k not in keep}}
     if params is None or keep & set(_SHAPE_KEYS):
         why = "the model's size is unknown" if params is None else "you set the batch shape"
+        args.update({k: v for k, v in CHECKPOINTED_FLAGS.items() if k not in keep})
         return args, {"plan": None, "plan_note": f"seed's batch shape kept: {why}"}
     try:
         plan = plan_fast(memory_bytes, shape_of(config, params), count.mean, count.longest, count.cutoff)
     except ValueError as exc:
+        args.update({k: v for k, v in CHECKPOINTED_FLAGS.items() if k not in keep})
         return args, {"plan": None, "plan_note": f"seed's batch shape kept: {exc}"}
     # Packing without cross-attention: each sample attends only to itself, as unpacked.
-    args.update(plan.args(), packing=True, neat_packing=True)
+    args.update({k: v for k, v in plan.args().items() if k not in keep}, packing=True, neat_packing=True)
     return args, {"plan": plan.to_dict()}
 
 
