@@ -123,17 +123,20 @@ def plan_fast(
         raise ValueError("the dataset has no tokens")
     budget = gpu_memory_bytes * HEADROOM
     target = int(round(SEED_SAMPLES_PER_STEP * min(mean_sample_tokens, seed_cutoff)))
-    note = ""
     if target <= seed_cutoff:
         # One pack a step holds the seed's step; `+1`: LLaMA-Factory packs cutoff_len - 1 tokens.
-        cutoff = max(MIN_PACK, _round_up(target + 1, PACK_MULTIPLE))
-        packs = 1
-        longest = min(max_sample_tokens or 0, seed_cutoff)
-        if longest > cutoff - 1:
-            note = f"samples longer than {cutoff - 1} tokens are cut there (the seed cuts at {seed_cutoff})"
+        cutoff, packs = max(MIN_PACK, _round_up(target + 1, PACK_MULTIPLE)), 1
     else:
-        cutoff = seed_cutoff
-        packs = max(1, int(round(target / (seed_cutoff - 1))))
+        packs = max(1, round(target / (seed_cutoff - 1)))
+        if abs(packs * (seed_cutoff - 1) - target) <= 0.1 * target:
+            cutoff = seed_cutoff  # whole seed-length packs hold the step
+        else:  # a few shorter packs of equal length do
+            packs = math.ceil(target / (seed_cutoff - 1))
+            cutoff = min(seed_cutoff, _round_up(target / packs + 1, PACK_MULTIPLE))
+    longest = min(max_sample_tokens or 0, seed_cutoff)
+    note = ""
+    if longest > cutoff - 1:
+        note = f"samples longer than {cutoff - 1} tokens are cut there (the seed cuts at {seed_cutoff})"
     for checkpointing in (False, True):
         for batch in range(packs, 0, -1):
             if packs % batch:
