@@ -11,7 +11,7 @@ from typing import Any
 from runners.job import FINAL_STATES, Job, JobState
 from runners.store import Store
 
-from .render import METRIC_LABELS
+from .render import METRIC_LABELS, estimate_text, speed_text
 
 STATE_MARK = {
     "queued": "…",
@@ -71,9 +71,15 @@ def job_details(job: Job) -> str:
         table = metrics_table(job.metrics)
         if table:
             lines.append(table)
-        for key in ("train_loss", "train_runtime", "tokens_per_s"):
+        for key in ("train_loss", "train_runtime", "tokens_per_s", "total_tokens"):
             if job.metrics.get(key) is not None:
                 lines.append(f"  {key} {job.metrics[key]}")
+        speed = speed_text(job)
+        if "MFU" in speed:
+            lines.append(f"  {speed.split(' · ')[-1]}")
+    estimate = estimate_text(job)
+    if estimate:
+        lines.append(f"  time: {estimate}")
     for key, value in job.artifacts.items():
         if key in ("samples", "remote", "remote_errors"):
             continue

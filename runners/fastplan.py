@@ -17,8 +17,9 @@ within 10%), in as few and as large forward passes as memory allows:
 
 Memory model (measured on an H200 with Llama-3-8B, LoRA r8 on all linear layers, Liger kernels,
 SDPA, bf16; docs/benchmarks.md): activations ~ 51 bytes x hidden x layers per token without
-checkpointing (6.4 MiB/token for 8B) and ~ 5 bytes with it (56 and 6 used, to stay clear); weights 2 bytes/param; 2.5 GiB for the
-CUDA context, LoRA weights, optimizer state and allocator slack; 10% of the card held back.
+checkpointing (6.4 MiB/token for 8B) and ~ 5 bytes with it (56 and 6 used, to stay clear);
+weights 2 bytes/param; 2.5 GiB for the CUDA context, LoRA weights, optimizer state and allocator
+slack; 10% of the card held back.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def shape_of(config: dict[str, Any], params: int) -> ModelShape:
 def activation_bytes(shape: ModelShape, tokens: int, checkpointing: bool) -> float:
     if checkpointing:  # with Liger: its fused loss never holds the logits
         return ACT_BYTES_PER_HIDDEN_LAYER_CKPT * shape.hidden * shape.layers * tokens
-    per_token = ACT_BYTES_PER_HIDDEN_LAYER * shape.hidden * shape.layers + LOGITS_BYTES_PER_VOCAB * shape.vocab
+    per_token = (
+        ACT_BYTES_PER_HIDDEN_LAYER * shape.hidden * shape.layers + LOGITS_BYTES_PER_VOCAB * shape.vocab
+    )
     return per_token * tokens
 
 

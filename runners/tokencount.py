@@ -61,7 +61,12 @@ class TokenCount:
         return sum(self.lengths[:cut]) + cutoff * (len(self.lengths) - cut)
 
     def summary(self) -> dict[str, Any]:
-        return {"samples": self.samples, "tokens": self.total, "mean": round(self.mean, 1), "longest": self.longest}
+        return {
+            "samples": self.samples,
+            "tokens": self.total,
+            "mean": round(self.mean, 1),
+            "longest": self.longest,
+        }
 
 
 def _dataset_files(dataset_dir: Path, names: str) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import estimate as eta
-from .fastplan import CHECKPOINTED_FLAGS, GPU_FLAGS, plan_fast, shape_of
 from .errors import UserError
+from .fastplan import CHECKPOINTED_FLAGS, GPU_FLAGS, plan_fast, shape_of
 from .hardware import Hardware
 from .recipes import TRAIN_KEYS, parse_yaml_spec
 from .throughput import param_count
@@ -146,7 +146,12 @@ def prepare(
     )
     if params:
         est = eta.estimate(
-            table, tokens=total, params=params, gpu_name=gpu.name if gpu else None, recipe=preset, n_gpus=n_gpus
+            table,
+            tokens=total,
+            params=params,
+            gpu_name=gpu.name if gpu else None,
+            recipe=preset,
+            n_gpus=n_gpus,
         )
         if est is not None:
             info["estimate"] = est.to_dict()

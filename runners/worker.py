@@ -266,7 +266,8 @@ class Worker:
         job's tokens are counted and its `fast` shape chosen for the GPU it got."""
         try:
             if fetch:
-                self.store.add_event(job.id, "message", {"text": "fetching its inputs from the artifact store"})
+                note = {"text": "fetching its inputs from the artifact store"}
+                self.store.add_event(job.id, "message", note)
                 args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
                 self.store.update(job.id, args=args)
             if self.settings.estimate and job.kind == JobKind.TRAIN.value:
@@ -367,9 +368,8 @@ class Worker:
             key = eta.table_key(eta.device_name(gpu), job.preset, n_gpus)
             startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics else None
             path = self._calibration_path()
-            eta.save_table(
-                path, eta.refine(eta.load_table(path), key, tokens_per_s=rate, params=params, startup_s=startup)
-            )
+            table = eta.refine(eta.load_table(path), key, tokens_per_s=rate, params=params, startup_s=startup)
+            eta.save_table(path, table)
 
     def _fail_before_start(self, job: Job, error: str, advice: str | None = None) -> None:
         self.store.release_slots(job.id)
@@ -541,7 +541,7 @@ class Worker:
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
             latest.update({k: v for k, v in point.to_dict().items() if v is not None})
-        latest = true_progress(latest, self._tokens_per_epoch.get(job.id) or job.metrics.get("tokens_per_epoch"))
+        latest = true_progress(latest, per_epoch)
         self.store.update(job.id, progress=latest)
         run.new_points = True
         if now() - run.last_plot_at >= PLOT_EVERY:

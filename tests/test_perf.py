@@ -13,7 +13,7 @@ import pytest
 from runners import estimate as eta
 from runners import recipes
 from runners.fastplan import HEADROOM, ModelShape, plan_fast
-from runners.hardware import Gpu, Hardware
+from runners.hardware import Hardware
 from runners.runtime import Runtime
 from runners.throughput import bf16_peak_flops, mfu, param_count, sane_rate, true_progress
 from runners.tokencount import TokenCount, count_tokens
@@ -146,7 +146,7 @@ def test_no_negative_or_absurd_rate_survives(bad):
 
 
 def test_true_progress_counts_from_the_epoch_and_drops_llamafactorys_broken_figures():
-    broken = {"step": 10, "epoch": 0.5, "elapsed_s": 20.0, "tokens_per_s": -4.2e18, "total_tokens": -92233720368547758}
+    broken = {"step": 10, "epoch": 0.5, "elapsed_s": 20.0, "tokens_per_s": -4.2e18, "total_tokens": -(2**62)}
     counted = true_progress(broken, tokens_per_epoch=100_000)
     assert counted["total_tokens"] == 50_000 and counted["tokens_per_s"] == 2_500
     uncounted = true_progress(broken, tokens_per_epoch=None)
@@ -234,7 +234,8 @@ def test_a_neat_packing_run_reports_true_throughput_and_a_second_job_gets_an_est
         assert job.state == "succeeded", f"{job.error}\n{job.log_tail}"
         per_epoch = job.metrics["tokens_per_epoch"]
         assert 0 < per_epoch == job.metrics["dataset_tokens"]["tokens"]
-        lines = [json.loads(x) for x in Path(job.work_dir, "output", "trainer_log.jsonl").read_text().splitlines()]
+        log_file = Path(job.work_dir, "output", "trainer_log.jsonl")
+        lines = [json.loads(x) for x in log_file.read_text().splitlines()]
         assert any("epoch" in line for line in lines)
         progress = [e.data for e in store.events_since(0, job_id=job.id) if e.type == "progress"]
         for point in progress:
@@ -256,3 +257,9 @@ def test_a_neat_packing_run_reports_true_throughput_and_a_second_job_gets_an_est
         assert second.metrics["estimate"]["seconds"] > 0 and second.metrics["actual_s"] > 0
     finally:
         runtime.stop()
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """SQLite only here: these tests are about the arithmetic and the runner, not the database."""
+    return f"sqlite:///{tmp_path / 'tunebot.db'}"
