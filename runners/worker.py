@@ -519,6 +519,7 @@ class Worker:
                 self._follow(job, run)
             self.running.pop(job.id, None)
             self._finish(self.store.get(job.id), code, run)
+            self._tokens_per_epoch.pop(job.id, None)
 
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason

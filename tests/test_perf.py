@@ -14,6 +14,7 @@ from runners import estimate as eta
 from runners import recipes
 from runners.fastplan import HEADROOM, ModelShape, plan_fast
 from runners.hardware import Hardware
+from runners.job import Job
 from runners.runtime import Runtime
 from runners.throughput import bf16_peak_flops, mfu, param_count, sane_rate, true_progress
 from runners.tokencount import TokenCount, count_tokens
@@ -263,3 +264,66 @@ def test_a_neat_packing_run_reports_true_throughput_and_a_second_job_gets_an_est
 def db_url(tmp_path) -> str:
     """SQLite only here: these tests are about the arithmetic and the runner, not the database."""
     return f"sqlite:///{tmp_path / 'tunebot.db'}"
+
+
+# --- what people see ---------------------------------------------------------------------------
+def _train_job(**changes) -> Job:
+    import time
+
+    from runners.job import Job
+
+    now = time.time()
+    values = dict(id=7, kind="train", state="queued", model="/models/llama3", dataset="alpaca", method="lora",
+                  preset="fast", user="U1", channel="C1", created_at=now - 60)
+    values.update(changes)
+    return Job(**values)
+
+
+ESTIMATE = {"seconds": 2460.0, "n_gpus": 1, "device": "H200", "gpu_hours": 0.68, "tokens": 1,
+            "tokens_per_s": 1, "startup_s": 60, "key": "H200|fast|1"}
+
+
+def test_the_root_message_shows_the_estimate_while_queued_and_running():
+    from bot.render import render_job_message
+
+    queued = render_job_message(_train_job(metrics={"estimate": ESTIMATE}))
+    assert "about 41 min on 1× H200 (0.7 GPU-h)" in json.dumps(queued, ensure_ascii=False)
+    assert "about 41 min" in queued["text"]
+    running = _train_job(state="running", started_at=1.0, metrics={"estimate": ESTIMATE},
+                         progress={"step": 3, "total": 10, "remaining_s": 125.0, "tokens_per_s": 9522.2})
+    text = json.dumps(render_job_message(running), ensure_ascii=False)
+    assert "about 41 min on 1× H200" in text and "ETA 2m 05s" in text and "9,522 tokens/s" in text
+    nothing = json.dumps(render_job_message(_train_job(metrics={"estimate": None})), ensure_ascii=False)
+    assert "GPU-h" not in nothing
+
+
+def test_the_finished_post_says_how_close_the_estimate_was_and_the_mfu():
+    import time as _t
+
+    from bot.render import render_finished
+
+    done = _train_job(
+        state="succeeded", started_at=_t.time() - 2300, finished_at=_t.time(),
+        metrics={"estimate": ESTIMATE, "actual_s": 2300.0, "tokens_per_s": 9522.2, "mfu": 0.3866,
+                 "gpu": "NVIDIA H200", "total_tokens": 21_900_000, "train_runtime": 2240.0},
+        progress={"step": 100, "total": 100, "loss": 1.8},
+    )
+    text = json.dumps(render_finished(done), ensure_ascii=False)
+    assert "MFU 39% of the H200's bf16 peak" in text
+    assert "estimated 41 min on 1× H200 (0.7 GPU-h), took 38m 20s (+7%)" in text
+    assert "21,900,000 tokens seen" in text
+
+
+def test_the_queued_reply_says_an_estimate_is_coming_and_show_and_digest_carry_the_figures():
+    from bot.digest import results_text
+    from bot.replies import render_queued
+    from bot.terminal import job_details
+
+    assert "time estimate follows" in render_queued(_train_job())["text"]
+    assert "time estimate follows" not in render_queued(_train_job(kind="eval"))["text"]
+    done = _train_job(state="succeeded", started_at=1.0, finished_at=2301.0, log_path="/x/job.log",
+                      metrics={"estimate": ESTIMATE, "actual_s": 2300.0, "tokens_per_s": 9522.2,
+                               "mfu": 0.3866, "gpu": "NVIDIA H200"})
+    shown = job_details(done)
+    assert "MFU 39%" in shown and "took 38m 20s (+7%)" in shown
+    assert "9,522 tokens/s · MFU 39%" in results_text(done)
