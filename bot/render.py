@@ -23,6 +23,7 @@ from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
 from runners.progress import format_eta, progress_bar
 from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
 from runners.results import compare_metrics
+from runners.throughput import sane_rate
 
 # Slack's limits (Block Kit reference), counted like Slack counts: UTF-16 code units.
 MAX_BLOCKS = 50
@@ -228,7 +229,7 @@ def progress_text(progress: dict[str, Any]) -> str:
     remaining = finite_number(progress.get("remaining_s"))
     if remaining is not None:
         bits.append(f"ETA {format_eta(remaining)}")
-    speed = finite_number(progress.get("tokens_per_s"))
+    speed = sane_rate(progress.get("tokens_per_s"))
     if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     return " · ".join(bits)
@@ -238,8 +239,8 @@ def speed_text(job: Job) -> str:
     """A finished train job's true throughput: '9,522 tokens/s · MFU 39% of the H200's bf16 peak'."""
     metrics = job.metrics or {}
     bits = []
-    speed = finite_number(metrics.get("tokens_per_s"))
-    if speed and speed > 0:
+    speed = sane_rate(metrics.get("tokens_per_s"))
+    if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     mfu = finite_number(metrics.get("mfu"))
     if mfu is not None and mfu > 0:
@@ -450,7 +451,7 @@ def _final_loss(job: Job) -> str:
         bits.append(f"eval loss {eval_loss:.4g}")
     if progress.get("step") is not None:
         bits.append(f"{progress['step']} steps")
-    speed = finite_number(progress.get("tokens_per_s"))
+    speed = sane_rate(progress.get("tokens_per_s"))
     if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     return ", ".join(bits)
@@ -470,11 +471,11 @@ def _trainer_results(job: Job) -> str:
     samples = finite_number(metrics.get("train_samples_per_second"))
     if samples:
         bits.append(f"{samples:,.2f} samples/s")
-    speed = finite_number(metrics.get("tokens_per_s"))
-    if speed and not finite_number((job.progress or {}).get("tokens_per_s")):
+    speed = sane_rate(metrics.get("tokens_per_s"))
+    if speed and not sane_rate((job.progress or {}).get("tokens_per_s")):
         bits.append(f"{speed:,.0f} tokens/s")
     tokens = finite_number(metrics.get("total_tokens"))
-    if tokens:
+    if tokens and 0 < tokens < 1e15:  # LLaMA-Factory's own count under packing can be -9e19
         bits.append(f"{tokens:,.0f} tokens seen")
     mfu = finite_number(metrics.get("mfu"))
     if mfu:

@@ -327,3 +327,22 @@ def test_the_queued_reply_says_an_estimate_is_coming_and_show_and_digest_carry_t
     shown = job_details(done)
     assert "MFU 39%" in shown and "took 38m 20s (+7%)" in shown
     assert "9,522 tokens/s · MFU 39%" in results_text(done)
+
+
+def test_a_broken_count_from_llamafactory_is_never_shown():
+    from bot.progress_posts import PostedState, render_progress_post
+    from bot.render import progress_text, render_finished
+    from runners.progress import Progress
+
+    broken = {"step": 5, "total": 10, "tokens_per_s": -4.2e18, "total_tokens": -(2**63)}
+    assert "tokens/s" not in progress_text(broken)
+    done = _train_job(state="succeeded", started_at=1.0, finished_at=60.0, progress=broken,
+                      metrics={"tokens_per_s": -2.3e18, "total_tokens": -(2**63)})
+    text = json.dumps(render_finished(done))
+    assert "tokens/s" not in text and "tokens seen" not in text and "e+18" not in text
+    point = Progress(step=5, total=10, tokens_per_s=-4.2e18)
+    from bot.progress_posts import Decision
+
+    post = json.dumps(render_progress_post(_train_job(state="running", started_at=1.0), [point],
+                                           PostedState(), Decision("progress"), now=60.0))
+    assert "not counted" in post and "-4" not in post
