@@ -13,6 +13,7 @@ measured in the same call, tunebot's estimate beside the actual time, and loss v
     python3 bench/train_throughput.py profile                 # torch.profiler over a few fast steps
     python3 bench/train_throughput.py plot a.json[:run,run] ... out.png  # loss vs tokens
     BENCH_SHAPE=tiny BENCH_ROWS=64 python3 bench/train_throughput.py run seed fast   # on a CPU
+    BENCH_GPUS=2 python3 bench/train_throughput.py run seed-cli fast      # every run on 2 GPUs (DDP)
 
 Every run appends to $OUT/throughput.json as it finishes, so a call cut short still reports.
 """
@@ -291,6 +292,8 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
     }
     if max_steps:
         pairs["steps"] = str(max_steps)
+    if int(os.environ.get("BENCH_GPUS", "1")) > 1:  # data parallel over N GPUs (issue 13)
+        pairs["gpus"] = os.environ["BENCH_GPUS"]
     if not hardware.has_gpu:
         pairs.pop("compute")
         pairs["compute"] = "fp32"
@@ -349,7 +352,8 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
                 row["s_per_step"] = round(span / (last - first), 3)
                 row["tokens_per_s"] = round(tokens / span, 1)
                 if matmul:
-                    row["mfu_measured"] = round(4 * params * tokens / span / (matmul["median"] * 1e12), 4)
+                    gpus = int(os.environ.get("BENCH_GPUS", "1"))  # per GPU: over N x one card's rate
+                    row["mfu_measured"] = round(4 * params * tokens / span / (gpus * matmul["median"] * 1e12), 4)
                 # mean utilisation over the steady window
                 util = [u for t, u, _ in gpu.samples if step_seen[first] <= t <= step_seen[last]]
                 row["gpu_util"] = round(sum(util) / len(util), 1) if util else None
