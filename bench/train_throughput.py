@@ -353,7 +353,8 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
                 row["tokens_per_s"] = round(tokens / span, 1)
                 if matmul:
                     gpus = int(os.environ.get("BENCH_GPUS", "1"))  # per GPU: over N x one card's rate
-                    row["mfu_measured"] = round(4 * params * tokens / span / (gpus * matmul["median"] * 1e12), 4)
+                    peak = gpus * matmul["median"] * 1e12
+                    row["mfu_measured"] = round(4 * params * tokens / span / peak, 4)
                 # mean utilisation over the steady window
                 util = [u for t, u, _ in gpu.samples if step_seen[first] <= t <= step_seen[last]]
                 row["gpu_util"] = round(sum(util) / len(util), 1) if util else None
