@@ -332,13 +332,16 @@ class Worker:
     def _estimate_one(self, job: Job) -> None:
         try:
             prepared = self._prepare(job, self.slots[: job.n_slots], apply_plan=True)
-            fresh = self.store.find(job.id)
-            if fresh is None or fresh.state != JobState.QUEUED.value:
-                return  # it started meanwhile: the launch made its own estimate
             keep = ("estimate", "dataset_tokens", "params", "gpu", "count_error")
             info = {k: v for k, v in prepared.info.items() if k in keep}
             info.setdefault("estimate", None)
-            self.store.update(job.id, metrics={**fresh.metrics, **info})
+            # Claims happen under this lock: a job still queued here cannot be launched (and get
+            # its own figures) before this write.
+            with self._lock:
+                fresh = self.store.find(job.id)
+                if fresh is None or fresh.state != JobState.QUEUED.value:
+                    return  # it started meanwhile: the launch made its own estimate
+                self.store.update(job.id, metrics={**fresh.metrics, **info})
             if info.get("estimate"):
                 self.store.add_event(job.id, "estimate", info["estimate"])
         except Exception:  # a thread of the pool: an estimate is never worth a failed job
