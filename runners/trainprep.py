@@ -88,8 +88,14 @@ def apply_fast(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fast preset's arguments for this GPU, and what was decided (for the job's record)."""
     args = {**args, **{k: v for k, v in GPU_FLAGS.items() if k not in keep}}
-    if params is None or keep & set(_SHAPE_KEYS):
-        why = "the model's size is unknown" if params is None else "you set the batch shape"
+    lora = str(args.get("finetuning_type", "lora")) == "lora" and not args.get("quantization_bit")
+    if params is None or keep & set(_SHAPE_KEYS) or not lora:
+        # The memory model is LoRA's on bf16 weights; other methods keep the seed's shape.
+        why = (
+            "the model's size is unknown" if params is None
+            else "you set the batch shape" if keep & set(_SHAPE_KEYS)
+            else "the memory plan is made for LoRA on bf16 weights"
+        )
         args.update({k: v for k, v in CHECKPOINTED_FLAGS.items() if k not in keep})
         return args, {"plan": None, "plan_note": f"seed's batch shape kept: {why}"}
     try:

@@ -101,6 +101,11 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     assert "neat_packing" not in mine and info["plan"] is None and "batch shape" in info["plan_note"]
     unknown, info = apply_fast(base, count, None, {}, H200, set())
     assert unknown.get("packing") is False and "size is unknown" in info["plan_note"]
+    full_args = {**base, "finetuning_type": "full"}
+    full, info = apply_fast(full_args, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    assert "neat_packing" not in full and "made for LoRA" in info["plan_note"]
+    qlora, info = apply_fast({**base, "quantization_bit": 4}, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    assert "neat_packing" not in qlora and info["plan"] is None
 
 
 def test_user_keys_read_pairs_and_yaml():
