@@ -180,8 +180,8 @@ def log_to_slack(steps: int, step_seconds: float, data: Path) -> dict[str, Any]:
     from dataclasses import replace
 
     from bot.delivery import Delivery
-    from bot.notifier import Notifier
     from bot.settings import BotSettings
+    from bot.story.notifier import Notifier
     from runners.hardware import Hardware
     from runners.queue import Requester
     from runners.runtime import Runtime

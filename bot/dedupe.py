@@ -15,8 +15,9 @@ from collections.abc import Callable
 from slack_bolt import BoltRequest, BoltResponse
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
+from bot.tables import BotModel, BotTables, ensure_tables
 from runners.job import now
 from runners.store import Store
 
@@ -26,15 +27,18 @@ log = logging.getLogger(__name__)
 KEEP_SECONDS = 24 * 3600
 
 
-class SeenEvent(SQLModel, table=True):
+class SeenEvent(BotModel, table=True):
     __tablename__ = "slack_seen_event"
 
     event_id: str = Field(primary_key=True)
     at: float = Field(default_factory=now, index=True)
 
 
+SEEN_EVENT_TABLES = BotTables("seen_event", (SeenEvent.__table__,))
+
+
 def ensure_table(store: Store) -> None:
-    SQLModel.metadata.create_all(store.engine, tables=[SeenEvent.__table__])
+    ensure_tables(store.engine, SEEN_EVENT_TABLES)
 
 
 class EventLog:

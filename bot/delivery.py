@@ -43,8 +43,9 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 from slack_sdk.http_retry.handler import RetryHandler
 from sqlalchemy import JSON, BigInteger, Column, Integer, Text, delete, or_, update
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, select
 
+from bot.tables import BotModel, BotTables, ensure_tables
 from runners.store import Store
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def ensure_retry_handlers(client: WebClient) -> WebClient:
     return client
 
 
-class OutboxItem(SQLModel, table=True):
+class OutboxItem(BotModel, table=True):
     """One Slack call waiting to be made (or, for keyed posts, made: its ts is kept)."""
 
     __tablename__ = "slack_outbox"
@@ -146,6 +147,9 @@ class OutboxItem(SQLModel, table=True):
     error: str | None = None
     created_at: float = Field(default_factory=time.time)
     sent_at: float | None = None
+
+
+OUTBOX_TABLES = BotTables("outbox", (OutboxItem.__table__,))
 
 
 class _Failure(Exception):
@@ -211,7 +215,7 @@ class Delivery:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.sender_id = uuid.uuid4().hex[:12]
-        SQLModel.metadata.create_all(store.engine, tables=[OutboxItem.__table__])
+        ensure_tables(store.engine, OUTBOX_TABLES)
         self._lock = threading.Lock()
         self._edit_lock = threading.Lock()  # one update() deciding where its content goes at a time
         self._last_edit: dict[str, float] = {}  # edit lane -> when its last chat.update went out

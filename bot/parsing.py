@@ -368,6 +368,12 @@ def _split_args(tokens: list[_Token]) -> tuple[list[str], dict[str, str]]:
     return args, pairs
 
 
+def split_words(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Words a shell already split (the command line) -> positional words and key=value pairs, by
+    the rules of a `/tune` text: one key=value parser for both faces."""
+    return _split_args([_Token(word, quoted=True, eq=word.find("=")) for word in words])
+
+
 def parse_job_ref(text: str) -> str:
     """'12', '#12', 'job-12' -> '12'; anything else is a UserError."""
     match = _JOB.match(text.strip())

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from runners.errors import UserError
 from runners.settings import Settings
 
-from .schedules import Scheduler, ScheduleSettings
+from .schedules.scheduler import Scheduler, ScheduleSettings
 from .settings import BotSettings
 
 log = logging.getLogger(__name__)
@@ -94,13 +94,14 @@ def _token_refused(error: Exception) -> UserError:
                          "and check the app is installed in the workspace")
 
 
-def _start_notifier(runtime: Any, client: Any, bot_settings: BotSettings) -> tuple[Any, Any]:
-    """The outbox, and the notifier that tells each job's story through it."""
+def _start_notifier(runtime: Any, client: Any, bot_settings: BotSettings,
+                    schedule_settings: ScheduleSettings) -> tuple[Any, Any]:
+    """The outbox, and the notifier that tells each job's story through it (progress posts too)."""
     from .delivery import Delivery
-    from .notifier import Notifier
+    from .story.notifier import Notifier
 
     delivery = Delivery(client, runtime.store, edit_every=bot_settings.status_edit_every)
-    notifier = Notifier(runtime, delivery, bot_settings)
+    notifier = Notifier(runtime, delivery, bot_settings, progress=schedule_settings)
     delivery.start()
     notifier.start()
     return delivery, notifier
@@ -139,8 +140,8 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
     stop = stop or threading.Event()
     previous = _install_signal_handlers(stop)
     runtime.start(worker=runner)
-    delivery, notifier = _start_notifier(runtime, client, bot_settings)
-    # Every serve starts one; a lease in the database lets exactly one of them post (bot/schedules.py).
+    delivery, notifier = _start_notifier(runtime, client, bot_settings, schedule_settings)
+    # Every serve starts one; a lease in the database lets exactly one of them post (bot/leases.py).
     scheduler = Scheduler(runtime, delivery, schedule_settings).start()
     transport: Any = None
     try:

@@ -15,8 +15,9 @@ from typing import Any
 
 from slack_sdk import WebClient
 from sqlalchemy import delete
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, select
 
+from bot.tables import BotModel, BotTables, ensure_tables
 from runners import datasets
 from runners.errors import UserError
 from runners.job import now
@@ -29,7 +30,7 @@ PROMPT_VALID_S = 24 * 3600
 DATASET_SUFFIXES = (".json", ".jsonl")
 
 
-class DatasetPrompt(SQLModel, table=True):
+class DatasetPrompt(BotModel, table=True):
     """The bot asked `user` for the file of dataset `name`, in the thread of message `ts`."""
 
     __tablename__ = "slack_dataset_prompt"
@@ -41,8 +42,11 @@ class DatasetPrompt(SQLModel, table=True):
     at: float = Field(default_factory=now)
 
 
+DATASET_PROMPT_TABLES = BotTables("dataset_prompt", (DatasetPrompt.__table__,))
+
+
 def ensure_table(store: Store) -> None:
-    SQLModel.metadata.create_all(store.engine, tables=[DatasetPrompt.__table__])
+    ensure_tables(store.engine, DATASET_PROMPT_TABLES)
 
 
 def remember_prompt(store: Store, channel: str, ts: str, user: str, name: str) -> None:

@@ -16,6 +16,7 @@ import yaml
 
 from .errors import UserError
 from .job import Job, JobKind, JobState
+from .values import is_set
 
 TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama
 DEMO_DATASET = "demo"  # the embedded Chinese+English demo set (registered on first use)
@@ -222,19 +223,13 @@ class Recipe:
 
 
 def compute_type_of(args: dict[str, Any]) -> str:
-    if _truthy(args.get("pure_bf16")):
+    if is_set(args.get("pure_bf16")):
         return "pure_bf16"
-    if _truthy(args.get("bf16")):
+    if is_set(args.get("bf16")):
         return "bf16"
-    if _truthy(args.get("fp16")):
+    if is_set(args.get("fp16")):
         return "fp16"
     return "fp32"
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
 
 
 def parse_yaml_spec(text: str) -> dict[str, Any]:

@@ -20,10 +20,9 @@ from .errors import UserError
 from .hardware import Hardware
 from .job import JobKind
 from .recipes import Recipe, compute_type_of
+from .values import parse_flag
 
 _PARSER_LOCK = threading.Lock()
-_BOOL_TRUE = {"true", "yes", "1", "on", "y", "t"}
-_BOOL_FALSE = {"false", "no", "0", "off", "n", "f"}
 _PRECISION_KEYS = ("bf16", "fp16", "pure_bf16")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -64,13 +63,9 @@ def _convert(key: str, value: Any, action, annotation: str) -> Any:
     convert = action.type
     name = getattr(convert, "__name__", "")
     if name == "string_to_bool":
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _BOOL_TRUE:
-            return True
-        if text in _BOOL_FALSE:
-            return False
+        flag = parse_flag(value)
+        if flag is not None:
+            return flag
         if "str" in annotation:  # e.g. include_num_input_tokens_seen: str | bool
             return str(value)
         raise UserError(f"`{key}` must be true or false, not {value!r}.", field=key, fix=f"{key}=true")

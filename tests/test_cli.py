@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.cli import for_terminal, main
+from bot.cli.main import for_terminal, main
 from runners.store import Store
 
 

@@ -10,7 +10,7 @@ from runners.settings import Settings
 
 
 def test_demo_runs_the_seed_workflow_on_cpu_and_reports_every_result(tmp_path, shared_models):
-    from bot.demo import run_demo
+    from bot.cli.demo import run_demo
 
     data = tmp_path / "data"
     data.mkdir()
@@ -41,7 +41,7 @@ def test_a_chat_page_that_does_not_answer_is_reported_not_a_traceback():
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from bot.demo import _chat_page_answers
+    from bot.cli.demo import _chat_page_answers
     from runners.job import Job
 
     class Broken(BaseHTTPRequestHandler):

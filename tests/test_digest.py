@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bot.digest import build_digest, render_digest, slot_hours, usage_by_user
+from bot.schedules.digest import build_digest, render_digest, slot_hours, usage_by_user
 from runners.job import Job
 from tests.slack_standin import block_kit_problems
 

@@ -1,4 +1,4 @@
-"""bot/feed.py: which posts each job event calls for (pure: no Slack, no database)."""
+"""bot/story/posts.py: which posts each job event calls for (pure: no Slack, no database)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bot.feed import (
+from bot.story.posts import (
     EDIT_ROOT,
     EPHEMERAL,
     THREAD,

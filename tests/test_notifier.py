@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import Session, delete, select
 
 from bot.delivery import Delivery, OutboxItem
-from bot.notifier import Notifier, NotifierCursor
+from bot.story.notifier import Notifier, NotifierCursor
 from runners.hardware import Hardware
 from runners.job import FINAL_STATES, Job, JobEvent
 from runners.queue import JobQueue, Requester

@@ -273,3 +273,16 @@ def test_parse_pasted_yaml_refuses_what_is_not_a_config(pasted: str) -> None:
     with pytest.raises(UserError) as caught:
         parse_pasted_yaml(pasted)
     assert caught.value.field == "yaml"
+
+
+def test_command_line_words_are_split_by_the_same_key_value_rules() -> None:
+    from bot.parsing import split_words
+
+    assert split_words(["tiny", "epochs=1", "dataset=alpaca zh", "=x"]) == (
+        ["tiny", "=x"],
+        {"epochs": "1", "dataset": "alpaca zh"},
+    )
+    with pytest.raises(UserError, match="given twice"):
+        split_words(["lr=1", "lr=2"])
+    with pytest.raises(UserError, match="not a setting"):
+        split_words(["1bad=2"])

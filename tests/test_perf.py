@@ -320,9 +320,9 @@ def test_the_finished_post_says_how_close_the_estimate_was_and_the_mfu():
 
 
 def test_the_queued_reply_says_an_estimate_is_coming_and_show_and_digest_carry_the_figures():
-    from bot.digest import results_text
-    from bot.replies import render_queued
-    from bot.terminal import job_details
+    from bot.cli.terminal import job_details
+    from bot.render.replies import render_queued
+    from bot.schedules.digest import results_text
 
     assert "time estimate follows" in render_queued(_train_job())["text"]
     assert "time estimate follows" not in render_queued(_train_job(kind="eval"))["text"]
@@ -335,8 +335,8 @@ def test_the_queued_reply_says_an_estimate_is_coming_and_show_and_digest_carry_t
 
 
 def test_a_broken_count_from_llamafactory_is_never_shown():
-    from bot.progress_posts import PostedState, render_progress_post
     from bot.render import progress_text, render_finished
+    from bot.story.progress import PostedState, render_progress_post
     from runners.progress import Progress
 
     broken = {"step": 5, "total": 10, "tokens_per_s": -4.2e18, "total_tokens": -(2**63)}
@@ -346,7 +346,7 @@ def test_a_broken_count_from_llamafactory_is_never_shown():
     text = json.dumps(render_finished(done))
     assert "tokens/s" not in text and "tokens seen" not in text and "e+18" not in text
     point = Progress(step=5, total=10, tokens_per_s=-4.2e18)
-    from bot.progress_posts import Decision
+    from bot.story.progress import Decision
 
     post = json.dumps(render_progress_post(_train_job(state="running", started_at=1.0), [point],
                                            PostedState(), Decision("progress"), now=60.0))

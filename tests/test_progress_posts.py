@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bot import progress_posts as pp
+from bot.story import progress as pp
 from runners.job import Job
 from runners.progress import Progress, parse_trainer_log_line
 from tests.slack_standin import block_kit_problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bot.schedules import SCHEDULE_SETTINGS_TABLE
+from bot.schedules.spec import SCHEDULE_SETTINGS_TABLE
 from bot.settings import BOT_SETTINGS_TABLE
 from runners.settings import SETTINGS_TABLE
 from runners.storage import STORAGE_SETTINGS_TABLE

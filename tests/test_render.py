@@ -45,7 +45,7 @@ from bot.render import (
     truncate,
     truncate_tail,
 )
-from bot.replies import render_dataset_added
+from bot.render.replies import render_dataset_added
 from runners.errors import UserError
 from runners.job import Job
 from runners.recipes import PRESETS, train_recipe

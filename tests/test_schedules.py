@@ -1,12 +1,9 @@
-"""Digest schedules and progress posts with real APScheduler triggers, on SQLite and PostgreSQL,
+"""Digest schedules with real APScheduler triggers, on SQLite and PostgreSQL,
 posting to the Slack Web API stand-in."""
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,29 +14,20 @@ from apscheduler.triggers.cron import CronTrigger
 from slack_sdk import WebClient
 from sqlalchemy import create_engine, func, select
 
-from bot import schedules
 from bot.app import build_app
 from bot.delivery import Delivery
+from bot.leases import Lease
 from bot.parsing import parse_command
-from bot.schedules import (
-    SCHEDULE_SETTINGS_TABLE,
-    Scheduler,
-    SchedulerLease,
-    ScheduleSettings,
-    digest_table,
-    handle_schedule_command,
-    parse_schedule,
-    weekday_field,
-)
+from bot.schedules import scheduler as schedules
+from bot.schedules.command import handle_schedule_command
+from bot.schedules.scheduler import LEASE_NAME, Scheduler, digest_table
+from bot.schedules.spec import SCHEDULE_SETTINGS_TABLE, ScheduleSettings, parse_schedule, weekday_field
 from bot.serve import EVENTS_PATH, asgi_app
 from bot.settings import BotSettings
-from runners import worker as worker_module
 from runners.errors import UserError
 from runners.hardware import Hardware
 from runners.job import Job
-from runners.queue import JobQueue, Requester
 from runners.runtime import Runtime
-from runners.worker import Worker, wait_for
 from tests.slack_signing import (
     CHANNEL_ID,
     HUMAN_USER_ID,
@@ -234,8 +222,9 @@ def test_the_lease_has_one_holder_until_it_lapses_or_is_released(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'lease.db'}")
     schedules.create_tables(engine)
     clock = [1000.0]
-    a = SchedulerLease(engine, holder="a", ttl=30, clock=lambda: clock[0])
-    b = SchedulerLease(engine, holder="b", ttl=30, clock=lambda: clock[0])
+    table = schedules.lease_table
+    a = Lease(engine, table=table, name=LEASE_NAME, holder="a", ttl=30, clock=lambda: clock[0])
+    b = Lease(engine, table=table, name=LEASE_NAME, holder="b", ttl=30, clock=lambda: clock[0])
     assert a.acquire() and not b.acquire()
     clock[0] += 20
     assert a.acquire() and not b.acquire()  # renewed: good for 30 s from now
@@ -270,7 +259,6 @@ def test_schedule_commands_add_list_refuse_duplicates_and_stop(make_scheduler, c
     assert f"set by <@{HUMAN_USER_ID}>" in text
     assert len(stored_rows(store)) == 3
     assert {j.id for j in scheduler._aps.get_jobs()} == {
-        "progress-sweep",
         f"digest:{CHANNEL_ID}:1",
         f"digest:{CHANNEL_ID}:2",
         "digest:C0OTHER01:3",
@@ -496,124 +484,9 @@ def test_a_lapsed_holder_does_not_post(make_scheduler, client, store, slack):
         )
 
 
-# -- progress posts -------------------------------------------------------------------------------
+def test_jobs_stored_by_an_older_tunebot_still_name_functions_that_load() -> None:
+    """APScheduler keeps `module:function` in tunebot_schedules; the module moved into a package."""
+    from apscheduler.util import ref_to_obj
 
-
-def fake_settings(settings, **env):
-    return replace(
-        settings,
-        llamafactory_cli=f"{sys.executable} {FAKE}",
-        job_env={"FAKE_STEPS": "5", "FAKE_STEP_SECONDS": "0.1", **env},
-    )
-
-
-def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(
-    settings, store, client, slack, make_scheduler, monkeypatch
-):
-    monkeypatch.setattr(worker_module, "PLOT_EVERY", 0.2)  # the runner redraws its plot this often
-    s = fake_settings(settings, FAKE_STEPS="24", FAKE_STEP_SECONDS="0.25")
-    queue = JobQueue(s, store, hardware=CPU)
-    job = queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
-    root = client.chat_postMessage(channel=CHANNEL_ID, text=f"Train #{job.id} queued")["ts"]
-    store.update(job.id, message_ts=root)  # what the notifier records
-    scheduler = make_scheduler(ScheduleSettings(progress_every=1.5, stall_after=60.0))
-    worker = Worker(s, store, hardware=CPU)
-    worker.start()
-    try:
-        done = wait_for(store, job.id, ("succeeded", "failed"), timeout=60)
-    finally:
-        worker.stop()
-    assert done.state == "succeeded", done.error
-    delivery = scheduler.delivery
-    scheduler.stop()  # waits for a sweep under way
-    assert delivery.flush(timeout=10)
-
-    thread = slack.thread(CHANNEL_ID, root)
-    posts = [m for m in thread if m.get("text", "").startswith(f"Train #{job.id}: step")]
-    assert len(posts) >= 2, [m.get("text") for m in slack.thread(CHANNEL_ID, root)]
-    steps = [int(m["text"].split("step ")[1].split("/")[0]) for m in posts]
-    assert steps == sorted(steps) and len(set(steps)) == len(steps) and all(0 < n <= 24 for n in steps)
-    assert all("/24" in m["text"] for m in posts)
-    assert "since the last post" in str(posts[-1]["blocks"])
-    plots = [u for u in slack.uploads() if u.thread_ts == root]
-    assert len(plots) == len(posts)
-    assert all(u.content[:8] == b"\x89PNG\r\n\x1a\n" for u in plots)
-    assert len({u.content for u in plots}) == len(plots)  # each plot drawn anew
-    assert [int(u.title.split("step ")[1].split("/")[0]) for u in plots] == steps
-    # each plot follows its post in the thread
-    thread = slack.thread(CHANNEL_ID, root)
-    kinds = ["plot" if m.get("files") else "post" for m in thread if m.get("files") or m in posts]
-    assert kinds == ["post", "plot"] * len(posts)
-
-
-def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(
-    tmp_path, store, client, slack, make_scheduler
-):
-    work = tmp_path / "jobs" / "7"
-    (work / "output").mkdir(parents=True)
-    lines = [
-        f'{{"current_steps": {n}, "total_steps": 100, "loss": {2 - n / 100}, "percentage": {n}.0}}'
-        for n in (10, 20)
-    ]
-    (work / "output" / "trainer_log.jsonl").write_text("\n".join(lines) + "\n")
-    (work / "job.log").write_text("loading\n[rank0]: NCCL watchdog waiting <!here>\n")
-    old = time.time() - 20 * 60
-    for path in (work / "output" / "trainer_log.jsonl", work / "job.log"):
-        os.utime(path, (old, old))
-    job, _ = store.add_job(
-        Job(
-            kind="train",
-            state="running",
-            model="/models/tiny",
-            user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
-            message_ts="1700000000.000100",
-            started_at=old - 60,
-            work_dir=str(work),
-            log_path=str(work / "job.log"),
-        )
-    )
-    scheduler = make_scheduler(ScheduleSettings(progress_every=3600, stall_after=900), start=True)
-    assert scheduler.sweep_progress() == 1
-    assert scheduler.sweep_progress() == 0  # said once
-    [post] = slack.thread(CHANNEL_ID, "1700000000.000100")
-    text = str(post["blocks"])
-    assert f"<@{HUMAN_USER_ID}>" in text and "looks stalled* at step 20/100" in text
-    assert "NCCL watchdog waiting &lt;!here&gt;" in text
-    # it moves again, then falls silent again: reported again
-    with open(work / "job.log", "a") as handle:
-        handle.write("step 21\n")
-    assert scheduler.sweep_progress() == 0
-    os.utime(work / "job.log", (old, old))
-    assert scheduler.sweep_progress() == 1
-
-
-def test_a_job_running_on_another_host_is_followed_through_the_database_not_its_files(
-    tmp_path, store, client, slack, make_scheduler
-):
-    long_ago = time.time() - 3600
-    job, _ = store.add_job(
-        Job(
-            kind="train",
-            state="running",
-            model="/models/tiny",
-            user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
-            message_ts="1700000000.000200",
-            started_at=long_ago,
-            work_dir=str(tmp_path / "on-the-runner" / "9"),  # not on this host
-            log_path=str(tmp_path / "on-the-runner" / "9" / "job.log"),
-        )
-    )
-    for step in (10, 20, 30):
-        store.add_event(job.id, "progress", {"step": step, "total": 100, "loss": 2 - step / 100,
-                                             "percent": float(step)})
-    store.add_event(job.id, "plot", {"path": str(tmp_path / "on-the-runner" / "9" / "loss.png"),
-                                     "final": False, "points": 3})
-    scheduler = make_scheduler(ScheduleSettings(progress_every=600, stall_after=900))
-    assert scheduler.sweep_progress() == 1
-    assert scheduler.delivery.flush(5)
-    [post] = slack.thread(CHANNEL_ID, "1700000000.000200")
-    assert post["text"].startswith(f"Train #{job.id}: step 30/100") and "stalled" not in post["text"]
-    assert slack.uploads() == []  # the runner's plot is not readable from here
-    assert scheduler.sweep_progress() == 0  # nothing new, and not stalled
+    assert ref_to_obj("bot.schedules:fire_digest") is schedules.fire_digest
+    assert ref_to_obj("bot.schedules:sweep_progress") is schedules.sweep_progress

@@ -275,7 +275,9 @@ def test_schedule_commands_go_to_the_schedules_module(bot, monkeypatch) -> None:
         return {"text": "2 digests", "blocks": []}
 
     monkeypatch.setitem(
-        sys.modules, "bot.schedules", types.SimpleNamespace(handle_schedule_command=handle_schedule_command)
+        sys.modules,
+        "bot.schedules.command",
+        types.SimpleNamespace(handle_schedule_command=handle_schedule_command),
     )
     bot.command("schedule daily 09:00 Asia/Shanghai")
     assert bot.wait_response()["text"] == "2 digests"

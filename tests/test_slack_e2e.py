@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from bot.delivery import Delivery
-from bot.notifier import Notifier
+from bot.story.notifier import Notifier
 from runners.hardware import Hardware
 from runners.runtime import Runtime
 from tests.delivery_fixtures import quick_client

@@ -7,9 +7,9 @@ from typing import Any
 
 from slack_bolt import BoltContext, Respond
 
-from ...commands import BUTTON_COMMANDS, Origin, answer_command
 from ...parsing import Command
 from ...services import services_of
+from ...use_cases import BUTTON_COMMANDS, Origin, answer_command
 from ..answers import answering_errors
 
 

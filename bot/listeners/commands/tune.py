@@ -17,14 +17,17 @@ from runners.recipes import DEFAULT_PRESET, PRESETS
 from ... import uploads
 from ...auth import audit
 from ...channels import channel_info
-from ...commands import CHECKED, Origin, answer_command
 from ...parsing import COMMAND, Command, extract_yaml, parse_command
 from ...render import render_error, render_help, render_train_modal
-from ...replies import render_checking, render_dataset_prompt, render_text
+from ...render.replies import render_checking, render_dataset_prompt, render_text
 from ...services import Services, services_of
+from ...use_cases import CHECKED, Origin, answer_command
 from ..answers import Reply, answering_errors
 
 _YAML_LINE = re.compile(r"^\s*[A-Za-z_][\w.\-]*\s*:\s*\S", re.MULTILINE)
+# The ack's reading of the text, handed to the lazy listener in Bolt's context (Bolt copies the
+# context for lazy listeners after the ack ran: process_before_response=True), so it is read once.
+PARSED = "tunebot_tune_command"
 
 
 def parse_tune(text: str) -> Command:
@@ -46,11 +49,13 @@ def ack_tune(ack: Ack, command: dict[str, Any], respond: Respond, client: WebCli
              logger: logging.Logger) -> None:
     services = services_of(context)
     text = command.get("text") or ""
+    context[PARSED] = None  # a mistake: the ack says what is wrong, the lazy listener does nothing
     try:
         parsed = parse_tune(text)
     except UserError as error:
         ack(**render_error(error))
         return
+    context[PARSED] = parsed
     if parsed.name == "help":
         topic = " ".join(parsed.args) if parsed.args else None
         ack(**render_help(services.access.summary(command.get("user_id"), command.get("channel_id")), topic))
@@ -85,12 +90,9 @@ def _open_form_answering(services: Services, client: WebClient, command: dict[st
 def run_tune(command: dict[str, Any], respond: Respond, client: WebClient, context: BoltContext,
              logger: logging.Logger) -> None:
     services = services_of(context)
-    try:
-        parsed = parse_tune(command.get("text") or "")
-    except UserError:
-        return  # the ack said what is wrong
-    if parsed.name == "help" or _opens_form(parsed):
-        return  # the ack was the answer, or opens the form
+    parsed: Command | None = context.get(PARSED)
+    if parsed is None or parsed.name == "help" or _opens_form(parsed):
+        return  # the ack said what is wrong, was the answer, or opens the form
     origin = _origin(command)
     reply = _ephemeral_reply(respond)
     with answering_errors(reply, logger):

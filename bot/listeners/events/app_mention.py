@@ -15,12 +15,12 @@ from slack_sdk import WebClient
 
 from runners.errors import UserError
 
-from ...commands import Origin, answer_command
 from ...parsing import COMMAND, parse_thread_reply
 from ...render import render_error, render_help
-from ...replies import render_text
+from ...render.replies import render_text
 from ...services import services_of
 from ...threads import job_of_thread
+from ...use_cases import Origin, answer_command
 from ..answers import answering_errors
 from ..commands.tune import ask_for_dataset_file, parse_tune
 

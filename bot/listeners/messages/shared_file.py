@@ -13,7 +13,7 @@ from runners.errors import UserError
 from ... import uploads
 from ...auth import audit
 from ...parsing import parse_command
-from ...replies import render_dataset_added
+from ...render.replies import render_dataset_added
 from ...services import services_of
 from ..answers import answering_errors
 

@@ -10,10 +10,10 @@ from slack_sdk import WebClient
 
 from ...auth import audit
 from ...chat import MAX_TOKENS, conversation, read_thread, render_chat_answer, serving_deployment
-from ...commands import Origin, answer_thread_command
 from ...parsing import parse_thread_reply
 from ...services import services_of
 from ...threads import job_of_thread
+from ...use_cases import Origin, answer_thread_command
 from ..answers import answering_errors
 
 

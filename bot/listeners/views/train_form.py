@@ -19,12 +19,11 @@ from slack_bolt import Ack, BoltContext
 
 from runners.errors import UserError
 from runners.job import Job
-from runners.queue import Requester
 
-from ...commands import Origin
 from ...render import modal_values, render_error, render_modal_errors
-from ...replies import render_queued, render_text
+from ...render.replies import render_queued, render_text
 from ...services import Services, services_of
+from ...use_cases import Origin
 
 CHECK_DEADLINE_S = 2.0
 
@@ -48,10 +47,10 @@ def form_request_key(view: dict[str, Any], values: dict[str, str]) -> str | None
 def submit_form(services: Services, values: dict[str, str], yaml_text: str | None,
                 origin: Origin) -> tuple[Job, bool]:
     """(the job, whether this very form had made it already)."""
-    requester = Requester(user=origin.user, channel=origin.channel, request_key=origin.request_key)
-    again = bool(origin.request_key) and services.store.find_by_request(origin.request_key) is not None
+    again = origin.seen(services.store)
     with services.engine_slots:
-        return services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=requester), again
+        job = services.queue.submit_train(pairs=values, yaml_text=yaml_text, requester=origin.requester())
+    return job, again
 
 
 def train_form_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], context: BoltContext,

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.parsing import COMMAND
-from bot.render import code, context, escape, header, kind_label, message, ordinal, section, short_model
 from runners.job import Job, JobKind
+
+from .blocks import code, context, escape, header, message, section
+from .job import kind_label, ordinal, short_model
 
 DEMO_NOTE = "Built in: `demo` and `demo-eval` (the `tiny` preset's data)."
 

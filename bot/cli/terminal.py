@@ -11,7 +11,7 @@ from typing import Any
 from runners.job import FINAL_STATES, Job, JobState
 from runners.store import Store
 
-from .render import METRIC_LABELS, estimate_text, speed_text
+from ..render import METRIC_LABELS, estimate_text, speed_text
 
 STATE_MARK = {
     "queued": "…",
@@ -46,7 +46,7 @@ def job_line(job: Job) -> str:
 
 def progress_line(progress: dict[str, Any]) -> str:
     """The job message's progress line (bot.render), without Slack's code marks."""
-    from .render import progress_text
+    from ..render import progress_text
 
     return progress_text(progress).replace("`", "")
 
@@ -221,7 +221,7 @@ def blocks_to_text(message: dict[str, Any]) -> str:
 
 class ThreadPrinter:
     """Prints, for jobs followed in a terminal, what their Slack thread gets: the same
-    `bot.feed.thread_posts` the Slack notifier uses, written as text."""
+    `bot.story.posts.thread_posts` the Slack notifier uses, written as text."""
 
     def __init__(self, store: Store, out=None):
         self.store = store
@@ -235,7 +235,7 @@ class ThreadPrinter:
         self.out.flush()
 
     def drain(self, job_id: int) -> None:
-        from . import feed
+        from ..story import posts as feed
 
         for event in self.store.events_since(self.cursor.get(job_id, 0), job_id=job_id):
             first = job_id not in self.cursor

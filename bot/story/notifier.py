@@ -1,7 +1,7 @@
 """The job story teller: follows the engine's event stream and tells each Slack job its story.
 
 For every event of a job that came from Slack (it has a `channel`), the notifier makes sure the
-job has its root message, then hands `feed.thread_posts` to Delivery. Where things go:
+job has its root message, then hands `posts.thread_posts` to Delivery. Where things go:
 
 - A train job's root is a new message in its channel, or a reply in `job.thread_ts` if it was
   asked for in a thread; its posts go into the root's thread.
@@ -14,7 +14,7 @@ nor skips; a first start begins at the newest event. Root messages are posted wi
 edit, and its ts is recorded on the job (`message_ts`) once it is sent. Every other post has the
 key `job:<id>:ev:<event id>:<n>`, so a second notifier on the same database (two `tunebot serve`)
 cannot post it twice; and only the holder of the notifier's lease (`tunebot_notifier_lease`, the
-scheduler's kind of lease: bot/schedules.py) follows the stream at all, the others standing by.
+a lease of bot/leases.py) follows the stream at all, the others standing by.
 
 Every root post and edit carries Slack message metadata `{"event_type": "tunebot_job",
 "event_payload": {"job_id", "kind", "state", "step"}}`: a benchmark can pair the call that shows
@@ -26,24 +26,23 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import socket
 import threading
 import time
-import uuid
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, MetaData, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, select
 
 from runners.job import Job, JobEvent, JobKind, JobState
 from runners.runtime import Runtime
 
-from . import feed
-from .delivery import Delivery
-from .schedules import DEFAULT_LEASE_TTL_S, SchedulerLease, make_lease_table
+from ..delivery import Delivery
+from ..leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
+from ..tables import BotModel, BotTables, ensure_tables
+from . import posts
+from .running import ProgressPosts
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ _lease_meta = MetaData()
 notifier_lease_table = make_lease_table("tunebot_notifier_lease", _lease_meta)
 
 
-class NotifierCursor(SQLModel, table=True):
+class NotifierCursor(BotModel, table=True):
     """How far into the job event stream the Slack notifier has got."""
 
     __tablename__ = "slack_notifier_cursor"
@@ -66,6 +65,9 @@ class NotifierCursor(SQLModel, table=True):
     name: str = Field(primary_key=True)
     last_event_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: float = Field(default_factory=time.time)
+
+
+NOTIFIER_TABLES = BotTables("notifier", (NotifierCursor.__table__, notifier_lease_table))
 
 
 def root_key(job_id: int) -> str:
@@ -80,20 +82,22 @@ def post_key(job_id: int, event_id: int, n: int) -> str:
 class Notifier:
     def __init__(self, runtime: Runtime, delivery: Delivery, settings: Any = None, *,
                  poll: float | None = None, name: str = "slack", gap_wait: float = GAP_WAIT,
-                 lease_ttl: float = DEFAULT_LEASE_TTL_S):
-        """`settings` (optional, e.g. BotSettings) may carry `notifier_poll`; `poll` wins over it."""
+                 lease_ttl: float = DEFAULT_LEASE_TTL_S, progress: Any = None):
+        """`settings` (optional, e.g. BotSettings) may carry `notifier_poll`; `poll` wins over it.
+        `progress` (a ScheduleSettings: progress_every, stall_after, sweep_every) turns on progress
+        posts and stall reports in running jobs' threads (story/running.py)."""
         self.runtime = runtime
         self.store = runtime.store
         self.delivery = delivery
         self.poll = poll if poll is not None else float(getattr(settings, "notifier_poll", None) or 0.5)
         self.name = name
         self.gap_wait = gap_wait
-        SQLModel.metadata.create_all(self.store.engine, tables=[NotifierCursor.__table__])
-        _lease_meta.create_all(self.store.engine, checkfirst=True)
+        ensure_tables(self.store.engine, NOTIFIER_TABLES)
+        self.progress = ProgressPosts(self.store, delivery, progress) if progress is not None else None
+        self._swept = -math.inf
         # One notifier per database tells the stories (the others stand by), as with the scheduler.
-        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease = SchedulerLease(self.store.engine, holder=holder, ttl=lease_ttl, name=name,
-                                    table=notifier_lease_table)
+        self.lease = Lease(self.store.engine, table=notifier_lease_table, name=name, holder=holder_id(),
+                           ttl=lease_ttl)
         self._leading = False
         self._lease_checked = -math.inf
         delivery.on_sent(self._root_sent)
@@ -161,8 +165,22 @@ class Notifier:
             except Exception:  # the next round retries from the saved cursor
                 log.exception("Slack notifier round failed")
                 handled = 0
+            self._sweep_when_due()
             if handled < BATCH:
                 self._stop.wait(self.poll)
+
+    def _sweep_when_due(self) -> None:
+        if self.progress is None or time.monotonic() - self._swept < self.progress.settings.sweep_every:
+            return
+        self._swept = time.monotonic()
+        try:
+            self.sweep_progress()
+        except Exception:
+            log.exception("Slack notifier: the progress sweep failed")
+
+    def sweep_progress(self) -> int:
+        """Progress posts and stall reports for the running jobs now; how many went out."""
+        return self.progress.sweep() if self.progress is not None else 0
 
     # --- one round ----------------------------------------------------------------------
     def tick(self) -> int:
@@ -225,8 +243,8 @@ class Notifier:
         if event.type == "result" and job.kind == JobKind.EVAL.value:
             previous = self._previous_eval(job)
         posted = False
-        for n, post in enumerate(feed.thread_posts(job, event, previous_eval=previous)):
-            if post.action == feed.EDIT_ROOT:
+        for n, post in enumerate(posts.thread_posts(job, event, previous_eval=previous)):
+            if post.action == posts.EDIT_ROOT:
                 if not new_root:
                     edits.add(job.id)
                 continue
@@ -234,16 +252,16 @@ class Notifier:
             # Another notifier on this database (a second `tunebot serve`) tells the same story: the
             # key makes each post go out once.
             key = post_key(job.id, event.id, n)
-            if post.action == feed.THREAD:
+            if post.action == posts.THREAD:
                 self.delivery.post(job.channel, text=post.text, blocks=post.blocks, thread_ts=thread_ts,
                                    thread_key=thread_key, key=key)
-            elif post.action == feed.UPLOAD:
+            elif post.action == posts.UPLOAD:
                 self._upload(job, post, thread_ts, thread_key, key)
-            elif post.action == feed.EPHEMERAL and post.user and post.secret_of is not None:
+            elif post.action == posts.EPHEMERAL and post.user and post.secret_of is not None:
                 # The key itself never waits in the outbox: it is rendered when the message goes out.
                 self.delivery.ephemeral(job.channel, post.user, thread_ts=thread_ts, thread_key=thread_key,
                                         key=key, render={"name": DEPLOY_KEY, "job_id": post.secret_of})
-            elif post.action == feed.EPHEMERAL and post.user:
+            elif post.action == posts.EPHEMERAL and post.user:
                 self.delivery.ephemeral(job.channel, post.user, text=post.text, blocks=post.blocks,
                                         thread_ts=thread_ts, thread_key=thread_key, key=key)
             posted = True
@@ -263,7 +281,7 @@ class Notifier:
             return False
         thread_ts, thread_key = self._root_place(job)
         position = self._position(job)
-        content = feed.root_message(job, queue_position=position)
+        content = posts.root_message(job, queue_position=position)
         ts = self.delivery.post(job.channel, text=content["text"], blocks=content["blocks"],
                                 metadata=content["metadata"], thread_ts=thread_ts, thread_key=thread_key,
                                 key=key)
@@ -298,7 +316,7 @@ class Notifier:
 
     def _deploy_key(self, ref: dict[str, Any]) -> dict[str, Any] | None:
         job = self.store.find(int(ref["job_id"]))
-        return feed.deploy_key_message(job) if job is not None else None
+        return posts.deploy_key_message(job) if job is not None else None
 
     def _root_sent(self, key: str, channel: str, ts: str) -> None:
         """Delivery sent a root that had waited in the outbox: record its ts on the job."""
@@ -314,7 +332,7 @@ class Notifier:
         if not job.message_ts and self.delivery.find(root_key(job.id)) is None:
             return
         position = self._position(job)
-        content = feed.root_message(job, queue_position=position)
+        content = posts.root_message(job, queue_position=position)
         self._positions[job.id] = position
         fingerprint = _fingerprint(content)
         if self._shown.get(job.id) == fingerprint:
@@ -338,12 +356,12 @@ class Notifier:
         return moved
 
     # --- helpers ------------------------------------------------------------------------
-    def _upload(self, job: Job, post: feed.Post, thread_ts: str | None, thread_key: str | None,
+    def _upload(self, job: Job, post: posts.Post, thread_ts: str | None, thread_key: str | None,
                 key: str) -> None:
         try:
             if post.redact:
                 with open(post.path or "", encoding="utf-8") as fh:
-                    content = feed.redact_config(fh.read())
+                    content = posts.redact_config(fh.read())
                 self.delivery.upload(job.channel, thread_ts, content=content,
                                      filename=post.filename or "config.yaml", title=post.title or "",
                                      thread_key=thread_key, key=key)
@@ -360,7 +378,7 @@ class Notifier:
         else:
             candidates = self.store.list_jobs(kinds=[JobKind.EVAL.value], states=[JobState.SUCCEEDED.value],
                                               limit=500)
-        return feed.previous_eval_of(job, candidates)
+        return posts.previous_eval_of(job, candidates)
 
     def _load_cursor(self) -> int:
         with Session(self.store.engine) as s:

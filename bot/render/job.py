@@ -1,10 +1,8 @@
-"""Block Kit for tunebot's messages and the train form: pure functions, no Slack calls.
+"""A job in Block Kit: its root message, its buttons, what its thread is told, and job lists.
 
 Each `render_*` returns `{"text": fallback, "blocks": [...]}` ready for chat.postMessage,
-chat.update, chat.postEphemeral or a `respond`. Everything a person or a log wrote is escaped
-(`&`, `<`, `>`: a log line saying `<!channel>` must not ping a channel) and cut to Slack's limits
-(3000 characters a text block, 150 a header, 50 blocks a message). A job's `api_key` is never
-read here; `render_deploy_key` takes the key as an argument, for the requester's eyes only.
+chat.update, chat.postEphemeral or a `respond`. A job's `api_key` is never read here;
+`render_deploy_key` takes the key as an argument, for the requester's eyes only.
 """
 
 from __future__ import annotations
@@ -12,30 +10,34 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-from bot.parsing import COMMAND, SUBCOMMANDS, THREAD_COMMANDS
-from runners.errors import UserError
+from bot.parsing import COMMAND
 from runners.estimate import describe as describe_estimate
 from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
 from runners.progress import format_eta, progress_bar
-from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
 from runners.results import compare_metrics
 from runners.throughput import sane_rate
 
-# Slack's limits (Block Kit reference), counted like Slack counts: UTF-16 code units.
-MAX_BLOCKS = 50
-MAX_MODAL_BLOCKS = 100
-SECTION_TEXT_MAX = 3000
-FIELD_TEXT_MAX = 2000
-HEADER_TEXT_MAX = 150
-BUTTON_TEXT_MAX = 75
-CONTEXT_ELEMENTS_MAX = 10
-FALLBACK_TEXT_MAX = 3000
-MODAL_TITLE_MAX = 24
-OPTION_TEXT_MAX = 75
+from .blocks import (
+    BUTTON_TEXT_MAX,
+    SECTION_TEXT_MAX,
+    code,
+    code_block,
+    context,
+    escape,
+    fields_section,
+    header,
+    link,
+    mention,
+    message,
+    mrkdwn,
+    plain,
+    section,
+    slack_date,
+    slack_len,
+    truncate,
+)
 
 # Buttons on a job message: action_id -> what it does; the button's value is the job id.
 ACTION_EVAL = "job_eval"
@@ -45,8 +47,6 @@ ACTION_CANCEL = "job_cancel"
 ACTION_RESUME = "job_resume"
 ACTION_UNDEPLOY = "job_undeploy"
 JOB_ACTIONS = (ACTION_EVAL, ACTION_EXPORT, ACTION_DEPLOY, ACTION_CANCEL, ACTION_RESUME, ACTION_UNDEPLOY)
-
-TRAIN_FORM_CALLBACK = "train_form"
 
 STATE_EMOJI = {
     JobState.QUEUED.value: ":hourglass_flowing_sand:",
@@ -66,129 +66,6 @@ KIND_EMOJI = {
     JobKind.DEPLOY.value: ":rocket:",
 }
 METRIC_LABELS = (("rouge-1", "ROUGE-1"), ("rouge-2", "ROUGE-2"), ("rouge-l", "ROUGE-L"), ("bleu-4", "BLEU-4"))
-
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
-
-
-# -- text helpers ---------------------------------------------------------------------------------
-
-
-def slack_len(text: str) -> int:
-    """Length as Slack counts it (UTF-16 code units: an emoji outside the BMP counts 2)."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def _cut(text: str, units: int) -> str:
-    """The longest prefix of `text` within `units` UTF-16 units."""
-    if slack_len(text) <= units:
-        return text
-    out, used = [], 0
-    for ch in text:
-        size = 2 if ord(ch) > 0xFFFF else 1
-        if used + size > units:
-            break
-        out.append(ch)
-        used += size
-    return "".join(out)
-
-
-def truncate(text: str, limit: int, marker: str = "…") -> str:
-    """`text` cut to `limit` (Slack's counting), ending in `marker` when cut."""
-    if slack_len(text) <= limit:
-        return text
-    return _cut(text, max(0, limit - slack_len(marker))) + marker
-
-
-def truncate_tail(text: str, limit: int, marker: str = "…") -> str:
-    """Keep the end of `text` (the last log lines matter most), starting with `marker` when cut."""
-    if slack_len(text) <= limit:
-        return text
-    reversed_cut = _cut(text[::-1], max(0, limit - slack_len(marker)))[::-1]
-    # Start at a line boundary when one is near, so the first line shown is whole.
-    newline = reversed_cut.find("\n")
-    if 0 <= newline < 200:
-        reversed_cut = reversed_cut[newline:]
-    return marker + reversed_cut
-
-
-def escape(text: Any) -> str:
-    """Slack's three control characters escaped, so text shows as written and pings nobody."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def mention(user: str | None) -> str:
-    if not user:
-        return "the command line"
-    if _USER_ID.match(user):
-        return f"<@{user}>"
-    return escape(user)
-
-
-def code(text: Any) -> str:
-    """Inline code; backticks inside would end it early, so they become look-alikes."""
-    value = escape(text).replace("`", "ˋ").replace("\n", " ")
-    return f"`{value}`" if value else "` `"
-
-
-def code_block(text: str, limit: int = SECTION_TEXT_MAX) -> str:
-    """A ``` block of `text`, keeping its end when it must be cut, within `limit` overall."""
-    body = escape(text).replace("```", "ˋˋˋ").strip("\n") or " "
-    return "```\n" + truncate_tail(body, limit - 8) + "\n```"
-
-
-def link(url: str, label: str | None = None) -> str:
-    url = escape(url).replace("|", "%7C")
-    return f"<{url}|{escape(label).replace('|', '¦')}>" if label else f"<{url}>"
-
-
-def slack_date(ts: float | None, fmt: str = "{date_short_pretty} at {time}") -> str:
-    """A time every reader sees in their own time zone."""
-    if not ts:
-        return "—"
-    fallback = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"<!date^{int(ts)}^{fmt}|{fallback}>"
-
-
-def plain(text: str, limit: int = HEADER_TEXT_MAX) -> dict[str, Any]:
-    return {"type": "plain_text", "text": truncate(text or " ", limit), "emoji": True}
-
-
-def mrkdwn(text: str, limit: int = SECTION_TEXT_MAX) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": truncate(text or " ", limit)}
-
-
-def section(text: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "section", "text": mrkdwn(text), **extra}
-
-
-def fields_section(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Up to 10 `*label*\\nvalue` fields, two columns wide in Slack."""
-    return {
-        "type": "section",
-        "fields": [mrkdwn(f"*{label}*\n{value}", FIELD_TEXT_MAX) for label, value in pairs[:10]],
-    }
-
-
-def context(*texts: str) -> dict[str, Any]:
-    elements = [mrkdwn(t) for t in texts if t][:CONTEXT_ELEMENTS_MAX]
-    return {"type": "context", "elements": elements or [mrkdwn(" ")]}
-
-
-def header(text: str) -> dict[str, Any]:
-    return {"type": "header", "text": plain(text, HEADER_TEXT_MAX)}
-
-
-def message(text: str, blocks: list[dict[str, Any]], *, escaped: bool = False) -> dict[str, Any]:
-    """The payload: fallback text (notifications, screen readers) and at most 50 blocks.
-
-    Slack parses the fallback like any message text (and the outbox sends it alone when Slack
-    refuses the blocks), so it is escaped here: give it as plain words. `escaped=True`: it is
-    tunebot's own mrkdwn (mentions meant), whose people's words were escaped already.
-    """
-    if len(blocks) > MAX_BLOCKS:
-        hidden = len(blocks) - (MAX_BLOCKS - 1)
-        blocks = blocks[: MAX_BLOCKS - 1] + [context(f"…and {hidden} more not shown.")]
-    return {"text": truncate(text if escaped else escape(text), FALLBACK_TEXT_MAX), "blocks": blocks}
 
 
 # -- jobs -----------------------------------------------------------------------------------------
@@ -674,258 +551,3 @@ def render_jobs(jobs: Sequence[Job], *, title: str = "Jobs") -> dict[str, Any]:
         blocks.append(section("\n".join(chunk)))
     fallback = f"{title}: " + ", ".join(f"#{j.id} {j.kind} {j.state}" for j in jobs[:30])
     return message(fallback, blocks)
-
-
-# -- help and errors ------------------------------------------------------------------------------
-
-_HELP_GROUPS = (
-    ("Fine-tune", ("train",)),
-    ("Results", ("eval", "export", "deploy", "undeploy")),
-    ("Jobs", ("status", "jobs", "cancel", "resume")),
-    ("Datasets", ("datasets", "dataset add")),
-    (
-        "Channel digests",
-        ("schedule daily", "schedule weekly", "schedule cron", "schedule list", "schedule off"),
-    ),
-)
-
-
-def render_help(allowed_summary: str, topic: str | None = None) -> dict[str, Any]:
-    """What tunebot does, every command with its usage, and who may spend GPU time here."""
-    if topic and topic.lower() in SUBCOMMANDS:
-        spec = SUBCOMMANDS[topic.lower()]
-        example = code(f"{COMMAND} {spec.example}")
-        text = f"*{COMMAND} {escape(spec.usage)}*\n{escape(spec.summary)}.\nExample: {example}"
-        return message(f"{COMMAND} {spec.usage}", [section(text), context(escape(allowed_summary))])
-    blocks: list[dict[str, Any]] = [
-        header("tunebot: fine-tune, evaluate, export and deploy LLMs"),
-        section(
-            f"Each job gets a message that shows its progress, and a thread for everything about it. "
-            f"`{COMMAND} train` alone opens a form like LLaMA-Factory's WebUI."
-        ),
-    ]
-    for title, names in _HELP_GROUPS:
-        lines = [f"*{title}*"]
-        for name in names:
-            spec = SUBCOMMANDS[name]
-            lines.append(f"{code(f'{COMMAND} {spec.usage}')} {escape(spec.summary)}")
-        blocks.append(section("\n".join(lines)))
-    replies = ", ".join(f"`{word}`" for word in THREAD_COMMANDS)
-    blocks.append(
-        section(
-            f"*In a job's thread* reply {replies} to act on that job; `@tunebot help` answers anywhere. "
-            "In a deployed model's thread, anything else you write is a chat turn with the model."
-        )
-    )
-    blocks.append(context(f":lock: {escape(allowed_summary)}"))
-    return message(f"tunebot help: {COMMAND} train | eval | export | deploy | status | jobs | help", blocks)
-
-
-def render_error(error: UserError) -> dict[str, Any]:
-    """An ephemeral reply to a mistake: the problem in the engine's words and a corrected example."""
-    blocks = [section(f":warning: {escape(error.message)}")]
-    if error.fix:
-        fix = error.fix
-        shown = code_block(fix, 2900) if "\n" in fix or "`" in fix else code(fix)
-        blocks.append(section(f"*Fix:* {shown}"))
-    return message(error.text(), blocks)
-
-
-# -- the train form -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FormField:
-    key: str  # block_id and action_id; a key=value key the engine accepts
-    label: str
-    hint: str = ""
-    options: tuple[tuple[str, str], ...] = ()  # (value, label) for a select
-    multiline: bool = False
-    placeholder: str = ""
-
-
-_METHOD_LABELS = {
-    "lora": "LoRA",
-    "qlora": "QLoRA (4-bit LoRA)",
-    "freeze": "Freeze (train the last layers)",
-    "full": "Full fine-tuning",
-}
-_COMPUTE_LABELS = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "pure_bf16": "pure bf16"}
-
-FORM_FIELDS: tuple[FormField, ...] = (
-    FormField(
-        "model",
-        "Model",
-        "A local path on the GPU host, or a Hugging Face model id.",
-        placeholder="/models/Meta-Llama-3-8B-Instruct",
-    ),
-    FormField("method", "Fine-tuning method", options=tuple((m, _METHOD_LABELS.get(m, m)) for m in METHODS)),
-    FormField(
-        "dataset",
-        "Dataset",
-        "A registered dataset (`/tune datasets`); several: train,extra.",
-        placeholder="train",
-    ),
-    FormField("learning_rate", "Learning rate", placeholder="1e-4"),
-    FormField(
-        "compute", "Compute type", options=tuple((c, _COMPUTE_LABELS.get(c, c)) for c in COMPUTE_TYPES)
-    ),
-    FormField("gradient_accumulation_steps", "Gradient accumulation steps", placeholder="2"),
-    FormField("loraplus_lr_ratio", "LoRA+ learning-rate ratio", "0 turns LoRA+ off.", placeholder="16"),
-    FormField(
-        "lora_target", "LoRA target modules", "`all`, or names such as q_proj,v_proj.", placeholder="all"
-    ),
-    FormField("num_train_epochs", "Epochs", placeholder="3"),
-    FormField("cutoff_len", "Cutoff length (tokens)", placeholder="2048"),
-    FormField("per_device_train_batch_size", "Batch size per device", placeholder="2"),
-    FormField(
-        "yaml",
-        "Or paste a LLaMA-Factory YAML",
-        "If you paste one, it is the config: only the fields above that you changed are applied on top.",
-        multiline=True,
-        placeholder="model_name_or_path: ...\nlearning_rate: 1.0e-4",
-    ),
-)
-_FORM_KEYS = {f.key for f in FORM_FIELDS}
-# LLaMA-Factory's names (and the engine's short keys) for the form's fields.
-_FIELD_OF = {
-    **{alias: target for alias, target in TRAIN_KEYS.items() if target in _FORM_KEYS},
-    "model": "model",
-    "model_name_or_path": "model",
-    "finetuning_type": "method",
-    "quantization_bit": "method",
-    "bf16": "compute",
-    "fp16": "compute",
-    "pure_bf16": "compute",
-    "compute_type": "compute",
-    "precision": "compute",
-}
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
-
-
-def form_defaults(defaults: dict[str, Any]) -> dict[str, str]:
-    """The form's initial values from a preset's LLaMA-Factory arguments (or the form's own keys)."""
-    out: dict[str, str] = {}
-    for key, value in defaults.items():
-        target = key if key in _FORM_KEYS else _FIELD_OF.get(key)
-        if target and target not in ("method", "compute") and value not in (None, ""):
-            out.setdefault(target, _as_text(value))
-    if "method" in defaults:
-        out["method"] = str(defaults["method"])
-    elif "finetuning_type" in defaults:
-        out["method"] = method_of(defaults)
-    if "compute" in defaults:
-        out["compute"] = str(defaults["compute"])
-    elif any(k in defaults for k in ("bf16", "fp16", "pure_bf16")):
-        out["compute"] = compute_type_of(defaults)
-    for key in ("model", "dataset"):  # the form's own keys win over LLaMA-Factory's names
-        if defaults.get(key):
-            out[key] = _as_text(defaults[key])
-    return out
-
-
-def _input_block(spec: FormField, initial: str | None) -> dict[str, Any]:
-    if spec.options:
-        options = [{"text": plain(label, OPTION_TEXT_MAX), "value": value} for value, label in spec.options]
-        element: dict[str, Any] = {
-            "type": "static_select",
-            "action_id": spec.key,
-            "options": options,
-            "placeholder": plain("Choose", 150),
-        }
-        chosen = [o for o in options if o["value"] == initial]
-        if chosen:
-            element["initial_option"] = chosen[0]
-    else:
-        element = {"type": "plain_text_input", "action_id": spec.key, "multiline": spec.multiline}
-        if spec.placeholder:
-            element["placeholder"] = plain(spec.placeholder, 150)
-        if initial:
-            element["initial_value"] = truncate(initial, 3000)
-    block: dict[str, Any] = {
-        "type": "input",
-        "block_id": spec.key,
-        "optional": True,
-        "label": plain(spec.label, 150),
-        "element": element,
-    }
-    if spec.hint:
-        block["hint"] = plain(spec.hint, 150)
-    return block
-
-
-def render_train_modal(
-    defaults: dict[str, Any], *, private_metadata: str = "", title: str = "Fine-tune a model"
-) -> dict[str, Any]:
-    """The `/tune train` form, mirroring LLaMA-Factory's WebUI, filled in from `defaults` (the
-    engine's `seed` preset). Returns the view for views.open; its callback_id is "train_form"."""
-    initial = form_defaults(defaults)
-    blocks = [
-        section("The fields start at the `seed` recipe. Each job gets a message here with its progress."),
-        *[_input_block(spec, initial.get(spec.key)) for spec in FORM_FIELDS],
-    ]
-    return {
-        "type": "modal",
-        "callback_id": TRAIN_FORM_CALLBACK,
-        "title": plain(title, MODAL_TITLE_MAX),
-        "submit": plain("Train", MODAL_TITLE_MAX),
-        "close": plain("Cancel", MODAL_TITLE_MAX),
-        "private_metadata": private_metadata[:3000],
-        "blocks": blocks,
-    }
-
-
-def _initial_values(blocks: Sequence[dict[str, Any]]) -> dict[str, str]:
-    initial: dict[str, str] = {}
-    for block in blocks:
-        element = block.get("element") or {}
-        if "initial_value" in element:
-            initial[block.get("block_id", "")] = element["initial_value"]
-        elif element.get("initial_option"):
-            initial[block.get("block_id", "")] = element["initial_option"]["value"]
-    return initial
-
-
-def modal_values(view_or_state: dict[str, Any]) -> dict[str, str]:
-    """A submitted train form -> key=value pairs for the engine (`yaml` holds a pasted YAML).
-
-    Give it the submitted `view` (preferred) or just `view["state"]`. With the view, when a YAML
-    was pasted, fields left at their initial value are dropped: the YAML is the config and only
-    what the person changed goes on top of it.
-    """
-    state = view_or_state.get("state", view_or_state)
-    values: dict[str, str] = {}
-    for block_id, actions in (state.get("values") or {}).items():
-        for entry in actions.values():
-            kind = entry.get("type")
-            if kind in ("static_select", "radio_buttons"):
-                value = (entry.get("selected_option") or {}).get("value")
-            else:
-                value = entry.get("value")
-            if value is None:
-                continue
-            value = str(value) if block_id == "yaml" else str(value).strip()
-            if value.strip():
-                values[block_id] = value
-    if "yaml" in values and "blocks" in view_or_state:
-        initial = _initial_values(view_or_state["blocks"])
-        values = {k: v for k, v in values.items() if k == "yaml" or initial.get(k) != v}
-    return values
-
-
-def render_modal_errors(error: UserError, values: dict[str, str] | None = None) -> dict[str, Any]:
-    """A view_submission answer that shows the engine's complaint under the field it is about."""
-    field = (error.field or "").strip().lower()
-    block = field if field in _FORM_KEYS else _FIELD_OF.get(field)
-    if block is None:
-        block = "yaml" if values and "yaml" in values else "model"
-    return {"response_action": "errors", "errors": {block: truncate(error.text(), 2000)}}

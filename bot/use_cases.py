@@ -17,7 +17,6 @@ from runners.errors import UserError
 from runners.job import ACTIVE_STATES, Job, JobState
 from runners.queue import Requester
 
-from . import replies
 from .auth import audit
 from .parsing import Command, ThreadCommand
 from .render import (
@@ -30,6 +29,7 @@ from .render import (
     render_help,
     render_job_message,
     render_jobs,
+    replies,
 )
 from .services import Services
 from .threads import job_of_thread, jobs_in_thread, story_thread
@@ -60,6 +60,16 @@ class Origin:
     channel: str
     thread_ts: str = ""
     request_key: str | None = None
+
+    def requester(self, *, channel: str | None = None, thread_ts: str | None = None) -> Requester:
+        """Where the job's story goes: where it was asked (a thread's, if asked in one) unless told."""
+        return Requester(user=self.user, channel=self.channel if channel is None else channel,
+                         thread_ts=self.thread_ts if thread_ts is None else thread_ts,
+                         request_key=self.request_key)
+
+    def seen(self, store: Any) -> bool:
+        """Did this very request (a redelivery) already make a job?"""
+        return bool(self.request_key) and store.find_by_request(self.request_key) is not None
 
 
 def answer_command(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
@@ -96,24 +106,12 @@ def answer_thread_command(services: Services, root: Job, reply: ThreadCommand,
 # --- the commands ----------------------------------------------------------------------------
 
 
-def _requester(origin: Origin, *, channel: str | None = None, thread_ts: str | None = None) -> Requester:
-    """Where the job's story goes: where it was asked (a thread's, if asked in one) unless told."""
-    return Requester(user=origin.user, channel=origin.channel if channel is None else channel,
-                     thread_ts=origin.thread_ts if thread_ts is None else thread_ts,
-                     request_key=origin.request_key)
-
-
 def _train(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
     preset = command.args[0] if command.args else None
-    again = _seen(services, origin)
+    again = origin.seen(services.store)
     job = services.queue.submit_train(preset=preset, pairs=dict(command.pairs), yaml_text=command.yaml,
-                                      requester=_requester(origin))
+                                      requester=origin.requester())
     return replies.render_queued(job, position=services.queue.position(job), again=again)
-
-
-def _seen(services: Services, origin: Origin) -> bool:
-    """Did this very request (a redelivery) already make a job?"""
-    return bool(origin.request_key) and services.store.find_by_request(origin.request_key) is not None
 
 
 def _on_job(kind: str):
@@ -130,11 +128,11 @@ def _on_job(kind: str):
                 channel, thread_ts = source.channel, story_thread(source)
                 root = job_of_thread(services.store, channel, thread_ts)
                 thread_of = root.id if root is not None else source.id
-        again = _seen(services, origin)
+        again = origin.seen(services.store)
         submit_fn = {"eval": services.queue.submit_eval, "export": services.queue.submit_export,
                      "deploy": services.queue.submit_deploy}[kind]
         job = submit_fn(command.job, model=model, pairs=pairs,
-                        requester=_requester(origin, channel=channel, thread_ts=thread_ts))
+                        requester=origin.requester(channel=channel, thread_ts=thread_ts))
         return replies.render_queued(job, position=services.queue.position(job), thread_of=thread_of,
                                      again=again)
 
@@ -197,7 +195,7 @@ def _help(services: Services, command: Command, origin: Origin) -> dict[str, Any
 
 
 def _schedule(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
-    from .schedules import handle_schedule_command  # APScheduler loads only when schedules are used
+    from .schedules.command import handle_schedule_command  # APScheduler loads only when schedules are used
 
     audit(services.store, origin.user, command.name, None, channel=origin.channel)
     return handle_schedule_command(command, user=origin.user, channel=origin.channel,

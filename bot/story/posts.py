@@ -2,7 +2,7 @@
 
 `thread_posts(job, event)` turns one `JobEvent` into `Post`s: edit the job's root message, post in
 the thread, upload a file into it, or show the requester alone something (a deployment's API
-key). The notifier (bot/notifier.py) reads the events, does the I/O and hands the posts to
+key). The notifier (bot/story/notifier.py) reads the events, does the I/O and hands the posts to
 Delivery. `job` is the job as it is now; what the event itself says (its state, error, metrics)
 wins over that, so an event read late still tells what happened then.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from runners.deploy import model_name
 from runners.job import Job, JobEvent, JobKind, JobState
 
-from . import render
+from .. import render
 
 EDIT_ROOT = "edit_root"  # re-render the job's root message (render_job_message) in place
 THREAD = "thread"  # a post in the job's thread

@@ -17,18 +17,8 @@ from runners.errors import UserError
 from runners.job import FINAL_STATES, Job, JobState
 from runners.settings import Settings
 
+from ..parsing import split_words
 from . import terminal
-
-
-def _pairs(items: list[str]) -> tuple[list[str], dict[str, str]]:
-    positional, pairs = [], {}
-    for item in items:
-        if "=" in item and not item.startswith("="):
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = value.strip()
-        else:
-            positional.append(item)
-    return positional, pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +138,7 @@ def cmd_run(settings: Settings, args) -> int:
     from runners.runtime import Runtime
 
     runtime = Runtime(settings)
-    positional, pairs = _pairs(args.items)
+    positional, pairs = split_words(args.items)
     if args.kind == "train":
         if len(positional) > 1:
             raise UserError(
@@ -371,7 +361,7 @@ def cmd_worker(settings: Settings, args) -> int:
 
 
 def cmd_serve(settings: Settings, args) -> int:
-    from .serve import serve
+    from ..serve import serve
 
     return serve(settings, http=args.http, host=args.host, port=args.port, runner=not args.no_runner)
 

@@ -21,8 +21,8 @@ from runners.queue import Requester
 from runners.runtime import Runtime
 from runners.settings import Settings
 
+from ..render import METRIC_LABELS
 from . import terminal
-from .render import METRIC_LABELS
 
 DEMO_USER = "demo"
 QUESTION = "What is the capital of France?"
