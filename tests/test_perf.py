@@ -351,3 +351,15 @@ def test_a_broken_count_from_llamafactory_is_never_shown():
     post = json.dumps(render_progress_post(_train_job(state="running", started_at=1.0), [point],
                                            PostedState(), Decision("progress"), now=60.0))
     assert "not counted" in post and "-4" not in post
+
+
+def test_an_estimate_event_edits_the_root_message():
+    from bot.story.posts import EDIT_ROOT, thread_posts
+    from runners.job import JobEvent
+
+    posts = thread_posts(_train_job(metrics={"estimate": ESTIMATE}), JobEvent(id=3, job_id=7, at=1.0,
+                                                                          type="estimate", data=ESTIMATE))
+    assert [p.action for p in posts] == [EDIT_ROOT]
+    from bot.cli.terminal import describe_event
+
+    assert describe_event("estimate", ESTIMATE) == "estimate: about 41 min on 1× H200 (0.7 GPU-h)"

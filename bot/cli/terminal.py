@@ -152,6 +152,10 @@ def describe_event(kind: str, data: dict[str, Any]) -> str | None:
         return text
     if kind == "message":
         return data.get("text")
+    if kind == "estimate" and data.get("seconds"):
+        from runners.estimate import describe
+
+        return "estimate: " + describe(data)
     if kind == "plot" and data.get("final"):
         return f"loss plot: {data.get('path')}"
     if kind == "result" and data.get("artifacts", {}).get("model"):

@@ -47,7 +47,7 @@ def thread_posts(job: Job, event: JobEvent, *, previous_eval: Job | None = None)
     """The posts one event of `job` calls for. `previous_eval`: for an eval's result, this model's
     previous succeeded eval on the same dataset (the notifier finds it), to show the change."""
     data = event.data or {}
-    if event.type == "progress":
+    if event.type in ("progress", "estimate"):  # an estimate shows in the root while it waits
         return [Post(EDIT_ROOT)]
     if event.type == "plot":
         return _plot_posts(job, data)
