@@ -35,13 +35,13 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runners import datasets  # noqa: E402
+from runners.demo.tinymodel import ensure_model  # noqa: E402
 from runners.hardware import Gpu, Hardware, detect  # noqa: E402
 from runners.job import FINAL_STATES  # noqa: E402
-from runners.progress import read_trainer_log  # noqa: E402
+from runners.llamafactory.progress import read_trainer_log  # noqa: E402
 from runners.runtime import Runtime  # noqa: E402
 from runners.settings import Settings  # noqa: E402
-from runners.throughput import param_count  # noqa: E402
-from runners.tinymodel import ensure_model  # noqa: E402
+from runners.speed.throughput import param_count  # noqa: E402
 
 OUT = Path(os.environ.get("OUT") or "/tmp/train-throughput-out")
 DATA = Path(os.environ.get("TUNEBOT_DATA_DIR") or "/tmp/tb-bench")

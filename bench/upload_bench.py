@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import oss2  # noqa: E402
 
+from runners.artifacts import OssStorage, StorageSettings  # noqa: E402
 from runners.errors import UserError  # noqa: E402
-from runners.storage import OssStorage, StorageSettings  # noqa: E402
 
 MIB = 1 << 20
 # The stand-in's defaults; nothing real.

@@ -239,7 +239,7 @@ def extract_yaml(text: str) -> str:
 
 def parse_pasted_yaml(text: str) -> dict[str, Any]:
     """A pasted YAML (in a code block or not) -> its dict; a UserError says what is wrong with it."""
-    from runners.recipes import parse_yaml_spec
+    from runners.llamafactory.recipes import parse_yaml_spec
 
     body = extract_yaml(text)
     if not body.strip():

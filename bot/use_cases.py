@@ -32,7 +32,7 @@ from .render import (
     replies,
 )
 from .services import Services
-from .threads import job_of_thread, jobs_in_thread, story_thread
+from .threads import channel_of, job_of_thread, jobs_in_thread, slack_origin, story_thread
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ class Origin:
 
     def requester(self, *, channel: str | None = None, thread_ts: str | None = None) -> Requester:
         """Where the job's story goes: where it was asked (a thread's, if asked in one) unless told."""
-        return Requester(user=self.user, channel=self.channel if channel is None else channel,
-                         thread_ts=self.thread_ts if thread_ts is None else thread_ts,
-                         request_key=self.request_key)
+        where = slack_origin(self.channel if channel is None else channel,
+                             self.thread_ts if thread_ts is None else thread_ts)
+        return Requester(user=self.user, origin=where, request_key=self.request_key)
 
     def seen(self, store: Any) -> bool:
         """Did this very request (a redelivery) already make a job?"""
@@ -96,7 +96,8 @@ def answer_thread_command(services: Services, root: Job, reply: ThreadCommand,
     target = root
     if reply.name == "cancel" and root.is_final:
         # The model's thread may hold a running eval or export: that is what "cancel" means then.
-        active = [j for j in jobs_in_thread(services.store, root.channel, story_thread(root))
+        thread = story_thread(services.store, root)
+        active = [j for j in jobs_in_thread(services.store, channel_of(root), thread)
                   if not j.is_final and j.kind != "deploy"]
         if active:
             target = active[-1]
@@ -121,11 +122,12 @@ def _on_job(kind: str):
         channel, thread_ts, thread_of = origin.channel, origin.thread_ts, None
         if command.job is not None:
             source = services.queue.get(command.job)
-            if source.channel and source.channel != origin.channel:
+            source_channel = channel_of(source)
+            if source_channel and source_channel != origin.channel:
                 _require_story_channel(services, source, origin)
-            if source.channel and story_thread(source):
+            if source_channel and story_thread(services.store, source):
                 # Into the source job's thread: one thread tells the model's whole story.
-                channel, thread_ts = source.channel, story_thread(source)
+                channel, thread_ts = source_channel, story_thread(services.store, source)
                 root = job_of_thread(services.store, channel, thread_ts)
                 thread_of = root.id if root is not None else source.id
         again = origin.seen(services.store)
@@ -141,9 +143,9 @@ def _on_job(kind: str):
 
 def _require_story_channel(services: Services, source: Job, origin: Origin) -> None:
     """The new job posts in the source job's channel: the person must be allowed to start jobs there too."""
-    if not services.access.may_spend(origin.user, source.channel):
+    if not services.access.may_spend(origin.user, channel_of(source)):
         raise UserError(
-            f"#{source.id} tells its story in another channel ({source.channel}), and you may not start "
+            f"#{source.id} tells its story in another channel ({channel_of(source)}), and you may not start "
             "jobs there; a job of it would report there too.",
             field="user",
             fix=f"ask in #{source.id}'s thread, or ask an admin to run it",

@@ -517,7 +517,7 @@ def add_dataset(
     the embedded demo sets are tunebot's own (`builtin=True` registers them).
     """
     validate_dataset_name(name)
-    from .recipes import DEMO_DATASET, DEMO_EVAL_DATASET
+    from .llamafactory.recipes import DEMO_DATASET, DEMO_EVAL_DATASET
 
     if name in (DEMO_DATASET, DEMO_EVAL_DATASET) and not builtin:
         raise UserError(

@@ -9,7 +9,7 @@ import time
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -70,22 +70,21 @@ class Job(SQLModel, table=True):
     dataset: str | None = None
     method: str | None = None
     mode: str | None = None  # deploy: api | webchat
-    # Who asked and where; empty for the CLI.
+    # Who asked (empty for the CLI), and where the answers go: `origin` is the front end's own
+    # JSON (Slack keeps its channel and thread there), stored and returned, never read, by the engine.
     user: str = Field(default="", index=True)
-    channel: str = ""
-    thread_ts: str = ""
-    message_ts: str = ""
+    origin: dict[str, Any] = _json(dict)
     # De-duplicates redelivered requests (Slack trigger_id / event_id).
     request_key: str | None = Field(default=None, sa_column=Column(Text, unique=True, nullable=True))
     created_at: float = Field(default_factory=now)
     started_at: float | None = None
     finished_at: float | None = None
     attempt: int = 1
-    # The process, once running.
+    # The process, once running. `handle` is the backend's own JSON (runners.backends): only the
+    # backend that started the job reads it, e.g. to re-attach after a restart.
     runner_id: str | None = None
     host: str | None = None
-    pid: int | None = None
-    proc_start: float | None = None
+    handle: dict[str, Any] = _json(dict)
     n_slots: int = 1
     slots: list[str] = _json(list)
     work_dir: str = ""
@@ -134,7 +133,7 @@ class JobEvent(SQLModel, table=True):
     )
     job_id: int = Field(index=True)
     at: float = Field(default_factory=now)
-    type: str = Field(index=True)  # state | progress | result | message
+    type: str = Field(index=True)  # a runners.events.EventKind value
     data: dict[str, Any] = _json(dict)
 
 
@@ -175,6 +174,19 @@ class RunnerBeat(SQLModel, table=True):
     # What it can run (runners.hardware.Hardware.to_dict() plus its slots): front ends on other
     # hosts judge requests against this, not against their own machine.
     hardware: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class JobFile(SQLModel, table=True):
+    """A small file the runner made for a job (a loss plot, the exact config), kept in the database
+    so a front end on another host can post it without reading the runner's disk."""
+
+    __tablename__ = "job_file"
+
+    key: str = Field(primary_key=True)
+    job_id: int = Field(index=True)
+    name: str = ""
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    at: float = Field(default_factory=now)
 
 
 class SchemaVersion(SQLModel, table=True):

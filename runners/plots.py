@@ -39,7 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .progress import Progress  # noqa: E402
+from .llamafactory.progress import Progress  # noqa: E402
 
 FIGURE_SIZE_IN = (8.0, 4.5)
 DPI = 120

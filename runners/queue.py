@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, deploy, recipes, validation
+from . import artifacts, deploy, events
 from .errors import UserError
+from .events import EventKind
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, RESUMABLE_STATES, Job, JobKind, JobState, now
-from .recipes import Recipe
+from .llamafactory import recipes, validation
+from .llamafactory.recipes import Recipe
 from .settings import Settings
 from .store import Store
 
@@ -30,8 +32,8 @@ class Requester:
     """Who asked, and where the answers go (empty for the command line)."""
 
     user: str = ""
-    channel: str = ""
-    thread_ts: str = ""
+    # The front end's own JSON (Slack: channel and thread), stored on the job and returned as is.
+    origin: dict[str, Any] = field(default_factory=dict)
     request_key: str | None = None  # a redelivered request with the same key makes no new job
 
 
@@ -185,7 +187,7 @@ class JobQueue:
         in_store = artifacts.missing_inputs(args, parent)  # fetched by the runner before it starts
         model = str(args["model_name_or_path"])
         if model == recipes.TINY_MODEL:
-            from .tinymodel import ensure_tiny_model
+            from .demo.tinymodel import ensure_tiny_model
 
             model = str(ensure_tiny_model(self.settings.models_dir))
         elif "model_name_or_path" not in in_store:
@@ -214,7 +216,7 @@ class JobQueue:
     def ensure_demo_datasets(self) -> None:
         """Register the embedded demo sets on first use."""
         from . import datasets
-        from .demo_data import write_demo_datasets
+        from .demo.data import write_demo_datasets
 
         with _DEMO_LOCK:
             known = {d.name for d in datasets.list_datasets(self.settings.data_dir)}
@@ -241,8 +243,7 @@ class JobQueue:
             mode=recipe.mode,
             n_slots=recipe.n_slots,
             user=requester.user,
-            channel=requester.channel,
-            thread_ts=requester.thread_ts,
+            origin=dict(requester.origin),
             request_key=requester.request_key,
         )
         dataset_dir = self._dataset_dir()
@@ -262,7 +263,7 @@ class JobQueue:
             requester.user or "cli",
             f"submit {job.kind}",
             job.id,
-            channel=requester.channel,
+            origin=requester.origin,
             preset=recipe.preset,
         )
         return self.store.get(job.id)
@@ -292,7 +293,7 @@ class JobQueue:
             return self.store.get(job.id)
         # Running: the worker that owns the process stops it (SIGTERM, then SIGKILL after a grace period).
         self.store.update(job.id, cancel_requested=True, cancelled_by=by or "cli")
-        self.store.add_event(job.id, "message", {"text": "cancel requested"})
+        self.store.add_event(job.id, EventKind.CANCEL_REQUESTED, events.cancel_requested(by or "cli"))
         self.store.audit(by or "cli", "cancel", job.id, state=job.state)
         return self.store.get(job.id)
 
@@ -353,8 +354,7 @@ class JobQueue:
             cancel_requested=False,
             cancelled_by=None,
             finished_at=None,
-            pid=None,
-            proc_start=None,
+            handle={},
             runner_id=None,
             progress={**job.progress, "resumed_from": checkpoint.name if checkpoint else None},
             spec={**job.spec, "resume_keys": [*job.spec.get("resume_keys", []), request_key]}
@@ -363,15 +363,8 @@ class JobQueue:
         )
         if not moved:
             raise UserError(f"Job #{job.id} changed state meanwhile; try again.", field="job")
-        self.store.add_event(
-            job.id,
-            "message",
-            {
-                "text": f"resuming from {checkpoint.name}"
-                if checkpoint
-                else "no checkpoint yet: starting over"
-            },
-        )
+        name = checkpoint.name if checkpoint else None
+        self.store.add_event(job.id, EventKind.RESUMED, events.resumed(name, job.attempt + 1))
         self.store.audit(by or "cli", "resume", job.id, checkpoint=checkpoint.name if checkpoint else None)
         return self.store.get(job.id)
 

@@ -7,27 +7,15 @@ README and the code cannot drift apart silently (a test compares them).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts.base import StorageSettings
+from .env import Setting, parse_duration
 from .errors import UserError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, *, name: str = "duration", example: str = "30m") -> float:
-    """'90', '90s', '15m', '2h', '7d' -> seconds."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise UserError(
-            f"{name}={text!r} is not a duration.", field=name, fix=f"{name}={example} (s, m, h or d)"
-        )
-    value, unit = match.groups()
-    return float(value) * _UNIT_SECONDS[(unit or "s").lower()]
-
+__all__ = ["SETTINGS_TABLE", "Setting", "Settings", "parse_duration"]
 
 def _env(env: dict[str, str], name: str, default: str | None = None) -> str | None:
     value = env.get(name)
@@ -83,16 +71,6 @@ def default_data_dir() -> Path:
     return Path(os.path.expanduser("~/.tunebot"))
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One row of the README's environment table."""
-
-    name: str
-    default: str
-    unit: str
-    meaning: str
-
-
 # name, default as shown, unit, meaning
 SETTINGS_TABLE: list[Setting] = [
     Setting(
@@ -106,6 +84,7 @@ SETTINGS_TABLE: list[Setting] = [
     ),
     Setting("TUNEBOT_GPUS", "all visible", "list", "GPU indices the runner may use, e.g. `0,1,2,3`"),
     Setting("TUNEBOT_CPU_SLOTS", "1", "jobs", "Jobs run at once when the host has no GPU"),
+    Setting("TUNEBOT_BACKEND", "local", "name", "Where job processes run: `local` (this host)"),
     Setting(
         "TUNEBOT_MAX_JOBS_PER_USER", "2", "jobs", "Running jobs (deployments included) one user may hold"
     ),
@@ -151,6 +130,7 @@ class Settings:
     database_url: str | None = None
     gpus: list[str] | None = None
     cpu_slots: int = 1
+    backend: str = "local"  # runners.backends: which one runs the job processes
     max_jobs_per_user: int = 2
     cancel_grace: float = 30.0
     default_model: str | None = None
@@ -171,7 +151,7 @@ class Settings:
     estimate: bool = False
     # Extra environment for job subprocesses (tests use it; never secrets from users).
     job_env: dict[str, str] = field(default_factory=dict)
-    # The artifact store (runners/storage.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
+    # The artifact store (runners/artifacts/base.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
     # None = the local default (the job folders), without importing oss2.
     storage: Any = None
 
@@ -190,6 +170,7 @@ class Settings:
             database_url=_env(env, "TUNEBOT_DATABASE_URL"),
             gpus=_list(env, "TUNEBOT_GPUS"),
             cpu_slots=_int(env, "TUNEBOT_CPU_SLOTS", 1, minimum=1),
+            backend=(_env(env, "TUNEBOT_BACKEND", "local") or "local").strip().lower(),
             max_jobs_per_user=_int(env, "TUNEBOT_MAX_JOBS_PER_USER", 2, minimum=1),
             cancel_grace=_duration(env, "TUNEBOT_CANCEL_GRACE", "30s"),
             default_model=_env(env, "TUNEBOT_DEFAULT_MODEL"),
@@ -234,7 +215,5 @@ class Settings:
         return self.data_dir / "calibration"
 
 
-def _storage_settings(env: dict[str, str]):
-    from .storage import StorageSettings  # storage imports this module's helpers
-
+def _storage_settings(env: dict[str, str]) -> StorageSettings:
     return StorageSettings.from_env(env)

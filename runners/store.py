@@ -18,11 +18,13 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from .errors import UserError
+from .events import EventKind, from_legacy_message
 from .job import (
     ACTIVE_STATES,
     AuditEntry,
     Job,
     JobEvent,
+    JobFile,
     JobState,
     RunnerBeat,
     SchemaVersion,
@@ -33,15 +35,59 @@ from .job import (
 log = logging.getLogger(__name__)
 
 
+def _columns(conn, table: str) -> set[str]:
+    return {c["name"] for c in inspect(conn).get_columns(table)}
+
+
 def _thread_indexes(conn) -> None:
-    # Front ends find a job by the Slack thread a message is in (bot/threads.py), per message event.
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_job_channel_message_ts ON job (channel, message_ts)"))
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_job_channel_thread_ts ON job (channel, thread_ts)"))
+    # Version 2 indexed the Slack thread columns the job table had then (version 4 moved them out).
+    if {"channel", "message_ts", "thread_ts"} <= _columns(conn, "job"):
+        for column in ("message_ts", "thread_ts"):
+            index = f"ix_job_channel_{column}"
+            conn.execute(text(f"CREATE INDEX IF NOT EXISTS {index} ON job (channel, {column})"))
 
 
 def _runner_hardware(conn) -> None:
-    if "hardware" not in {c["name"] for c in inspect(conn).get_columns("runner")}:
+    if "hardware" not in _columns(conn, "runner"):
         conn.execute(text("ALTER TABLE runner ADD COLUMN hardware JSON"))
+
+
+_FRONT_END_COLUMNS = ("channel", "thread_ts", "message_ts")
+_PROCESS_COLUMNS = ("pid", "proc_start")
+
+
+def _origin_and_handle(conn) -> None:
+    """Version 4: the job row keeps no Slack field and no pid. Slack's channel/thread/root message
+    move into the opaque `origin`, the process's pid and start time into the local backend's opaque
+    `handle`; free-text `message` events become typed ones (runners.events)."""
+    columns = _columns(conn, "job")
+    for name in ("origin", "handle"):
+        if name not in columns:
+            conn.execute(text(f"ALTER TABLE job ADD COLUMN {name} JSON NOT NULL DEFAULT '{{}}'"))
+    old = [c for c in (*_FRONT_END_COLUMNS, *_PROCESS_COLUMNS) if c in columns]
+    if old:
+        rows = conn.execute(text(f"SELECT id, work_dir, {', '.join(old)} FROM job")).mappings().all()
+        for row in rows:
+            origin = {k: row[k] for k in _FRONT_END_COLUMNS if row.get(k)}
+            handle = {}
+            if row.get("pid"):
+                from .backends.local import legacy_handle
+
+                handle = legacy_handle(row["pid"], row.get("proc_start"), row["work_dir"] or "")
+            if origin or handle:
+                conn.execute(
+                    update(Job).where(Job.id == row["id"]).values(origin=origin, handle=handle)
+                )
+        for index in ("ix_job_channel_message_ts", "ix_job_channel_thread_ts"):
+            conn.execute(text(f"DROP INDEX IF EXISTS {index}"))
+        for name in old:
+            conn.execute(text(f"ALTER TABLE job DROP COLUMN {name}"))
+    messages = conn.execute(
+        select(JobEvent.id, JobEvent.data).where(JobEvent.type == "message")
+    ).all()
+    for event_id, data in messages:
+        kind, payload = from_legacy_message(data or {})
+        conn.execute(update(JobEvent).where(JobEvent.id == event_id).values(type=kind.value, data=payload))
 
 
 # Schema history. Version 1 is the tables as first released; each later entry upgrades an
@@ -52,6 +98,7 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {
     1: lambda conn: None,
     2: _thread_indexes,
     3: _runner_hardware,
+    4: _origin_and_handle,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -173,7 +220,7 @@ class Store:
                     raise
                 return existing, False
             s.refresh(job)
-        self.add_event(job.id, "state", {"state": job.state})
+        self.add_event(job.id, EventKind.STATE, {"state": job.state})
         return job, True
 
     def find_by_request(self, request_key: str) -> Job | None:
@@ -204,7 +251,6 @@ class Store:
         states: Iterable[str] | None = None,
         kinds: Iterable[str] | None = None,
         user: str | None = None,
-        channel: str | None = None,
         parent_id: int | None = None,
         since: float | None = None,
         limit: int | None = None,
@@ -217,8 +263,6 @@ class Store:
             query = query.where(Job.kind.in_(list(kinds)))
         if user is not None:
             query = query.where(Job.user == user)
-        if channel is not None:
-            query = query.where(Job.channel == channel)
         if parent_id is not None:
             query = query.where(Job.parent_id == parent_id)
         if since is not None:
@@ -245,7 +289,7 @@ class Store:
             s.commit()
             moved = result.rowcount == 1
         if moved:
-            self.add_event(job_id, "state", {"state": to_state, **_public(values)})
+            self.add_event(job_id, EventKind.STATE, {"state": to_state, **_public(values)})
         return moved
 
     def queue_position(self, job_id: int) -> int | None:
@@ -280,9 +324,10 @@ class Store:
             ).one()
 
     # --- events -------------------------------------------------------------------------
-    def add_event(self, job_id: int, type_: str, data: dict[str, Any] | None = None) -> int:
+    def add_event(self, job_id: int, kind: EventKind | str, data: dict[str, Any] | None = None) -> int:
+        """Record one event (`runners.events`: its kind and payload); returns its id, the cursor."""
         with self.session() as s:
-            ev = JobEvent(job_id=job_id, type=type_, data=data or {})
+            ev = JobEvent(job_id=job_id, type=EventKind(kind).value, data=data or {})
             s.add(ev)
             s.commit()
             return ev.id
@@ -297,6 +342,26 @@ class Store:
     def last_event_id(self) -> int:
         with self.session() as s:
             return s.exec(select(func.max(JobEvent.id))).one() or 0
+
+    # --- files ---------------------------------------------------------------------------
+    def put_file(self, job_id: int, name: str, data: bytes) -> str:
+        """Keep a small file of a job (a loss plot, its config) in the database; returns its key.
+        The same name again replaces it (a plot redrawn as the run goes keeps one row)."""
+        key = f"{job_id}/{name}"
+        with self.session() as s:
+            row = s.get(JobFile, key)
+            if row is None:
+                row = JobFile(key=key, job_id=job_id, name=name, data=data)
+            else:
+                row.data, row.at = data, now()
+            s.add(row)
+            s.commit()
+        return key
+
+    def get_file(self, key: str) -> bytes | None:
+        with self.session() as s:
+            row = s.get(JobFile, key)
+            return bytes(row.data) if row is not None else None
 
     # --- slots --------------------------------------------------------------------------
     def lease_slots(self, host: str, slots: list[str], job_id: int) -> bool:
@@ -371,7 +436,7 @@ def _public(values: dict[str, Any]) -> dict[str, Any]:
     """Event data from transition values, without secrets or bulky fields."""
     keep = {}
     for key, value in values.items():
-        if key in _SECRET_FIELDS or key in {"args", "spec", "log_tail"}:
+        if key in _SECRET_FIELDS or key in {"args", "spec", "log_tail", "handle", "origin"}:
             continue
         if isinstance(value, (str, int, float, bool)) or value is None:
             keep[key] = value

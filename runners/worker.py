@@ -6,13 +6,9 @@ leases are atomic in the store, so a job never starts twice and a GPU is never h
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shlex
-import shutil
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -23,19 +19,23 @@ from typing import Any
 
 import yaml
 
-from . import artifacts, deploy
-from .backends import Backend, LaunchSpec, LocalBackend, ProcessHandle
-from .backends.local import read_exit_file
+from . import artifacts, deploy, events
+from .backends import Backend, Handle, LaunchSpec, open_backend
 from .errors import UserError
+from .events import EventKind
 from .hardware import Hardware, detect, slots_for
 from .job import ACTIVE_STATES, Job, JobKind, JobState, now
+from .kinds import MissingOutput, kind_of
+from .llamafactory.command import command_env
 from .settings import Settings
+from .speed.throughput import true_progress
 from .store import Store
-from .throughput import true_progress
 
 log = logging.getLogger(__name__)
 
 PLOT_EVERY = 30.0  # seconds between partial loss plots of a running job
+ACTIVITY_EVERY = 60.0  # seconds between activity events of a running job (front ends judge stalls by them)
+ACTIVITY_TAIL_LINES = 15
 RECOVER_EVERY = 30.0
 BEAT_EVERY = 5.0
 
@@ -43,7 +43,7 @@ BEAT_EVERY = 5.0
 @dataclass
 class Running:
     job_id: int
-    handle: ProcessHandle
+    handle: Handle
     follower: Any = None  # TrainerLogFollower for train jobs
     term_sent_at: float | None = None
     killed: bool = False
@@ -51,17 +51,7 @@ class Running:
     last_plot_at: float = 0.0
     new_points: bool = False
     seen_step: int = 0
-
-
-def llamafactory_cli(settings: Settings) -> list[str]:
-    """The command that runs LLaMA-Factory: TUNEBOT_LLAMAFACTORY_CLI (may carry arguments, e.g.
-    `python3 -m llamafactory.cli`), else `llamafactory-cli` beside this Python, else on PATH."""
-    if settings.llamafactory_cli:
-        return shlex.split(settings.llamafactory_cli)
-    beside = Path(sys.executable).parent / "llamafactory-cli"
-    if beside.exists():
-        return [str(beside)]
-    return [shutil.which("llamafactory-cli") or "llamafactory-cli"]
+    last_activity_at: float = 0.0
 
 
 class Worker:
@@ -77,17 +67,17 @@ class Worker:
     ):
         self.settings = settings
         self.store = store
-        self.backend = backend or LocalBackend()
         self.hardware = hardware or detect()
+        self.backend = backend or open_backend(settings.backend, settings, self.hardware)
         self.host = self.hardware.host or socket.gethostname()
-        self.slots = slots_for(self.hardware, settings.gpus, settings.cpu_slots)
+        self.slots = self.backend.capacity() or slots_for(self.hardware, settings.gpus, settings.cpu_slots)
         self.runner_id = runner_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.only_job = only_job
         self.chat_base: str | None = None  # e.g. http://host:7860, set when the chat-page server runs
         self.running: dict[int, Running] = {}
         self.storage = None  # the artifact store, when it is remote (OSS); local job folders otherwise
         if settings.storage is not None and settings.storage.backend != "local":
-            from .storage import open_storage
+            from .artifacts import open_storage
 
             self.storage = open_storage(settings.storage, settings.data_dir)
         # Uploads and input fetches take minutes for a merged 8B model: off the runner loop.
@@ -165,19 +155,16 @@ class Worker:
                 continue
             if not self.store.adopt(job.id, job.runner_id, self.runner_id):
                 continue  # another runner on this host adopted it first
-            exit_path = Path(job.work_dir) / "exit.json"
-            handle = self.backend.reattach(job.pid or 0, job.proc_start, exit_path) if job.pid else None
-            if handle is not None:
+            handle = job.handle or None
+            if handle is not None and self.backend.reattach(handle):
                 run = Running(job.id, handle, seen_step=int(job.progress.get("step") or 0))
-                if job.kind == JobKind.TRAIN.value:
+                if kind_of(job.kind).follows_trainer_log:
                     run.follower = self._follower(job)
                 self.running[job.id] = run
-                self.store.add_event(
-                    job.id, "message", {"text": "tunebot restarted and re-attached to this job"}
-                )
-                log.info("re-attached to job #%s (pid %s)", job.id, job.pid)
+                self.store.add_event(job.id, EventKind.REATTACHED)
+                log.info("re-attached to job #%s", job.id)
                 continue
-            code = read_exit_file(exit_path) if job.pid else None
+            code = self.backend.outcome(handle) if handle is not None else None
             if code is not None:
                 self._finish(job, code, None)
             else:
@@ -190,7 +177,7 @@ class Worker:
                     error="Its process was gone when tunebot looked again (tunebot restarted, or the "
                     "process never started).",
                     advice=f"`resume {job.id}` continues from the last checkpoint."
-                    if job.kind == "train"
+                    if kind_of(job.kind).resumable
                     else None,
                 )
         # Leases whose job has ended (a crash between finishing and releasing).
@@ -228,9 +215,7 @@ class Worker:
             slots = free[: job.n_slots]
             if not self.store.lease_slots(self.host, slots, job.id):
                 return  # another runner took them; try next tick
-            first_state = (
-                JobState.STARTING.value if job.kind == JobKind.DEPLOY.value else JobState.RUNNING.value
-            )
+            first_state = kind_of(job.kind).first_state
             claimed = self.store.transition(
                 job.id,
                 [JobState.QUEUED.value],
@@ -266,8 +251,7 @@ class Worker:
         job's tokens are counted and its `fast` shape chosen for the GPU it got."""
         try:
             if fetch:
-                note = {"text": "fetching its inputs from the artifact store"}
-                self.store.add_event(job.id, "message", note)
+                self.store.add_event(job.id, EventKind.FETCHING)
                 args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
                 self.store.update(job.id, args=args)
             if self.settings.estimate and job.kind == JobKind.TRAIN.value:
@@ -289,8 +273,8 @@ class Worker:
         return self.settings.calibration_dir / f"{self.host}.json"
 
     def _prepare(self, job: Job, slots: list[str] | None, *, apply_plan: bool):
-        from .estimate import load_table
-        from .trainprep import prepare
+        from .speed.estimate import load_table
+        from .speed.trainprep import prepare
 
         return prepare(
             dict(job.args),
@@ -315,7 +299,7 @@ class Worker:
         if prepared.info.get("tokens_per_epoch"):
             self._tokens_per_epoch[job.id] = int(prepared.info["tokens_per_epoch"])
         if prepared.info.get("estimate"):
-            self.store.add_event(job.id, "estimate", prepared.info["estimate"])
+            self.store.add_event(job.id, EventKind.ESTIMATE, prepared.info["estimate"])
 
     def _estimate_queued(self) -> None:
         """Queued train jobs get an estimate while they wait (the bot edits their message)."""
@@ -343,15 +327,20 @@ class Worker:
                     return  # it started meanwhile: the launch made its own estimate
                 self.store.update(job.id, metrics={**fresh.metrics, **info})
             if info.get("estimate"):
-                self.store.add_event(job.id, "estimate", info["estimate"])
+                self.store.add_event(job.id, EventKind.ESTIMATE, info["estimate"])
         except Exception:  # a thread of the pool: an estimate is never worth a failed job
             log.exception("estimating job #%s failed", job.id)
 
     def _measure(self, job: Job, metrics: dict[str, Any]) -> None:
-        """A finished train job's true tokens/s and MFU; its speed refines this runner's table."""
-        from . import estimate as eta
-        from .throughput import mfu, tokens_per_second
+        """A finished train job's true tokens seen, tokens/s and MFU (into `metrics`); its speed
+        refines this runner's calibration table."""
+        from .speed import estimate as eta
+        from .speed.throughput import mfu, tokens_per_second, tokens_seen
 
+        if metrics.get("tokens_per_epoch") and metrics.get("epoch") is not None:
+            seen = tokens_seen(metrics["epoch"], metrics["tokens_per_epoch"])
+            if seen is not None:
+                metrics["total_tokens"] = seen
         seen = metrics.get("total_tokens")
         runtime = metrics.get("train_runtime")
         rate = tokens_per_second(seen, runtime)
@@ -372,7 +361,10 @@ class Worker:
             startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics else None
             path = self._calibration_path()
             table = eta.refine(eta.load_table(path), key, tokens_per_s=rate, params=params, startup_s=startup)
-            eta.save_table(path, table)
+            try:
+                eta.save_table(path, table)
+            except OSError:
+                log.exception("recording the speed of job #%s failed", job.id)
 
     def _fail_before_start(self, job: Job, error: str, advice: str | None = None) -> None:
         self.store.release_slots(job.id)
@@ -402,18 +394,14 @@ class Worker:
                     )
                     if api_key:
                         env["API_KEY"] = api_key
-            argv = self._argv(job, config)
+            argv = kind_of(job.kind).argv(job, config, self.settings)
             log_path = Path(job.log_path or work_dir / "job.log")
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(
                     f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
                     f"{' '.join(argv)}\n"
                 )
-            handle = self.backend.launch(
-                LaunchSpec(
-                    argv=argv, env=env, cwd=work_dir, log_path=log_path, exit_path=work_dir / "exit.json"
-                )
-            )
+            handle = self.backend.start(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path))
         except OSError as exc:
             self._fail_before_start(
                 job,
@@ -421,63 +409,24 @@ class Worker:
                 "check TUNEBOT_DATA_DIR is writable and llamafactory-cli is installed",
             )
             return
-        self.store.update(job.id, pid=handle.pid, proc_start=handle.proc_start, **values)
+        self.store.update(job.id, handle=handle, **values)
+        config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
         run = Running(job.id, handle)
-        if job.kind == JobKind.TRAIN.value:
+        if kind_of(job.kind).follows_trainer_log:
             run.follower = self._follower(job)
             if job.attempt > 1:
                 # A resumed run appends to the log from its checkpoint's step on: skip the old lines.
                 run.follower.poll()
                 run.seen_step = _checkpoint_step(job.args.get("resume_from_checkpoint"))
         self.running[job.id] = run
-        self.store.add_event(job.id, "message", {"text": "started", "pid": handle.pid, "slots": slots})
-
-    def _argv(self, job: Job, config: Path) -> list[str]:
-        cli = llamafactory_cli(self.settings)
-        if job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            return [*cli, "train", str(config)]
-        if job.kind == JobKind.EXPORT.value:
-            return [*cli, "export", str(config)]
-        if job.mode == "webchat":
-            return [*shlex.split(self.settings.webchat_cli or ""), "webchat", str(config)]
-        return [*cli, "api", str(config)]
+        run.last_activity_at = now()
+        self.store.add_event(job.id, EventKind.STARTED, events.started(slots, job.attempt, config_key))
 
     def _job_env(self, job: Job, slots: list[str]) -> dict[str, str]:
-        # A job may run a model repository's own code (trust_remote_code): none of the bot's secrets.
-        env = {k: v for k, v in os.environ.items() if not _is_secret_variable(k)}
-        cache = self.settings.cache_dir
-        env.update(
-            HF_HOME=str(cache / "huggingface"),
-            MPLCONFIGDIR=str(cache / "matplotlib"),
-            TOKENIZERS_PARALLELISM="false",
-            PYTHONUNBUFFERED="1",
-            DISABLE_VERSION_CHECK="1",
-            # torchrun (multi-GPU) is called bare by LLaMA-Factory's launcher: this venv's bin/ first.
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        )
-        model = str(job.args.get("model_name_or_path", ""))
-        if Path(model).is_absolute() and Path(model).exists():
-            env["HF_HUB_OFFLINE"] = "1"  # a local model: no hub round trips (they cost ~1 min to fail)
-        if self.hardware.has_gpu:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(slots)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        if len(slots) > 1 and job.kind in (JobKind.TRAIN.value, JobKind.EVAL.value):
-            env.update(
-                FORCE_TORCHRUN="1",
-                NPROC_PER_NODE=str(len(slots)),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(deploy.free_port()),
-            )
-        else:
-            env.pop("FORCE_TORCHRUN", None)
-        for key in ("API_KEY", "API_PORT", "API_HOST"):
-            env.pop(key, None)
-        env.update(self.settings.job_env)
-        return env
+        return command_env(job, slots, self.settings, has_gpu=self.hardware.has_gpu)
 
     def _follower(self, job: Job):
-        from .progress import TrainerLogFollower
+        from .llamafactory.progress import TrainerLogFollower
 
         return TrainerLogFollower(Path(job.work_dir) / "output" / "trainer_log.jsonl")
 
@@ -496,7 +445,7 @@ class Worker:
             except Exception as exc:  # one job's trouble must not stop the others being followed
                 log.exception("following job #%s failed", job_id)
                 self.running.pop(job_id, None)
-                self.backend.signal(run.handle, force=True)
+                self.backend.cancel(run.handle, force=True)
                 self._fail_before_start(job, f"tunebot lost track of it: {exc}")
 
     def _watch_one(self, job: Job, run: Running) -> None:
@@ -505,6 +454,8 @@ class Worker:
             self._follow(job, run)
         if job.kind == JobKind.DEPLOY.value:
             self._watch_deployment(job, run)
+        if now() - run.last_activity_at >= ACTIVITY_EVERY:
+            self._activity(job, run)
         if job.cancel_requested and run.term_sent_at is None:
             self._stop_process(run, reason=None)
         if (
@@ -512,12 +463,12 @@ class Worker:
             and not run.killed
             and now() - run.term_sent_at > self.settings.cancel_grace
         ):
-            self.backend.signal(run.handle, force=True)
+            self.backend.cancel(run.handle, force=True)
             run.killed = True
         code = self.backend.poll(run.handle)
         if code is not None:
             # Children that outlive the command (torchrun workers ignoring SIGTERM) go too.
-            self.backend.signal(run.handle, force=True)
+            self.backend.cancel(run.handle, force=True)
             if run.follower is not None:
                 self._follow(job, run)
             self.running.pop(job.id, None)
@@ -527,7 +478,23 @@ class Worker:
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason
         run.term_sent_at = now()
-        self.backend.signal(run.handle)
+        self.backend.cancel(run.handle)
+
+    def _activity(self, job: Job, run: Running) -> None:
+        """Say the job is still followed, when its log last grew and how it ends: front ends judge
+        a stall from this, without reading the runner's disk."""
+        run.last_activity_at = now()
+        log_at, size = None, 0
+        for path in (Path(job.log_path), Path(job.work_dir) / "output" / "trainer_log.jsonl"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            log_at = max(log_at or 0.0, stat.st_mtime)
+            if path == Path(job.log_path):
+                size = stat.st_size
+        tail = "\n".join(_read_log(job, limit=16_000).splitlines()[-ACTIVITY_TAIL_LINES:])
+        self.store.add_event(job.id, EventKind.ACTIVITY, events.activity(log_at, size, tail))
 
     def _follow(self, job: Job, run: Running) -> None:
         points = run.follower.poll()
@@ -540,7 +507,7 @@ class Worker:
             return
         per_epoch = self._tokens_per_epoch.get(job.id) or job.metrics.get("tokens_per_epoch")
         for point in fresh:
-            self.store.add_event(job.id, "progress", true_progress(point.to_dict(), per_epoch))
+            self.store.add_event(job.id, EventKind.PROGRESS, true_progress(point.to_dict(), per_epoch))
         run.seen_step = max(run.seen_step, max(p.step for p in fresh))
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
@@ -552,8 +519,8 @@ class Worker:
             self._plot(job, run, final=False)
 
     def _plot(self, job: Job, run: Running | None, *, final: bool) -> str | None:
+        from .llamafactory.progress import read_trainer_log
         from .plots import render_loss_plot
-        from .progress import read_trainer_log
 
         # A resumed run logs again from its checkpoint: the latest line of each step counts.
         latest = {
@@ -579,7 +546,8 @@ class Worker:
             return None
         fresh = self.store.get(job.id)
         self.store.update(job.id, artifacts={**fresh.artifacts, "plot": str(dest)})
-        self.store.add_event(job.id, "plot", {"path": str(dest), "final": final, "points": len(points)})
+        key = self.store.put_file(job.id, "loss.png", dest.read_bytes())
+        self.store.add_event(job.id, EventKind.PLOT, events.plot(key, final=final, points=len(points)))
         return str(dest)
 
     def _watch_deployment(self, job: Job, run: Running) -> None:
@@ -628,7 +596,7 @@ class Worker:
 
     # --- finishing ----------------------------------------------------------------------
     def _finish(self, job: Job, code: int, run: Running | None) -> None:
-        from .failures import explain_failure
+        from .llamafactory.failures import explain_failure
 
         self.store.release_slots(job.id)
         values: dict[str, Any] = {"finished_at": now(), "exit_code": code}
@@ -648,19 +616,22 @@ class Worker:
             )
             self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
             return
-        if job.kind == JobKind.TRAIN.value:
+        kind = kind_of(job.kind)
+        if kind.follows_trainer_log:
             self._plot(job, run, final=True)
             job = self.store.get(job.id)
         if job.cancel_requested:
             values["error"] = f"Cancelled by {job.cancelled_by or 'request'}."
-            if job.kind == JobKind.TRAIN.value:
+            if kind.resumable:
                 values["advice"] = f"`resume {job.id}` continues from the last checkpoint."
             self.store.transition(job.id, ACTIVE_STATES, JobState.CANCELLED.value, **values)
             return
         if code == 0:
             try:
-                values.update(self._collect(job))
-            except (_MissingOutput, UserError) as exc:
+                values.update(kind.collect(job))
+                if job.kind == JobKind.TRAIN.value:
+                    self._measure(job, values["metrics"])
+            except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
                 return
@@ -668,20 +639,16 @@ class Worker:
                 return  # settled already (by another runner, or while this one was away)
             self.store.add_event(
                 job.id,
-                "result",
-                {
-                    "kind": job.kind,
-                    "metrics": values.get("metrics", {}),
-                    "artifacts": values.get("artifacts", {}),
-                },
+                EventKind.RESULT,
+                events.result(job.kind, values.get("metrics", {}), values.get("artifacts", {})),
             )
             if self.storage is not None:
                 self._transfers.submit(self._upload, job.id)
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
-        if job.kind == JobKind.TRAIN.value and (Path(job.work_dir) / "output").is_dir():
-            from .recipes import last_checkpoint
+        if kind.resumable and (Path(job.work_dir) / "output").is_dir():
+            from .llamafactory.recipes import last_checkpoint
 
             if last_checkpoint(Path(job.work_dir) / "output") is not None:
                 values["advice"] = ((failure.advice + " ") if failure.advice else "") + (
@@ -702,69 +669,11 @@ class Worker:
                 data["link"] = artifacts.describe(self.storage, record)["link"]
             except UserError:
                 pass
-            self.store.add_event(job_id, "upload", data)
+            self.store.add_event(job_id, EventKind.UPLOAD, data)
         for name, error in errors.items():
             self.store.add_event(
-                job_id, "upload", {"name": name, "error": error, "local": str(Path(job.work_dir))}
+                job_id, EventKind.UPLOAD, {"name": name, "error": error, "local": str(Path(job.work_dir))}
             )
-
-    def _collect(self, job: Job) -> dict[str, Any]:
-        """What a successful job left behind: artifacts and metrics."""
-        work = Path(job.work_dir)
-        artifacts = dict(job.artifacts)
-        metrics = dict(job.metrics)
-        if job.kind == JobKind.TRAIN.value:
-            output = work / "output"
-            has_weights = (output / "adapter_config.json").exists() or (output / "config.json").exists()
-            if not has_weights:
-                raise _MissingOutput("Training ended without writing an adapter or model.")
-            artifacts["adapter"] = str(output)
-            results = _read_json(output / "train_results.json")
-            for key in ("train_loss", "train_runtime", "train_samples_per_second", "epoch"):
-                if key in results:
-                    metrics[key] = results[key]
-            for key in ("tokens_per_s", "total_tokens", "step", "total"):
-                if job.progress.get(key) is not None:
-                    metrics[key] = job.progress[key]
-            if metrics.get("tokens_per_epoch") and results.get("epoch") is not None:
-                from .throughput import tokens_seen
-
-                seen = tokens_seen(results["epoch"], metrics["tokens_per_epoch"])
-                if seen is not None:
-                    metrics["total_tokens"] = seen
-            try:
-                self._measure(job, metrics)
-            except OSError:
-                log.exception("recording the speed of job #%s failed", job.id)
-        elif job.kind == JobKind.EVAL.value:
-            from .results import read_predict_results, sample_predictions
-
-            output = work / "output"
-            scores = read_predict_results(output)
-            if not scores:
-                raise _MissingOutput("The evaluation ended without predict_results.json.")
-            metrics.update(scores)
-            artifacts["predictions"] = str(output / "generated_predictions.jsonl")
-            artifacts["results"] = str(output / "predict_results.json")
-            artifacts["samples"] = sample_predictions(output, n=3)
-        elif job.kind == JobKind.EXPORT.value:
-            model_dir = work / "model"
-            if not (model_dir / "config.json").exists():
-                raise _MissingOutput("The export ended without a merged model (no config.json).")
-            artifacts["model"] = str(model_dir)
-            metrics["size_bytes"] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
-        return {"artifacts": artifacts, "metrics": metrics}
-
-
-class _MissingOutput(Exception):
-    pass
-
-
-_SECRET_PREFIXES = ("SLACK_", "TUNEBOT_OSS_", "TUNEBOT_DATABASE_URL")
-
-
-def _is_secret_variable(name: str) -> bool:
-    return name.startswith(_SECRET_PREFIXES)
 
 
 def _checkpoint_step(path: Any) -> int:
@@ -773,14 +682,6 @@ def _checkpoint_step(path: Any) -> int:
         return int(str(path).rstrip("/").rsplit("-", 1)[1]) if path else 0
     except (IndexError, ValueError):
         return 0
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _read_log(job: Job, limit: int = 200_000) -> str:

@@ -108,7 +108,7 @@ def store(db_url) -> Store:
 @pytest.fixture(scope="session")
 def shared_models(tmp_path_factory) -> Path:
     """The tiny model is built once per test session and shared (read-only) by every data dir."""
-    from runners.tinymodel import ensure_tiny_model
+    from runners.demo.tinymodel import ensure_tiny_model
 
     models = tmp_path_factory.mktemp("models")
     ensure_tiny_model(models)

@@ -22,6 +22,7 @@ from bot.app import build_app
 from bot.serve import asgi_app
 from bot.services import Services
 from bot.settings import BotSettings
+from bot.threads import channel_of, record_root, root_ts, slack_origin
 from runners.hardware import Hardware
 from runners.job import Job
 from runners.runtime import Runtime
@@ -206,8 +207,11 @@ class SlackBot:
 
         fresh = self.runtime.store.get(job.id)
         client = WebClient(token=self.slack.bot_token, base_url=self.slack.base_url)
-        ts = client.chat_postMessage(channel=fresh.channel or CHANNEL_ID, **render_job_message(fresh))["ts"]
-        self.runtime.store.update(job.id, message_ts=ts, channel=fresh.channel or CHANNEL_ID)
+        channel = channel_of(fresh) or CHANNEL_ID
+        ts = client.chat_postMessage(channel=channel, **render_job_message(fresh))["ts"]
+        if not channel_of(fresh):
+            self.runtime.store.update(job.id, origin=slack_origin(channel))
+        record_root(self.runtime.store, job.id, ts)
         return ts
 
     def job_message(self, job: Job) -> dict[str, Any]:
@@ -216,11 +220,13 @@ class SlackBot:
 
         fresh = self.runtime.store.get(job.id)
         client = WebClient(token=self.slack.bot_token, base_url=self.slack.base_url)
-        if not fresh.message_ts:
+        store = self.runtime.store
+        if not root_ts(store, fresh):
             self.post_job_message(fresh)
-            fresh = self.runtime.store.get(job.id)
-        client.chat_update(channel=fresh.channel, ts=fresh.message_ts, **render_job_message(fresh))
-        return self.slack.message(fresh.channel, fresh.message_ts)
+            fresh = store.get(job.id)
+        ts = root_ts(store, fresh)
+        client.chat_update(channel=channel_of(fresh), ts=ts, **render_job_message(fresh))
+        return self.slack.message(channel_of(fresh), ts)
 
 
 def start_bot(

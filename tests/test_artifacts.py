@@ -7,9 +7,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from runners.artifacts import StorageSettings
 from runners.hardware import Hardware
 from runners.queue import JobQueue
-from runners.storage import StorageSettings
 from runners.worker import Worker, wait_for
 from tests.oss_standin import OssStandin
 
@@ -73,11 +73,7 @@ def test_train_uploads_adapter_with_manifest_and_eval_fetches_it_from_oss(settin
             fetched = Path(done.args["adapter_name_or_path"])
             assert fetched.is_relative_to(s.cache_dir / "fetched")
             assert (fetched / "adapter_config.json").read_text() == "{}"
-            assert any(
-                "artifact store" in e.data.get("text", "")
-                for e in store.events_since(0, job_id=done.id)
-                if e.type == "message"
-            )
+            assert any(e.type == "fetching" for e in store.events_since(0, job_id=done.id))
         finally:
             worker.stop()
 

@@ -11,8 +11,8 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
 from bot.delivery import FAILED, Delivery, make_client
+from runners.llamafactory.progress import Progress
 from runners.plots import render_loss_plot
-from runners.progress import Progress
 
 from .conftest import wait_until
 from .delivery_fixtures import quick_client, slack  # noqa: F401 (a fixture)

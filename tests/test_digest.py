@@ -19,7 +19,8 @@ SINCE = NOW - 24 * HOUR
 
 def add(store, **fields) -> Job:
     job, _ = store.add_job(
-        Job(**{"kind": "train", "model": "/models/Meta-Llama-3-8B-Instruct", "channel": CHANNEL, **fields})
+        Job(**{"kind": "train", "model": "/models/Meta-Llama-3-8B-Instruct", "origin": {"channel": CHANNEL},
+               **fields})
     )
     return job
 
@@ -127,7 +128,7 @@ def busy_channel(store):
     # Another channel's job, and an old one of this channel: neither is this digest's news.
     jobs["elsewhere"] = add(
         store,
-        channel=OTHER,
+        origin={"channel": OTHER},
         state="succeeded",
         user="U0DAVE001",
         created_at=NOW - 3 * HOUR,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runners import recipes
 from runners.errors import UserError
 from runners.hardware import Hardware
+from runners.llamafactory import recipes
 from runners.queue import JobQueue
 from runners.runtime import Runtime
 from runners.store import Store
@@ -131,7 +131,7 @@ def test_resume_continues_a_really_interrupted_run_from_its_checkpoint(tmp_path,
         )
     finally:
         worker.stop()
-    pid = store.get(job.id).pid
+    pid = store.get(job.id).handle["pid"]
     os.killpg(pid, signal.SIGKILL)  # the machine lost the run while tunebot was down
     wait_until(lambda: not _running(pid), 30, what="the killed run to be gone")
     killed_at = recipes.last_checkpoint(output)

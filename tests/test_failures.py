@@ -8,7 +8,7 @@ returns (tqdm redraws) are written <CR> so they survive in this source file.
 
 import pytest
 
-from runners.failures import explain_failure
+from runners.llamafactory.failures import explain_failure
 
 
 def _log(text: str) -> str:

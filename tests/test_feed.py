@@ -34,8 +34,7 @@ def job(**values) -> Job:
         dataset="alpaca_zh",
         method="lora",
         user="U0ALICE01",
-        channel="C1",
-        message_ts="1.000100",
+        origin={"channel": "C1"},
         work_dir="/data/jobs/12",
         created_at=T0,
         started_at=T0 + 5,
@@ -75,20 +74,20 @@ def test_progress_edits_the_root_only():
 
 
 def test_started_posts_in_the_thread_with_the_exact_config_attached():
-    posts = thread_posts(job(), event("message", text="started", pid=4242, slots=["0"]))
+    posts = thread_posts(job(), event("started", slots=["0"], attempt=1, config="12/config.yaml"))
     [started] = only(posts, THREAD)
     assert "Train #12 started" in started.text
     assert "attached below" in text_of(started) and "gpu1" in text_of(started)
     [config] = only(posts, UPLOAD)
-    assert config.path == "/data/jobs/12/config.yaml" and config.filename.endswith(".yaml") and config.redact
+    assert config.file == "12/config.yaml" and config.filename.endswith(".yaml") and config.redact
     assert posts.index(started) < posts.index(config)
     check_blocks(posts)
 
 
 def test_only_the_final_loss_plot_is_uploaded():
-    assert thread_posts(job(), event("plot", path="/data/jobs/12/loss.png", final=False, points=40)) == []
-    [plot] = thread_posts(job(), event("plot", path="/data/jobs/12/loss.png", final=True, points=80))
-    assert plot.action == UPLOAD and plot.path == "/data/jobs/12/loss.png"
+    assert thread_posts(job(), event("plot", file="12/loss.png", final=False, points=40)) == []
+    [plot] = thread_posts(job(), event("plot", file="12/loss.png", final=True, points=80))
+    assert plot.action == UPLOAD and plot.file == "12/loss.png"
     assert plot.filename == "loss-12.png" and "#12" in plot.title
 
 
@@ -266,17 +265,19 @@ def test_cancelled_interrupted_and_stopped_jobs_say_so_to_the_requester(kind, st
     check_blocks(posts)
 
 
-def test_engine_messages_become_short_notes():
+def test_engine_events_become_short_notes():
     cancelling = job(cancel_requested=True, cancelled_by="U0BOB0001")
-    [note] = thread_posts(cancelling, event("message", text="cancel requested"))
+    [note] = thread_posts(cancelling, event("cancel_requested", by="U0BOB0001"))
     assert "Stopping Train #12" in note.text and "<@U0BOB0001>" in text_of(note)
-    [note] = thread_posts(job(), event("message", text="tunebot restarted and re-attached to this job"))
+    [note] = thread_posts(job(), event("reattached"))
     assert "following Train #12 again" in note.text
-    [note] = thread_posts(
-        job(state="queued", attempt=2), event("message", text="resuming from checkpoint-40")
-    )
+    queued_again = job(state="queued", attempt=2)
+    [note] = thread_posts(queued_again, event("resumed", checkpoint="checkpoint-40", attempt=2))
     assert "attempt 2" in note.text and "checkpoint-40" in note.text
-    [note] = thread_posts(job(), event("message", text="<!channel> something new"))
+    [note] = thread_posts(job(state="queued", attempt=2), event("resumed", checkpoint=None, attempt=2))
+    assert "no checkpoint yet: starting over" in note.text
+    # A free-text event of an old database (schema version 3) is still shown, escaped.
+    [note] = thread_posts(job(), event("note", text="<!channel> something new"))
     assert "&lt;!channel&gt;" in text_of(note)  # pings nobody
     check_blocks([note])
 
@@ -306,9 +307,16 @@ def test_every_event_type_and_state_yields_valid_block_kit():
             for ev in (
                 event("state", state=state),
                 event("progress", step=1),
-                event("message", text="started"),
+                event("started", slots=["0"], attempt=1, config="12/config.yaml"),
+                event("cancel_requested", by="U0BOB0001"),
+                event("resumed", checkpoint=None, attempt=2),
+                event("reattached"),
+                event("fetching"),
+                event("activity", log_at=T0, log_bytes=10, tail="x"),
+                event("upload", name="adapter", location="oss://b/k", size=1),
+                event("note", text="old"),
                 event("result", kind=kind, metrics={"rouge-1": 1.0}, artifacts={}),
-                event("plot", path="/p.png", final=True),
+                event("plot", file="12/loss.png", final=True, points=3),
             ):
                 posts = thread_posts(j, ev)
                 check_blocks(posts)

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from runners import estimate as eta
-from runners import recipes
-from runners.fastplan import HEADROOM, ModelShape, plan_fast
 from runners.hardware import Hardware
 from runners.job import Job
+from runners.llamafactory import recipes
 from runners.runtime import Runtime
-from runners.throughput import bf16_peak_flops, mfu, param_count, sane_rate, true_progress
-from runners.tokencount import TokenCount, count_tokens
-from runners.trainprep import apply_fast, tokens_per_epoch, user_keys
+from runners.speed import estimate as eta
+from runners.speed.fastplan import HEADROOM, ModelShape, plan_fast
+from runners.speed.throughput import bf16_peak_flops, mfu, param_count, sane_rate, true_progress
+from runners.speed.tokencount import TokenCount, count_tokens
+from runners.speed.trainprep import apply_fast, tokens_per_epoch, user_keys
 from runners.worker import wait_for
 
 LLAMA3_8B = {
@@ -205,7 +205,7 @@ def test_the_runner_counts_tokens_with_llamafactory_and_caches_them(settings, mo
     runtime = Runtime(settings)
     runtime.queue.ensure_demo_datasets()
     from runners.datasets import dataset_dir
-    from runners.tinymodel import ensure_tiny_model
+    from runners.demo.tinymodel import ensure_tiny_model
 
     args = {
         "model_name_or_path": str(ensure_tiny_model(settings.models_dir)),
@@ -222,7 +222,7 @@ def test_the_runner_counts_tokens_with_llamafactory_and_caches_them(settings, mo
     def no_subprocess(*a, **k):
         raise AssertionError("counted again")
 
-    monkeypatch.setattr("runners.tokencount.subprocess.run", no_subprocess)
+    monkeypatch.setattr("runners.speed.tokencount.subprocess.run", no_subprocess)
     assert count_tokens(args, settings.cache_dir) == count  # cached per dataset, tokenizer, cutoff
     with pytest.raises(AssertionError, match="counted again"):
         count_tokens({**args, "cutoff_len": 16}, settings.cache_dir)
@@ -337,7 +337,7 @@ def test_the_queued_reply_says_an_estimate_is_coming_and_show_and_digest_carry_t
 def test_a_broken_count_from_llamafactory_is_never_shown():
     from bot.render import progress_text, render_finished
     from bot.story.progress import PostedState, render_progress_post
-    from runners.progress import Progress
+    from runners.llamafactory.progress import Progress
 
     broken = {"step": 5, "total": 10, "tokens_per_s": -4.2e18, "total_tokens": -(2**63)}
     assert "tokens/s" not in progress_text(broken)

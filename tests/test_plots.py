@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from runners.llamafactory.progress import Progress, parse_trainer_log_line
 from runners.plots import DPI, FIGURE_SIZE_IN, build_loss_figure, render_loss_plot, smooth
-from runners.progress import Progress, parse_trainer_log_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -198,7 +198,7 @@ def test_pyplot_is_never_imported():
     code = (
         "import sys; from pathlib import Path; import tempfile\n"
         "from runners.plots import render_loss_plot\n"
-        "from runners.progress import Progress\n"
+        "from runners.llamafactory.progress import Progress\n"
         "render_loss_plot([Progress(step=1, loss=1.0)], Path(tempfile.mkdtemp()) / 'a.png', title='t')\n"
         "print('matplotlib.pyplot' in sys.modules)\n"
     )
@@ -223,7 +223,7 @@ def test_unwritable_home_gets_a_private_matplotlib_config_dir(tmp_path):
     code = (
         "import os, tempfile; from pathlib import Path\n"
         "from runners.plots import render_loss_plot\n"
-        "from runners.progress import Progress\n"
+        "from runners.llamafactory.progress import Progress\n"
         "render_loss_plot([Progress(step=1, loss=1.0)], Path(tempfile.mkdtemp()) / 'a.png', title='t')\n"
         "print(os.environ['MPLCONFIGDIR'])\n"
     )

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from runners.progress import (
+from runners.llamafactory.progress import (
     Progress,
     TrainerLogFollower,
     format_eta,

@@ -6,7 +6,7 @@ import json
 
 from bot.story import progress as pp
 from runners.job import Job
-from runners.progress import Progress, parse_trainer_log_line
+from runners.llamafactory.progress import Progress, parse_trainer_log_line
 from tests.slack_standin import block_kit_problems
 
 T0 = 1_800_000_000.0
@@ -25,8 +25,7 @@ def running_job(**fields) -> Job:
             "dataset": "support_tickets",
             "method": "lora",
             "user": "U0ALICE01",
-            "channel": "C0TUNEBOT",
-            "message_ts": "1800000000.000100",
+            "origin": {"channel": "C0TUNEBOT", "message_ts": "1800000000.000100"},
             "started_at": T0,
             "attempt": 1,
             **fields,

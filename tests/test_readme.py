@@ -7,8 +7,8 @@ from pathlib import Path
 
 from bot.schedules.spec import SCHEDULE_SETTINGS_TABLE
 from bot.settings import BOT_SETTINGS_TABLE
+from runners.artifacts import STORAGE_SETTINGS_TABLE
 from runners.settings import SETTINGS_TABLE
-from runners.storage import STORAGE_SETTINGS_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -48,7 +48,7 @@ from bot.render import (
 from bot.render.replies import render_dataset_added
 from runners.errors import UserError
 from runners.job import Job
-from runners.recipes import PRESETS, train_recipe
+from runners.llamafactory.recipes import PRESETS, train_recipe
 from tests.slack_signing import fill_view_state
 from tests.slack_standin import block_kit_problems, view_problems
 
@@ -79,7 +79,7 @@ def make_job(**changes: Any) -> Job:
         method="lora",
         preset="seed",
         user=ALICE,
-        channel="C0TUNEBOT",
+        origin={"channel": "C0TUNEBOT"},
         created_at=now - 900,
         started_at=now - 600,
         progress={

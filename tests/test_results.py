@@ -3,7 +3,12 @@ import json
 import pytest
 
 from runners.errors import UserError
-from runners.results import compare_metrics, prompt_for_display, read_predict_results, sample_predictions
+from runners.llamafactory.results import (
+    compare_metrics,
+    prompt_for_display,
+    read_predict_results,
+    sample_predictions,
+)
 
 # Written by a real LLaMA-Factory 0.9.5 predict run (do_predict + predict_with_generate, tiny model).
 PREDICT_RESULTS = """{

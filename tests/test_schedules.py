@@ -24,6 +24,7 @@ from bot.schedules.scheduler import LEASE_NAME, Scheduler, digest_table
 from bot.schedules.spec import SCHEDULE_SETTINGS_TABLE, ScheduleSettings, parse_schedule, weekday_field
 from bot.serve import EVENTS_PATH, asgi_app
 from bot.settings import BotSettings
+from bot.threads import slack_origin
 from runners.errors import UserError
 from runners.hardware import Hardware
 from runners.job import Job
@@ -332,7 +333,7 @@ def test_a_schedule_fires_and_posts_the_channels_digest(make_scheduler, client, 
             state="succeeded",
             model="/models/tiny",
             user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
+            origin=slack_origin(CHANNEL_ID),
             started_at=now - 600,
             finished_at=now - 60,
             slots=["cpu0"],

@@ -10,6 +10,7 @@ from bot.render import (
     ACTION_RESUME,
     ACTION_UNDEPLOY,
 )
+from bot.threads import asked_in, channel_of, root_ts, slack_origin
 from runners.queue import Requester
 from tests.slack_fixtures import (
     ADMIN_ID,
@@ -29,7 +30,7 @@ __all__ = ["bot", "bot_settings", "db_url", "runtime", "slack"]  # fixtures
 
 def train(bot, **pairs: str):
     return bot.runtime.queue.submit_train(
-        preset="tiny", pairs=pairs, requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+        preset="tiny", pairs=pairs, requester=Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
     )
 
 
@@ -75,8 +76,8 @@ def test_eval_export_deploy_buttons_of_a_finished_job_queue_into_its_thread_once
     bot.wait_response(4)
     children = [j for j in bot.runtime.store.list_jobs(newest_first=False) if j.parent_id == job.id]
     assert sorted(j.kind for j in children) == ["deploy", "eval", "export"]  # clicks answered concurrently
-    root_ts = bot.runtime.store.get(job.id).message_ts
-    assert all((c.channel, c.thread_ts, c.user) == (CHANNEL_ID, root_ts, HUMAN_USER_ID) for c in children)
+    root = root_ts(bot.runtime.store, bot.runtime.store.get(job.id))
+    assert all((channel_of(c), asked_in(c), c.user) == (CHANNEL_ID, root, HUMAN_USER_ID) for c in children)
     assert sum("It reports in" in r["text"] for r in bot.responses()) == 4
 
 
@@ -97,7 +98,7 @@ def test_undeploy_on_a_serving_deployment_stops_it(bot) -> None:
     wait_job(bot.runtime, job.id)
     bot.runtime.worker.stop()
     deployment = bot.runtime.queue.submit_deploy(
-        job.id, requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+        job.id, requester=Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
     )
     # As if it came up: the button is only on a serving deployment's message.
     bot.runtime.store.update(deployment.id, state="serving", port=1, url="http://127.0.0.1:1/v1")

@@ -118,7 +118,8 @@ def test_the_conversation_is_human_turns_and_the_models_answers_only() -> None:
 
 def test_a_model_answer_that_says_channel_pings_nobody_even_sent_as_plain_text(bot) -> None:
     deployment, _ = bot.runtime.store.add_job(
-        Job(kind="deploy", state="serving", model="/models/tiny", user=HUMAN_USER_ID, channel=CHANNEL_ID)
+        Job(kind="deploy", state="serving", model="/models/tiny", user=HUMAN_USER_ID,
+            origin={"channel": CHANNEL_ID})
     )
     thread = bot.post_job_message(deployment)
     bot.runtime.chat = lambda job_ref, messages, **kwargs: "hi <!channel>"

@@ -8,6 +8,7 @@ import types
 import pytest
 
 from bot.auth import Access
+from bot.threads import asked_in, channel_of, root_ts, slack_origin
 from runners.queue import Requester
 from tests.slack_fixtures import (
     ADMIN_ID,
@@ -37,7 +38,7 @@ __all__ = ["bot", "bot_settings", "db_url", "runtime", "slack"]  # fixtures
 
 def queued_train(bot, user: str = HUMAN_USER_ID, **pairs: str):
     return bot.runtime.queue.submit_train(
-        preset="tiny", pairs=pairs, requester=Requester(user=user, channel=CHANNEL_ID)
+        preset="tiny", pairs=pairs, requester=Requester(user=user, origin=slack_origin(CHANNEL_ID))
     )
 
 
@@ -87,9 +88,10 @@ def test_train_acks_at_once_then_queues_one_job_for_the_requester(bot) -> None:
     assert answer["response_type"] == "ephemeral"
     assert "Train #1" in answer["text"] and "is queued (1st in line)" in answer["text"]
     [job] = bot.runtime.store.list_jobs()
-    assert (job.kind, job.user, job.channel, job.request_key) == ("train", HUMAN_USER_ID, CHANNEL_ID, trigger)
+    assert (job.kind, job.user, job.request_key) == ("train", HUMAN_USER_ID, trigger)
+    assert channel_of(job) == CHANNEL_ID
     assert job.args["num_train_epochs"] == 2.0
-    assert job.thread_ts == ""  # its own root message and thread (the notifier posts it)
+    assert asked_in(job) == ""  # its own root message and thread (the notifier posts it)
     entry = bot.runtime.store.audit_log()[0]
     assert (entry.user, entry.action, entry.job_id) == (HUMAN_USER_ID, "submit train", job.id)
 
@@ -218,7 +220,8 @@ def test_eval_export_deploy_of_a_job_go_into_its_thread(bot) -> None:
     bot.wait_response(4)
     children = [j for j in bot.runtime.store.list_jobs(newest_first=False) if j.parent_id == train.id]
     assert [j.kind for j in children] == ["eval", "export", "deploy"]
-    assert all((j.channel, j.thread_ts) == (CHANNEL_ID, train.message_ts) for j in children)
+    root = root_ts(bot.runtime.store, train)
+    assert all((channel_of(j), asked_in(j)) == (CHANNEL_ID, root) for j in children)
     assert children[0].dataset == "demo-eval" and children[2].mode == "api"
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from bot.delivery import Delivery
 from bot.story.notifier import Notifier
+from bot.threads import root_ts
 from runners.hardware import Hardware
 from runners.runtime import Runtime
 from tests.delivery_fixtures import quick_client
@@ -50,30 +51,34 @@ def test_train_tiny_from_slack_tells_its_story_in_its_message_and_thread(story) 
     assert done.state == "succeeded", f"{done.error}\n{done.log_tail}"
     job = bot.runtime.store.get(job.id)
 
+    def root_message_ts() -> str:  # the ts of the job's root message, once the notifier recorded it
+        return root_ts(bot.runtime.store, job)
+
     def told() -> bool:
         plot = [u for u in bot.slack.uploads() if u.content.startswith(PNG)]
-        finished = any("finished" in m.get("text", "") for m in bot.slack.thread(CHANNEL_ID, job.message_ts))
-        root = bot.slack.message(CHANNEL_ID, job.message_ts) or {}
+        thread = bot.slack.thread(CHANNEL_ID, root_message_ts())
+        finished = any("finished" in m.get("text", "") for m in thread)
+        root = bot.slack.message(CHANNEL_ID, root_message_ts()) or {}
         return bool(plot) and finished and "succeeded" in root.get("text", "")
 
     bot.slack.wait_for(told, timeout=60, what="the plot, the final post and the root's final state")
-    root = bot.slack.message(CHANNEL_ID, job.message_ts)
+    root = bot.slack.message(CHANNEL_ID, root_message_ts())
     assert f"Train #{job.id}" in root["text"] and root.get("edited")
     assert ":white_check_mark: succeeded" in texts(root)
     # The root was edited with live progress on the way (a text progress bar with the step).
-    edits = [c for c in bot.slack.calls("chat.update") if c.params.get("ts") == job.message_ts]
+    edits = [c for c in bot.slack.calls("chat.update") if c.params.get("ts") == root_message_ts()]
     shown = [texts(c.params) for c in edits]
     assert any(re.search(r"step \d+/\d+", s) for s in shown), shown
     assert any("running" in s for s in shown)
 
-    thread = bot.slack.thread(CHANNEL_ID, job.message_ts)
+    thread = bot.slack.thread(CHANNEL_ID, root_message_ts())
     thread_text = "\n".join(texts(m) for m in thread)
     assert f"Train #{job.id} started" in thread_text
     assert f"<@{HUMAN_USER_ID}>" in thread_text and "finished" in thread_text
     uploads = {u.filename: u for u in bot.slack.uploads()}
     plot = next(u for u in uploads.values() if u.content.startswith(PNG))
     config = next(u for name, u in uploads.items() if name.endswith((".yaml", ".yml")))
-    assert plot.thread_ts == config.thread_ts == job.message_ts
+    assert plot.thread_ts == config.thread_ts == root_message_ts()
     assert b"num_train_epochs: 4" in config.content
     # In Slack's order: the started post before the plot and the final post.
     order = [m.get("text", "") for m in thread]

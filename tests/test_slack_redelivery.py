@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 
 from bot.dedupe import EventLog
+from bot.threads import slack_origin
 from runners.queue import Requester
 from tests.slack_fixtures import bot, bot_settings, runtime, slack, wait_job
 from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID, message_event
@@ -24,7 +25,7 @@ def test_racing_claims_of_one_event_id_let_exactly_one_through(store) -> None:
 
 def test_a_thread_reply_redelivered_over_http_queues_one_eval(bot) -> None:
     job = bot.runtime.queue.submit_train(
-        preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+        preset="tiny", requester=Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
     )
     ts = bot.post_job_message(job)
     bot.runtime.start(web=False)

@@ -9,6 +9,7 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 from bot.app import build_app
 from bot.render import ACTION_CANCEL
+from bot.threads import channel_of, slack_origin
 from runners.queue import Requester
 from tests.delivery_fixtures import quick_client
 from tests.slack_fixtures import SlackBot, bot_settings, db_url, runtime, slack, texts
@@ -61,13 +62,13 @@ def test_train_is_acked_then_queued_and_a_redelivered_command_makes_one_job(sock
     standin.wait_for_ack(standin.push("slash_commands", payload))
     bot.wait_response(2)
     [job] = bot.runtime.store.list_jobs()
-    assert (job.user, job.channel) == (HUMAN_USER_ID, CHANNEL_ID)
+    assert (job.user, channel_of(job)) == (HUMAN_USER_ID, CHANNEL_ID)
 
 
 def test_events_buttons_and_the_form_over_the_socket(sock) -> None:
     standin, bot = sock
     job = bot.runtime.queue.submit_train(
-        preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+        preset="tiny", requester=Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
     )
     message = bot.job_message(job)
     reply = bot.slack.add_message(CHANNEL_ID, "status", thread_ts=message["ts"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from bot import uploads
+from bot.threads import asked_in, channel_of, slack_origin
 from runners import datasets
 from runners.queue import Requester
 from tests.slack_fixtures import (
@@ -27,7 +28,7 @@ ALPACA_ROWS = [{"instruction": f"Say {i}", "input": "", "output": f"{i}"} for i 
 
 def job_thread(bot, *, run: bool = False):
     job = bot.runtime.queue.submit_train(
-        preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID)
+        preset="tiny", requester=Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
     )
     ts = bot.post_job_message(job)
     if run:
@@ -62,7 +63,7 @@ def test_eval_reply_queues_into_the_thread_and_a_redelivery_queues_nothing_more(
     bot.reply(ts, "status")  # handled after the redelivery would have been
     bot.wait_ephemeral(count=2)
     evals = [j for j in bot.runtime.store.list_jobs() if j.kind == "eval"]
-    assert len(evals) == 1 and (evals[0].parent_id, evals[0].thread_ts) == (job.id, ts)
+    assert len(evals) == 1 and (evals[0].parent_id, asked_in(evals[0])) == (job.id, ts)
     assert len(bot.slack.ephemerals()) == 2
 
 
@@ -118,8 +119,8 @@ def test_train_asked_in_a_thread_tells_its_story_in_that_thread(bot) -> None:
     bot.mention(f"<@{bot.slack.bot_user_id}> train tiny epochs=1")  # at the top level: a root of its own
     assert "Train #2" in bot.wait_ephemeral(count=2)["text"]
     in_thread, top_level = bot.runtime.store.list_jobs(newest_first=False)
-    assert (in_thread.channel, in_thread.thread_ts) == (CHANNEL_ID, top["ts"])
-    assert top_level.thread_ts == ""
+    assert (channel_of(in_thread), asked_in(in_thread)) == (CHANNEL_ID, top["ts"])
+    assert asked_in(top_level) == ""
 
 
 # --- datasets shared in Slack ----------------------------------------------------------------

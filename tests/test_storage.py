@@ -16,8 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import oss2
 import pytest
 
-from runners.errors import UserError
-from runners.storage import (
+from runners.artifacts import (
     MANIFEST_NAME,
     LocalStorage,
     OssStorage,
@@ -28,6 +27,7 @@ from runners.storage import (
     job_key,
     open_storage,
 )
+from runners.errors import UserError
 from tests.oss_standin import OssStandin
 
 PART = 100 * 1024  # OSS's smallest part: multipart tests stay fast

@@ -3,7 +3,6 @@ story's notifier from the job events, on SQLite and PostgreSQL, posting to the S
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import replace
@@ -12,13 +11,17 @@ from types import SimpleNamespace
 
 import pytest
 from slack_sdk import WebClient
+from sqlalchemy import update as sa_update
 
 from bot.delivery import Delivery
 from bot.schedules.spec import ScheduleSettings
 from bot.story.notifier import Notifier
+from bot.threads import record_root, slack_origin
+from runners import events
 from runners import worker as worker_module
+from runners.events import EventKind
 from runners.hardware import Hardware
-from runners.job import Job
+from runners.job import Job, JobEvent
 from runners.queue import JobQueue, Requester
 from runners.worker import Worker, wait_for
 from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID
@@ -70,9 +73,10 @@ def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(
     monkeypatch.setattr(worker_module, "PLOT_EVERY", 0.2)  # the runner redraws its plot this often
     s = fake_settings(settings, FAKE_STEPS="24", FAKE_STEP_SECONDS="0.25")
     queue = JobQueue(s, store, hardware=CPU)
-    job = queue.submit_train(preset="tiny", requester=Requester(user=HUMAN_USER_ID, channel=CHANNEL_ID))
+    asker = Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
+    job = queue.submit_train(preset="tiny", requester=asker)
     root = client.chat_postMessage(channel=CHANNEL_ID, text=f"Train #{job.id} queued")["ts"]
-    store.update(job.id, message_ts=root)  # what the notifier records
+    record_root(store, job.id, root)  # what the notifier records
     runtime = SimpleNamespace(store=store, queue=queue)
     every = ScheduleSettings(progress_every=1.5, stall_after=60.0)
     notifier = make_notifier(every, runtime=runtime, start=True)
@@ -107,33 +111,34 @@ def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(
     assert kinds == ["post", "plot"] * len(posts)
 
 
-def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(
-    tmp_path, store, client, slack, make_notifier
-):
-    work = tmp_path / "jobs" / "7"
-    (work / "output").mkdir(parents=True)
-    lines = [
-        f'{{"current_steps": {n}, "total_steps": 100, "loss": {2 - n / 100}, "percentage": {n}.0}}'
-        for n in (10, 20)
-    ]
-    (work / "output" / "trainer_log.jsonl").write_text("\n".join(lines) + "\n")
-    (work / "job.log").write_text("loading\n[rank0]: NCCL watchdog waiting <!here>\n")
-    old = time.time() - 20 * 60
-    for path in (work / "output" / "trainer_log.jsonl", work / "job.log"):
-        os.utime(path, (old, old))
+def _running_job(store, *, root: str, started_at: float) -> Job:
+    """A running train job asked in the channel whose root message the notifier has posted."""
     job, _ = store.add_job(
-        Job(
-            kind="train",
-            state="running",
-            model="/models/tiny",
-            user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
-            message_ts="1700000000.000100",
-            started_at=old - 60,
-            work_dir=str(work),
-            log_path=str(work / "job.log"),
-        )
+        Job(kind="train", state="running", model="/models/tiny", user=HUMAN_USER_ID,
+            origin=slack_origin(CHANNEL_ID), started_at=started_at)
     )
+    record_root(store, job.id, root)
+    return job
+
+
+def _age_events(store, job_id: int, at: float) -> None:
+    """The job's events so far happened at `at` (the runner wrote them then)."""
+    with store.engine.begin() as conn:
+        conn.execute(sa_update(JobEvent).where(JobEvent.job_id == job_id).values(at=at))
+
+
+def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(
+    store, client, slack, make_notifier
+):
+    old = time.time() - 20 * 60
+    job = _running_job(store, root="1700000000.000100", started_at=old - 60)
+    for n in (10, 20):
+        store.add_event(job.id, EventKind.PROGRESS, {"step": n, "total": 100, "loss": 2 - n / 100,
+                                                    "percent": float(n)})
+    # the runner's periodic word on the process log: last written 20 minutes ago, and how it ended
+    tail = "loading\n[rank0]: NCCL watchdog waiting <!here>\n"
+    store.add_event(job.id, EventKind.ACTIVITY, events.activity(old, 100, tail))
+    _age_events(store, job.id, old)
     notifier = make_notifier(ScheduleSettings(progress_every=3600, stall_after=900))
     assert notifier.sweep_progress() == 1
     assert notifier.sweep_progress() == 0  # said once
@@ -142,39 +147,36 @@ def test_a_stalled_job_is_reported_once_in_its_thread_with_its_last_log_lines(
     assert f"<@{HUMAN_USER_ID}>" in text and "looks stalled* at step 20/100" in text
     assert "NCCL watchdog waiting &lt;!here&gt;" in text
     # it moves again, then falls silent again: reported again
-    with open(work / "job.log", "a") as handle:
-        handle.write("step 21\n")
+    store.add_event(job.id, EventKind.ACTIVITY, events.activity(time.time(), 120, tail + "step 21\n"))
     assert notifier.sweep_progress() == 0
-    os.utime(work / "job.log", (old, old))
+    store.add_event(job.id, EventKind.ACTIVITY, events.activity(old, 120, tail + "step 21\n"))
     assert notifier.sweep_progress() == 1
 
 
 def test_a_job_running_on_another_host_is_followed_through_the_database_not_its_files(
-    tmp_path, store, client, slack, make_notifier
+    store, client, slack, make_notifier
 ):
-    long_ago = time.time() - 3600
-    job, _ = store.add_job(
-        Job(
-            kind="train",
-            state="running",
-            model="/models/tiny",
-            user=HUMAN_USER_ID,
-            channel=CHANNEL_ID,
-            message_ts="1700000000.000200",
-            started_at=long_ago,
-            work_dir=str(tmp_path / "on-the-runner" / "9"),  # not on this host
-            log_path=str(tmp_path / "on-the-runner" / "9" / "job.log"),
-        )
-    )
+    job = _running_job(store, root="1700000000.000200", started_at=time.time() - 3600)
     for step in (10, 20, 30):
-        store.add_event(job.id, "progress", {"step": step, "total": 100, "loss": 2 - step / 100,
-                                             "percent": float(step)})
-    store.add_event(job.id, "plot", {"path": str(tmp_path / "on-the-runner" / "9" / "loss.png"),
-                                     "final": False, "points": 3})
+        store.add_event(job.id, EventKind.PROGRESS, {"step": step, "total": 100, "loss": 2 - step / 100,
+                                                     "percent": float(step)})
+    # a plot the store no longer has is not posted; the bot opens no path of the runner's
+    store.add_event(job.id, EventKind.PLOT, events.plot(f"{job.id}/gone.png", final=False, points=3))
     notifier = make_notifier(ScheduleSettings(progress_every=600, stall_after=900))
     assert notifier.sweep_progress() == 1
     assert notifier.delivery.flush(5)
     [post] = slack.thread(CHANNEL_ID, "1700000000.000200")
     assert post["text"].startswith(f"Train #{job.id}: step 30/100") and "stalled" not in post["text"]
-    assert slack.uploads() == []  # the runner's plot is not readable from here
+    assert slack.uploads() == []
     assert notifier.sweep_progress() == 0  # nothing new, and not stalled
+    # the runner's plot reaches Slack through the job store: its bytes, whatever host drew it
+    png = b"\x89PNG\r\n\x1a\n" + b"plot of step 40"
+    key = store.put_file(job.id, "loss.png", png)
+    store.add_event(job.id, EventKind.PROGRESS, {"step": 40, "total": 100, "loss": 1.6, "percent": 40.0})
+    store.add_event(job.id, EventKind.PLOT, events.plot(key, final=False, points=4))
+    notifier.progress.settings = ScheduleSettings(progress_every=0.001, stall_after=900)
+    assert notifier.sweep_progress() == 1
+    assert notifier.delivery.flush(5)
+    [upload] = slack.uploads()
+    assert upload.content == png and upload.thread_ts == "1700000000.000200"
+    assert upload.title == f"#{job.id} loss at step 40/100"

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from runners import tinymodel  # noqa: E402
-from runners.demo_data import EVAL_FILE, TRAIN_FILE, demo_rows, write_demo_datasets  # noqa: E402
-from runners.tinymodel import (  # noqa: E402
+from runners.demo import tinymodel  # noqa: E402
+from runners.demo.data import EVAL_FILE, TRAIN_FILE, demo_rows, write_demo_datasets  # noqa: E402
+from runners.demo.tinymodel import (  # noqa: E402
     BOS,
     EOT,
     NAMED_SPECIAL_TOKENS,

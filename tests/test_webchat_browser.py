@@ -159,7 +159,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """`llamafactory-cli api` on the tiny model: (api_base, key)."""
-    from runners.tinymodel import ensure_tiny_model
+    from runners.demo.tinymodel import ensure_tiny_model
 
     root = tmp_path_factory.mktemp("deploy")
     model = ensure_tiny_model(root / "models")

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from runners.backends.local import process_start_time
 from runners.hardware import Gpu, Hardware
 from runners.job import Job, JobState
 from runners.queue import JobQueue, Requester
@@ -21,6 +24,7 @@ from runners.store import Store
 from runners.worker import Worker, wait_for
 
 from .conftest import wait_until
+from .schema_v3 import make_v3_database
 
 FAKE = Path(__file__).parent / "fakes" / "llamafactory_cli.py"
 FINAL = ("succeeded", "failed", "cancelled", "interrupted", "stopped")
@@ -205,7 +209,7 @@ def test_killed_training_process_fails_with_a_plain_reason(settings, store):
     worker.start()
     try:
         wait_until(lambda: store.get(job.id).progress.get("step"), 30, what="progress")
-        os.killpg(store.get(job.id).pid, signal.SIGKILL)
+        os.killpg(store.get(job.id).handle["pid"], signal.SIGKILL)
         done = wait_for(store, job.id, FINAL, timeout=30)
     finally:
         worker.stop()
@@ -245,7 +249,7 @@ def test_restart_reattaches_to_a_running_job_and_sees_it_finish(settings, store)
     first.start()
     wait_until(lambda: (store.get(job.id).progress.get("step") or 0) >= 2, 30, what="progress")
     first.stop()  # tunebot goes down; the training process is in its own session and keeps going
-    pid = store.get(job.id).pid
+    pid = store.get(job.id).handle["pid"]
     os.kill(pid, 0)
     assert store.get(job.id).state == "running"
 
@@ -260,7 +264,7 @@ def test_restart_reattaches_to_a_running_job_and_sees_it_finish(settings, store)
     assert done.runner_id == second.runner_id
     steps = [e.data["step"] for e in store.events_since(0, job_id=job.id) if e.type == "progress"]
     assert steps == list(range(1, 26))  # no step lost or repeated across the restart
-    assert any("re-attached" in e.data.get("text", "") for e in store.events_since(0, job_id=job.id))
+    assert any(e.type == "reattached" for e in store.events_since(0, job_id=job.id))
 
 
 def test_restart_marks_a_job_whose_process_is_gone_interrupted_and_resume_continues(settings, store):
@@ -271,8 +275,9 @@ def test_restart_marks_a_job_whose_process_is_gone_interrupted_and_resume_contin
     first.start()
     wait_until(lambda: (store.get(job.id).progress.get("step") or 0) >= 5, 30, what="progress")
     first.stop()
-    os.killpg(store.get(job.id).pid, signal.SIGKILL)  # the host lost the process while tunebot was down
-    wait_until(lambda: not _alive(store.get(job.id).pid), 10, what="process gone")
+    # The host lost the process while tunebot was down.
+    os.killpg(store.get(job.id).handle["pid"], signal.SIGKILL)
+    wait_until(lambda: not _alive(store.get(job.id).handle["pid"]), 10, what="process gone")
 
     second = Worker(s, store, hardware=CPU)
     second.start()
@@ -461,3 +466,45 @@ def test_requests_are_judged_against_the_live_runners_hardware_not_the_front_end
     assert job.n_slots == 2 and job.args["bf16"] is True
     with pytest.raises(Exception, match="asks for 3 GPUs and the runner has 2"):
         front_end.submit_train(preset="tiny", pairs={"compute": "bf16", "gpus": "3"})
+
+
+def test_a_version_3_database_with_a_running_job_upgrades_and_it_is_reattached(settings, db_url, tmp_path):
+    """An engine from before schema version 4 kept the pid on the job row; after the upgrade the pid
+    lives in the local backend's handle, and a new runner follows and stops that very process."""
+    work = tmp_path / "jobs" / "1"
+    work.mkdir(parents=True)
+    log_path = work / "job.log"
+    with open(log_path, "ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runners.launch", "--exit-file", str(work / "exit.json"), "--",
+             sys.executable, "-c", "import time; time.sleep(120)"],
+            cwd=work, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    worker = None
+    try:
+        make_v3_database(db_url, jobs=[{
+            "kind": "train", "state": "running", "model": "m", "user": "U1", "channel": "C1",
+            "message_ts": "1.5", "host": CPU.host, "runner_id": "gone-runner", "pid": proc.pid,
+            "proc_start": process_start_time(proc.pid), "work_dir": str(work), "log_path": str(log_path),
+            "started_at": time.time(),
+        }])
+        store = Store(db_url)
+        store.migrate()
+        job = store.get(1)
+        assert job.origin == {"channel": "C1", "message_ts": "1.5"}
+        assert job.handle["pid"] == proc.pid and job.handle["backend"] == "local"
+        worker = Worker(settings, store, hardware=CPU)
+        worker.start()
+        assert 1 in worker.running
+        kinds = [e.type for e in store.events_since(0, job_id=1)]
+        assert kinds[0] == "reattached" and set(kinds) <= {"reattached", "activity"}  # not started again
+        JobQueue(settings, store, hardware=CPU).cancel(1, by="U1")
+        done = wait_for(store, 1, FINAL, timeout=30)
+        assert done.state == "cancelled"
+        proc.wait(timeout=10)  # the very process the old engine started was stopped through the handle
+    finally:
+        if worker is not None:
+            worker.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

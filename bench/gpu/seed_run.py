@@ -24,12 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from runners import datasets  # noqa: E402
-from runners.demo_data import write_demo_datasets  # noqa: E402
+from runners.demo.data import write_demo_datasets  # noqa: E402
+from runners.demo.tinymodel import ensure_model  # noqa: E402
 from runners.hardware import detect  # noqa: E402
 from runners.job import FINAL_STATES  # noqa: E402
 from runners.runtime import Runtime  # noqa: E402
 from runners.settings import Settings  # noqa: E402
-from runners.tinymodel import ensure_model  # noqa: E402
 from runners.worker import wait_for  # noqa: E402
 
 OUT = Path(os.environ.get("OUT") or "/tmp/seed-run-out")

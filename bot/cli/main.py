@@ -254,8 +254,7 @@ def cmd_show(settings: Settings, args) -> int:
         print(terminal.job_details(job))
         remote = job.artifacts.get("remote") or {}
         if remote and settings.storage is not None and settings.storage.backend != "local":
-            from runners.artifacts import describe
-            from runners.storage import open_storage
+            from runners.artifacts import describe, open_storage
 
             storage = open_storage(settings.storage, settings.data_dir)
             for name, record in remote.items():

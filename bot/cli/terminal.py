@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from runners.events import EventKind, kind_of
 from runners.job import FINAL_STATES, Job, JobState
 from runners.store import Store
 
@@ -119,7 +120,7 @@ def follow(
     while True:
         for event in store.events_since(cursor, job_id=job_id):
             cursor = event.id
-            if event.type == "progress":
+            if event.type == EventKind.PROGRESS:
                 line = progress_line(event.data)
                 if tty:  # one line, redrawn
                     out.write("\r" + line + "   ")
@@ -132,7 +133,7 @@ def follow(
             if live_line:
                 out.write("\n")
                 live_line = False
-            text = describe_event(event.type, event.data)
+            text = describe_event(event.type, event.data, plot_path=_plot_path(store, job_id))
             if text:
                 out.write(f"#{job_id} {text}\n")
                 out.flush()
@@ -144,23 +145,42 @@ def follow(
         time.sleep(0.3)
 
 
-def describe_event(kind: str, data: dict[str, Any]) -> str | None:
-    if kind == "state":
+def _plot_path(store: Store, job_id: int) -> str:
+    """Where the runner keeps the job's loss plot (the terminal runs beside the runner)."""
+    job = store.find(job_id)
+    return str((job.artifacts or {}).get("plot") or "") if job is not None else ""
+
+
+def describe_event(kind: str, data: dict[str, Any], *, plot_path: str = "") -> str | None:
+    """One event as a terminal line (words made here, from the event's kind and payload)."""
+    kind = kind_of(kind)
+    if kind == EventKind.STATE:
         text = data.get("state", "")
         if data.get("error"):
             text += f": {data['error']}"
         return text
-    if kind == "message":
+    if kind == EventKind.STARTED:
+        return "started"
+    if kind == EventKind.CANCEL_REQUESTED:
+        return "cancel requested"
+    if kind == EventKind.REATTACHED:
+        return "tunebot restarted and re-attached to this job"
+    if kind == EventKind.RESUMED:
+        checkpoint = data.get("checkpoint")
+        return f"resuming from {checkpoint}" if checkpoint else "no checkpoint yet: starting over"
+    if kind == EventKind.FETCHING:
+        return "fetching its inputs from the artifact store"
+    if kind == EventKind.NOTE:
         return data.get("text")
-    if kind == "estimate" and data.get("seconds"):
-        from runners.estimate import describe
+    if kind == EventKind.ESTIMATE and data.get("seconds"):
+        from runners.speed.estimate import describe
 
         return "estimate: " + describe(data)
-    if kind == "plot" and data.get("final"):
-        return f"loss plot: {data.get('path')}"
-    if kind == "result" and data.get("artifacts", {}).get("model"):
+    if kind == EventKind.PLOT and data.get("final"):
+        return f"loss plot: {plot_path or data.get('file')}"
+    if kind == EventKind.RESULT and data.get("artifacts", {}).get("model"):
         return f"merged model: {data['artifacts']['model']}"
-    if kind == "result":
+    if kind == EventKind.RESULT:
         metrics = data.get("metrics", {})
         table = metrics_table(metrics)
         return "results:\n" + table if table else None
@@ -253,14 +273,14 @@ class ThreadPrinter:
     def _show(self, job: Job, event, post, feed) -> None:
         if post.action == feed.EDIT_ROOT:
             # The root message is edited in place on every event; print progress at each quarter.
-            if event.type != "progress":
+            if event.type != EventKind.PROGRESS:
                 return
             quarter = int((event.data.get("percent") or 0) // 25)
             if quarter > self.last_quarter.get(job.id, 0) or event.data.get("step") == 1:
                 self.last_quarter[job.id] = quarter
                 self._print(job, "(message edited) " + progress_line(event.data))
         elif post.action == feed.UPLOAD:
-            self._print(job, f"[file] {post.title or post.filename}: {post.path}")
+            self._print(job, f"[file] {post.title or post.filename}: {post.file}")
         elif post.action == feed.EPHEMERAL:
             self._print(
                 job,

@@ -12,7 +12,7 @@ from slack_sdk.errors import SlackApiError
 from runners.errors import UserError
 
 from ..render import escape, render_error
-from ..replies import render_text
+from ..render.replies import render_text
 
 Reply = Callable[[dict[str, Any]], None]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runners.errors import UserError
-from runners.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
+from runners.llamafactory.recipes import COMPUTE_TYPES, METHODS, TRAIN_KEYS, compute_type_of, method_of
 
 from .blocks import (
     MODAL_TITLE_MAX,

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bot.parsing import COMMAND
-from runners.estimate import describe as describe_estimate
 from runners.job import RESUMABLE_STATES, Job, JobKind, JobState
-from runners.progress import format_eta, progress_bar
-from runners.results import compare_metrics
-from runners.throughput import sane_rate
+from runners.llamafactory.progress import format_eta, progress_bar
+from runners.llamafactory.results import compare_metrics
+from runners.speed.estimate import describe as describe_estimate
+from runners.speed.throughput import sane_rate
 
 from .blocks import (
     BUTTON_TEXT_MAX,
@@ -121,7 +121,7 @@ def speed_text(job: Job) -> str:
         bits.append(f"{speed:,.0f} tokens/s")
     mfu = finite_number(metrics.get("mfu"))
     if mfu is not None and mfu > 0:
-        from runners.throughput import short_gpu_name
+        from runners.speed.throughput import short_gpu_name
 
         bits.append(f"MFU {100 * mfu:.0f}% of the {short_gpu_name(metrics.get('gpu'))}'s bf16 peak")
     return " · ".join(bits)

@@ -12,6 +12,7 @@ from typing import Any
 from bot.parsing import COMMAND
 from runners.job import Job, JobKind
 
+from ..threads import channel_of
 from .blocks import code, context, escape, header, message, section
 from .job import kind_label, ordinal, short_model
 
@@ -38,7 +39,7 @@ def render_queued(job: Job, *, position: int | None = None, thread_of: int | Non
         state += f" ({ordinal(position)} in line)"
     if thread_of:
         where = f"It reports in #{thread_of}'s thread."
-    elif job.channel:
+    elif channel_of(job):
         where = "Its message here shows its progress; everything else goes into that message's thread."
     else:
         where = f"`{COMMAND} status {job.id}` shows how it goes."

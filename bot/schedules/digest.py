@@ -2,7 +2,7 @@
 
 `build_digest` reads the store (nothing else: no clock, no Slack) and `render_digest` turns the
 result into Block Kit, so a digest is tested without time passing. Scoping: the jobs requested
-from the channel (`Job.channel`).
+from the channel (the bot's thread table, bot/threads.py).
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from bot.render import (
     truncate,
 )
 from runners.job import Job, JobKind, JobState
-from runners.progress import format_eta
+from runners.llamafactory.progress import format_eta
 from runners.store import Store
+
+from ..threads import BotThread, sync
 
 RUNNING_STATES = (JobState.RUNNING.value, JobState.STARTING.value)
 DONE_STATES = (JobState.SUCCEEDED.value, JobState.CANCELLED.value, JobState.STOPPED.value)
@@ -122,8 +124,9 @@ def build_digest(
     title: str = "tunebot digest",
 ) -> DigestData:
     """What happened to `channel`'s jobs in [since, until), and what runs, waits and serves at `now`."""
+    sync(store)
     with store.session() as s:
-        mine = Job.channel == channel
+        mine = Job.id.in_(select(BotThread.job_id).where(BotThread.channel == channel))
 
         def jobs(*where: Any, newest_first: bool = False) -> list[Job]:
             order = Job.id.desc() if newest_first else Job.id.asc()

@@ -1,19 +1,19 @@
 """The job story teller: follows the engine's event stream and tells each Slack job its story.
 
-For every event of a job that came from Slack (it has a `channel`), the notifier makes sure the
+For every event of a job that came from Slack (its origin has a channel), the notifier makes sure the
 job has its root message, then hands `posts.thread_posts` to Delivery. Where things go:
 
-- A train job's root is a new message in its channel, or a reply in `job.thread_ts` if it was
-  asked for in a thread; its posts go into the root's thread.
+- A train job's root is a new message in its channel, or a reply in the thread it was asked
+  in; its posts go into the root's thread.
 - Eval, export and deploy jobs of a job tell their part of the same story: their root is a reply
   in the parent's thread (edited in place as they move), and their posts follow it there.
 
-The cursor (the last event handled) is kept in the database, so a restart neither posts twice
-nor skips; a first start begins at the newest event. Root messages are posted with the key
-`job:<id>:root`: a root Slack has not taken yet (Slack down) is still a place to post into and
-edit, and its ts is recorded on the job (`message_ts`) once it is sent. Every other post has the
-key `job:<id>:ev:<event id>:<n>`, so a second notifier on the same database (two `tunebot serve`)
-cannot post it twice; and only the holder of the notifier's lease (`tunebot_notifier_lease`, the
+The cursor (the last event handled) is kept in the database, so a restart neither posts twice nor
+skips; a first start begins at the newest event. Root messages are posted with the key
+`job:<id>:root`: a root Slack has not taken yet (Slack down) is still a place to post into and edit,
+and its ts is recorded in the bot's thread table (bot/threads.py) once it is sent. Every other post
+has the key `job:<id>:ev:<event id>:<n>`, so a second notifier on the same database (two `tunebot
+serve`) cannot post it twice; and only the holder of the notifier's lease (`tunebot_notifier_lease`,
 a lease of bot/leases.py) follows the stream at all, the others standing by.
 
 Every root post and edit carries Slack message metadata `{"event_type": "tunebot_job",
@@ -35,12 +35,14 @@ from sqlalchemy import BigInteger, Column, MetaData, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, select
 
+from runners.events import EventKind
 from runners.job import Job, JobEvent, JobKind, JobState
 from runners.runtime import Runtime
 
 from ..delivery import Delivery
 from ..leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
 from ..tables import BotModel, BotTables, ensure_tables
+from ..threads import asked_in, channel_of, record_root, root_ts
 from . import posts
 from .running import ProgressPosts
 
@@ -206,7 +208,7 @@ class Notifier:
                 jobs[event.job_id] = self.store.find(event.job_id)
             job = jobs[event.job_id]
             posted = False
-            if job is not None and job.channel:
+            if job is not None and channel_of(job):
                 try:
                     posted = self._handle(job, event, edits)
                 except Exception:
@@ -219,7 +221,7 @@ class Notifier:
                     log.exception("Slack notifier: event %s of job #%s failed %d times; skipped",
                                   event.id, event.job_id, tries)
                 self._tries.pop(event.id, None)
-                states_moved = states_moved or event.type == "state"
+                states_moved = states_moved or event.type == EventKind.STATE
             cursor = event.id
             handled += 1
             if posted:
@@ -240,9 +242,10 @@ class Notifier:
         """Apply one event; True if it posted something (not just an edit)."""
         new_root = self._ensure_root(job)
         previous = None
-        if event.type == "result" and job.kind == JobKind.EVAL.value:
+        if event.type == EventKind.RESULT and job.kind == JobKind.EVAL.value:
             previous = self._previous_eval(job)
         posted = False
+        channel = channel_of(job)
         for n, post in enumerate(posts.thread_posts(job, event, previous_eval=previous)):
             if post.action == posts.EDIT_ROOT:
                 if not new_root:
@@ -253,16 +256,16 @@ class Notifier:
             # key makes each post go out once.
             key = post_key(job.id, event.id, n)
             if post.action == posts.THREAD:
-                self.delivery.post(job.channel, text=post.text, blocks=post.blocks, thread_ts=thread_ts,
+                self.delivery.post(channel, text=post.text, blocks=post.blocks, thread_ts=thread_ts,
                                    thread_key=thread_key, key=key)
             elif post.action == posts.UPLOAD:
                 self._upload(job, post, thread_ts, thread_key, key)
             elif post.action == posts.EPHEMERAL and post.user and post.secret_of is not None:
                 # The key itself never waits in the outbox: it is rendered when the message goes out.
-                self.delivery.ephemeral(job.channel, post.user, thread_ts=thread_ts, thread_key=thread_key,
+                self.delivery.ephemeral(channel, post.user, thread_ts=thread_ts, thread_key=thread_key,
                                         key=key, render={"name": DEPLOY_KEY, "job_id": post.secret_of})
             elif post.action == posts.EPHEMERAL and post.user:
-                self.delivery.ephemeral(job.channel, post.user, text=post.text, blocks=post.blocks,
+                self.delivery.ephemeral(channel, post.user, text=post.text, blocks=post.blocks,
                                         thread_ts=thread_ts, thread_key=thread_key, key=key)
             posted = True
         return posted or new_root
@@ -270,36 +273,34 @@ class Notifier:
     # --- where a job's messages go ------------------------------------------------------
     def _ensure_root(self, job: Job) -> bool:
         """Post the job's root message if it has none; True if it was posted now."""
-        if job.message_ts:
+        if root_ts(self.store, job):
             return False
         key = root_key(job.id)
         known = self.delivery.find(key)
         if known is not None:
             if known.ts:
-                self.store.update(job.id, message_ts=known.ts)
-                job.message_ts = known.ts
+                record_root(self.store, job.id, known.ts)
             return False
         thread_ts, thread_key = self._root_place(job)
         position = self._position(job)
         content = posts.root_message(job, queue_position=position)
-        ts = self.delivery.post(job.channel, text=content["text"], blocks=content["blocks"],
+        ts = self.delivery.post(channel_of(job), text=content["text"], blocks=content["blocks"],
                                 metadata=content["metadata"], thread_ts=thread_ts, thread_key=thread_key,
                                 key=key)
         self._shown[job.id] = _fingerprint(content)
         self._positions[job.id] = position
         if ts:
-            self.store.update(job.id, message_ts=ts)
-            job.message_ts = ts
-        log.info("job #%s: root message %s in %s", job.id, "posted" if ts else "queued", job.channel)
+            record_root(self.store, job.id, ts)
+        log.info("job #%s: root message %s in %s", job.id, "posted" if ts else "queued", channel_of(job))
         return True
 
     def _root_place(self, job: Job) -> tuple[str | None, str | None]:
         """(thread_ts, thread_key) the job's root goes into; (None, None): a new channel message."""
-        if job.thread_ts:
-            return job.thread_ts, None
+        if asked_in(job):
+            return asked_in(job), None
         if job.parent_id:
             parent = self.store.find(job.parent_id)
-            if parent is not None and parent.channel == job.channel:
+            if parent is not None and channel_of(parent) == channel_of(job):
                 return self._story(parent)
         return None, None
 
@@ -308,8 +309,9 @@ class Notifier:
         place = self._root_place(job)
         if place != (None, None):
             return place
-        if job.message_ts:
-            return job.message_ts, None
+        root = root_ts(self.store, job)
+        if root:
+            return root, None
         if self.delivery.find(root_key(job.id)) is not None:
             return None, root_key(job.id)
         return None, None
@@ -322,14 +324,15 @@ class Notifier:
         """Delivery sent a root that had waited in the outbox: record its ts on the job."""
         match = _ROOT_KEY.match(key)
         if match:
-            self.store.update(int(match.group(1)), message_ts=ts)
+            record_root(self.store, int(match.group(1)), ts)
 
     # --- root edits ---------------------------------------------------------------------
     def _edit_root(self, job_id: int) -> None:
         job = self.store.find(job_id)
-        if job is None or not job.channel:
+        if job is None or not channel_of(job):
             return
-        if not job.message_ts and self.delivery.find(root_key(job.id)) is None:
+        root = root_ts(self.store, job)
+        if not root and self.delivery.find(root_key(job.id)) is None:
             return
         position = self._position(job)
         content = posts.root_message(job, queue_position=position)
@@ -339,8 +342,8 @@ class Notifier:
             return
         self._shown[job.id] = fingerprint
         # By ts once Slack gave one; before that by the key the root waits under in the outbox.
-        key = None if job.message_ts else root_key(job.id)
-        self.delivery.update(job.channel, job.message_ts or None, key=key, text=content["text"],
+        key = None if root else root_key(job.id)
+        self.delivery.update(channel_of(job), root or None, key=key, text=content["text"],
                              blocks=content["blocks"], metadata=content["metadata"])
 
     def _position(self, job: Job) -> int | None:
@@ -351,25 +354,20 @@ class Notifier:
         moved = set()
         queued = self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False)
         for place, job in enumerate(queued, start=1):
-            if job.channel and job.id in self._positions and self._positions[job.id] != place:
+            if channel_of(job) and job.id in self._positions and self._positions[job.id] != place:
                 moved.add(job.id)
         return moved
 
     # --- helpers ------------------------------------------------------------------------
     def _upload(self, job: Job, post: posts.Post, thread_ts: str | None, thread_key: str | None,
                 key: str) -> None:
-        try:
-            if post.redact:
-                with open(post.path or "", encoding="utf-8") as fh:
-                    content = posts.redact_config(fh.read())
-                self.delivery.upload(job.channel, thread_ts, content=content,
-                                     filename=post.filename or "config.yaml", title=post.title or "",
-                                     thread_key=thread_key, key=key)
-            else:
-                self.delivery.upload(job.channel, thread_ts, path=post.path, filename=post.filename or "file",
-                                     title=post.title or "", thread_key=thread_key, key=key)
-        except FileNotFoundError:
-            log.warning("job #%s: %s is gone; not uploaded", job.id, post.path)
+        data = self.store.get_file(post.file or "")
+        if data is None:
+            log.warning("job #%s: its file %s is gone; not uploaded", job.id, post.file)
+            return
+        content: str | bytes = posts.redact_config(data.decode("utf-8", "replace")) if post.redact else data
+        self.delivery.upload(channel_of(job), thread_ts, content=content, filename=post.filename or "file",
+                             title=post.title or "", thread_key=thread_key, key=key)
 
     def _previous_eval(self, job: Job) -> Job | None:
         if job.parent_id:

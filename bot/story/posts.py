@@ -1,10 +1,10 @@
 """What a job's Slack thread gets for each of its events: pure functions, no Slack, no database.
 
-`thread_posts(job, event)` turns one `JobEvent` into `Post`s: edit the job's root message, post in
-the thread, upload a file into it, or show the requester alone something (a deployment's API
-key). The notifier (bot/story/notifier.py) reads the events, does the I/O and hands the posts to
-Delivery. `job` is the job as it is now; what the event itself says (its state, error, metrics)
-wins over that, so an event read late still tells what happened then.
+`thread_posts(job, event)` turns one `JobEvent` (by its kind: runners.events) into `Post`s: edit the
+job's root message, post in the thread, upload a file into it, or show the requester alone something
+(a deployment's API key). The notifier (bot/story/notifier.py) reads the events, does the I/O and hands
+the posts to Delivery. `job` is the job as it is now; what the event itself says (its state, error,
+metrics) wins over that, so an event read late still tells what happened then.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.deploy import model_name
+from runners.events import EventKind, kind_of
 from runners.job import Job, JobEvent, JobKind, JobState
 
 from .. import render
@@ -24,8 +25,6 @@ THREAD = "thread"  # a post in the job's thread
 UPLOAD = "upload"  # a file into the job's thread (files_upload_v2)
 EPHEMERAL = "ephemeral"  # to the requester only
 
-CONFIG_FILE = "config.yaml"  # what the worker writes into the job's work_dir before launching
-
 
 @dataclass(frozen=True)
 class Post:
@@ -34,7 +33,7 @@ class Post:
     action: str
     text: str = field(default="", repr=False)
     blocks: list[dict[str, Any]] | None = field(default=None, repr=False)
-    path: str | None = None  # upload: the file
+    file: str | None = None  # upload: the file's key in the job store (Store.get_file)
     filename: str | None = None
     title: str | None = None
     user: str | None = None  # ephemeral: who sees it
@@ -47,17 +46,35 @@ def thread_posts(job: Job, event: JobEvent, *, previous_eval: Job | None = None)
     """The posts one event of `job` calls for. `previous_eval`: for an eval's result, this model's
     previous succeeded eval on the same dataset (the notifier finds it), to show the change."""
     data = event.data or {}
-    if event.type in ("progress", "estimate"):  # an estimate shows in the root while it waits
+    kind = kind_of(event.type)
+    if kind in (EventKind.PROGRESS, EventKind.ESTIMATE):  # an estimate shows in the root while it waits
         return [Post(EDIT_ROOT)]
-    if event.type == "plot":
+    if kind == EventKind.PLOT:
         return _plot_posts(job, data)
-    if event.type == "state":
+    if kind == EventKind.STATE:
         return [Post(EDIT_ROOT), *_state_posts(_as_of(job, data), data)]
-    if event.type == "result":
+    if kind == EventKind.RESULT:
         return _result_posts(job, data, previous_eval)
-    if event.type == "message":
-        return _message_posts(job, data)
-    return []
+    if kind == EventKind.STARTED:
+        return _started_posts(job, data)
+    if kind == EventKind.CANCEL_REQUESTED:
+        who = data.get("by") or job.cancelled_by
+        by = f" by {render.mention(who)}" if who else ""
+        return [_note(f":hourglass: Stopping {render.kind_label(job)}: cancel requested{by}.")]
+    if kind == EventKind.REATTACHED:
+        label = render.kind_label(job)
+        return [_note(f":arrows_counterclockwise: tunebot restarted and is following {label} again; "
+                      "its process kept running.")]
+    if kind == EventKind.RESUMED:
+        attempt = f" (attempt {job.attempt})" if job.attempt and job.attempt > 1 else ""
+        checkpoint = data.get("checkpoint")
+        how = f"resuming from {checkpoint}" if checkpoint else "no checkpoint yet: starting over"
+        return [_note(f":repeat: {render.kind_label(job)} is queued again{attempt}: {render.escape(how)}.")]
+    if kind == EventKind.FETCHING:
+        return [_note(f"{render.kind_label(job)}: fetching its inputs from the artifact store")]
+    if kind == EventKind.NOTE and data.get("text"):
+        return [_note(f"{render.kind_label(job)}: {render.escape(str(data['text']))}")]
+    return []  # activity, upload: the root message and the progress posts show what matters
 
 
 def root_message(job: Job, *, queue_position: int | None = None) -> dict[str, Any]:
@@ -182,32 +199,19 @@ def _result_posts(job: Job, data: dict[str, Any], previous_eval: Job | None) -> 
 
 
 def _plot_posts(job: Job, data: dict[str, Any]) -> list[Post]:
-    if not data.get("final") or not data.get("path"):
-        return []  # partial plots: the schedules' periodic posts may show them
-    return [Post(UPLOAD, path=str(data["path"]), filename=f"loss-{job.id}.png",
+    if not data.get("final") or not data.get("file"):
+        return []  # partial plots go out with the progress posts (story/running.py), the final one here
+    return [Post(UPLOAD, file=str(data["file"]), filename=f"loss-{job.id}.png",
                  title=f"Training loss of #{job.id} ({render.short_model(job.model)})")]
 
 
-def _message_posts(job: Job, data: dict[str, Any]) -> list[Post]:
-    text = str(data.get("text") or "")
-    if text == "started":
-        config = Path(job.work_dir) / CONFIG_FILE if job.work_dir else None
-        posts = [_thread(render.render_started(job, config_attached=config is not None))]
-        if config is not None:
-            posts.append(Post(UPLOAD, path=str(config), filename=f"tunebot-{job.id}-{job.kind}.yaml",
-                              title=f"LLaMA-Factory config of #{job.id}", redact=True))
-        return posts
-    if text == "cancel requested":
-        by = f" by {render.mention(job.cancelled_by)}" if job.cancelled_by else ""
-        return [_note(f":hourglass: Stopping {render.kind_label(job)}: cancel requested{by}.")]
-    if text.startswith("tunebot restarted"):
-        label = render.kind_label(job)
-        return [_note(f":arrows_counterclockwise: tunebot restarted and is following {label} again; "
-                      "its process kept running.")]
-    if text.startswith("resuming from") or text.startswith("no checkpoint yet"):
-        attempt = f" (attempt {job.attempt})" if job.attempt and job.attempt > 1 else ""
-        return [_note(f":repeat: {render.kind_label(job)} is queued again{attempt}: {render.escape(text)}.")]
-    return [_note(f"{render.kind_label(job)}: {render.escape(text)}")] if text else []
+def _started_posts(job: Job, data: dict[str, Any]) -> list[Post]:
+    config = data.get("config")
+    posts = [_thread(render.render_started(job, config_attached=bool(config)))]
+    if config:
+        posts.append(Post(UPLOAD, file=str(config), filename=f"tunebot-{job.id}-{job.kind}.yaml",
+                          title=f"LLaMA-Factory config of #{job.id}", redact=True))
+    return posts
 
 
 def _thread(message: dict[str, Any]) -> Post:

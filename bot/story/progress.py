@@ -33,8 +33,8 @@ from bot.render import (
     slack_date,
 )
 from runners.job import Job, JobKind, JobState
-from runners.progress import Progress, format_eta
-from runners.throughput import sane_rate
+from runners.llamafactory.progress import Progress, format_eta
+from runners.speed.throughput import sane_rate
 
 MILESTONES: tuple[int, ...] = (25, 50, 75)
 # Kinds whose runs write trainer_log.jsonl (eval runs write bare step/percentage lines).

@@ -7,28 +7,28 @@ post goes with the plot drawn for it), what was last posted for it
 through the outbox with keys (`job:<id>:progress:<attempt>:<n>`, `…:plot`, and
 `job:<id>:stall:<attempt>:<since>`), so a second process on the database cannot post one twice.
 
-Until the runner emits periodic activity events, a job's last sign of life also comes from the
-mtimes of its trainer log and process log, and a stall report quotes the process log's last
-lines, where this host can read them (one host); on another host the database alone is used.
+Everything comes from the job's events, never from the runner's files: a job's last sign of life
+is its latest trainer-log line (`progress`) or the runner's periodic `activity` event (when its
+log last grew, and its last lines, which a stall report quotes); its loss plot is the `plot`
+event's file in the job store. The bot and the runner may be on different hosts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, Float, Integer, MetaData, Table, insert, select, update
 
 from bot.story import progress as pp
 from bot.tables import BotTables, ensure_tables
+from bot.threads import channel_of, story_thread
+from runners.events import EventKind
 from runners.job import JobKind, JobState
-from runners.progress import Progress, read_trainer_log
+from runners.llamafactory.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Poster(Protocol):
     ) -> Any: ...
 
     def upload(
-        self, channel: str, thread_ts: str | None, *, path: str | Path, filename: str, title: str,
+        self, channel: str, thread_ts: str | None, *, content: bytes, filename: str, title: str,
         key: str | None = None,
     ) -> Any: ...
 
@@ -134,21 +134,17 @@ class ProgressPosts:
                 return seen
 
     def _progress_of(self, job: Any) -> int:
-        thread_ts = job.thread_ts or job.message_ts
-        if not job.channel or not thread_ts:
+        channel, thread_ts = channel_of(job), story_thread(self.store, job)
+        if not channel or not thread_ts:
             return 0
         now = self.clock()
         seen = self._from_store(job)
         points = sorted(seen.points.values(), key=lambda p: p.step)
         if not points and (job.progress or {}).get("step") is not None:
             points = [Progress.from_dict(job.progress)]
-        # The runner's files, where this host can see them (one host): a process that logs without
-        # reaching a step (loading, tokenizing) is alive too.
-        local_log = Path(job.work_dir) / "output" / "trainer_log.jsonl" if job.work_dir else None
-        if not points and local_log is not None:
-            points = read_trainer_log(local_log)
-        local = _last_write(local_log, Path(job.log_path) if job.log_path else None)
-        last_line_at = max((t for t in (seen.last_at, local) if t is not None), default=None)
+        # A process that logs without reaching a step (loading, tokenizing) is alive too: the
+        # runner's activity events say when its log last grew.
+        last_line_at = max((t for t in (seen.last_at, seen.log_at) if t is not None), default=None)
         stored = self._posted(job.id)
         state = (stored or pp.PostedState(attempt=job.attempt)).for_attempt(job.attempt)
         quiet = now - pp.quiet_since_of(job, last_line_at, now=now)
@@ -169,30 +165,28 @@ class ProgressPosts:
                     return 0  # the next sweep posts it, with the plot
             seen.plot_wait_from = None
         if decision.action == pp.STALLED:
-            tail = pp.log_tail(_read_end(Path(job.log_path))) if job.log_path else ""
-            payload = pp.render_stall_post(
-                job, points, now=now, last_line_at=last_line_at, tail=tail or job.log_tail or ""
-            )
+            tail = pp.log_tail(seen.tail) or job.log_tail or ""
+            payload = pp.render_stall_post(job, points, now=now, last_line_at=last_line_at, tail=tail)
             # Keyed by the quiet spell it reports: two processes cannot report one stall twice.
             quiet_since = pp.quiet_since_of(job, last_line_at, now=now)
             self.delivery.post(
-                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts,
+                channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts,
                 key=stall_key(job.id, job.attempt, quiet_since),
             )
         elif decision.action == pp.PROGRESS:
             payload = pp.render_progress_post(job, points, state, decision, now=now)
             key = progress_key(job.id, job.attempt, state.posts + 1)
             self.delivery.post(
-                job.channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts, key=key
+                channel, text=payload["text"], blocks=payload["blocks"], thread_ts=thread_ts, key=key
             )
             plot = self._new_plot(job, seen, state)
             if plot is not None:
                 point = pp.latest_point(points)
                 step = f"{point.step}/{point.total or '?'}" if point else "?"
                 self.delivery.upload(
-                    job.channel,
+                    channel,
                     thread_ts,
-                    path=plot,
+                    content=plot,
                     filename=f"loss-{job.id}-step{point.step if point else 0}.png",
                     title=f"#{job.id} loss at step {step}",
                     key=f"{key}:plot",
@@ -203,16 +197,15 @@ class ProgressPosts:
             self._save_posted(job.id, new_state)
         return 1 if decision.posts else 0
 
-    def _new_plot(self, job: Any, seen: _Followed, state: pp.PostedState) -> Path | None:
-        """The loss plot the runner drew last (it redraws it as the run goes), if not posted yet and
-        readable from here."""
+    def _new_plot(self, job: Any, seen: _Followed, state: pp.PostedState) -> bytes | None:
+        """The loss plot the runner drew last (it redraws it as the run goes), if not posted yet: its
+        bytes from the job store (the runner may be another host; no path is opened here)."""
         if seen.plot is None or seen.plot_event == state.last_plot:
             return None
-        path = Path(seen.plot)
-        if not path.is_file():
-            log.debug("job #%s: its loss plot %s is on the runner's host; not posted", job.id, path)
-            return None
-        return path
+        data = self.store.get_file(seen.plot)
+        if data is None:
+            log.debug("job #%s: its loss plot %s is gone from the store; not posted", job.id, seen.plot)
+        return data
 
 
 @dataclass
@@ -223,38 +216,25 @@ class _Followed:
     points: dict[tuple[int, bool], Progress] = field(default_factory=dict)
     point_events: dict[tuple[int, bool], int] = field(default_factory=dict)  # the event each came from
     last_at: float | None = None  # when the runner recorded its latest trainer-log line
-    plot: str | None = None
+    plot: str | None = None  # the job store's key of the latest loss plot (Store.get_file)
     plot_event: int | None = None
     plot_wait_from: float | None = None  # since when a due progress post waits for a new plot
+    log_at: float | None = None  # the runner's latest activity event: when the job's log last grew
+    tail: str = ""  # and how it ended then
+    activity_event: int = 0
 
     def take(self, event: Any) -> None:
         """Read one event; an event read twice (history, then the stream) changes nothing."""
         data = event.data or {}
-        if event.type == "progress":
+        if event.type == EventKind.PROGRESS:
             point = Progress.from_dict(data)
             key = (point.step, point.is_eval)
             if event.id >= self.point_events.get(key, 0):  # a resumed run's line (a later event) wins
                 self.points[key], self.point_events[key] = point, event.id
             self.last_at = event.at if self.last_at is None else max(self.last_at, event.at)
-        elif event.type == "plot" and data.get("path") and event.id > (self.plot_event or 0):
-            self.plot, self.plot_event = str(data["path"]), event.id
+        elif event.type == EventKind.PLOT and data.get("file") and event.id > (self.plot_event or 0):
+            self.plot, self.plot_event = str(data["file"]), event.id
+        elif event.type == EventKind.ACTIVITY and event.id > self.activity_event:
+            self.log_at = data.get("log_at") or self.log_at
+            self.tail, self.activity_event = str(data.get("tail") or ""), event.id
 
-
-def _last_write(*paths: Path | None) -> float | None:
-    times = []
-    for path in paths:
-        if path is None:
-            continue
-        with contextlib.suppress(OSError):
-            times.append(path.stat().st_mtime)
-    return max(times) if times else None
-
-
-def _read_end(path: Path, limit: int = 64_000) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - limit))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""

@@ -1,4 +1,8 @@
-"""Job processes on this host, each in its own process session."""
+"""Job processes on this host, each in its own process session.
+
+Its handle: {"backend": "local", "pid", "proc_start" (clock ticks since boot, to tell a reused pid
+apart), "exit_file" (where runners.launch records the exit code)}.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .base import Backend, LaunchSpec, ProcessHandle
+from .base import Backend, Handle, LaunchSpec
 
 # Exit code used when a process vanished without leaving its exit file (e.g. SIGKILL of the group).
 KILLED = -9
+NAME = "local"
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -59,23 +64,34 @@ def read_exit_file(path: Path) -> int | None:
         return None
 
 
-class LocalBackend(Backend):
-    name = "local"
+def legacy_handle(pid: int, proc_start: float | None, work_dir: str) -> Handle:
+    """The handle of a process an engine before schema version 4 started (it kept pid columns)."""
+    exit_file = str(Path(work_dir) / "exit.json")
+    return {"backend": NAME, "pid": int(pid), "proc_start": proc_start, "exit_file": exit_file}
 
-    def launch(self, spec: LaunchSpec) -> ProcessHandle:
+
+def _pid(handle: Handle) -> int:
+    return int(handle.get("pid") or 0)
+
+
+class LocalBackend(Backend):
+    name = NAME
+
+    def __init__(self, slots: list[str] | None = None):
+        self._slots = list(slots or [])
+        # Children of this process, by pid: their exit codes come from Popen (no zombie left).
+        self._children: dict[int, subprocess.Popen] = {}
+
+    def capacity(self) -> list[str]:
+        return list(self._slots)
+
+    def start(self, spec: LaunchSpec) -> Handle:
+        exit_file = spec.cwd / "exit.json"
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        spec.exit_path.unlink(missing_ok=True)
+        exit_file.unlink(missing_ok=True)
         with open(spec.log_path, "ab") as log:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "runners.launch",
-                    "--exit-file",
-                    str(spec.exit_path),
-                    "--",
-                    *spec.argv,
-                ],
+                [sys.executable, "-m", "runners.launch", "--exit-file", str(exit_file), "--", *spec.argv],
                 cwd=spec.cwd,
                 env=spec.env,
                 stdin=subprocess.DEVNULL,
@@ -83,31 +99,43 @@ class LocalBackend(Backend):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives tunebot; cancel signals the whole group
             )
-        return ProcessHandle(
-            pid=proc.pid, proc_start=process_start_time(proc.pid), exit_path=spec.exit_path, native=proc
-        )
+        self._children[proc.pid] = proc
+        return {
+            "backend": NAME,
+            "pid": proc.pid,
+            "proc_start": process_start_time(proc.pid),
+            "exit_file": str(exit_file),
+        }
 
-    def poll(self, handle: ProcessHandle) -> int | None:
-        if handle.native is not None:
-            code = handle.native.poll()
+    def poll(self, handle: Handle) -> int | None:
+        pid = _pid(handle)
+        exit_file = Path(handle.get("exit_file") or "")
+        child = self._children.get(pid)
+        if child is not None:
+            code = child.poll()
             if code is None:
                 return None
-            recorded = read_exit_file(handle.exit_path)
+            self._children.pop(pid, None)
+            recorded = read_exit_file(exit_file)
             return recorded if recorded is not None else code
-        if _alive(handle.pid, handle.proc_start):
+        if pid and _alive(pid, handle.get("proc_start")):
             return None
-        recorded = read_exit_file(handle.exit_path)
+        recorded = read_exit_file(exit_file)
         return recorded if recorded is not None else KILLED
 
-    def signal(self, handle: ProcessHandle, *, force: bool = False) -> None:
-        sig = signal.SIGKILL if force else signal.SIGTERM
+    def cancel(self, handle: Handle, *, force: bool = False) -> None:
+        pid = _pid(handle)
+        if not pid:
+            return
         try:
-            os.killpg(handle.pid, sig)
+            os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             # Gone, or (a reused pid) no longer ours to signal: either way nothing of the job to stop.
             pass
 
-    def reattach(self, pid: int, proc_start: float | None, exit_path: Path) -> ProcessHandle | None:
-        if pid and _alive(pid, proc_start):
-            return ProcessHandle(pid=pid, proc_start=proc_start, exit_path=exit_path)
-        return None
+    def reattach(self, handle: Handle) -> bool:
+        pid = _pid(handle)
+        return bool(pid) and _alive(pid, handle.get("proc_start"))
+
+    def outcome(self, handle: Handle) -> int | None:
+        return read_exit_file(Path(handle.get("exit_file") or "")) if handle.get("exit_file") else None

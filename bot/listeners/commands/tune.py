@@ -12,7 +12,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from runners.errors import UserError
-from runners.recipes import DEFAULT_PRESET, PRESETS
+from runners.llamafactory.recipes import DEFAULT_PRESET, PRESETS
 
 from ... import uploads
 from ...auth import audit

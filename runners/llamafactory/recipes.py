@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
-from .job import Job, JobKind, JobState
-from .values import is_set
+from ..env import is_set
+from ..errors import UserError
+from ..job import Job, JobKind, JobState
 
 TINY_MODEL = "tiny"  # resolved by the runner to a locally built tiny Llama
 DEMO_DATASET = "demo"  # the embedded Chinese+English demo set (registered on first use)

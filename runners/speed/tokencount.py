@@ -8,7 +8,7 @@ dataset file, tokenizer, template and cutoff under `<data_dir>/cache/tokens/`.
 It feeds the `fast` plan (mean sample length -> tokens per optimizer step), the ETA (tokens x
 epochs / expected tokens/s) and the true throughput (epoch x tokens per epoch).
 
-    python -m runners.tokencount < request.json  ->  {"lengths": [...]} on stdout's last line
+    python -m runners.speed.tokencount < request.json  ->  {"lengths": [...]} on stdout's last line
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 COUNT_TIMEOUT = 1800.0  # tokenizing a million rows takes minutes; more means something is wrong
 _ARG_KEYS = ("model_name_or_path", "template", "dataset", "dataset_dir", "cutoff_len", "max_samples")
@@ -108,13 +108,13 @@ def count_tokens(args: dict[str, Any], cache_dir: Path, env: dict[str, str] | No
     request = {key: args[key] for key in _ARG_KEYS if args.get(key) is not None}
     request["cutoff_len"] = cutoff
     proc = subprocess.run(
-        [sys.executable, "-m", "runners.tokencount"],
+        [sys.executable, "-m", "runners.speed.tokencount"],
         input=json.dumps(request),
         capture_output=True,
         text=True,
         timeout=COUNT_TIMEOUT,
         env=env,
-        cwd=str(Path(__file__).resolve().parents[1]),
+        cwd=str(Path(__file__).resolve().parents[2]),
     )
     lines = proc.stdout.strip().splitlines()
     try:

@@ -1,4 +1,4 @@
-"""runners/values.py: one table of yes/no words, read the way LLaMA-Factory reads them."""
+"""runners/env.py: one table of yes/no words, read the way LLaMA-Factory reads them."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from runners.env import is_set, parse_flag
 from runners.errors import UserError
 from runners.hardware import Hardware
-from runners.recipes import compute_type_of
-from runners.validation import check_hardware
-from runners.values import is_set, parse_flag
+from runners.llamafactory.recipes import compute_type_of
+from runners.llamafactory.validation import check_hardware
 
 CPU = Hardware(host="cpuhost", gpus=(), cpu_count=2)
 

@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 PREDICT_RESULTS = "predict_results.json"
 GENERATED_PREDICTIONS = "generated_predictions.jsonl"

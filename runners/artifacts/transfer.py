@@ -3,7 +3,7 @@ only in the store (another host's export, say), and fresh links for posts.
 
 With the default local store the job folders under the data dir are the artifacts and nothing
 is copied; with OSS every artifact is uploaded after the job succeeds, directories with a
-manifest written last (runners/storage.py).
+manifest written last (runners/artifacts/base.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
-from .job import Job, JobKind
+from ..errors import UserError
+from ..job import Job, JobKind
 
 if TYPE_CHECKING:  # storage needs oss2; a runner without OSS never imports it
-    from .storage import Storage
+    from .base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def upload_job(job: Job, storage: Storage) -> tuple[dict[str, dict], dict[str, s
 
     An upload that fails leaves the local files in place; calling again resumes (OSS checkpoints).
     """
-    from .storage import job_key
+    from .base import job_key
 
     records: dict[str, dict] = {}
     errors: dict[str, str] = {}

@@ -16,11 +16,11 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .hardware import Hardware
-from .job import JobKind
+from ..env import parse_flag
+from ..errors import UserError
+from ..hardware import Hardware
+from ..job import JobKind
 from .recipes import Recipe, compute_type_of
-from .values import parse_flag
 
 _PARSER_LOCK = threading.Lock()
 _PRECISION_KEYS = ("bf16", "fp16", "pure_bf16")

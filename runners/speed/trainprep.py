@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+from ..hardware import Hardware
+from ..llamafactory.recipes import TRAIN_KEYS, parse_yaml_spec
 from . import estimate as eta
-from .errors import UserError
 from .fastplan import CHECKPOINTED_FLAGS, GPU_FLAGS, plan_fast, shape_of
-from .hardware import Hardware
-from .recipes import TRAIN_KEYS, parse_yaml_spec
 from .throughput import param_count
 from .tokencount import TokenCount, count_tokens
 

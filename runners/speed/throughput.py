@@ -4,7 +4,7 @@ from LLaMA-Factory.
 LLaMA-Factory's `include_num_input_tokens_seen` count goes wrong under `neat_packing` (it printed
 -4.2e18 tokens/s on an H200, see docs/benchmarks.md) and counts padding without it. The epoch
 fraction it logs is right in every mode, so tunebot counts the dataset's non-padding tokens once
-before launch (`runners.tokencount`) and derives tokens seen = epoch x tokens per epoch.
+before launch (`runners.speed.tokencount`) and derives tokens seen = epoch x tokens per epoch.
 
 MFU here is the issue's definition: 4 x parameters x tokens/s over the GPU's dense bf16 peak
 (forward 2 + backward-through-activations 2 FLOPs per parameter per token for LoRA; attention

@@ -1,0 +1,23 @@
+"""Export: `llamafactory-cli export`; leaves the merged model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..job import Job, JobKind
+from ..llamafactory.command import command_argv
+from .base import Kind, MissingOutput, register
+
+
+def collect(job: Job) -> dict[str, Any]:
+    artifacts, metrics = dict(job.artifacts), dict(job.metrics)
+    model_dir = Path(job.work_dir) / "model"
+    if not (model_dir / "config.json").exists():
+        raise MissingOutput("The export ended without a merged model (no config.json).")
+    artifacts["model"] = str(model_dir)
+    metrics["size_bytes"] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+    return {"artifacts": artifacts, "metrics": metrics}
+
+
+EXPORT = register(Kind(JobKind.EXPORT.value, argv=command_argv, collect=collect))
