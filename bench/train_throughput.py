@@ -11,7 +11,7 @@ measured in the same call, tunebot's estimate beside the actual time, and loss v
 
     python3 bench/train_throughput.py run seed-cli fast       # recipes by name (see RUNS)
     python3 bench/train_throughput.py profile                 # torch.profiler over a few fast steps
-    python3 bench/train_throughput.py plot a.json[:run,run] ... out.png  # loss vs tokens
+    python3 bench/train_throughput.py plot a.json[:run,run=label] ... out.png  # loss vs tokens
     BENCH_SHAPE=tiny BENCH_ROWS=64 python3 bench/train_throughput.py run seed fast   # on a CPU
     BENCH_GPUS=2 python3 bench/train_throughput.py run seed-cli fast      # every run on 2 GPUs (DDP)
 
@@ -491,13 +491,15 @@ def cmd_plot(files: list[str], dest: str) -> int:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for file in files:
-        file, _, wanted = file.partition(":")  # results.json[:run,run]
+        file, _, wanted = file.partition(":")  # results.json[:run,run=label]
+        labels = dict(item.partition("=")[::2] for item in wanted.split(",")) if wanted else {}
         for name, run in json.loads(Path(file).read_text())["runs"].items():
-            if (wanted and name not in wanted.split(",")) or not run.get("loss"):
+            if (labels and name not in labels) or not run.get("loss"):
                 continue
             xs = [t / 1000 for t, _ in run["loss"]]
             ys = [loss for _, loss in run["loss"]]
-            label = f"{name} ({run.get('steps')} steps, {run.get('tokens_per_s') or '?':,} tokens/s)"
+            shown = labels.get(name) or name
+            label = f"{shown} ({run.get('steps')} steps, {run.get('tokens_per_s') or '?':,} tokens/s)"
             ax.plot(xs, ys, label=label, linewidth=1)
     ax.set_xlabel("training tokens (thousands, non-padding)")
     ax.set_ylabel("training loss")
