@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tunebot-installed
 
 .PHONY: demo test lint install clean-venv
 
-$(STAMP): pyproject.toml requirements/runner-cpu.txt .ci/torchaudio-standin/pyproject.toml
+$(STAMP): pyproject.toml requirements/runner-cpu.txt requirements/ray.txt .ci/torchaudio-standin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# 1. the bot side (no torch) and the test tools
@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml requirements/runner-cpu.txt .ci/torchaudio-standin/pypr
 	# 3. llamafactory without its GPU-host dependencies, and the CPU-only torchaudio stand-in
 	$(PIP) install -q --no-deps llamafactory==0.9.5
 	$(PIP) install -q --no-deps ./.ci/torchaudio-standin
+	# 4. the Ray backend (its tests start a real local Ray head)
+	$(PIP) install -q -r requirements/ray.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -82,6 +82,7 @@ def chat(
     messages: list[dict[str, str]],
     *,
     bind_host: str,
+    api_base: str | None = None,
     max_tokens: int = 256,
     temperature: float | None = None,
     timeout: float = 300.0,
@@ -100,7 +101,7 @@ def chat(
         body["temperature"] = temperature
     try:
         reply = _request(
-            f"{internal_api_base(bind_host, job.port)}/chat/completions",
+            f"{api_base or internal_api_base(bind_host, job.port)}/chat/completions",
             key=job.api_key,
             body=body,
             timeout=timeout,

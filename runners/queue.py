@@ -200,11 +200,37 @@ class JobQueue:
                 for name in validation.dataset_names(args[key]):
                     self._require_dataset(name)
         recipe.args = args
-        validation.check_hardware(recipe, *self.runner)
+        self._check_capacity(recipe)
         if validation.llamafactory_available():
             recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
         recipe.model = parent.model if parent else model  # the name people know it by
         return recipe
+
+    def _check_capacity(self, recipe: Recipe) -> None:
+        """Refuse up front what the configured backend could never run, with its real size."""
+        workers = int(recipe.spec.get("workers") or 1)
+        if self.settings.backend == "ray":
+            from .backends.ray import check_request
+
+            if recipe.mode == "webchat":
+                raise UserError(
+                    "mode=webchat is not offered on the Ray cluster (its Gradio page has no login).",
+                    field="mode",
+                    fix="mode=api (the chat page in front of it works as usual)",
+                )
+
+            capacity = check_request(self.settings, recipe.n_slots, workers)
+            if workers > 1 and capacity.gpus:
+                recipe.n_slots = workers  # a GPU a worker: the runner's slots count the cluster's GPUs
+            return
+        if workers > 1:
+            raise UserError(
+                "workers=N spreads a training over a Ray cluster's nodes; "
+                "this tunebot runs jobs on its own host.",
+                field="workers",
+                fix="leave out workers=… (gpus=N uses this host's GPUs), or run with TUNEBOT_BACKEND=ray",
+            )
+        validation.check_hardware(recipe, *self.runner)
 
     def _require_dataset(self, name: str) -> None:
         from . import datasets

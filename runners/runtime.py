@@ -84,7 +84,7 @@ class Runtime:
         if job.parent_id:
             title += f" (from #{job.parent_id})"
         return ChatTarget(
-            api_base=deploy.internal_api_base(self.settings.deploy_host, job.port),
+            api_base=self.worker.api_base(job),
             model_name=deploy.model_name(job),
             title=title,
         )
@@ -105,6 +105,8 @@ class Runtime:
                 )
                 raise UserError(f"Job #{job.id} has no serving deployment.", field="job", fix=fix)
             job = serving[0]
-        answer = deploy.chat(job, messages, bind_host=self.settings.deploy_host, **kwargs)
+        answer = deploy.chat(
+            job, messages, bind_host=self.settings.deploy_host, api_base=self.worker.api_base(job), **kwargs
+        )
         self.touch(job.id)
         return answer

@@ -17,6 +17,11 @@ from .errors import UserError
 
 __all__ = ["SETTINGS_TABLE", "Setting", "Settings", "parse_duration"]
 
+def _path(env: dict[str, str], name: str) -> Path | None:
+    value = _env(env, name)
+    return Path(os.path.expanduser(value)) if value else None
+
+
 def _env(env: dict[str, str], name: str, default: str | None = None) -> str | None:
     value = env.get(name)
     if value is None or value.strip() == "":
@@ -84,7 +89,31 @@ SETTINGS_TABLE: list[Setting] = [
     ),
     Setting("TUNEBOT_GPUS", "all visible", "list", "GPU indices the runner may use, e.g. `0,1,2,3`"),
     Setting("TUNEBOT_CPU_SLOTS", "1", "jobs", "Jobs run at once when the host has no GPU"),
-    Setting("TUNEBOT_BACKEND", "local", "name", "Where job processes run: `local` (this host)"),
+    Setting(
+        "TUNEBOT_BACKEND",
+        "local",
+        "name",
+        "Where job processes run: `local` (this host) or `ray` (a Ray cluster)",
+    ),
+    Setting(
+        "TUNEBOT_RAY_ADDRESS", "(none)", "URL", "The Ray cluster's dashboard, e.g. `http://10.0.0.5:8265`"
+    ),
+    Setting(
+        "TUNEBOT_RAY_NAMESPACE",
+        "tunebot",
+        "name",
+        "Start of Ray submission ids (`tunebot-12-a1`): one per database",
+    ),
+    Setting(
+        "TUNEBOT_RAY_SHARED_DIR",
+        "$TUNEBOT_DATA_DIR/artifacts",
+        "path",
+        "With TUNEBOT_STORAGE=local: a folder every Ray node mounts, where Ray jobs keep their artifacts",
+    ),
+    Setting("TUNEBOT_RAY_CLI", "llamafactory-cli", "command", "The `llamafactory-cli` on the Ray nodes"),
+    Setting(
+        "TUNEBOT_NODE_DIR", "$TMPDIR/tunebot-node", "path", "On a Ray node: where a job's run folder goes"
+    ),
     Setting(
         "TUNEBOT_MAX_JOBS_PER_USER", "2", "jobs", "Running jobs (deployments included) one user may hold"
     ),
@@ -131,6 +160,10 @@ class Settings:
     gpus: list[str] | None = None
     cpu_slots: int = 1
     backend: str = "local"  # runners.backends: which one runs the job processes
+    ray_address: str | None = None
+    ray_namespace: str = "tunebot"
+    ray_shared_dir: Path | None = None
+    ray_cli: str = "llamafactory-cli"
     max_jobs_per_user: int = 2
     cancel_grace: float = 30.0
     default_model: str | None = None
@@ -171,6 +204,10 @@ class Settings:
             gpus=_list(env, "TUNEBOT_GPUS"),
             cpu_slots=_int(env, "TUNEBOT_CPU_SLOTS", 1, minimum=1),
             backend=(_env(env, "TUNEBOT_BACKEND", "local") or "local").strip().lower(),
+            ray_address=_env(env, "TUNEBOT_RAY_ADDRESS"),
+            ray_namespace=(_env(env, "TUNEBOT_RAY_NAMESPACE", "tunebot") or "tunebot").strip(),
+            ray_shared_dir=_path(env, "TUNEBOT_RAY_SHARED_DIR"),
+            ray_cli=_env(env, "TUNEBOT_RAY_CLI", "llamafactory-cli") or "llamafactory-cli",
             max_jobs_per_user=_int(env, "TUNEBOT_MAX_JOBS_PER_USER", 2, minimum=1),
             cancel_grace=_duration(env, "TUNEBOT_CANCEL_GRACE", "30s"),
             default_model=_env(env, "TUNEBOT_DEFAULT_MODEL"),

@@ -401,7 +401,10 @@ class Worker:
                     f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
                     f"{' '.join(argv)}\n"
                 )
-            handle = self.backend.start(LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path))
+            parent = self.store.find(job.parent_id) if job.parent_id else None
+            handle = self.backend.start(
+                LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path, job=job, parent=parent)
+            )
         except OSError as exc:
             self._fail_before_start(
                 job,
@@ -506,7 +509,13 @@ class Worker:
                 self._plot(job, run, final=False)
             return
         per_epoch = self._tokens_per_epoch.get(job.id) or job.metrics.get("tokens_per_epoch")
+        # One event a step (and one a step's evaluation), also when a step's lines arrive together
+        # (the closing summary repeats the last step; a cluster's log comes in batches).
+        posted: set[tuple[int, bool]] = set()
         for point in fresh:
+            if (point.step, point.is_eval) in posted:
+                continue
+            posted.add((point.step, point.is_eval))
             self.store.add_event(job.id, EventKind.PROGRESS, true_progress(point.to_dict(), per_epoch))
         run.seen_step = max(run.seen_step, max(p.step for p in fresh))
         latest = dict(job.progress)
@@ -550,16 +559,26 @@ class Worker:
         self.store.add_event(job.id, EventKind.PLOT, events.plot(key, final=final, points=len(points)))
         return str(dest)
 
+    def api_base(self, job: Job) -> str:
+        """Where the runner reaches a deployment's API (`…/v1`): this host, or the node that serves it."""
+        local = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
+        if not job.handle:
+            return local
+        host = local.split("//", 1)[1].rsplit(":", 1)[0]
+        return self.backend.endpoint(job.handle, host, job.port or 0) + "/v1"
+
     def _watch_deployment(self, job: Job, run: Running) -> None:
         if run.term_sent_at is not None:
             return
-        base = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
+        base = self.api_base(job)
         if job.state == JobState.STARTING.value:
             ready = job.mode == "webchat" and deploy.port_in_use(self.settings.deploy_host, job.port or 0)
             ready = ready or (job.mode != "webchat" and deploy.is_ready(base, job.api_key, timeout=1.0))
             if ready:
                 if job.mode == "webchat":
                     url = deploy.web_url(self.settings.public_url, self.settings.deploy_host, job.port)
+                elif base != deploy.internal_api_base(self.settings.deploy_host, job.port or 0):
+                    url = base  # served on a cluster node, at the address the node published
                 else:
                     url = deploy.api_url(self.settings.public_url, self.settings.deploy_host, job.port)
                 chat_url = (
@@ -629,6 +648,7 @@ class Worker:
         if code == 0:
             try:
                 values.update(kind.collect(job))
+                self._add_stored(job, values)
                 if job.kind == JobKind.TRAIN.value:
                     self._measure(job, values["metrics"])
             except (MissingOutput, UserError) as exc:
@@ -647,6 +667,9 @@ class Worker:
             return
         failure = explain_failure(_read_log(job), code)
         values.update(error=failure.reason, advice=failure.advice, log_tail=failure.tail)
+        lost = self.backend.lost(job.handle) if job.handle else None
+        if lost:  # the job could not say how it ended (its node was lost): the backend's words
+            values.update(error=lost, advice=None)
         if kind.resumable and (Path(job.work_dir) / "output").is_dir():
             from .llamafactory.recipes import last_checkpoint
 
@@ -656,10 +679,23 @@ class Worker:
                 )
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
 
+    def _add_stored(self, job: Job, values: dict[str, Any]) -> None:
+        """What the job put in the artifact store itself (a cluster node uploads its outputs; this
+        host keeps only their small files): those records are the artifacts' real copies."""
+        stored = self.backend.stored(job.handle) if job.handle else {}
+        if not stored:
+            return
+        found = values.setdefault("artifacts", {})
+        found["remote"] = {**(found.get("remote") or {}), **stored}
+        if "model" in stored:
+            values.setdefault("metrics", {})["size_bytes"] = stored["model"]["size"]
+
     def _upload(self, job_id: int) -> None:
         """Copy a succeeded job's artifacts to the store; say in its events what went where."""
         job = self.store.get(job_id)
-        records, errors = artifacts.upload_job(job, self.storage)
+        # Skip what the job stored itself: this host holds only the small files of it.
+        stored = set(job.artifacts.get("remote") or {})
+        records, errors = artifacts.upload_job(job, self.storage, skip=stored)
         fresh = self.store.get(job_id)
         remote = {**(fresh.artifacts.get("remote") or {}), **records}
         self.store.update(job_id, artifacts={**fresh.artifacts, "remote": remote, "remote_errors": errors})

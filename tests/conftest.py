@@ -15,6 +15,7 @@ import pytest
 
 from runners.settings import Settings
 from runners.store import Store
+from tests.ray_head import ray_head  # noqa: F401 (session fixture: one real Ray head for the Ray tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -64,7 +64,9 @@ def _adapter_view(output: Path, stage: Path) -> Path:
     return stage
 
 
-def upload_job(job: Job, storage: Storage) -> tuple[dict[str, dict], dict[str, str]]:
+def upload_job(
+    job: Job, storage: Storage, skip: set[str] | frozenset[str] = frozenset()
+) -> tuple[dict[str, dict], dict[str, str]]:
     """Upload a succeeded job's artifacts; returns (records by name, errors by name).
 
     An upload that fails leaves the local files in place; calling again resumes (OSS checkpoints).
@@ -74,6 +76,8 @@ def upload_job(job: Job, storage: Storage) -> tuple[dict[str, dict], dict[str, s
     records: dict[str, dict] = {}
     errors: dict[str, str] = {}
     for item in uploads_for(job):
+        if item.name in skip:
+            continue
         key = job_key(job.id, job.kind, item.name)
         try:
             if item.is_dir:

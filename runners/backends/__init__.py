@@ -41,6 +41,13 @@ def _local(settings, hardware: Hardware) -> Backend:
     return LocalBackend(slots_for(hardware, settings.gpus, settings.cpu_slots))
 
 
+def _ray(settings, hardware: Hardware) -> Backend:
+    from .ray import RayBackend  # imports Ray's client only when configured
+
+    return RayBackend(settings, hardware)
+
+
 register(LocalBackend.name, _local)
+register("ray", _ray)
 
 __all__ = ["Backend", "Handle", "LaunchSpec", "LocalBackend", "names", "open_backend", "register"]

@@ -23,6 +23,9 @@ class LaunchSpec:
     env: dict[str, str]
     cwd: Path  # the job's folder: its config, outputs and exit record
     log_path: Path
+    # The job and the one it builds on: a backend that runs it elsewhere carries both there.
+    job: Any = None
+    parent: Any = None
 
 
 class Backend(ABC):
@@ -57,6 +60,16 @@ class Backend(ABC):
     def outputs(self, handle: Handle, work_dir: Path) -> Path:
         """A local folder holding what the job wrote (a remote backend copies it here first)."""
         return work_dir
+
+    def lost(self, handle: Handle) -> str | None:
+        """Why a job ended when the job itself could not report it (a cluster lost its node): the
+        backend's own reason, shown instead of one guessed from the log; None otherwise."""
+        return None
+
+    def stored(self, handle: Handle) -> dict[str, dict[str, Any]]:
+        """Artifact-store records of what the job uploaded itself, by name (a cluster's jobs upload
+        from their node); empty when the runner uploads after the job (the local backend)."""
+        return {}
 
     def endpoint(self, handle: Handle, host: str, port: int) -> str:
         """The base URL the runner reaches a served model at (a cluster publishes its own)."""

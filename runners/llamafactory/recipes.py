@@ -356,7 +356,9 @@ def train_recipe(
             args = {**PRESETS[_preset_name(preset)].values, **args}
     else:
         args = dict(PRESETS[_preset_name(preset or DEFAULT_PRESET)].values)
-    n_slots = _apply_pairs(args, pairs, TRAIN_KEYS)
+    workers = _workers(pairs)
+    rest = {k: v for k, v in pairs.items() if k.strip().lower() != "workers"}
+    n_slots = _apply_pairs(args, rest, TRAIN_KEYS)
     _refuse_lora_keys_without_lora(args, pairs)
     stage = str(args.get("stage", "sft"))
     if stage != "sft":
@@ -393,8 +395,34 @@ def train_recipe(
         method=method_of(args),
         preset=None if yaml_text and not preset else _preset_name(preset or DEFAULT_PRESET),
         n_slots=n_slots,
-        spec={"preset": preset, "pairs": pairs, "yaml": yaml_text},
+        spec={
+            "preset": preset,
+            "pairs": pairs,
+            "yaml": yaml_text,
+            **({"workers": workers} if workers > 1 else {}),
+        },
     )
+
+
+MAX_WORKERS = 64
+
+
+def _workers(pairs: dict[str, str]) -> int:
+    """workers=N: a training spread over N Ray workers (LLaMA-Factory's Ray trainer)."""
+    value = next((v for k, v in pairs.items() if k.strip().lower() == "workers"), None)
+    if value is None:
+        return 1
+    try:
+        workers = int(str(value).strip())
+    except ValueError:
+        raise UserError(
+            f"workers={value!r} is not a whole number.", field="workers", fix="workers=2"
+        ) from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UserError(
+            f"workers must be between 1 and {MAX_WORKERS}.", field="workers", fix="workers=2"
+        )
+    return workers
 
 
 def _preset_name(name: str) -> str:
