@@ -26,6 +26,7 @@ class EventKind(str, Enum):
     RESUMED = "resumed"  # {"checkpoint": "checkpoint-40" | None, "attempt": n}
     REATTACHED = "reattached"  # {}: a restarted runner follows a process that kept running
     FETCHING = "fetching"  # {}: inputs are being copied from the artifact store before the start
+    ESTIMATE = "estimate"  # runners.speed.estimate.Estimate.to_dict(): a train job's time, before it runs
     RESULT = "result"  # {"kind": job kind, "metrics": {...}, "artifacts": {...}}
     UPLOAD = "upload"  # {"name", "location", "size", "link"?} or {"name", "error", "local"}
     NOTE = "note"  # {"text"}: only in databases older than typed events (free text of that time)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts.base import StorageSettings
-from .env import Setting, parse_duration
+from .env import Setting, parse_duration, parse_flag
 from .errors import UserError
 
 __all__ = ["SETTINGS_TABLE", "Setting", "Settings", "parse_duration"]
@@ -56,10 +56,10 @@ def _list(env: dict[str, str], name: str) -> list[str] | None:
 
 
 def _flag(env: dict[str, str], name: str, default: str) -> bool:
-    value = (_env(env, name, default) or default).lower()
-    if value not in {"on", "off", "1", "0", "true", "false", "yes", "no"}:
+    value = parse_flag(_env(env, name, default) or default)
+    if value is None:
         raise UserError(f"{name} must be on or off.", field=name, fix=f"{name}={default}")
-    return value in {"on", "1", "true", "yes"}
+    return value
 
 
 def _log_level(text: str) -> str:
@@ -161,6 +161,12 @@ SETTINGS_TABLE: list[Setting] = [
     Setting(
         "TUNEBOT_WEB_PORT", "7860", "port", "Port of the chat-page server (the seed's web port); 0 = any"
     ),
+    Setting(
+        "TUNEBOT_ESTIMATE",
+        "on",
+        "on/off",
+        "Count a train job's dataset tokens before it runs: ETA, `fast` batch shape, true tokens/s",
+    ),
     Setting("TUNEBOT_POLL_INTERVAL", "1s", "duration", "How often the runner checks its jobs and the queue"),
     Setting("TUNEBOT_LOG_LEVEL", "INFO", "level", "Python log level"),
 ]
@@ -195,6 +201,9 @@ class Settings:
     web_port: int = 7860
     poll_interval: float = 1.0
     log_level: str = "INFO"
+    # Count dataset tokens before a train job runs (ETA, the fast plan, true tokens/s). Off unless
+    # asked for when built in code (tests); `from_env` turns it on by default.
+    estimate: bool = False
     # Extra environment for job subprocesses (tests use it; never secrets from users).
     job_env: dict[str, str] = field(default_factory=dict)
     # The artifact store (runners/artifacts/base.py reads its own TUNEBOT_STORAGE / TUNEBOT_OSS_* variables).
@@ -234,6 +243,7 @@ class Settings:
                 _duration(env, "TUNEBOT_POLL_INTERVAL", "1s"), "TUNEBOT_POLL_INTERVAL", 0.05, 10
             ),
             log_level=_log_level(_env(env, "TUNEBOT_LOG_LEVEL", "INFO") or "INFO"),
+            estimate=_flag(env, "TUNEBOT_ESTIMATE", "on"),
             storage=_storage_settings(env),
         )
 
@@ -253,6 +263,11 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def calibration_dir(self) -> Path:
+        """Each runner host's table of measured training speeds (runners/speed/estimate.py)."""
+        return self.data_dir / "calibration"
 
 
 def _storage_settings(env: dict[str, str]) -> StorageSettings:

@@ -30,6 +30,7 @@ from .kinds import MissingOutput, kind_of
 from .llamafactory.command import command_env
 from .recovery.outage import Outage, is_database_error
 from .settings import Settings
+from .speed.throughput import true_progress
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ class Worker:
         self._uploads: dict[int, Future] = {}  # job id -> its artifact upload, while one runs
         # One warning when the database goes away and one when it is back, not one per tick.
         self.outage = Outage(log, f"runner {self.runner_id}")
+        # Token counts for estimates of queued train jobs: one at a time, off the runner loop.
+        self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunebot-count")
+        self._estimating: set[int] = set()
+        self._tokens_per_epoch: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat_thread: threading.Thread | None = None
@@ -121,6 +126,7 @@ class Worker:
             self._thread.join(timeout)
         self.wait_uploads(upload_timeout)
         self._transfers.shutdown(wait=False, cancel_futures=True)
+        self._counting.shutdown(wait=False, cancel_futures=True)
         try:
             self.store.forget_runner(self.runner_id)
         except Exception as exc:  # the database is away: its beat simply goes stale
@@ -169,6 +175,8 @@ class Worker:
                 self.recover()
             self._watch()
             self._claim()
+            if self.settings.estimate:
+                self._estimate_queued()
 
     # --- recovery -----------------------------------------------------------------------
     def recover(self) -> None:
@@ -251,7 +259,7 @@ class Worker:
         latest = dict(job.progress)
         for point in points:
             if point.step > seen or point.eval_loss is not None and point.step >= seen:
-                self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
+                self.store.add_event(job.id, EventKind.PROGRESS, true_progress(point.to_dict(), per_epoch))
                 seen = max(seen, point.step)
                 latest.update({k: v for k, v in point.to_dict().items() if v is not None})
         if latest != job.progress:
@@ -307,29 +315,135 @@ class Worker:
                 busy_users[job.user] = busy_users.get(job.user, 0) + 1
             claimed_job = self.store.get(job.id)
             parent = self.store.find(claimed_job.parent_id) if claimed_job.parent_id else None
-            if self.storage is not None and artifacts.missing_inputs(claimed_job.args, parent):
+            fetch = self.storage is not None and artifacts.missing_inputs(claimed_job.args, parent)
+            prepare = self.settings.estimate and claimed_job.kind == JobKind.TRAIN.value
+            if fetch or prepare:
                 self._fetching.add(job.id)
-                self._transfers.submit(self._fetch_then_launch, claimed_job, parent, slots)
+                self._transfers.submit(self._fetch_then_launch, claimed_job, parent, slots, fetch=fetch)
             else:
                 self._launch(claimed_job, slots)
 
-    def _fetch_then_launch(self, job: Job, parent: Job | None, slots: list[str]) -> None:
-        """Inputs kept only in the artifact store (e.g. exported on another host) come first."""
+    def _fetch_then_launch(
+        self, job: Job, parent: Job | None, slots: list[str], *, fetch: bool = True
+    ) -> None:
+        """Inputs kept only in the artifact store (e.g. exported on another host) come first; a train
+        job's tokens are counted and its `fast` shape chosen for the GPU it got."""
         try:
-            self.store.add_event(job.id, EventKind.FETCHING)
-            args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
-            self.store.update(job.id, args=args)
+            if fetch:
+                self.store.add_event(job.id, EventKind.FETCHING)
+                args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
+                self.store.update(job.id, args=args)
+            if self.settings.estimate and job.kind == JobKind.TRAIN.value:
+                self._prepare_train(self.store.get(job.id), slots)
         except Exception as exc:  # a thread of the pool: nothing above it would see the error
             if not isinstance(exc, (UserError, OSError)):
                 log.exception("fetching the inputs of job #%s failed", job.id)
             text = exc.text() if isinstance(exc, UserError) else str(exc)
             with self._lock:
                 self._fetching.discard(job.id)
-                self._fail_before_start(job, f"Could not fetch its inputs from the artifact store: {text}")
+                self._fail_before_start(job, f"Could not prepare the job: {text}")
             return
         with self._lock:
             self._fetching.discard(job.id)
             self._launch(self.store.get(job.id), slots)
+
+    # --- token counts, the fast plan, estimates ----------------------------------------------
+    def _calibration_path(self) -> Path:
+        return self.settings.calibration_dir / f"{self.host}.json"
+
+    def _prepare(self, job: Job, slots: list[str] | None, *, apply_plan: bool):
+        from .speed.estimate import load_table
+        from .speed.trainprep import prepare
+
+        return prepare(
+            dict(job.args),
+            preset=job.preset,
+            spec=job.spec,
+            hardware=self.hardware,
+            slots=slots,
+            cache_dir=self.settings.cache_dir,
+            table=load_table(self._calibration_path()),
+            env=self._job_env(job, slots or []),
+            apply_plan=apply_plan,
+        )
+
+    def _prepare_train(self, job: Job, slots: list[str]) -> None:
+        """Count, choose the fast plan for this GPU, estimate; record it all on the job."""
+        if job.attempt > 1 and job.metrics.get("tokens_per_epoch"):
+            self._tokens_per_epoch[job.id] = int(job.metrics["tokens_per_epoch"])
+            return  # a resumed run keeps the plan it started with
+        prepared = self._prepare(job, slots, apply_plan=True)
+        metrics = {**self.store.get(job.id).metrics, **prepared.info}
+        self.store.update(job.id, args=prepared.args, metrics=metrics)
+        if prepared.info.get("tokens_per_epoch"):
+            self._tokens_per_epoch[job.id] = int(prepared.info["tokens_per_epoch"])
+        if prepared.info.get("estimate"):
+            self.store.add_event(job.id, EventKind.ESTIMATE, prepared.info["estimate"])
+
+    def _estimate_queued(self) -> None:
+        """Queued train jobs get an estimate while they wait (the bot edits their message)."""
+        for job in self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False, limit=50):
+            if job.kind != JobKind.TRAIN.value or job.id in self._estimating:
+                continue
+            if "estimate" in job.metrics or "count_error" in job.metrics or job.attempt > 1:
+                continue
+            if job.n_slots > len(self.slots):
+                continue  # another runner's job
+            self._estimating.add(job.id)
+            self._counting.submit(self._estimate_one, job)
+
+    def _estimate_one(self, job: Job) -> None:
+        try:
+            prepared = self._prepare(job, self.slots[: job.n_slots], apply_plan=True)
+            keep = ("estimate", "dataset_tokens", "params", "gpu", "count_error")
+            info = {k: v for k, v in prepared.info.items() if k in keep}
+            info.setdefault("estimate", None)
+            # Claims happen under this lock: a job still queued here cannot be launched (and get
+            # its own figures) before this write.
+            with self._lock:
+                fresh = self.store.find(job.id)
+                if fresh is None or fresh.state != JobState.QUEUED.value:
+                    return  # it started meanwhile: the launch made its own estimate
+                self.store.update(job.id, metrics={**fresh.metrics, **info})
+            if info.get("estimate"):
+                self.store.add_event(job.id, EventKind.ESTIMATE, info["estimate"])
+        except Exception:  # a thread of the pool: an estimate is never worth a failed job
+            log.exception("estimating job #%s failed", job.id)
+
+    def _measure(self, job: Job, metrics: dict[str, Any]) -> None:
+        """A finished train job's true tokens seen, tokens/s and MFU (into `metrics`); its speed
+        refines this runner's calibration table."""
+        from .speed import estimate as eta
+        from .speed.throughput import mfu, tokens_per_second, tokens_seen
+
+        if metrics.get("tokens_per_epoch") and metrics.get("epoch") is not None:
+            seen = tokens_seen(metrics["epoch"], metrics["tokens_per_epoch"])
+            if seen is not None:
+                metrics["total_tokens"] = seen
+        seen = metrics.get("total_tokens")
+        runtime = metrics.get("train_runtime")
+        rate = tokens_per_second(seen, runtime)
+        if rate is None:
+            return
+        metrics["tokens_per_s"] = round(rate, 1)
+        params = metrics.get("params")
+        gpu = metrics.get("gpu")
+        n_gpus = max(1, len(job.slots or []))
+        if gpu and isinstance(params, int):
+            value = mfu(rate, params, gpu, n_gpus)
+            if value is not None:
+                metrics["mfu"] = round(value, 4)
+        if job.started_at:
+            metrics["actual_s"] = round(now() - job.started_at, 1)
+        if isinstance(params, int) and params > 0:
+            key = eta.table_key(eta.device_name(gpu), job.preset, n_gpus)
+            startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics else None
+            path = self._calibration_path()
+            table = eta.refine(eta.load_table(path), key, tokens_per_s=rate, params=params, startup_s=startup)
+            try:
+                eta.save_table(path, table)
+            except OSError:
+                log.exception("recording the speed of job #%s failed", job.id)
 
     def _fail_before_start(self, job: Job, error: str, advice: str | None = None) -> None:
         self.store.release_slots(job.id)
@@ -458,6 +572,7 @@ class Worker:
                 self._fail_before_start(job, f"tunebot could not record how it ended: {exc}")
                 return
             self.running.pop(job.id, None)
+            self._tokens_per_epoch.pop(job.id, None)
 
     def _stop_process(self, run: Running, reason: str | None) -> None:
         run.stop_reason = reason
@@ -483,6 +598,7 @@ class Worker:
     def _follow(self, job: Job, run: Running) -> None:
         # Lines read stay in the backlog until recorded: a database outage delays them, loses none.
         run.backlog.extend(run.follower.poll())
+        per_epoch = self._tokens_per_epoch.get(job.id) or job.metrics.get("tokens_per_epoch")
         # One event a step (and one a step's evaluation), also when a step's lines arrive together
         # (the closing summary repeats the last step; a cluster's log comes in batches).
         fresh = []
@@ -491,7 +607,7 @@ class Worker:
             point = run.backlog[0]
             new = point.step > run.seen_step or point.eval_loss is not None and point.step >= run.seen_step
             if new and (point.step, point.is_eval) not in posted:
-                self.store.add_event(job.id, EventKind.PROGRESS, point.to_dict())
+                self.store.add_event(job.id, EventKind.PROGRESS, true_progress(point.to_dict(), per_epoch))
                 posted.add((point.step, point.is_eval))
                 run.seen_step = max(run.seen_step, point.step)
                 fresh.append(point)
@@ -503,6 +619,7 @@ class Worker:
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
             latest.update({k: v for k, v in point.to_dict().items() if v is not None})
+        latest = true_progress(latest, per_epoch)
         self.store.update(job.id, progress=latest)
         run.new_points = True
         if now() - run.last_plot_at >= PLOT_EVERY:
@@ -636,6 +753,8 @@ class Worker:
                 self._add_stored(job, values)
                 if self.storage is not None:  # cleared when the upload ends; a later runner retries
                     values["artifacts"][UPLOAD_PENDING] = True
+                if job.kind == JobKind.TRAIN.value:
+                    self._measure(job, values["metrics"])
             except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)

@@ -32,9 +32,9 @@ def test_a_good_form_closes_and_queues_the_job_in_the_channel_it_came_from(bot) 
     )
     assert result.status == 200 and result.body == b""  # an empty ack closes the form
     [job] = bot.runtime.store.list_jobs()
-    assert (job.user, channel_of(job), job.preset) == (HUMAN_USER_ID, CHANNEL_ID, "seed")
+    assert (job.user, channel_of(job), job.preset) == (HUMAN_USER_ID, CHANNEL_ID, "fast")  # the default
     assert job.args["learning_rate"] == 2e-3 and job.args["num_train_epochs"] == 2.0
-    assert job.args["loraplus_lr_ratio"] == 16.0  # the seed recipe's, from the form's defaults
+    assert job.args["loraplus_lr_ratio"] == 16.0  # the seed recipe's (`fast` keeps it), from the form
     told = bot.wait_ephemeral()
     assert told["channel"] == CHANNEL_ID and f"Train #{job.id}" in told["text"]
 

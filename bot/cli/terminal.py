@@ -14,7 +14,7 @@ from runners.job import FINAL_STATES, Job, JobState
 from runners.llamafactory.progress import format_eta
 from runners.store import Store
 
-from ..render import METRIC_LABELS, finite_number
+from ..render import METRIC_LABELS, estimate_text, finite_number, speed_text
 from ..render.scores import score_with_base
 
 STATE_MARK = {
@@ -102,6 +102,12 @@ def job_details(job: Job, *, family: list[Job] | None = None, show_key: bool = F
             if job.metrics.get(key) is not None:
                 unit = _UNITS.get(key, "")
                 lines.append(f"  {key} {_metric_text(job.metrics[key])}{unit}")
+        speed = speed_text(job)
+        if "MFU" in speed:
+            lines.append(f"  {speed.split(' · ')[-1]}")
+    estimate = estimate_text(job)
+    if estimate:
+        lines.append(f"  time: {estimate}")
     for key, value in job.artifacts.items():
         if key in ("samples", "remote", "remote_errors"):
             continue
@@ -222,6 +228,10 @@ def describe_event(kind: str, data: dict[str, Any], *, plot_path: str = "") -> s
         return "fetching its inputs from the artifact store"
     if kind == EventKind.NOTE:
         return data.get("text")
+    if kind == EventKind.ESTIMATE and data.get("seconds"):
+        from runners.speed.estimate import describe
+
+        return "estimate: " + describe(data)
     if kind == EventKind.PLOT and data.get("final"):
         return f"loss plot: {plot_path or data.get('file')}"
     if kind == EventKind.RESULT and data.get("artifacts", {}).get("model"):

@@ -58,6 +58,7 @@ from .job import (  # noqa: F401
     METRIC_LABELS,
     STATE_EMOJI,
     actions_block,
+    estimate_text,
     finite_number,
     job_actions,
     kind_label,
@@ -73,4 +74,5 @@ from .job import (  # noqa: F401
     render_jobs,
     render_started,
     short_model,
+    speed_text,
 )

@@ -16,6 +16,8 @@ from bot.parsing import COMMAND
 from runners.job import RESUMABLE_STATES, Job, JobKind, JobState, state_phrase
 from runners.llamafactory.progress import format_eta, progress_bar
 from runners.llamafactory.results import compare_metrics
+from runners.speed.estimate import describe as describe_estimate
+from runners.speed.throughput import sane_rate
 
 from .blocks import (
     BUTTON_TEXT_MAX,
@@ -105,10 +107,43 @@ def progress_text(progress: dict[str, Any]) -> str:
     remaining = finite_number(progress.get("remaining_s"))
     if remaining is not None:
         bits.append(f"ETA {format_eta(remaining)}")
-    speed = finite_number(progress.get("tokens_per_s"))
+    speed = sane_rate(progress.get("tokens_per_s"))
     if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     return " · ".join(bits)
+
+
+def speed_text(job: Job) -> str:
+    """A finished train job's true throughput: '9,522 tokens/s · MFU 39% of the H200's bf16 peak'."""
+    metrics = job.metrics or {}
+    bits = []
+    speed = sane_rate(metrics.get("tokens_per_s"))
+    if speed:
+        bits.append(f"{speed:,.0f} tokens/s")
+    mfu = finite_number(metrics.get("mfu"))
+    if mfu is not None and mfu > 0:
+        from runners.speed.throughput import short_gpu_name
+
+        bits.append(f"MFU {100 * mfu:.0f}% of the {short_gpu_name(metrics.get('gpu'))}'s bf16 peak")
+    return " · ".join(bits)
+
+
+def estimate_text(job: Job) -> str:
+    """The time estimate a train job got before it ran, and once it ended how close it was:
+    'about 41 min on 1× H200 (0.7 GPU-h)'; 'estimated about 41 min on 1× H200, took 38 min (−7%)'."""
+    est = (job.metrics or {}).get("estimate")
+    if job.kind != JobKind.TRAIN.value or not isinstance(est, dict):
+        return ""
+    seconds = finite_number(est.get("seconds"))
+    if seconds is None or seconds <= 0:
+        return ""
+    if not job.is_final:
+        return describe_estimate(est)
+    actual = finite_number((job.metrics or {}).get("actual_s"))
+    if actual is None or job.state != JobState.SUCCEEDED.value:
+        return "estimated " + describe_estimate(est)
+    off = 100.0 * (seconds - actual) / actual
+    return f"estimated {describe_estimate(est, prefix='')[1:]}, took {format_eta(actual)} ({off:+.0f}%)"
 
 
 def job_actions(job: Job) -> list[str]:
@@ -255,6 +290,11 @@ def render_job_message(job: Job, *, queue_position: int | None = None) -> dict[s
     duration = job.duration()
     if duration is not None:
         times.append(("ran " if job.is_final else "running for ") + format_eta(duration))
+    estimate = estimate_text(job)
+    if estimate:
+        times.append(f":stopwatch: {estimate}")
+        if job.state == JobState.QUEUED.value:
+            fallback += f" ({estimate})"
     blocks.append(context(" · ".join(times)))
     return message(fallback, _with_actions(blocks, job))
 
@@ -292,7 +332,7 @@ def _final_loss(job: Job) -> str:
         bits.append(f"eval loss {eval_loss:.4g}")
     if progress.get("step") is not None:
         bits.append(f"{progress['step']} steps")
-    speed = finite_number(progress.get("tokens_per_s"))
+    speed = sane_rate(progress.get("tokens_per_s"))
     if speed:
         bits.append(f"{speed:,.0f} tokens/s")
     return ", ".join(bits)
@@ -312,12 +352,18 @@ def _trainer_results(job: Job) -> str:
     samples = finite_number(metrics.get("train_samples_per_second"))
     if samples:
         bits.append(f"{samples:,.2f} samples/s")
-    speed = finite_number(metrics.get("tokens_per_s"))
-    if speed and not finite_number((job.progress or {}).get("tokens_per_s")):
+    speed = sane_rate(metrics.get("tokens_per_s"))
+    if speed and not sane_rate((job.progress or {}).get("tokens_per_s")):
         bits.append(f"{speed:,.0f} tokens/s")
     tokens = finite_number(metrics.get("total_tokens"))
-    if tokens:
+    if tokens and 0 < tokens < 1e15:  # LLaMA-Factory's own count under packing can be -9e19
         bits.append(f"{tokens:,.0f} tokens seen")
+    mfu = finite_number(metrics.get("mfu"))
+    if mfu:
+        bits.append(speed_text(job).split(" · ")[-1])
+    estimate = estimate_text(job)
+    if estimate:
+        bits.append(estimate)
     line = " · ".join(bits)
     return line[:1].upper() + line[1:]
 

@@ -44,6 +44,9 @@ def render_queued(job: Job, *, position: int | None = None, thread_of: int | Non
     else:
         where = f"`{COMMAND} status {job.id}` shows how it goes."
     text = f":inbox_tray: *{label}*{of} ({code(short_model(job.model))}) {state}. {where}"
+    if job.kind == "train" and not again and job.state == "queued":
+        # The runner counts the dataset's tokens (the bot has no tokenizer and must answer now).
+        text += " A time estimate follows there once the runner has counted the dataset's tokens."
     return render_text(text)
 
 

@@ -21,6 +21,7 @@ from bot.render import (
     code,
     context,
     escape,
+    estimate_text,
     finite_number,
     header,
     link,
@@ -32,6 +33,7 @@ from bot.render import (
     short_model,
     slack_date,
     slack_len,
+    speed_text,
     truncate,
 )
 from bot.render.scores import base_gain
@@ -217,6 +219,9 @@ def results_text(job: Job) -> str:
         eval_loss = finite_number(progress.get("eval_loss"))
         if eval_loss is not None:
             bits.append(f"eval loss {eval_loss:.4g}")
+        speed = speed_text(job)
+        if speed:
+            bits.append(speed)
     size = finite_number((job.metrics or {}).get("size_bytes"))
     if size:
         bits.append(f"{size / 1e9:.2f} GB")
@@ -234,6 +239,8 @@ def _running_line(job: Job) -> str:
 
 def _queued_line(job: Job, place: int | None) -> str:
     where = f" · {ordinal(place)} in line" if place else ""
+    estimate = estimate_text(job)
+    where += f" · {estimate}" if estimate else ""
     return f"{STATE_EMOJI[JobState.QUEUED.value]} {_what(job)} · {mention(job.user)}{where}"
 
 
@@ -245,7 +252,10 @@ def _finished_line(job: Job) -> str:
     results = results_text(job)
     if results:
         bits.append(results)
-    if took is not None:
+    estimate = estimate_text(job)
+    if estimate:
+        bits.append(estimate)
+    elif took is not None:
         bits.append(f"took {format_eta(took)}")
     bits.append(mention(job.user))
     return " · ".join(bits)

@@ -47,7 +47,7 @@ def thread_posts(job: Job, event: JobEvent, *, previous_eval: Job | None = None)
     previous succeeded eval on the same dataset (the notifier finds it), to show the change."""
     data = event.data or {}
     kind = kind_of(event.type)
-    if kind == EventKind.PROGRESS:
+    if kind in (EventKind.PROGRESS, EventKind.ESTIMATE):  # an estimate shows in the root while it waits
         return [Post(EDIT_ROOT)]
     if kind == EventKind.PLOT:
         return _plot_posts(job, data)

@@ -34,6 +34,7 @@ from bot.render import (
 )
 from runners.job import Job, JobKind, JobState
 from runners.llamafactory.progress import Progress, format_eta
+from runners.speed.throughput import sane_rate
 
 MILESTONES: tuple[int, ...] = (25, 50, 75)
 # Kinds whose runs write trainer_log.jsonl (eval runs write bare step/percentage lines).
@@ -264,7 +265,7 @@ def render_progress_post(
     remaining = finite_number(point.remaining_s) if point else None
     if remaining is not None:
         details.append(f"*ETA:* {format_eta(remaining)} (around {slack_date(now + remaining, '{time}')})")
-    speed = finite_number(point.tokens_per_s) if point else None
+    speed = sane_rate(point.tokens_per_s) if point else None  # never a broken (negative) count
     details.append(f"*Tokens/s:* {speed:,.0f}" if speed else "*Tokens/s:* not counted by this run")
     rate = steps_per_minute(job, point, now=now)
     if rate is not None:

@@ -77,6 +77,22 @@ PRESETS: dict[str, Preset] = {
             "lora_target": "all",
         },
     ),
+    "fast": Preset(
+        "fast",
+        "The seed recipe's training, sooner: same hyperparameters and tokens per optimizer step, "
+        "with packing without cross-attention, Liger kernels, fused AdamW and a batch shape "
+        "chosen by the runner from its GPU's memory and the model's size",
+        {
+            **_WEBUI_DEFAULTS,
+            "template": "llama3",
+            "learning_rate": 1e-4,
+            "bf16": True,
+            "gradient_accumulation_steps": 2,
+            "loraplus_lr_ratio": 16.0,
+            "lora_target": "all",
+            "flash_attn": "sdpa",
+        },
+    ),
     "seed-cli": Preset(
         "seed-cli",
         "The seed document's `llamafactory-cli train` command "
@@ -137,7 +153,7 @@ PRESETS: dict[str, Preset] = {
         },
     ),
 }
-DEFAULT_PRESET = "seed"
+DEFAULT_PRESET = "fast"
 
 # What tunebot always sets on a train run, whatever the preset or YAML says.
 _TRAIN_ALWAYS = {"plot_loss": True, "include_num_input_tokens_seen": "non_padding", "save_total_limit": 2}

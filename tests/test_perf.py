@@ -1,0 +1,365 @@
+"""Issue 9 on a CPU: the `fast` plan per card, the throughput and MFU arithmetic, the ETA and its
+calibration table, the runner's token count (real LLaMA-Factory), and a neat-packing run whose
+reported throughput is never negative or absurd."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runners.hardware import Hardware
+from runners.job import Job
+from runners.llamafactory import recipes
+from runners.runtime import Runtime
+from runners.speed import estimate as eta
+from runners.speed.fastplan import HEADROOM, ModelShape, plan_fast
+from runners.speed.throughput import bf16_peak_flops, mfu, param_count, sane_rate, true_progress
+from runners.speed.tokencount import TokenCount, count_tokens
+from runners.speed.trainprep import apply_fast, tokens_per_epoch, user_keys
+from runners.worker import wait_for
+
+LLAMA3_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+}
+SHAPE_8B = ModelShape(params=8_030_261_248, hidden=4096, layers=32, vocab=128256)
+MIB = 2**20
+H200, A100_80, RTX_24 = 143_771 * MIB, 81_559 * MIB, 24_564 * MIB
+FINAL = ("succeeded", "failed", "cancelled", "interrupted", "stopped")
+
+
+# --- the fast plan -----------------------------------------------------------------------------
+def test_llama3_8b_config_gives_its_parameter_count():
+    assert param_count(LLAMA3_8B) == 8_030_261_248
+    assert param_count({**LLAMA3_8B, "tie_word_embeddings": True}) == 8_030_261_248 - 4096 * 128256
+    assert param_count({"hidden_size": 64}) is None
+
+
+@pytest.mark.parametrize("memory", [H200, A100_80])
+def test_big_cards_take_the_seed_step_in_one_compiled_pack_without_checkpointing(memory):
+    # The bench's data: mean 354 tokens, longest 1,469 (after the seed's 2,048 cutoff).
+    plan = plan_fast(memory, SHAPE_8B, 354.3, 1469)
+    assert (plan.batch, plan.accum, plan.checkpointing) == (1, 1, False)
+    assert abs(plan.step_tokens - 4 * 354.3) / (4 * 354.3) <= 0.10  # the seed's tokens per step
+    assert plan.est_peak_bytes <= memory * HEADROOM
+    args = plan.args()
+    assert args["torch_compile"] is True and args["enable_liger_kernel"] is False
+    assert args["disable_gradient_checkpointing"] is True and args["cutoff_len"] == plan.cutoff
+
+
+def test_a_24gb_card_checkpoints_and_keeps_liger():
+    plan = plan_fast(RTX_24, SHAPE_8B, 354.3, 1469)
+    assert plan.checkpointing and plan.batch * plan.accum == 1
+    assert plan.est_peak_bytes <= RTX_24 * HEADROOM
+    assert plan.args()["enable_liger_kernel"] is True and "torch_compile" not in plan.args()
+    # Without checkpointing it would not have fitted: that is why it checkpoints.
+    assert plan_fast(H200, SHAPE_8B, 354.3).est_peak_bytes > RTX_24 * HEADROOM
+
+
+@pytest.mark.parametrize("mean", [40, 120, 354.3, 700, 1500, 2048, 5000])
+@pytest.mark.parametrize("memory", [H200, A100_80, RTX_24])
+def test_every_plan_keeps_the_seed_tokens_per_step_and_fits(mean, memory):
+    plan = plan_fast(memory, SHAPE_8B, mean)
+    target = 4 * min(mean, 2048)
+    assert plan.target_tokens == round(target)
+    if target >= 256:  # below the smallest pack, a step holds one short pack
+        assert abs(plan.step_tokens - target) / target <= 0.10, plan
+    assert plan.cutoff <= 2048 and plan.est_peak_bytes <= memory * HEADROOM
+    assert plan.batch >= 1 and plan.accum >= 1
+
+
+def test_long_samples_take_several_packs_and_the_big_card_batches_them():
+    big = plan_fast(H200, SHAPE_8B, 1500)
+    small = plan_fast(RTX_24, SHAPE_8B, 1500)
+    assert big.cutoff == small.cutoff == 2048
+    assert big.batch * big.accum == small.batch * small.accum == 3
+    assert big.batch == 3 and not big.checkpointing
+    assert small.checkpointing
+
+
+def test_a_card_too_small_for_the_model_is_refused():
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_fast(8 * 2**30, SHAPE_8B, 354)
+
+
+def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
+    count = TokenCount(tuple(sorted([300] * 90 + [1400] * 10)), 2048)
+    base = dict(recipes.PRESETS["fast"].values)
+    args, info = apply_fast(base, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    assert args["neat_packing"] is True and args["packing"] is True
+    assert args["optim"] == "adamw_torch_fused" and args["torch_compile"] is True
+    assert info["plan"]["batch"] == 1 and args["learning_rate"] == 1e-4 and args["loraplus_lr_ratio"] == 16.0
+    mine, info = apply_fast(base, count, SHAPE_8B.params, LLAMA3_8B, H200, {"cutoff_len"})
+    assert "neat_packing" not in mine and info["plan"] is None and "batch shape" in info["plan_note"]
+    unknown, info = apply_fast(base, count, None, {}, H200, set())
+    assert unknown.get("packing") is False and "size is unknown" in info["plan_note"]
+    full_args = {**base, "finetuning_type": "full"}
+    full, info = apply_fast(full_args, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    assert "neat_packing" not in full and "made for LoRA" in info["plan_note"]
+    qlora, info = apply_fast({**base, "quantization_bit": 4}, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    assert "neat_packing" not in qlora and info["plan"] is None
+
+
+def test_user_keys_read_pairs_and_yaml():
+    spec = {"pairs": {"batch": "4", "lr": "1e-3"}, "yaml": "cutoff_len: 512\n"}
+    assert user_keys(spec) == {"per_device_train_batch_size", "learning_rate", "cutoff_len"}
+    assert user_keys({"yaml": "[unclosed"}) == set()
+
+
+def test_fast_is_the_default_and_trains_what_seed_trains():
+    fast, seed = recipes.PRESETS["fast"].values, recipes.PRESETS["seed"].values
+    assert recipes.DEFAULT_PRESET == "fast"
+    for key in ("learning_rate", "loraplus_lr_ratio", "lora_target", "lora_rank", "num_train_epochs",
+                "lr_scheduler_type", "cutoff_len", "template"):
+        assert fast[key] == seed[key], key
+    recipe = recipes.train_recipe(pairs={"model": "/m", "dataset": "d"})
+    assert recipe.preset == "fast"
+
+
+# --- tokens, tokens/s, MFU ---------------------------------------------------------------------
+def test_token_count_arithmetic():
+    count = TokenCount((10, 20, 30, 100), cutoff=128)
+    assert (count.samples, count.total, count.longest) == (4, 160, 100)
+    assert count.total_at(25) == 10 + 20 + 25 + 25
+    assert count.total_at(4096) == 160
+    assert tokens_per_epoch(count, {"cutoff_len": 26, "packing": True}) == 10 + 20 + 25 + 25
+    assert tokens_per_epoch(count, {"cutoff_len": 25}) == 10 + 20 + 25 + 25
+
+
+def test_gpu_peaks_and_mfu():
+    assert bf16_peak_flops("NVIDIA H200") == 989e12
+    assert bf16_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bf16_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bf16_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bf16_peak_flops("Some Card") is None
+    assert mfu(10_600, 8_030_261_248, "NVIDIA H200") == pytest.approx(4 * 8.03e9 * 10_600 / 989e12, rel=1e-3)
+    assert mfu(10_600, 8_030_261_248, "NVIDIA H200", n_gpus=2) == pytest.approx(0.172, abs=1e-3)
+    assert mfu(-4.2e18, 8_030_261_248, "NVIDIA H200") is None
+    assert mfu(1000, 8_030_261_248, "Some Card") is None
+
+
+@pytest.mark.parametrize("bad", [-4.2e18, float("nan"), float("inf"), 0, 1e12, True, "fast", None])
+def test_no_negative_or_absurd_rate_survives(bad):
+    assert sane_rate(bad) is None
+
+
+def test_true_progress_counts_from_the_epoch_and_drops_llamafactorys_broken_figures():
+    broken = {"step": 10, "epoch": 0.5, "elapsed_s": 20.0, "tokens_per_s": -4.2e18, "total_tokens": -(2**62)}
+    counted = true_progress(broken, tokens_per_epoch=100_000)
+    assert counted["total_tokens"] == 50_000 and counted["tokens_per_s"] == 2_500
+    uncounted = true_progress(broken, tokens_per_epoch=None)
+    assert "tokens_per_s" not in uncounted and "total_tokens" not in uncounted
+    fine = true_progress({"step": 1, "tokens_per_s": 1893.2, "total_tokens": 117376}, None)
+    assert fine["tokens_per_s"] == 1893.2 and fine["total_tokens"] == 117376
+    early = true_progress({"step": 1, "epoch": 0.01, "elapsed_s": 0.0}, 100_000)
+    assert early["total_tokens"] == 1000 and "tokens_per_s" not in early  # no rate from 0 s
+
+
+# --- ETA ---------------------------------------------------------------------------------------
+def test_estimate_is_startup_plus_tokens_over_the_calibrated_rate():
+    table = {"H200|fast|1": {"param_tokens_per_s": 8.0e13, "startup_s": 60.0, "runs": 3}}
+    est = eta.estimate(table, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="fast")
+    assert est.tokens_per_s == pytest.approx(10_000)
+    assert est.seconds == pytest.approx(60 + 2400)
+    assert eta.describe(est) == "about 41 min on 1× H200 (0.7 GPU-h)"
+    two = eta.estimate(table, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="fast",
+                       n_gpus=2)
+    assert two.tokens_per_s == pytest.approx(18_000) and two.gpu_hours > est.gpu_hours
+    assert eta.estimate({}, tokens=1, params=1, gpu_name="Some Card", recipe="fast") is None
+    assert eta.estimate(table, tokens=1, params=1, gpu_name=None, recipe="fast") is None  # CPU: unmeasured
+
+
+def test_training_tokens_honours_a_step_limit():
+    assert eta.training_tokens(1000, 3.0) == 3000
+    assert eta.training_tokens(1000, 3.0, max_steps=2, tokens_per_step=100) == 200
+    assert eta.training_tokens(1000, 1.0, max_steps=50, tokens_per_step=100) == 1000
+
+
+def test_refine_folds_each_finished_job_into_the_table(tmp_path):
+    key = "CPU|tiny|1"
+    table = eta.refine({}, key, tokens_per_s=100.0, params=1000, startup_s=10.0)
+    assert table[key] == {"param_tokens_per_s": 100_000.0, "startup_s": 10.0, "runs": 1}
+    table = eta.refine(table, key, tokens_per_s=300.0, params=1000, startup_s=20.0)
+    assert table[key]["param_tokens_per_s"] == pytest.approx(200_000.0) and table[key]["runs"] == 2
+    assert eta.refine(table, key, tokens_per_s=float("nan"), params=1000, startup_s=1.0) == table
+    # A default (bench) entry is replaced by the first real measurement on this runner.
+    fresh = eta.refine({}, "H200|fast|1", tokens_per_s=5000.0, params=8_000_000_000, startup_s=30.0)
+    assert fresh["H200|fast|1"]["runs"] == 2
+    path = tmp_path / "cal" / "host.json"
+    eta.save_table(path, table)
+    assert eta.load_table(path) == table
+    path.write_text("[1, 2]")
+    assert eta.load_table(path) == {}
+
+
+# --- the runner's count, and a packed run on a CPU (real LLaMA-Factory) ------------------------
+def test_the_runner_counts_tokens_with_llamafactory_and_caches_them(settings, monkeypatch):
+    runtime = Runtime(settings)
+    runtime.queue.ensure_demo_datasets()
+    from runners.datasets import dataset_dir
+    from runners.demo.tinymodel import ensure_tiny_model
+
+    args = {
+        "model_name_or_path": str(ensure_tiny_model(settings.models_dir)),
+        "template": "llama3",
+        "dataset": "demo",
+        "dataset_dir": str(dataset_dir(settings.data_dir)),
+        "cutoff_len": 32,
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+    count = count_tokens(args, settings.cache_dir, env=env)
+    assert count.samples == 64 and 0 < count.longest <= 32 and count.cutoff == 32
+    assert count.total == sum(count.lengths)
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr("runners.speed.tokencount.subprocess.run", no_subprocess)
+    assert count_tokens(args, settings.cache_dir) == count  # cached per dataset, tokenizer, cutoff
+    with pytest.raises(AssertionError, match="counted again"):
+        count_tokens({**args, "cutoff_len": 16}, settings.cache_dir)
+
+
+def test_a_neat_packing_run_reports_true_throughput_and_a_second_job_gets_an_estimate(settings):
+    settings.estimate = True
+    runtime = Runtime(settings)
+    runtime.worker.hardware = Hardware(host="cpuhost", gpus=(), cpu_count=2)
+    store, queue = runtime.store, runtime.queue
+    runtime.start(web=False)
+    try:
+        pairs = {"neat_packing": "true", "epochs": "4", "cutoff": "256"}
+        job = wait_for(store, queue.submit_train(preset="tiny", pairs=pairs).id, FINAL, timeout=300)
+        assert job.state == "succeeded", f"{job.error}\n{job.log_tail}"
+        per_epoch = job.metrics["tokens_per_epoch"]
+        assert 0 < per_epoch == job.metrics["dataset_tokens"]["tokens"]
+        log_file = Path(job.work_dir, "output", "trainer_log.jsonl")
+        lines = [json.loads(x) for x in log_file.read_text().splitlines()]
+        assert any("epoch" in line for line in lines)
+        progress = [e.data for e in store.events_since(0, job_id=job.id) if e.type == "progress"]
+        for point in progress:
+            if point.get("total_tokens") is not None:
+                assert 0 <= point["total_tokens"] <= 4 * per_epoch
+            if point.get("tokens_per_s") is not None:
+                assert 0 < point["tokens_per_s"] <= 10 * per_epoch
+        assert job.metrics["total_tokens"] == round(job.metrics["epoch"] * per_epoch)
+        assert 0 < job.metrics["tokens_per_s"] <= job.metrics["total_tokens"]
+        assert "estimate" not in job.metrics or job.metrics["estimate"] is None  # CPU: nothing measured yet
+        table = eta.load_table(settings.calibration_dir / f"{runtime.worker.host}.json")
+        assert table["CPU|tiny|1"]["runs"] == 1
+
+        second = queue.submit_train(preset="tiny", pairs={**pairs, "epochs": "2"})
+        second = wait_for(store, second.id, FINAL, timeout=300)
+        assert second.state == "succeeded"
+        estimates = [e.data for e in store.events_since(0, job_id=second.id) if e.type == "estimate"]
+        assert estimates and estimates[0]["device"] == "CPU" and estimates[0]["seconds"] > 0
+        assert second.metrics["estimate"]["seconds"] > 0 and second.metrics["actual_s"] > 0
+    finally:
+        runtime.stop()
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """SQLite only here: these tests are about the arithmetic and the runner, not the database."""
+    return f"sqlite:///{tmp_path / 'tunebot.db'}"
+
+
+# --- what people see ---------------------------------------------------------------------------
+def _train_job(**changes) -> Job:
+    import time
+
+    from runners.job import Job
+
+    now = time.time()
+    values = dict(id=7, kind="train", state="queued", model="/models/llama3", dataset="alpaca", method="lora",
+                  preset="fast", user="U1", channel="C1", created_at=now - 60)
+    values.update(changes)
+    return Job(**values)
+
+
+ESTIMATE = {"seconds": 2460.0, "n_gpus": 1, "device": "H200", "gpu_hours": 0.68, "tokens": 1,
+            "tokens_per_s": 1, "startup_s": 60, "key": "H200|fast|1"}
+
+
+def test_the_root_message_shows_the_estimate_while_queued_and_running():
+    from bot.render import render_job_message
+
+    queued = render_job_message(_train_job(metrics={"estimate": ESTIMATE}))
+    assert "about 41 min on 1× H200 (0.7 GPU-h)" in json.dumps(queued, ensure_ascii=False)
+    assert "about 41 min" in queued["text"]
+    running = _train_job(state="running", started_at=1.0, metrics={"estimate": ESTIMATE},
+                         progress={"step": 3, "total": 10, "remaining_s": 125.0, "tokens_per_s": 9522.2})
+    text = json.dumps(render_job_message(running), ensure_ascii=False)
+    assert "about 41 min on 1× H200" in text and "ETA 2m 05s" in text and "9,522 tokens/s" in text
+    nothing = json.dumps(render_job_message(_train_job(metrics={"estimate": None})), ensure_ascii=False)
+    assert "GPU-h" not in nothing
+
+
+def test_the_finished_post_says_how_close_the_estimate_was_and_the_mfu():
+    import time as _t
+
+    from bot.render import render_finished
+
+    done = _train_job(
+        state="succeeded", started_at=_t.time() - 2300, finished_at=_t.time(),
+        metrics={"estimate": ESTIMATE, "actual_s": 2300.0, "tokens_per_s": 9522.2, "mfu": 0.3866,
+                 "gpu": "NVIDIA H200", "total_tokens": 21_900_000, "train_runtime": 2240.0},
+        progress={"step": 100, "total": 100, "loss": 1.8},
+    )
+    text = json.dumps(render_finished(done), ensure_ascii=False)
+    assert "MFU 39% of the H200's bf16 peak" in text
+    assert "estimated 41 min on 1× H200 (0.7 GPU-h), took 38m 20s (+7%)" in text
+    assert "21,900,000 tokens seen" in text
+
+
+def test_the_queued_reply_says_an_estimate_is_coming_and_show_and_digest_carry_the_figures():
+    from bot.cli.terminal import job_details
+    from bot.render.replies import render_queued
+    from bot.schedules.digest import results_text
+
+    assert "time estimate follows" in render_queued(_train_job())["text"]
+    assert "time estimate follows" not in render_queued(_train_job(kind="eval"))["text"]
+    done = _train_job(state="succeeded", started_at=1.0, finished_at=2301.0, log_path="/x/job.log",
+                      metrics={"estimate": ESTIMATE, "actual_s": 2300.0, "tokens_per_s": 9522.2,
+                               "mfu": 0.3866, "gpu": "NVIDIA H200"})
+    shown = job_details(done)
+    assert "MFU 39%" in shown and "took 38m 20s (+7%)" in shown
+    assert "9,522 tokens/s · MFU 39%" in results_text(done)
+
+
+def test_a_broken_count_from_llamafactory_is_never_shown():
+    from bot.render import progress_text, render_finished
+    from bot.story.progress import PostedState, render_progress_post
+    from runners.llamafactory.progress import Progress
+
+    broken = {"step": 5, "total": 10, "tokens_per_s": -4.2e18, "total_tokens": -(2**63)}
+    assert "tokens/s" not in progress_text(broken)
+    done = _train_job(state="succeeded", started_at=1.0, finished_at=60.0, progress=broken,
+                      metrics={"tokens_per_s": -2.3e18, "total_tokens": -(2**63)})
+    text = json.dumps(render_finished(done))
+    assert "tokens/s" not in text and "tokens seen" not in text and "e+18" not in text
+    point = Progress(step=5, total=10, tokens_per_s=-4.2e18)
+    from bot.story.progress import Decision
+
+    post = json.dumps(render_progress_post(_train_job(state="running", started_at=1.0), [point],
+                                           PostedState(), Decision("progress"), now=60.0))
+    assert "not counted" in post and "-4" not in post
+
+
+def test_an_estimate_event_edits_the_root_message():
+    from bot.story.posts import EDIT_ROOT, thread_posts
+    from runners.job import JobEvent
+
+    posts = thread_posts(_train_job(metrics={"estimate": ESTIMATE}), JobEvent(id=3, job_id=7, at=1.0,
+                                                                          type="estimate", data=ESTIMATE))
+    assert [p.action for p in posts] == [EDIT_ROOT]
+    from bot.cli.terminal import describe_event
+
+    assert describe_event("estimate", ESTIMATE) == "estimate: about 41 min on 1× H200 (0.7 GPU-h)"
