@@ -179,7 +179,7 @@ def _shown_step(params: dict[str, Any]) -> int | None:
 def log_to_slack(steps: int, step_seconds: float, data: Path) -> dict[str, Any]:
     from dataclasses import replace
 
-    from bot.delivery import Delivery
+    from bot.outbox.delivery import Delivery
     from bot.settings import BotSettings
     from bot.story.notifier import Notifier
     from runners.hardware import Hardware

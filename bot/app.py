@@ -17,12 +17,12 @@ from typing import Any
 from slack_bolt import App, BoltContext, BoltResponse
 from slack_sdk import WebClient
 
+from bot.outbox.delivery import make_client
+from bot.state.dedupe import EventLog, drop_redelivered_events
 from runners.runtime import Runtime
 
 from . import uploads
 from .auth import Access
-from .dedupe import EventLog, drop_redelivered_events
-from .delivery import make_client
 from .listeners import register_listeners
 from .parsing import COMMAND
 from .services import CONTEXT_KEY, Services
@@ -60,7 +60,7 @@ def build_app(settings: BotSettings, runtime: Runtime, *, client: WebClient | No
     """The tunebot Slack app.
 
     `verify_token=False` skips Bolt's auth.test at start (the bot's identity is then learnt on
-    the first request). `delivery` is the outbox posts go through (bot.delivery.Delivery).
+    the first request). `delivery` is the outbox posts go through (bot.outbox.delivery.Delivery).
     """
     client = client or slack_client(settings)
     app = App(

@@ -129,7 +129,7 @@ def _token_refused(error: Exception) -> UserError:
 
 def _preflight(settings: Settings) -> None:
     """`tunebot doctor`'s fast checks: warnings are printed, a problem stops the start with its fix."""
-    from .doctor import preflight
+    from bot.cli.doctor import preflight
 
     for check in preflight(settings):
         line = f"tunebot: {check.name}: {check.detail}" + (f"\n  fix: {check.fix}" if check.fix else "")
@@ -141,7 +141,8 @@ def _preflight(settings: Settings) -> None:
 def _start_notifier(runtime: Any, client: Any, bot_settings: BotSettings,
                     schedule_settings: ScheduleSettings) -> tuple[Any, Any]:
     """The outbox, and the notifier that tells each job's story through it (progress posts too)."""
-    from .delivery import Delivery
+    from bot.outbox.delivery import Delivery
+
     from .story.notifier import Notifier
 
     delivery = Delivery(client, runtime.store, edit_every=bot_settings.status_edit_every)
@@ -186,7 +187,7 @@ def serve(settings: Settings, *, http: bool, host: str, port: int, runner: bool,
     previous = _install_signal_handlers(stop)
     runtime.start(worker=runner)
     delivery, notifier = _start_notifier(runtime, client, bot_settings, schedule_settings)
-    # Every serve starts one; a lease in the database lets exactly one of them post (bot/leases.py).
+    # Every serve starts one; a lease in the database lets exactly one of them post (bot/state/leases.py).
     scheduler = Scheduler(runtime, delivery, schedule_settings).start()
     transport: Any = None
     try:

@@ -15,11 +15,11 @@ from typing import Any
 
 from slack_sdk import WebClient
 
+from bot.state.dedupe import EventLog
 from runners.runtime import Runtime
 from runners.store import Store
 
 from .auth import Access
-from .dedupe import EventLog
 from .settings import BotSettings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class Services:
     client: WebClient
     access: Access
     events: EventLog
-    # bot.delivery's outbox once `serve` starts one: posts stay in order per thread and are retried.
+    # bot.outbox.delivery's outbox once `serve` starts one: posts stay in order per thread and are retried.
     delivery: Any | None = None
     # The engine's checks are CPU work under the GIL: a few at a time leave the acks room to run.
     engine_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))

@@ -17,10 +17,9 @@ from sqlalchemy import Index, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, select
 
+from bot.state.tables import BotModel, BotTables, ensure_tables
 from runners.job import Job
 from runners.store import Store
-
-from .tables import BotModel, BotTables, ensure_tables
 
 
 class BotThread(BotModel, table=True):

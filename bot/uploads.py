@@ -17,7 +17,7 @@ from slack_sdk import WebClient
 from sqlalchemy import delete
 from sqlmodel import Field, select
 
-from bot.tables import BotModel, BotTables, ensure_tables
+from bot.state.tables import BotModel, BotTables, ensure_tables
 from runners import datasets
 from runners.errors import UserError
 from runners.job import now

@@ -256,12 +256,14 @@ class Worker:
 
         seen = int(job.progress.get("step") or 0)
         points = read_trainer_log(Path(job.work_dir) / "output" / "trainer_log.jsonl")
+        per_epoch = job.metrics.get("tokens_per_epoch")
         latest = dict(job.progress)
         for point in points:
             if point.step > seen or point.eval_loss is not None and point.step >= seen:
                 self.store.add_event(job.id, EventKind.PROGRESS, true_progress(point.to_dict(), per_epoch))
                 seen = max(seen, point.step)
                 latest.update({k: v for k, v in point.to_dict().items() if v is not None})
+        latest = true_progress(latest, per_epoch)
         if latest != job.progress:
             self.store.update(job.id, progress=latest)
 

@@ -243,7 +243,7 @@ def start_bot(
 @pytest.fixture
 def bot(slack: SlackStandin, bot_settings: BotSettings, runtime: Runtime) -> Iterator[SlackBot]:
     """The tunebot app over signed HTTP, posting through the real outbox (no notifier)."""
-    from bot.delivery import Delivery
+    from bot.outbox.delivery import Delivery
 
     delivery = Delivery(quick_client(slack), runtime.store, edit_every=bot_settings.status_edit_every).start()
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bot import doctor
+from bot.cli import doctor
 from bot.cli import main
 from bot.settings import BotSettings
 from runners.artifacts.base import StorageSettings

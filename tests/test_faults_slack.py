@@ -11,8 +11,8 @@ import time
 import pytest
 from slack_sdk import WebClient
 
-from bot import delivery as delivery_module
-from bot.delivery import SENT, Delivery
+from bot.outbox import delivery as delivery_module
+from bot.outbox.delivery import SENT, Delivery
 from runners.store import Store
 
 from .delivery_fixtures import quick_client, slack  # noqa: F401
@@ -177,7 +177,7 @@ def test_the_outbox_loop_logs_a_database_outage_once_and_delivers_when_it_is_bac
 
     monkeypatch.setattr(delivery, "drain", away)
     monkeypatch.setattr(delivery._outage, "ceiling", 0.05)  # back-off scaled down
-    caplog.set_level(logging.INFO, logger="bot.delivery")
+    caplog.set_level(logging.INFO, logger="bot.outbox.delivery")
     delivery.start()
     try:
         delivery.post("C1", text="queued while away", key="k:1")
@@ -186,7 +186,7 @@ def test_the_outbox_loop_logs_a_database_outage_once_and_delivers_when_it_is_bac
                        what="the loop to see the database back")
     finally:
         delivery.stop()
-    lines = [r for r in caplog.records if r.name == "bot.delivery" and r.levelno >= logging.WARNING]
+    lines = [r for r in caplog.records if r.name == "bot.outbox.delivery" and r.levelno >= logging.WARNING]
     assert not [r for r in lines if r.exc_info]
     assert [r.getMessage() for r in lines if "database" in r.getMessage() or "PostgreSQL" in r.getMessage()]
     assert len(lines) == 2  # away once, back once

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from sqlmodel import Session, delete, select
 
-from bot.delivery import Delivery, OutboxItem
+from bot.outbox.delivery import Delivery, OutboxItem
 from bot.story.notifier import Notifier, NotifierCursor
 from bot.threads import channel_of, root_ts, slack_origin
 from runners.hardware import Hardware

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from bot.delivery import Delivery
+from bot.outbox.delivery import Delivery
 from bot.story.notifier import Notifier
 from bot.threads import root_ts
 from runners.runtime import Runtime

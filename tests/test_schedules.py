@@ -15,8 +15,7 @@ from slack_sdk import WebClient
 from sqlalchemy import create_engine, func, select
 
 from bot.app import build_app
-from bot.delivery import Delivery
-from bot.leases import Lease
+from bot.outbox.delivery import Delivery
 from bot.parsing import parse_command
 from bot.schedules import scheduler as schedules
 from bot.schedules.command import handle_schedule_command
@@ -24,6 +23,7 @@ from bot.schedules.scheduler import LEASE_NAME, Scheduler, digest_table
 from bot.schedules.spec import SCHEDULE_SETTINGS_TABLE, ScheduleSettings, parse_schedule, weekday_field
 from bot.serve import EVENTS_PATH, asgi_app
 from bot.settings import BotSettings
+from bot.state.leases import Lease
 from bot.threads import slack_origin
 from runners.errors import UserError
 from runners.hardware import Hardware
@@ -57,7 +57,7 @@ def client(slack) -> WebClient:
 
 @pytest.fixture
 def deliveries(client):
-    """Outboxes (bot.delivery) on the stand-in, stopped at the end."""
+    """Outboxes (bot.outbox.delivery) on the stand-in, stopped at the end."""
     made: list[Delivery] = []
 
     def make(store) -> Delivery:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.delivery import Delivery
+from bot.outbox.delivery import Delivery
 from bot.story.notifier import Notifier
 from bot.threads import root_ts
 from runners.hardware import Hardware

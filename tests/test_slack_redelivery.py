@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from bot.dedupe import EventLog
+from bot.state.dedupe import EventLog
 from bot.threads import slack_origin
 from runners.queue import Requester
 from tests.slack_fixtures import bot, bot_settings, runtime, slack, wait_job

@@ -13,7 +13,7 @@ import pytest
 from slack_sdk import WebClient
 from sqlalchemy import update as sa_update
 
-from bot.delivery import Delivery
+from bot.outbox.delivery import Delivery
 from bot.schedules.spec import ScheduleSettings
 from bot.story.notifier import Notifier
 from bot.threads import record_root, slack_origin

@@ -1,11 +1,11 @@
-"""bot/tables.py: each bot table is created in one place, with schema versions like the engine's."""
+"""bot/state/tables.py: each bot table is created in one place, with schema versions like the engine's."""
 
 from __future__ import annotations
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 
-from bot.delivery import OUTBOX_TABLES
-from bot.tables import BotTables, ensure_tables, schema_versions
+from bot.outbox.delivery import OUTBOX_TABLES
+from bot.state.tables import BotTables, ensure_tables, schema_versions
 from runners.store import Store
 
 

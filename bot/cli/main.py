@@ -490,7 +490,7 @@ def cmd_worker(settings: Settings, args) -> int:
 
 
 def cmd_doctor(settings: Settings, args) -> int:
-    from ..doctor import run_doctor
+    from bot.cli.doctor import run_doctor
 
     code, report = run_doctor(settings)
     print(report)

@@ -10,7 +10,7 @@ Where things live, all in tunebot's own database:
 - `tunebot_schedules`: APScheduler's SQLAlchemyJobStore — the triggers and next run times, under
   fixed ids `digest:<channel>:<n>`, so schedules survive restarts and a bot
   that was down posts one late digest (`coalesce`, `misfire_grace_time`), not a burst;
-- `tunebot_scheduler_lease` (bot/leases.py): which process may run jobs. Every `tunebot serve` starts its
+- `tunebot_scheduler_lease` (bot/state/leases.py): which process may run jobs. Every `tunebot serve` starts its
   scheduler paused (it can still add and remove schedules); only the lease holder resumes it.
 
 One scheduler per database: the lease is one row taken with an atomic conditional UPDATE (or the
@@ -53,10 +53,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from bot.leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
 from bot.parsing import COMMAND
 from bot.schedules.digest import build_digest, render_digest
-from bot.tables import BotTables, ensure_tables
+from bot.state.leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
+from bot.state.tables import BotTables, ensure_tables
 from runners.errors import UserError
 from runners.store import make_engine
 
@@ -128,7 +128,7 @@ def digest_job_id(channel: str, schedule_id: int) -> str:
 
 
 class Poster(Protocol):
-    """What the scheduler needs of `bot.delivery.Delivery`."""
+    """What the scheduler needs of `bot.outbox.delivery.Delivery`."""
 
     def post(
         self,

@@ -14,7 +14,7 @@ skips; a first start begins at the newest event. Root messages are posted with t
 and its ts is recorded in the bot's thread table (bot/threads.py) once it is sent. Every other post
 has the key `job:<id>:ev:<event id>:<n>`, so a second notifier on the same database (two `tunebot
 serve`) cannot post it twice; and only the holder of the notifier's lease (`tunebot_notifier_lease`,
-a lease of bot/leases.py) follows the stream at all, the others standing by.
+a lease of bot/state/leases.py) follows the stream at all, the others standing by.
 
 Every root post and edit carries Slack message metadata `{"event_type": "tunebot_job",
 "event_payload": {"job_id", "kind", "state", "step"}}`: a benchmark can pair the call that shows
@@ -35,14 +35,14 @@ from sqlalchemy import BigInteger, Column, MetaData, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, select
 
+from bot.outbox.delivery import Delivery
+from bot.state.leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
+from bot.state.tables import BotModel, BotTables, ensure_tables
 from runners.events import EventKind
 from runners.job import Job, JobEvent, JobKind, JobState
 from runners.recovery.outage import Outage, is_database_error
 from runners.runtime import Runtime
 
-from ..delivery import Delivery
-from ..leases import DEFAULT_LEASE_TTL_S, Lease, holder_id, make_lease_table
-from ..tables import BotModel, BotTables, ensure_tables
 from ..threads import asked_in, channel_of, record_root, root_ts
 from . import posts
 from .running import ProgressPosts

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, Float, Integer, MetaData, Table, insert, select, update
 
+from bot.state.tables import BotTables, ensure_tables
 from bot.story import progress as pp
-from bot.tables import BotTables, ensure_tables
 from bot.threads import channel_of, story_thread
 from runners.events import EventKind
 from runners.job import JobKind, JobState
@@ -60,7 +60,7 @@ def stall_key(job_id: int, attempt: int, quiet_since: float) -> str:
 
 
 class Poster(Protocol):
-    """What progress posts need of `bot.delivery.Delivery`."""
+    """What progress posts need of `bot.outbox.delivery.Delivery`."""
 
     def post(
         self,

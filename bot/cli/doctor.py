@@ -23,10 +23,9 @@ from pathlib import Path
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.settings import BotSettings
 from runners.errors import UserError
 from runners.settings import Settings
-
-from .settings import BotSettings
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_FREE_BYTES = 1 * 2**30  # below this, a checkpoint or an export fails half-written

@@ -45,7 +45,7 @@ from slack_sdk.http_retry.handler import RetryHandler
 from sqlalchemy import JSON, BigInteger, Column, Integer, Text, delete, or_, update
 from sqlmodel import Field, Session, select
 
-from bot.tables import BotModel, BotTables, ensure_tables
+from bot.state.tables import BotModel, BotTables, ensure_tables
 from runners.recovery.outage import Outage, is_database_error
 from runners.store import Store
 
@@ -68,7 +68,7 @@ class _WithoutBodies(logging.Filter):
 
 
 # The WebClient's own logger, for make_client.
-_client_log = logging.getLogger("bot.delivery.slack_sdk")
+_client_log = logging.getLogger("bot.outbox.delivery.slack_sdk")
 _client_log.addFilter(_WithoutBodies())
 
 # Makes a message from the reference it was queued with (`Delivery.ephemeral(render=...)`).
@@ -98,7 +98,7 @@ GONE_ERRORS = frozenset({
 
 
 # Failures after which the post may have reached Slack all the same (the answer was lost): before
-# sending it again, Slack is asked whether it is there (bot/landed.py).
+# sending it again, Slack is asked whether it is there (bot/outbox/landed.py).
 UNCERTAIN_ERRORS = frozenset({"timeout", "TimeoutError", "URLError", "ConnectionError",
                               "ConnectionResetError", "RemoteDisconnected", "IncompleteRead", "OSError"})
 
@@ -690,7 +690,7 @@ class Delivery:
                 kwargs["blocks"] = p["blocks"]
             if p.get("metadata"):
                 kwargs["metadata"] = p["metadata"]
-            if row.key:  # so a sender unsure whether it landed can find it (bot/landed.py)
+            if row.key:  # so a sender unsure whether it landed can find it (bot/outbox/landed.py)
                 kwargs["metadata"] = landed.with_key(kwargs.get("metadata"), row.key)
             if row.thread_ts:
                 kwargs["thread_ts"] = row.thread_ts

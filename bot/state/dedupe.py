@@ -17,7 +17,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field
 
-from bot.tables import BotModel, BotTables, ensure_tables
+from bot.state.tables import BotModel, BotTables, ensure_tables
 from runners.job import now
 from runners.store import Store
 
