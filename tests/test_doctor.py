@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bot.cli import doctor
-from bot.cli import main
+from bot.cli import doctor, main
 from bot.settings import BotSettings
 from runners.artifacts.base import StorageSettings
 from runners.settings import Settings
