@@ -10,8 +10,8 @@ Where things live, all in tunebot's own database:
 - `tunebot_schedules`: APScheduler's SQLAlchemyJobStore — the triggers and next run times, under
   fixed ids `digest:<channel>:<n>`, so schedules survive restarts and a bot
   that was down posts one late digest (`coalesce`, `misfire_grace_time`), not a burst;
-- `tunebot_scheduler_lease` (bot/state/leases.py): which process may run jobs. Every `tunebot serve` starts its
-  scheduler paused (it can still add and remove schedules); only the lease holder resumes it.
+- `tunebot_scheduler_lease` (bot/state/leases.py): which process may run jobs. Every `tunebot serve`
+  starts its scheduler paused (it can still add and remove schedules); only the lease holder resumes it.
 
 One scheduler per database: the lease is one row taken with an atomic conditional UPDATE (or the
 INSERT of its primary key), renewed every `ttl/3` seconds and taken over once `ttl` passes without
