@@ -423,8 +423,8 @@ class Worker:
             if seen is not None:
                 metrics["total_tokens"] = seen
         seen = metrics.get("total_tokens")
-        runtime = metrics.get("train_runtime")
-        rate = tokens_per_second(seen, runtime)
+        runtime = metrics.get("train_runtime")  # the trainer's own, to the millisecond
+        rate = tokens_per_second(seen, runtime, min_seconds=0.01)
         if rate is None:
             return
         metrics["tokens_per_s"] = round(rate, 1)

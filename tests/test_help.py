@@ -17,7 +17,7 @@ def _text(payload) -> str:
 
 def test_slack_help_train_lists_every_preset_and_key(monkeypatch) -> None:
     # A preset added to the registry shows up without touching the help.
-    monkeypatch.setitem(PRESETS, "fast", Preset("fast", "A quicker recipe", {"learning_rate": 2e-4}))
+    monkeypatch.setitem(PRESETS, "quick", Preset("quick", "A quicker recipe", {"learning_rate": 2e-4}))
     payload = render_help("everyone may train here", "train")
     text = _text(payload)
     for name in PRESETS:
@@ -26,7 +26,7 @@ def test_slack_help_train_lists_every_preset_and_key(monkeypatch) -> None:
     for key in keys.TRAIN_KEY_HELP:
         assert f"*{key.key}*" in text
     assert "*lr* (also learning_rate): learning rate · allowed: a number &gt; 0" in text
-    assert "default: seed 1e-4, seed-cli 5e-5, tiny 0.005, fast 2e-4" in text
+    assert "default: seed 1e-4, fast 1e-4, seed-cli 5e-5, tiny 0.005, quick 2e-4" in text
     assert "*method*" in text and "lora, qlora, freeze, full" in text
     assert len(payload["blocks"]) <= 50
     assert all(len(b["text"]["text"]) <= 3000 for b in payload["blocks"] if b.get("type") == "section")

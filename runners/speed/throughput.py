@@ -120,13 +120,14 @@ def tokens_seen(epoch: Any, tokens_per_epoch: Any) -> int | None:
     return int(round(epoch * tokens_per_epoch))
 
 
-def tokens_per_second(tokens: Any, seconds: Any) -> float | None:
-    """tokens / seconds when both make sense (a second or more of training); else None."""
+def tokens_per_second(tokens: Any, seconds: Any, *, min_seconds: float = 1.0) -> float | None:
+    """tokens / seconds when both make sense; else None. The trainer log's elapsed time is whole
+    seconds, so by default less than one second says nothing; a precise runtime may ask for less."""
     if isinstance(tokens, bool) or isinstance(seconds, bool):
         return None
     if not isinstance(tokens, (int, float)) or not isinstance(seconds, (int, float)):
         return None
-    if seconds < 1 or tokens <= 0:
+    if seconds < min_seconds or seconds <= 0 or tokens <= 0:
         return None
     return sane_rate(tokens / seconds)
 
