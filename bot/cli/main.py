@@ -422,26 +422,24 @@ def cmd_logs(settings: Settings, args) -> int:
     return 0
 
 
-def cmd_cancel(settings: Settings, args) -> int:
+def _stop_job(settings: Settings, args, action: str) -> int:
+    """`cancel` or `undeploy`: ask through the queue, then settle it here if no runner is up."""
     from runners.queue import JobQueue
     from runners.recovery.unattended import settled_state_words
 
     store = _store(settings)
-    job = JobQueue(settings, store).cancel(args.job, by="cli")
+    job = getattr(JobQueue(settings, store), action)(args.job, by="cli")
     job = _settled(settings, store, str(job.id), stop=True)
     print(f"#{job.id}: {settled_state_words(job)}")
     return 0
+
+
+def cmd_cancel(settings: Settings, args) -> int:
+    return _stop_job(settings, args, "cancel")
 
 
 def cmd_undeploy(settings: Settings, args) -> int:
-    from runners.queue import JobQueue
-    from runners.recovery.unattended import settled_state_words
-
-    store = _store(settings)
-    job = JobQueue(settings, store).undeploy(args.job, by="cli")
-    job = _settled(settings, store, str(job.id), stop=True)
-    print(f"#{job.id}: {settled_state_words(job)}")
-    return 0
+    return _stop_job(settings, args, "undeploy")
 
 
 def cmd_chat(settings: Settings, args) -> int:
