@@ -18,12 +18,12 @@ from bot.schedules.spec import ScheduleSettings
 from bot.story.notifier import Notifier
 from bot.threads import record_root, slack_origin
 from runners import events
-from runners import worker as worker_module
 from runners.events import EventKind
 from runners.hardware import Hardware
 from runners.job import Job, JobEvent
 from runners.queue import JobQueue, Requester
 from runners.worker import Worker, wait_for
+from runners.worker import follow as worker_follow
 from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID
 from tests.slack_standin import SlackStandin
 
@@ -70,7 +70,7 @@ def fake_settings(settings, **env):
 def test_progress_posts_appear_in_a_running_jobs_thread_with_an_updated_plot(
     settings, store, client, slack, make_notifier, monkeypatch
 ):
-    monkeypatch.setattr(worker_module, "PLOT_EVERY", 0.2)  # the runner redraws its plot this often
+    monkeypatch.setattr(worker_follow, "PLOT_EVERY", 0.2)  # the runner redraws its plot this often
     s = fake_settings(settings, FAKE_STEPS="24", FAKE_STEP_SECONDS="0.25")
     queue = JobQueue(s, store, hardware=CPU)
     asker = Requester(user=HUMAN_USER_ID, origin=slack_origin(CHANNEL_ID))
