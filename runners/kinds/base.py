@@ -1,10 +1,11 @@
 """What the runner needs to know about a job kind, declared once per kind, and the registry.
 
 A kind says how its process is started (`argv`), the state it starts in, whether it writes a
-trainer log to follow (progress events, loss plots, resume from a checkpoint) and what a
-successful run leaves behind (`collect`). The worker asks the registry; it has no per-kind `if`
-for these. Adding a kind: a module here that calls `register`, its import in `__init__.py`, and
-its rendering in the bot.
+trainer log to follow (progress events, loss plots, resume from a checkpoint), whether its time
+is estimated, what a successful run leaves behind (`collect`) and, for a kind that serves a model
+until stopped, how it is served (`Serving`). The worker asks the registry; it has no per-kind
+`if`. Adding a kind: a module here that calls `register`, its import in `__init__.py`, and its
+rendering in the bot.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import UserError
 from ..job import Job, JobState
@@ -21,6 +22,41 @@ from ..settings import Settings
 
 class MissingOutput(Exception):
     """A run exited 0 without what it should have written (the job fails, saying what is missing)."""
+
+
+@dataclass
+class Watch:
+    """What the runner hands a serving kind's `watch` each tick."""
+
+    settings: Settings
+    store: Any  # runners.store.Store
+    backend: Any  # runners.backends.Backend: where the process runs (a cluster publishes its address)
+    chat_base: str | None = None  # the chat-page server's base URL, when one runs
+
+
+class Serving(Protocol):
+    """A kind whose process serves a model until it is stopped (a deployment)."""
+
+    def launch(self, job: Job, settings: Settings) -> tuple[dict[str, str], dict[str, Any]]:
+        """At launch: variables for its process's environment, and fields to record on the job
+        (the port and API key it serves with)."""
+        ...
+
+    def api_base(self, job: Job, settings: Settings, backend: Any) -> str:
+        """Where the runner reaches its API (`…/v1`)."""
+        ...
+
+    def watch(self, job: Job, watch: Watch) -> str | None:
+        """Each tick while it runs and no stop was asked: record that it is ready; returns why it
+        must stop (never ready in time, idle), or None."""
+        ...
+
+    def ended(
+        self, job: Job, stop_reason: str | None, explain: Callable[[], Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """How its end is recorded: (state, fields). `explain()` reads the log for a failure's
+        reason (`runners.llamafactory.failures.Failure`)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -36,6 +72,11 @@ class Kind:
     # Before the process starts (config written): may look at the store and return the job with
     # more in its spec, e.g. an eval deciding whether it must also score the base model.
     prepare: Callable[[Job, Path, Any], Job] | None = None
+    # Its dataset's tokens are counted and its time estimated (queued, and again at launch for the
+    # GPU it got) and its speed measured at the end (runners/speed/).
+    estimated: bool = False
+    # A model served until stopped: never "succeeded"; the runner watches it through this.
+    serving: Serving | None = None
 
 
 _KINDS: dict[str, Kind] = {}

@@ -36,5 +36,12 @@ def collect(job: Job) -> dict[str, Any]:
 
 
 TRAIN = register(
-    Kind(JobKind.TRAIN.value, argv=command_argv, collect=collect, follows_trainer_log=True, resumable=True)
+    Kind(
+        JobKind.TRAIN.value,
+        argv=command_argv,
+        collect=collect,
+        follows_trainer_log=True,
+        resumable=True,
+        estimated=True,
+    )
 )

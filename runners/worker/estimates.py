@@ -12,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..events import EventKind
 from ..hardware import Hardware
-from ..job import Job, JobKind, JobState, now
+from ..job import Job, JobState, now
+from ..kinds import kind_of
 from ..llamafactory.command import command_env
 from ..settings import Settings
 from ..store import Store
@@ -82,7 +84,7 @@ class Estimates:
     def estimate_queued(self) -> None:
         """Queued train jobs get an estimate while they wait (the bot edits their message)."""
         for job in self.store.list_jobs(states=[JobState.QUEUED.value], newest_first=False, limit=50):
-            if job.kind != JobKind.TRAIN.value or job.id in self._estimating:
+            if not _estimated(job) or job.id in self._estimating:
                 continue
             if "estimate" in job.metrics or "count_error" in job.metrics or job.attempt > 1:
                 continue
@@ -143,3 +145,10 @@ class Estimates:
                 eta.save_table(path, table)
             except OSError:
                 log.exception("recording the speed of job #%s failed", job.id)
+
+
+def _estimated(job: Job) -> bool:
+    try:
+        return kind_of(job.kind).estimated
+    except UserError:  # a kind this runner does not know: not its job to estimate
+        return False

@@ -10,7 +10,7 @@ from .. import events
 from ..backends import Backend
 from ..errors import UserError
 from ..events import EventKind
-from ..job import ACTIVE_STATES, Job, JobKind, JobState, now
+from ..job import ACTIVE_STATES, Job, JobState, now
 from ..kinds import MissingOutput, kind_of
 from ..store import Store
 from .estimates import Estimates
@@ -40,22 +40,11 @@ class Finisher:
         self.store.release_slots(job.id)
         values: dict[str, Any] = {"finished_at": finished_at or now(), "exit_code": code}
         stop_reason = run.stop_reason if run else None
-        if job.kind == JobKind.DEPLOY.value:
-            if job.cancel_requested or (stop_reason and job.state == JobState.SERVING.value):
-                values["error"] = (
-                    f"Stopped: {stop_reason}." if stop_reason else f"Undeployed by {job.cancelled_by}."
-                )
-                self.store.transition(job.id, ACTIVE_STATES, JobState.STOPPED.value, **values)
-                return
-            failure = explain_failure(read_log(job), code)
-            values.update(
-                error=f"The deployment {stop_reason}." if stop_reason else failure.reason,
-                advice=failure.advice,
-                log_tail=failure.tail,
-            )
-            self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
-            return
         kind = kind_of(job.kind)
+        if kind.serving is not None:  # served until stopped: it stopped, or it failed
+            state, more = kind.serving.ended(job, stop_reason, lambda: explain_failure(read_log(job), code))
+            self.store.transition(job.id, ACTIVE_STATES, state, **{**values, **more})
+            return
         # A database error anywhere below makes the loop call this again for the same run: the
         # steps done already (the final plot, the state change) are not done twice.
         if kind.follows_trainer_log and not (run is not None and run.final_plot_done):
@@ -77,7 +66,7 @@ class Finisher:
                 self._add_stored(job, values)
                 if self.uploads.storage is not None:  # cleared when the upload ends; a later runner retries
                     values["artifacts"][UPLOAD_PENDING] = True
-                if job.kind == JobKind.TRAIN.value:
+                if kind.estimated:
                     self.estimates.measure(job, values["metrics"])
             except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")

@@ -12,12 +12,12 @@ from typing import Any
 
 import yaml
 
-from .. import artifacts, deploy, events
+from .. import artifacts, events
 from ..backends import Backend, LaunchSpec
 from ..errors import UserError
 from ..events import EventKind
 from ..hardware import Hardware
-from ..job import Job, JobKind, now
+from ..job import Job, now
 from ..kinds import kind_of
 from ..llamafactory.command import command_env
 from ..settings import Settings
@@ -63,7 +63,7 @@ class Launcher:
         """Launch a job just claimed: now, or after its preparation in the transfer pool."""
         parent = self.store.find(job.parent_id) if job.parent_id else None
         fetch = self.storage is not None and artifacts.missing_inputs(job.args, parent)
-        prepare = self.settings.estimate and job.kind == JobKind.TRAIN.value
+        prepare = self.settings.estimate and kind_of(job.kind).estimated
         if fetch or prepare:
             self.fetching.add(job.id)
             self._transfers.submit(self._fetch_then_launch, job, parent, slots, fetch=fetch)
@@ -80,7 +80,7 @@ class Launcher:
                 self.store.add_event(job.id, EventKind.FETCHING)
                 args = artifacts.fetch_inputs(job, parent, self.storage, self.settings.cache_dir)
                 self.store.update(job.id, args=args)
-            if self.settings.estimate and job.kind == JobKind.TRAIN.value:
+            if self.settings.estimate and kind_of(job.kind).estimated:
                 self.estimates.prepare_launch(self.store.get(job.id), slots)
         except Exception as exc:  # a thread of the pool: nothing above it would see the error
             if not isinstance(exc, (UserError, OSError)):
@@ -103,27 +103,16 @@ class Launcher:
             work_dir.mkdir(parents=True, exist_ok=True)
             config = work_dir / "config.yaml"
             config.write_text(yaml.safe_dump(job.args, sort_keys=False, allow_unicode=True), encoding="utf-8")
-            prepare = kind_of(job.kind).prepare
-            if prepare is not None:
-                job = prepare(job, work_dir, self.store)
+            kind = kind_of(job.kind)
+            if kind.prepare is not None:
+                job = kind.prepare(job, work_dir, self.store)
             env = self.job_env(job, slots)
             Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
             values: dict[str, Any] = {}
-            if job.kind == JobKind.DEPLOY.value:
-                port = job.spec.get("port") or deploy.free_port(self.settings.deploy_host)
-                api_key = deploy.new_api_key() if self.settings.deploy_api_key else None
-                values.update(port=port, api_key=api_key)
-                if job.mode == "webchat":
-                    env.update(GRADIO_SERVER_NAME=self.settings.deploy_host, GRADIO_SERVER_PORT=str(port))
-                else:
-                    env.update(
-                        API_HOST=self.settings.deploy_host,
-                        API_PORT=str(port),
-                        API_MODEL_NAME=deploy.model_name(job),
-                    )
-                    if api_key:
-                        env["API_KEY"] = api_key
-            argv = kind_of(job.kind).argv(job, config, self.settings)
+            if kind.serving is not None:  # the port, API key and environment it serves with
+                served_env, values = kind.serving.launch(job, self.settings)
+                env.update(served_env)
+            argv = kind.argv(job, config, self.settings)
             log_path = Path(job.log_path or work_dir / "job.log")
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(
@@ -146,7 +135,7 @@ class Launcher:
         self.store.update(job.id, handle=handle, **values)
         config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
         run = Running(job.id, handle)
-        if kind_of(job.kind).follows_trainer_log:
+        if kind.follows_trainer_log:
             run.follower = self.follow.trainer_log(job)
             if job.attempt > 1:
                 # A resumed run appends to the log from its checkpoint's step on: skip the old lines.

@@ -16,14 +16,13 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from .. import deploy
 from ..backends import Backend, open_backend
+from ..errors import UserError
 from ..events import EventKind
 from ..hardware import Hardware, detect, slots_for
-from ..job import ACTIVE_STATES, Job, JobKind, JobState, now
-from ..kinds import kind_of
+from ..job import ACTIVE_STATES, Job, JobState, now
+from ..kinds import Watch, kind_of
 from ..recovery.outage import Outage, is_database_error
 from ..settings import Settings
 from ..store import Store
@@ -299,12 +298,16 @@ class Worker:
             self._watch_one(job, run)
 
     def _watch_one(self, job: Job, run: Running) -> None:
-        """Follow one running job: progress, deployment state, cancel, and its end."""
+        """Follow one running job: progress, a served model's state, cancel, and its end."""
         try:
             if run.follower is not None:
                 self.follow.follow(job, run)
-            if job.kind == JobKind.DEPLOY.value:
-                self._watch_deployment(job, run)
+            serving = kind_of(job.kind).serving
+            if serving is not None and run.term_sent_at is None:
+                watch = Watch(self.settings, self.store, self.backend, self.chat_base)
+                reason = serving.watch(job, watch)
+                if reason:
+                    self._stop_process(run, reason=reason)
             if self.follow.activity_due(run):
                 self.follow.activity(job, run)
         except Exception as exc:
@@ -347,57 +350,10 @@ class Worker:
 
     def api_base(self, job: Job) -> str:
         """Where the runner reaches a deployment's API (`…/v1`): this host, or the node that serves it."""
-        local = deploy.internal_api_base(self.settings.deploy_host, job.port or 0)
-        if not job.handle:
-            return local
-        host = local.split("//", 1)[1].rsplit(":", 1)[0]
-        return self.backend.endpoint(job.handle, host, job.port or 0) + "/v1"
-
-    def _watch_deployment(self, job: Job, run: Running) -> None:
-        if run.term_sent_at is not None:
-            return
-        base = self.api_base(job)
-        if job.state == JobState.STARTING.value:
-            ready = job.mode == "webchat" and deploy.port_in_use(self.settings.deploy_host, job.port or 0)
-            ready = ready or (job.mode != "webchat" and deploy.is_ready(base, job.api_key, timeout=1.0))
-            if ready:
-                if job.mode == "webchat":
-                    url = deploy.web_url(self.settings.public_url, self.settings.deploy_host, job.port)
-                elif base != deploy.internal_api_base(self.settings.deploy_host, job.port or 0):
-                    url = base  # served on a cluster node, at the address the node published
-                else:
-                    url = deploy.api_url(self.settings.public_url, self.settings.deploy_host, job.port)
-                chat_url = (
-                    f"{self.chat_base}/chat/{job.id}/" if self.chat_base and job.mode != "webchat" else url
-                )
-                self.store.transition(
-                    job.id,
-                    [JobState.STARTING.value],
-                    JobState.SERVING.value,
-                    url=url,
-                    chat_url=chat_url,
-                    last_activity=now(),
-                )
-                run.ready = True
-            elif now() - (job.started_at or now()) > self.settings.deploy_timeout:
-                self._stop_process(
-                    run,
-                    reason=(
-                        f"the model did not answer within {self.settings.deploy_timeout:.0f} s "
-                        "(TUNEBOT_DEPLOY_TIMEOUT); large models can need minutes to load"
-                    ),
-                )
-            return
-        if job.state == JobState.SERVING.value:
-            activity = job.last_activity or job.started_at or now()
-            try:  # the API server logs every request: a growing log is use too
-                activity = max(activity, Path(job.log_path).stat().st_mtime)
-            except OSError:
-                pass
-            if now() - activity > self.settings.deploy_idle:
-                self._stop_process(
-                    run, reason=f"idle for {self.settings.deploy_idle / 3600:g} h (TUNEBOT_DEPLOY_IDLE)"
-                )
+        serving = kind_of(job.kind).serving
+        if serving is None:
+            raise UserError(f"Job #{job.id} serves no model.", field="job")
+        return serving.api_base(job, self.settings, self.backend)
 
 
 def wait_for(store: Store, job_id: int, states: tuple[str, ...], timeout: float, poll: float = 0.2) -> Job:
