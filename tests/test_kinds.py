@@ -29,8 +29,8 @@ def _argv(job: Job, config: Path, settings) -> list[str]:
     return [sys.executable, "-c", QUANTIZE, str(config)]
 
 
-def _collect(job: Job) -> dict:
-    model = Path(job.work_dir) / "output" / "model.q4"
+def _collect(job: Job, folder: Path) -> dict:
+    model = folder / "output" / "model.q4"
     if not model.exists():
         raise MissingOutput("The quantization ended without a model.")
     return {"artifacts": {"model": str(model)}, "metrics": {"size_bytes": model.stat().st_size}}
@@ -67,3 +67,32 @@ def test_a_kind_registered_in_kinds_runs_through_the_worker(settings, store, qua
 def test_an_unknown_kind_is_a_plain_error():
     with pytest.raises(Exception, match="does not know jobs of kind 'nope'"):
         kind_of("nope")
+
+
+def test_a_finished_jobs_outputs_are_read_where_its_backend_hands_them_over(
+    settings, store, quantize, tmp_path
+):
+    """The worker collects from the backend's `outputs` folder, not from the job folder itself (a
+    remote backend copies what the job wrote to the runner first)."""
+    import shutil
+
+    from runners.backends import LocalBackend
+
+    fetched = tmp_path / "fetched"
+
+    class CopyingBackend(LocalBackend):
+        def outputs(self, handle, work_dir):
+            shutil.copytree(work_dir / "output", fetched / "output", dirs_exist_ok=True)
+            return fetched
+
+    work = tmp_path / "job"
+    job, _ = store.add_job(Job(kind="quantize", model="m", args={"bits": 4}, work_dir=str(work),
+                               log_path=str(work / "job.log")))
+    worker = Worker(settings, store, hardware=CPU, backend=CopyingBackend(["cpu0"]))
+    worker.start()
+    try:
+        done = wait_for(store, job.id, FINAL, timeout=30)
+    finally:
+        worker.stop()
+    assert done.state == "succeeded", done.error
+    assert done.artifacts["model"] == str(fetched / "output" / "model.q4")

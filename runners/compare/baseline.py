@@ -117,14 +117,15 @@ def eval_with_base_argv(cli: list[str], config: Path, base_config: Path) -> list
     return ["/bin/sh", "-c", script, "tunebot-eval", str(config), str(base_config)]
 
 
-def collect(job: Job) -> dict[str, float] | None:
-    """The base scores of a finished eval: cached ones, or those its second predict wrote."""
+def collect(job: Job, folder: Path | None = None) -> dict[str, float] | None:
+    """The base scores of a finished eval: cached ones, or those its second predict wrote (in
+    `folder`, the job's outputs; its job folder by default)."""
     base = (job.spec or {}).get("base") or {}
     if base.get("scores"):
         return dict(base["scores"])
     if base.get("run"):
         try:
-            scores = scores_of(read_predict_results(Path(job.work_dir) / BASE_OUTPUT))
+            scores = scores_of(read_predict_results(Path(folder or job.work_dir) / BASE_OUTPUT))
         except Exception:  # a damaged file only loses the comparison
             return None
         return scores or None

@@ -64,8 +64,9 @@ class Kind:
     name: str
     # The command line of a job of this kind, given its config file.
     argv: Callable[[Job, Path, Settings], list[str]]
-    # Artifacts and metrics of a successful run: {"artifacts": {...}, "metrics": {...}}.
-    collect: Callable[[Job], dict[str, Any]]
+    # Artifacts and metrics of a successful run, read from the folder its outputs are in (the
+    # backend's `outputs`: the job folder for a local run): {"artifacts": {...}, "metrics": {...}}.
+    collect: Callable[[Job, Path], dict[str, Any]]
     first_state: str = JobState.RUNNING.value
     follows_trainer_log: bool = False  # progress events and loss plots from output/trainer_log.jsonl
     resumable: bool = False  # a failed or cancelled run continues from its last checkpoint
@@ -98,5 +99,5 @@ def kind_of(name: str) -> Kind:
         raise UserError(f"tunebot does not know jobs of kind {name!r}.", field="kind") from None
 
 
-def collect_nothing(job: Job) -> dict[str, Any]:
+def collect_nothing(job: Job, folder: Path) -> dict[str, Any]:
     return {"artifacts": dict(job.artifacts), "metrics": dict(job.metrics)}

@@ -16,14 +16,14 @@ from ..settings import Settings
 from .base import Kind, MissingOutput, register
 
 
-def collect(job: Job) -> dict[str, Any]:
+def collect(job: Job, folder: Path) -> dict[str, Any]:
     artifacts, metrics = dict(job.artifacts), dict(job.metrics)
-    output = Path(job.work_dir) / "output"
+    output = folder / "output"
     scores = read_predict_results(output)
     if not scores:
         raise MissingOutput("The evaluation ended without predict_results.json.")
     metrics.update(scores)
-    base = baseline.collect(job)
+    base = baseline.collect(job, folder)
     if base:
         metrics["base"] = base
     artifacts["predictions"] = str(output / "generated_predictions.jsonl")

@@ -10,9 +10,9 @@ from ..llamafactory.command import command_argv
 from .base import Kind, MissingOutput, register
 
 
-def collect(job: Job) -> dict[str, Any]:
+def collect(job: Job, folder: Path) -> dict[str, Any]:
     artifacts, metrics = dict(job.artifacts), dict(job.metrics)
-    model_dir = Path(job.work_dir) / "model"
+    model_dir = folder / "model"
     if not (model_dir / "config.json").exists():
         raise MissingOutput("The export ended without a merged model (no config.json).")
     artifacts["model"] = str(model_dir)

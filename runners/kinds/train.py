@@ -19,9 +19,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def collect(job: Job) -> dict[str, Any]:
+def collect(job: Job, folder: Path) -> dict[str, Any]:
     artifacts, metrics = dict(job.artifacts), dict(job.metrics)
-    output = Path(job.work_dir) / "output"
+    output = folder / "output"
     if not ((output / "adapter_config.json").exists() or (output / "config.json").exists()):
         raise MissingOutput("Training ended without writing an adapter or model.")
     artifacts["adapter"] = str(output)

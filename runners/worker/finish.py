@@ -62,7 +62,7 @@ class Finisher:
             values = run.succeeded_with  # recorded on an earlier try; its result event is what is left
         elif code == 0:
             try:
-                values.update(kind.collect(job))
+                values.update(kind.collect(job, self.outputs(job)))
                 self._add_stored(job, values)
                 if self.uploads.storage is not None:  # cleared when the upload ends; a later runner retries
                     values["artifacts"][UPLOAD_PENDING] = True
@@ -90,14 +90,19 @@ class Finisher:
         lost = self.backend.lost(job.handle) if job.handle else None
         if lost:  # the job could not say how it ended (its node was lost): the backend's words
             values.update(error=lost, advice=None)
-        if kind.resumable and (Path(job.work_dir) / "output").is_dir():
+        if kind.resumable and (self.outputs(job) / "output").is_dir():
             from ..llamafactory.recipes import last_checkpoint
 
-            if last_checkpoint(Path(job.work_dir) / "output") is not None:
+            if last_checkpoint(self.outputs(job) / "output") is not None:
                 values["advice"] = ((failure.advice + " ") if failure.advice else "") + (
                     f"`resume {job.id}` continues from the last checkpoint."
                 )
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
+
+    def outputs(self, job: Job) -> Path:
+        """The folder holding what the job wrote, as its backend hands it over (a local run: its
+        job folder)."""
+        return self.backend.outputs(job.handle or {}, Path(job.work_dir))
 
     def _add_stored(self, job: Job, values: dict[str, Any]) -> None:
         """What the job put in the artifact store itself (a cluster node uploads its outputs; this
