@@ -395,30 +395,30 @@ def cmd_key(settings: Settings, args) -> int:
 
 
 def cmd_logs(settings: Settings, args) -> int:
+    from runners.backends.joblog import follow_log, last_lines
+
     store = _store(settings)
     job = _settled(settings, store, args.job)
-    path = Path(job.log_path)
-    if not path.exists():
+    lines = last_lines(job, args.lines)
+    if lines is None:
         print(f"#{job.id} has no log yet ({job.state})")
         return 0
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for line in lines[-args.lines :]:
+    for line in lines:
         print(line)
     if args.follow:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            fh.seek(0, os.SEEK_END)
-            looked = time.monotonic()
-            while True:
-                line = fh.readline()
-                if line:
-                    print(line, end="")
-                    continue
-                if store.get(job.id).state in FINAL_STATES:
-                    return 0
-                if time.monotonic() - looked > 5.0:  # no runner may be following it: look ourselves
-                    looked = time.monotonic()
-                    _settled(settings, store, str(job.id))
-                time.sleep(0.5)
+        looked = time.monotonic()
+
+        def done() -> bool:
+            nonlocal looked
+            if store.get(job.id).state in FINAL_STATES:
+                return True
+            if time.monotonic() - looked > 5.0:  # no runner may be following it: look ourselves
+                looked = time.monotonic()
+                _settled(settings, store, str(job.id))
+            return False
+
+        for line in follow_log(job, done=done):
+            print(line, end="")
     return 0
 
 

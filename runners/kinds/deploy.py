@@ -5,10 +5,10 @@ environment), each tick (ready? idle?) and at the end; runners/deploy.py talks t
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .. import deploy as served
+from ..backends.joblog import log_written
 from ..job import Job, JobKind, JobState, now
 from ..llamafactory.command import command_argv
 from ..settings import Settings
@@ -73,10 +73,9 @@ class Deployment:
             return None
         if job.state == JobState.SERVING.value:
             activity = job.last_activity or job.started_at or now()
-            try:  # the API server logs every request: a growing log is use too
-                activity = max(activity, Path(job.log_path).stat().st_mtime)
-            except OSError:
-                pass
+            written = log_written(job)  # the API server logs every request: a growing log is use too
+            if written is not None:
+                activity = max(activity, written[0])
             if now() - activity > settings.deploy_idle:
                 return f"idle for {settings.deploy_idle / 3600:g} h (TUNEBOT_DEPLOY_IDLE)"
         return None

@@ -8,13 +8,14 @@ from typing import Any
 
 from .. import events
 from ..backends import Backend
+from ..backends.joblog import read_log
 from ..errors import UserError
 from ..events import EventKind
 from ..job import ACTIVE_STATES, Job, JobState, now
 from ..kinds import MissingOutput, kind_of
 from ..store import Store
 from .estimates import Estimates
-from .follow import JobFollower, read_log
+from .follow import JobFollower
 from .running import Running
 from .uploads import UPLOAD_PENDING, Uploads
 

@@ -4,10 +4,10 @@ and a periodic activity event (front ends judge a stall from it without the runn
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from .. import events
+from ..backends.joblog import log_written, read_log
 from ..events import EventKind
 from ..job import Job, now
 from ..speed.throughput import true_progress
@@ -60,14 +60,13 @@ class JobFollower:
         a stall from this, without reading the runner's disk."""
         run.last_activity_at = now()
         log_at, size = None, 0
-        for path in (Path(job.log_path), trainer_log_path(job)):
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            log_at = max(log_at or 0.0, stat.st_mtime)
-            if path == Path(job.log_path):
-                size = stat.st_size
+        written = log_written(job)
+        if written is not None:
+            log_at, size = written
+        try:
+            log_at = max(log_at or 0.0, trainer_log_path(job).stat().st_mtime)
+        except OSError:
+            pass
         tail = "\n".join(read_log(job, limit=16_000).splitlines()[-ACTIVITY_TAIL_LINES:])
         self.store.add_event(job.id, EventKind.ACTIVITY, events.activity(log_at, size, tail))
 
@@ -131,16 +130,3 @@ class JobFollower:
         self.store.add_event(job.id, EventKind.PLOT, events.plot(key, final=final, points=len(points)))
         return str(dest)
 
-
-def read_log(job: Job, limit: int = 200_000) -> str:
-    """The end of the job's log, this attempt only."""
-    try:
-        with open(job.log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - limit))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    marker = text.rfind("=== tunebot:")
-    return text[marker:] if marker >= 0 else text

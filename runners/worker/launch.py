@@ -14,6 +14,7 @@ import yaml
 
 from .. import artifacts, events
 from ..backends import Backend, LaunchSpec
+from ..backends.joblog import start_attempt
 from ..errors import UserError
 from ..events import EventKind
 from ..hardware import Hardware
@@ -114,11 +115,8 @@ class Launcher:
                 env.update(served_env)
             argv = kind.argv(job, config, self.settings)
             log_path = Path(job.log_path or work_dir / "job.log")
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(
-                    f"=== tunebot: {job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}: "
-                    f"{' '.join(argv)}\n"
-                )
+            attempt = f"{job.kind} #{job.id}, attempt {job.attempt}, slots {','.join(slots)}"
+            start_attempt(log_path, f"{attempt}: {' '.join(argv)}")
             parent = self.store.find(job.parent_id) if job.parent_id else None
             handle = self.backend.start(
                 LaunchSpec(argv=argv, env=env, cwd=work_dir, log_path=log_path, job=job, parent=parent)
