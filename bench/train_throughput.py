@@ -27,13 +27,13 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu.smi import GpuWatch  # noqa: E402
 from runners import datasets  # noqa: E402
 from runners.demo.tinymodel import ensure_model  # noqa: E402
 from runners.hardware import Gpu, Hardware, detect  # noqa: E402
@@ -218,36 +218,7 @@ def make_dataset(model: Path, rows: int) -> Path:
     return path
 
 
-# --- watching a run ----------------------------------------------------------------------------
-class GpuWatch:
-    """nvidia-smi every 0.5 s: (time, utilisation %, memory used MiB) of the whole card."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        exe = shutil.which("nvidia-smi")
-        while exe and not self._stop.wait(0.5):
-            try:
-                out = subprocess.run(
-                    [exe, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                ).stdout.splitlines()[0].split(",")
-                self.samples.append((time.time(), int(out[0]), int(out[1])))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-                continue
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(2)
+# --- watching a run: bench/gpu/smi.py's GpuWatch ------------------------------------------------
 
 
 def _cap_dir() -> Path:
