@@ -3,6 +3,7 @@ the base model's scores beside a fine-tune's (runners/compare/baseline.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from ..llamafactory.results import read_predict_results, sample_predictions
 from ..settings import Settings
 from ..speed import evalprep
 from .base import Kind, MissingOutput, register
+
+log = logging.getLogger(__name__)
 
 
 def collect(job: Job) -> dict[str, Any]:
@@ -59,7 +62,11 @@ def fit_to_gpu(job: Job, work_dir: Path, hardware: Hardware, slots: list[str], s
     the job's metrics (`eval_plan`, `eval_sorted`). A second attempt keeps the first one's plan."""
     if not hardware.has_gpu or "eval_plan" in job.metrics:
         return job
-    args, info = evalprep.prepare_eval(dict(job.args), job.spec, work_dir, hardware, slots)
+    try:
+        args, info = evalprep.prepare_eval(dict(job.args), job.spec, work_dir, hardware, slots)
+    except Exception:  # a faster eval is a nicety: the job runs as asked rather than fail
+        log.exception("planning eval job #%s failed", job.id)
+        return job
     if not info:
         return job
     metrics = {**job.metrics, **info}
