@@ -8,8 +8,9 @@ One call of at most 10 minutes on one GPU (docs/benchmarks.md has the command an
   (c) tunebot's fast eval of that adapter: batch planned from the GPU's memory, eval set sorted
       by length, greedy, on BENCH_EVAL_SAMPLES (64) held-out rows;
   (b) the WebUI defaults (batch 2, 512 new tokens) but greedy, on the first BENCH_BASE_SAMPLES (16)
-      of the same rows. It runs last and gets the time left: when cut short, its speed still comes
-      from the predict progress bar in its log.
+      of the same rows, in their own order (the runner's eval planning is switched off for it).
+      It runs last and gets the time left: when cut short, its speed still comes from the
+      predict progress bar in its log.
 
 For each eval: samples/s and generated tokens/s (from predict_results.json's `predict_runtime`,
 and over the job's wall time), peak card memory (nvidia-smi every 0.5 s), the batch, and
@@ -33,6 +34,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,6 +44,7 @@ from runners import datasets  # noqa: E402
 from runners.demo.tinymodel import ensure_model  # noqa: E402
 from runners.hardware import Gpu, Hardware, detect  # noqa: E402
 from runners.job import FINAL_STATES  # noqa: E402
+from runners.kinds import kind_of, register  # noqa: E402
 from runners.runtime import Runtime  # noqa: E402
 from runners.settings import Settings  # noqa: E402
 
@@ -57,7 +60,8 @@ NEW_TOKENS = int(os.environ.get("BENCH_NEW_TOKENS", "512"))
 # cover setup.sh (~15 s on a fresh machine) and a cancelled job's last 20 s.
 BUDGET = float(os.environ.get("BENCH_BUDGET_S", "540"))
 # Each phase's own limit, and what is kept back for the phases after it.
-LIMITS = {"train": 170.0, "fast": 200.0, "webui": 330.0}
+LIMITS = {name: float(os.environ.get(f"BENCH_LIMIT_{name.upper()}", default))
+          for name, default in (("train", 170), ("fast", 200), ("webui", 330))}
 KEEP_FOR = {"train": 150.0 + 120.0, "fast": 120.0, "webui": 5.0}
 RESULTS = OUT / "eval.json"
 T0 = time.time()
@@ -309,11 +313,16 @@ def main() -> int:
             runtime, "fast", model, row["adapter"], eval_set, EVAL_SAMPLES, fast_pairs, tokenizer, pretend
         )
         save(results)
-        runtime.worker.hardware = hardware
-        results["evals"]["webui"] = evaluate(
-            runtime, "webui", model, row["adapter"], eval_set, BASE_SAMPLES,
-            {"batch": "2", "compute": compute}, tokenizer,
-        )
+        # The baseline is LLaMA-Factory as its WebUI runs it: the runner neither sorts nor plans.
+        planned = kind_of("eval")
+        register(replace(planned, fit_to_hardware=None))
+        try:
+            results["evals"]["webui"] = evaluate(
+                runtime, "webui", model, row["adapter"], eval_set, BASE_SAMPLES,
+                {"batch": "2", "compute": compute}, tokenizer, pretend,
+            )
+        finally:
+            register(planned)
         save(results)
     finally:
         runtime.stop()
