@@ -24,7 +24,7 @@ each phase ends; a markdown table at the end.
         python3 bench/eval_throughput.py                                          # CPU dry run
 
 On a CPU the runner does not plan (nothing changes there); the dry run pretends the worker has an
-H200 for the fast eval, so the planned batch and the sorted set run end to end on the tiny model.
+H200, so the planned batch and the sorted set run end to end on the tiny model.
 """
 
 from __future__ import annotations
