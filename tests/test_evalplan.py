@@ -123,6 +123,16 @@ def test_what_cannot_be_sorted_is_named(tmp_path):
         evalprep.sorted_copy(folder, "hub", None, tmp_path / "d")
 
 
+def test_an_eval_set_too_large_to_sort_at_launch_runs_unsorted(tmp_path, monkeypatch):
+    monkeypatch.setattr(evalprep, "MAX_SORT_BYTES", 100)
+    work = tmp_path / "job"
+    work.mkdir()
+    args, info = evalprep.prepare_eval(_eval_args(tmp_path), {}, work, GPU1, ["0"])
+    assert info["eval_sorted"].startswith("not sorted: ev is larger than")
+    assert args["dataset_dir"] == str(tmp_path / "datasets")  # the registry's own file
+    assert not (work / "eval_order.json").exists()
+
+
 def test_predictions_go_back_to_the_original_order(tmp_path):
     order = [1, 4, 3, 5, 0, 2]
     out = tmp_path / "output"
