@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..hardware import Hardware
 from ..job import Job, JobState
 from ..settings import Settings
 
@@ -36,6 +37,10 @@ class Kind:
     # Before the process starts (config written): may look at the store and return the job with
     # more in its spec, e.g. an eval deciding whether it must also score the base model.
     prepare: Callable[[Job, Path, Any], Job] | None = None
+    # On the runner that claimed the job, before its config is written: may fit the job's
+    # arguments to the hardware it got (job, work dir, runner's hardware, its slots, the store),
+    # e.g. an eval's batch from the GPU's memory. Returns the job as it will run.
+    fit_to_hardware: Callable[[Job, Path, Hardware, list[str], Any], Job] | None = None
 
 
 _KINDS: dict[str, Kind] = {}
