@@ -161,14 +161,20 @@ def true_progress(progress: dict[str, Any], tokens_per_epoch: int | None) -> dic
 def steady_rate(
     points: list[tuple[float, float]], tokens_per_epoch: Any, *, min_span_s: float = 10.0
 ) -> float | None:
-    """Tokens/s while training, from the trainer log's (elapsed seconds, epoch) points: from the
-    first logged step to the last, so loading and compiling (all in the first step) are left out.
-    None when the points span less than `min_span_s` (the log's times are whole seconds)."""
-    usable = sorted(
+    """Tokens/s while training, from the trainer log's (elapsed seconds, epoch) points in log order:
+    from the first logged step to the last, so loading and compiling (all in the first step) are
+    left out. A resumed run restarts the log's clock: only the points after the last restart count.
+    None when they span less than `min_span_s` (the log's times are whole seconds)."""
+    usable = [
         (float(t), float(e)) for t, e in points
-        if isinstance(t, (int, float)) and isinstance(e, (int, float)) and not isinstance(t, bool)
+        if isinstance(t, (int, float)) and isinstance(e, (int, float))
+        and not isinstance(t, bool) and not isinstance(e, bool)
         and math.isfinite(t) and math.isfinite(e)
-    )
+    ]
+    for i in range(len(usable) - 1, 0, -1):
+        if usable[i][0] < usable[i - 1][0]:
+            usable = usable[i:]
+            break
     if len(usable) < 2 or not isinstance(tokens_per_epoch, (int, float)) or tokens_per_epoch <= 0:
         return None
     (t0, e0), (t1, e1) = usable[0], usable[-1]
