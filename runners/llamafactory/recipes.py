@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..env import is_set
+from ..env import is_set, parse_flag
 from ..errors import UserError, shorten
 from ..inputs import bounded_yaml
 from ..job import Job, JobKind, JobState, state_phrase
@@ -523,12 +523,10 @@ def _require_template(args: dict[str, Any], purpose: str) -> None:
 
 
 def _yes_no(key: str, value: Any) -> bool:
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise UserError(f"{key}={shorten(value)!r} is not true or false.", field=key, fix=f"{key}=true")
+    flag = parse_flag(value)  # the one table of yes/no words
+    if flag is None:
+        raise UserError(f"{key}={shorten(value)!r} is not true or false.", field=key, fix=f"{key}=true")
+    return flag
 
 
 def eval_recipe(
