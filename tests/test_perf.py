@@ -186,6 +186,22 @@ def test_estimate_is_startup_plus_tokens_over_the_calibrated_rate():
     assert eta.estimate(table, tokens=1, params=1, gpu_name=None, recipe="fast") is None  # CPU: unmeasured
 
 
+def test_live_progress_measures_from_the_first_logged_step():
+    first = {"step": 5, "total": 240, "epoch": 0.02, "elapsed_s": 116.0, "remaining_s": 5452.0}
+    later = {"step": 40, "total": 240, "epoch": 0.16, "elapsed_s": 121.0, "remaining_s": 605.0}
+    # 5 s after the first point: too soon to tell; the log's own remaining time stays
+    assert true_progress(later, 100_000, since=first)["remaining_s"] == 605.0
+    late = {"step": 120, "total": 240, "epoch": 0.48, "elapsed_s": 131.5, "remaining_s": 131.5}
+    out = true_progress(late, 100_000, since=first)
+    assert out["remaining_s"] == pytest.approx(120 * 15.5 / 115, abs=0.05)  # ~16 s, not the log's 131 s
+    assert out["tokens_per_s"] == pytest.approx(0.46 * 100_000 / 15.5)
+    assert out["total_tokens"] == 48_000
+    assert true_progress(late, 100_000)["tokens_per_s"] == pytest.approx(48_000 / 131.5)  # no anchor
+    assert true_progress(late, 100_000, since={"step": "x"})["remaining_s"] == 131.5  # unreadable anchor
+    unknown_total = {**late, "total": None, "remaining_s": None}
+    assert true_progress(unknown_total, 100_000, since=first).get("remaining_s") is None
+
+
 def test_steady_rate_leaves_loading_and_compiling_out():
     # the first logged step came after ~2 min of compiling; then 0.02 epoch every 5 s
     points = [(121.0, 0.02), (126.0, 0.04), (131.0, 0.06), (136.0, 0.08)]
