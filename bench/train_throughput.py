@@ -62,6 +62,12 @@ RUNS: dict[str, tuple[str, dict[str, str], float | None, int | None]] = {
     "fast-noliger": ("fast", {"enable_liger_kernel": "false"}, None, 120),
     "fast-120": ("fast", {}, None, 120),
     "seed-cli-30": ("seed-cli", {}, None, 30),
+    "seed-cli-20": ("seed-cli", {}, None, 20),
+    # CUDA graphs over the compiled step (Inductor's cudagraph trees): the host no longer issues
+    # each kernel; packs are padded to one length, so the shapes are static.
+    "fast-compile-cg": ("fast", {"torch_compile_mode": "reduce-overhead"}, None, 120),
+    # LLaMA-Factory's per-step token count (a host sync each step) switched back on
+    "fast-compile-tok": ("fast", {"include_num_input_tokens_seen": "non_padding"}, None, 120),
     "fast-purebf16": ("fast", {"compute": "pure_bf16"}, None, 120),
     # what `fast` chose before torch.compile joined it (Liger kernels, eager)
     "fast-liger": ("fast", {"torch_compile": "false", "enable_liger_kernel": "true"}, None, None),
@@ -69,7 +75,8 @@ RUNS: dict[str, tuple[str, dict[str, str], float | None, int | None]] = {
 ARG_KEYS = (
     "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps", "packing", "neat_packing",
     "enable_liger_kernel", "optim", "disable_gradient_checkpointing", "flash_attn", "torch_compile",
-    "learning_rate", "loraplus_lr_ratio", "bf16", "pure_bf16",
+    "learning_rate", "loraplus_lr_ratio", "bf16", "pure_bf16", "torch_compile_mode",
+    "include_num_input_tokens_seen",
 )
 CARD_BYTES = {80.0: 81_559 * 2**20, 24.0: 24_564 * 2**20}  # H100 80GB HBM3, RTX 4090 / A10-class
 
@@ -341,7 +348,8 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
                 if p.loss is not None and p.epoch is not None and per_epoch
             ],
         )
-        steady_from = 20 if "compile" in name else 5
+        compiled = str(job.args.get("torch_compile", "")).lower() in ("true", "1") or "compile" in name
+        steady_from = 20 if compiled else 5  # compiling and graph capture happen in the first steps
         steps = sorted(s for s in step_seen if s >= steady_from)
         if len(steps) >= 3 and per_epoch:
             by_step = {p.step: p for p in points if p.loss is not None}
@@ -364,6 +372,11 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
             row["process_peak_mib"] = reserved // 2**20
             row["process_peak_alloc_mib"] = allocated // 2**20
             row["cap_mib"] = CARD_BYTES.get(cap_gib, int(cap_gib * GIB)) // 2**20
+        try:  # what Inductor said about CUDA graphs (captured, or skipped and why)
+            said = Path(job.log_path).read_text(errors="replace").splitlines()
+            row["cudagraph_lines"] = [x[:300] for x in said if "cudagraph" in x.lower()][:20]
+        except OSError:
+            pass
         if job.state != "succeeded":
             tail = Path(job.log_path).read_text(errors="replace")[-4000:]
             row["log_tail"] = tail

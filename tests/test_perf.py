@@ -97,6 +97,13 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     assert args["neat_packing"] is True and args["packing"] is True
     assert args["optim"] == "adamw_torch_fused" and args["torch_compile"] is True
     assert info["plan"]["batch"] == 1 and args["learning_rate"] == 1e-4 and args["loraplus_lr_ratio"] == 16.0
+    # tunebot counts the tokens itself: the trainer's per-step count (a GPU sync) goes off...
+    counted = {**base, "include_num_input_tokens_seen": "non_padding"}
+    assert apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, set())[0][
+        "include_num_input_tokens_seen"] == "no"
+    # ...unless the user asked for it
+    kept, _ = apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, {"include_num_input_tokens_seen"})
+    assert kept["include_num_input_tokens_seen"] == "non_padding"
     mine, info = apply_fast(base, count, SHAPE_8B.params, LLAMA3_8B, H200, {"cutoff_len"})
     assert "neat_packing" not in mine and info["plan"] is None and "batch shape" in info["plan_note"]
     unknown, info = apply_fast(base, count, None, {}, H200, set())

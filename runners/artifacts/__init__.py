@@ -9,6 +9,7 @@ up after a job and fetches before one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .base import (
     MANIFEST_NAME,
@@ -24,7 +25,6 @@ from .base import (
     job_key,
 )
 from .local import LocalStorage
-from .oss import OssStorage
 from .transfer import describe, fetch_inputs, missing_inputs, upload_job
 
 
@@ -32,8 +32,19 @@ def open_storage(settings: StorageSettings, data_dir: Path) -> Storage:
     """The store `TUNEBOT_STORAGE` names: OSS, or a directory under the data dir."""
     data_dir = Path(data_dir)
     if settings.backend == "oss":
+        from .oss import OssStorage
+
         return OssStorage(settings, checkpoint_dir=data_dir / "cache" / "oss-checkpoints")
     return LocalStorage(data_dir / "artifacts")
+
+
+def __getattr__(name: str) -> Any:
+    # oss2 only where OSS is used: a GPU runner with a local store needs neither it nor its deps.
+    if name == "OssStorage":
+        from .oss import OssStorage
+
+        return OssStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

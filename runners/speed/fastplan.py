@@ -44,6 +44,10 @@ GPU_FLAGS: dict[str, Any] = {
     "dataloader_num_workers": 4,
     "dataloader_pin_memory": True,
     "dataloader_persistent_workers": True,
+    # The trainer's own token count waits for the GPU (`.item()`) before every micro-step, and is
+    # wrong under packing anyway; tunebot counts tokens itself (runners/speed/throughput.py), and
+    # these flags are only applied once that count exists.
+    "include_num_input_tokens_seen": "no",
 }
 # Without checkpointing the step is bound by the host launching ~10k small kernels (profiler:
 # GPU busy 39% of a step); torch.compile fuses them: 0.156 s/step against 0.275 on an H200
