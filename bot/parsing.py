@@ -150,11 +150,13 @@ def kind_spec(kind: Kind) -> CommandSpec:
 
 class _Subcommands(Mapping[str, CommandSpec]):
     """Every `/tune` subcommand: each job kind the engine declares (asked each time, so a kind
-    registered later is a command too), then the fixed ones."""
+    registered later is a command too), then the fixed ones (which keep their word: a kind named
+    `status` would not replace the command)."""
 
     def _all(self) -> dict[str, CommandSpec]:
-        specs = {kind.name: kind_spec(kind) for kind in submittable()}
-        return {**specs, **{spec.name: spec for spec in _SPECS if spec.name not in specs}}
+        fixed = {spec.name: spec for spec in _SPECS}
+        kinds = {kind.name: kind_spec(kind) for kind in submittable() if kind.name not in fixed}
+        return {**kinds, **fixed}
 
     def __getitem__(self, name: str) -> CommandSpec:
         return self._all()[name]

@@ -52,8 +52,8 @@ MANAGING = ("schedule daily", "schedule weekly", "schedule cron", "schedule off"
 
 
 def is_job_kind(name: str) -> bool:
-    """Is `name` a kind of job people ask for (runners/kinds/: train, eval, …)?"""
-    return any(kind.name == name for kind in submittable())
+    """Is the command `name` a kind of job people ask for (runners/kinds/: train, eval, …)?"""
+    return name not in _HANDLERS and any(kind.name == name for kind in submittable())
 
 
 def spends(name: str) -> bool:
@@ -118,7 +118,7 @@ def _answer(services: Services, command: Command, origin: Origin) -> dict[str, A
         services.access.require(origin.user, origin.channel)
     elif name in MANAGING:
         services.access.require(origin.user, origin.channel, "manage this channel's digests")
-    handler = _HANDLERS.get(name) or (_submit if is_job_kind(name) else None)
+    handler = _submit if is_job_kind(name) else _HANDLERS.get(name)
     if handler is None:
         if name.startswith("schedule"):
             return _schedule(services, command, origin)
