@@ -457,6 +457,9 @@ class Worker:
         work_dir = Path(job.work_dir or self.settings.jobs_dir / str(job.id))
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
+            fit = kind_of(job.kind).fit_to_hardware
+            if fit is not None:
+                job = fit(job, work_dir, self.hardware, slots, self.store)
             config = work_dir / "config.yaml"
             config.write_text(yaml.safe_dump(job.args, sort_keys=False, allow_unicode=True), encoding="utf-8")
             prepare = kind_of(job.kind).prepare

@@ -16,9 +16,9 @@ from runners.llamafactory import recipes
 from runners.runtime import Runtime
 from runners.speed import estimate as eta
 from runners.speed.fastplan import HEADROOM, ModelShape, plan_fast
-from runners.speed.throughput import bf16_peak_flops, mfu, param_count, sane_rate, true_progress
+from runners.speed.throughput import bf16_peak_flops, mfu, param_count, sane_rate, steady_rate, true_progress
 from runners.speed.tokencount import TokenCount, count_tokens
-from runners.speed.trainprep import apply_fast, tokens_per_epoch, user_keys
+from runners.speed.trainprep import apply_fast, is_compiled, tokens_per_epoch, user_keys
 from runners.worker import wait_for
 
 LLAMA3_8B = {
@@ -101,6 +101,7 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     counted = {**base, "include_num_input_tokens_seen": "non_padding"}
     assert apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, set())[0][
         "include_num_input_tokens_seen"] == "no"
+    assert args["logging_nan_inf_filter"] is False  # no sync on every micro-step's loss
     # ...unless the user asked for it
     kept, _ = apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, {"include_num_input_tokens_seen"})
     assert kept["include_num_input_tokens_seen"] == "non_padding"
@@ -182,6 +183,45 @@ def test_estimate_is_startup_plus_tokens_over_the_calibrated_rate():
     assert two.tokens_per_s == pytest.approx(18_000) and two.gpu_hours > est.gpu_hours
     assert eta.estimate({}, tokens=1, params=1, gpu_name="Some Card", recipe="fast") is None
     assert eta.estimate(table, tokens=1, params=1, gpu_name=None, recipe="fast") is None  # CPU: unmeasured
+
+
+def test_steady_rate_leaves_loading_and_compiling_out():
+    # the first logged step came after ~2 min of compiling; then 0.02 epoch every 5 s
+    points = [(121.0, 0.02), (126.0, 0.04), (131.0, 0.06), (136.0, 0.08)]
+    assert steady_rate(points, 1_000_000) == pytest.approx(0.06 * 1_000_000 / 15)
+    assert steady_rate(list(reversed(points)), 1_000_000) == pytest.approx(4000)  # order does not matter
+    # what the whole runtime would say instead: 80,000 tokens / 136 s
+    assert 80_000 / 136 < steady_rate(points, 1_000_000) / 6
+    assert steady_rate(points[:2], 1_000_000) is None  # 5 s of whole-second times: too short to tell
+    assert steady_rate(points[:1], 1_000_000) is None
+    assert steady_rate([(1.0, 0.5), (20.0, 0.5)], 1_000_000) is None  # no progress
+    assert steady_rate(points, None) is None and steady_rate(points, 0) is None
+    assert steady_rate([(float("nan"), 0.1), *points], 1_000_000) == pytest.approx(4000)
+    assert steady_rate([(0.0, 0.0), (100.0, 1e9)], 1e9) is None  # absurd: never shown
+
+
+def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_compiled_its_shapes():
+    config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
+    args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True}
+    key = eta.compile_key(config, args)
+    assert key == eta.compile_key(dict(config), {**args, "model_name_or_path": "/elsewhere"})
+    assert key != eta.compile_key(config, {**args, "cutoff_len": 2048})
+    assert key != eta.compile_key(config, {**args, "torch_compile_mode": "reduce-overhead"})
+    assert key != eta.compile_key({**config, "num_hidden_layers": 16}, args)
+    assert eta.compile_seconds({}, key) == eta.COLD_COMPILE_S
+    table = eta.record_compile({}, key, 21.9)
+    assert eta.compile_seconds(table, key) == pytest.approx(21.9)
+    assert eta.record_compile(table, key, float("nan")) == table
+    base = {"H200|fast|1": {"param_tokens_per_s": 8.0e13, "startup_s": 60.0, "runs": 3}}
+    cold = eta.estimate(base, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="fast",
+                        compile_s=eta.compile_seconds(base, key))
+    warm = eta.estimate({**base, **table}, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200",
+                        recipe="fast", compile_s=eta.compile_seconds(table, key))
+    assert cold.seconds == pytest.approx(60 + eta.COLD_COMPILE_S + 2400)
+    assert warm.seconds == pytest.approx(60 + 21.9 + 2400)
+    assert warm.to_dict()["compile_s"] == pytest.approx(21.9)
+    assert is_compiled(args) and is_compiled({"torch_compile_mode": "reduce-overhead"})
+    assert not is_compiled({"torch_compile": "false"}) and not is_compiled({})
 
 
 def test_training_tokens_honours_a_step_limit():

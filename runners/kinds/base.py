@@ -80,6 +80,10 @@ class Kind:
     # Before the process starts (config written): may look at the store and return the job with
     # more in its spec, e.g. an eval deciding whether it must also score the base model.
     prepare: Callable[[Job, Path, Any], Job] | None = None
+    # On the runner that claimed the job, before its config is written: may fit the job's
+    # arguments to the hardware it got (job, work dir, runner's hardware, its slots, the store),
+    # e.g. an eval's batch from the GPU's memory. Returns the job as it will run.
+    fit_to_hardware: Callable[[Job, Path, Hardware, list[str], Any], Job] | None = None
 
     # --- submitting: how a person's request becomes a job (None: nobody can ask for one) ---------
     recipe: Callable[[Request, Intake], Recipe] | None = None

@@ -3,23 +3,32 @@ the base model's scores beside a fine-tune's (runners/compare/baseline.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..compare import baseline
+from ..hardware import Hardware
 from ..job import Job, JobKind, JobState
 from ..llamafactory.command import command_argv, llamafactory_cli
 from ..llamafactory.recipes import DEMO_DATASET, DEMO_EVAL_DATASET, Recipe, eval_recipe
 from ..llamafactory.results import read_predict_results, sample_predictions
 from ..settings import Settings
+from ..speed import evalprep
 from .base import Intake, Kind, MissingOutput, Request, register
+
+log = logging.getLogger(__name__)
 
 
 def collect(job: Job) -> dict[str, Any]:
     artifacts, metrics = dict(job.artifacts), dict(job.metrics)
     output = Path(job.work_dir) / "output"
+    order = evalprep.read_order(Path(job.work_dir))
+    if order is not None:  # the run saw the eval set sorted by length: predictions back in order
+        for folder in (output, Path(job.work_dir) / baseline.BASE_OUTPUT):
+            evalprep.restore_order(folder, order)
     scores = read_predict_results(output)
     if not scores:
         raise MissingOutput("The evaluation ended without predict_results.json.")
@@ -49,6 +58,23 @@ def plan_base(job: Job, work_dir: Path, store: Any) -> Job:
     return job.model_copy(update={"spec": spec})
 
 
+def fit_to_gpu(job: Job, work_dir: Path, hardware: Hardware, slots: list[str], store: Any) -> Job:
+    """On a GPU: the eval set sorted by length and the batch from the GPU's memory, recorded in
+    the job's metrics (`eval_plan`, `eval_sorted`). A second attempt keeps the first one's plan."""
+    if not hardware.has_gpu or "eval_plan" in job.metrics:
+        return job
+    try:
+        args, info = evalprep.prepare_eval(dict(job.args), job.spec, work_dir, hardware, slots)
+    except Exception:  # a faster eval is a nicety: the job runs as asked rather than fail
+        log.exception("planning eval job #%s failed", job.id)
+        return job
+    if not info:
+        return job
+    metrics = {**job.metrics, **info}
+    store.update(job.id, args=args, metrics=metrics)
+    return job.model_copy(update={"args": args, "metrics": metrics})
+
+
 def argv(job: Job, config: Path, settings: Settings) -> list[str]:
     if (job.spec.get("base") or {}).get("run"):
         return baseline.eval_with_base_argv(
@@ -72,6 +98,7 @@ EVAL = register(
         argv=argv,
         collect=collect,
         prepare=plan_base,
+        fit_to_hardware=fit_to_gpu,
         recipe=recipe,
         from_job=True,
         verb="evaluate",

@@ -522,6 +522,15 @@ def _require_template(args: dict[str, Any], purpose: str) -> None:
         )
 
 
+def _yes_no(key: str, value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise UserError(f"{key}={shorten(value)!r} is not true or false.", field=key, fix=f"{key}=true")
+
+
 def eval_recipe(
     source: ModelSource,
     pairs: dict[str, str] | None = None,
@@ -549,7 +558,15 @@ def eval_recipe(
     if gpu and source.compute in ("bf16", "fp16"):
         args[source.compute] = True
     pairs = dict(pairs or {})
-    n_slots = _apply_pairs(args, pairs, EVAL_KEYS)
+    rest = {k: v for k, v in pairs.items() if k.strip().lower() != "greedy"}
+    n_slots = _apply_pairs(args, rest, EVAL_KEYS)
+    greedy = [v for k, v in pairs.items() if k.strip().lower() == "greedy"]
+    if isinstance(args.get("do_sample"), str):
+        # A pair's "false" would reach LLaMA-Factory as a (true) string and keep sampling on.
+        args["do_sample"] = _yes_no("do_sample", args["do_sample"])
+    if greedy and _yes_no("greedy", greedy[-1]):
+        # Greedy decoding: the same answer every run, so scores compare across runs and recipes.
+        args["do_sample"] = False
     if not args.get("eval_dataset"):
         if not default_dataset:
             raise UserError(

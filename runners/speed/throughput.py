@@ -156,3 +156,22 @@ def true_progress(progress: dict[str, Any], tokens_per_epoch: int | None) -> dic
         total = progress.get("total_tokens")
         out["total_tokens"] = total if isinstance(total, int) and 0 < total < 1e15 else None
     return {k: v for k, v in out.items() if v is not None or k not in ("tokens_per_s", "total_tokens")}
+
+
+def steady_rate(
+    points: list[tuple[float, float]], tokens_per_epoch: Any, *, min_span_s: float = 10.0
+) -> float | None:
+    """Tokens/s while training, from the trainer log's (elapsed seconds, epoch) points: from the
+    first logged step to the last, so loading and compiling (all in the first step) are left out.
+    None when the points span less than `min_span_s` (the log's times are whole seconds)."""
+    usable = sorted(
+        (float(t), float(e)) for t, e in points
+        if isinstance(t, (int, float)) and isinstance(e, (int, float)) and not isinstance(t, bool)
+        and math.isfinite(t) and math.isfinite(e)
+    )
+    if len(usable) < 2 or not isinstance(tokens_per_epoch, (int, float)) or tokens_per_epoch <= 0:
+        return None
+    (t0, e0), (t1, e1) = usable[0], usable[-1]
+    if t1 - t0 < min_span_s or e1 <= e0:
+        return None
+    return sane_rate((e1 - e0) * tokens_per_epoch / (t1 - t0))
