@@ -13,10 +13,11 @@ from ..compare import baseline
 from ..hardware import Hardware
 from ..job import Job, JobKind, JobState
 from ..llamafactory.command import command_argv, llamafactory_cli
+from ..llamafactory.recipes import DEMO_DATASET, DEMO_EVAL_DATASET, Recipe, eval_recipe
 from ..llamafactory.results import read_predict_results, sample_predictions
 from ..settings import Settings
 from ..speed import evalprep
-from .base import Kind, MissingOutput, register
+from .base import Intake, Kind, MissingOutput, Request, register
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,28 @@ def argv(job: Job, config: Path, settings: Settings) -> list[str]:
     return command_argv(job, config, settings)
 
 
+def recipe(request: Request, intake: Intake) -> Recipe:
+    """Scores of a job's model (or model=PATH) on an eval set; the demo's own set for a demo job."""
+    source = intake.source(request, EVAL)
+    parent = intake.parent(request)
+    demo = parent is not None and parent.args.get("dataset") == DEMO_DATASET
+    return eval_recipe(source, request.pairs, default_dataset=DEMO_EVAL_DATASET if demo else None,
+                       gpu=intake.has_gpu)
+
+
 EVAL = register(
-    Kind(JobKind.EVAL.value, argv=argv, collect=collect, prepare=plan_base, fit_to_hardware=fit_to_gpu)
+    Kind(
+        JobKind.EVAL.value,
+        argv=argv,
+        collect=collect,
+        prepare=plan_base,
+        fit_to_hardware=fit_to_gpu,
+        recipe=recipe,
+        from_job=True,
+        verb="evaluate",
+        usage="JOB [dataset=NAME] [key=value …]",
+        summary="Score a trained model (ROUGE, BLEU) on an eval set",
+        example="12 dataset=eval",
+        order=20,
+    )
 )

@@ -212,7 +212,7 @@ _MANAGED = {"output_dir", "dataset_dir", "export_dir", "overwrite_output_dir", "
 class Recipe:
     """What a front end asked for, resolved: the LLaMA-Factory arguments and what to show."""
 
-    kind: JobKind
+    kind: JobKind | str  # a kind declared in runners/kinds/ (JobKind names the built-in ones)
     args: dict[str, Any]
     model: str
     dataset: str | None = None
