@@ -480,6 +480,9 @@ def render_eval_result(
     elif ((job.spec or {}).get("base") or {}).get("run"):
         blocks.append(context(f"The base model's eval failed, so there is no comparison; "
                               f"`logs {job.id}` shows why."))
+    speed = eval_speed_line(metrics)
+    if speed:
+        blocks.append(context(speed))
     for i, sample in enumerate(list(samples)[:3], start=1):
         prompt = " ".join(str(sample.get("prompt") or "").split())
         text = (
@@ -494,6 +497,27 @@ def render_eval_result(
         if _metric(metrics, key) is not None
     )
     return message(f"{kind_label(job)}{of}: {scores or 'no scores'}", blocks)
+
+
+def eval_speed_line(metrics: dict[str, Any]) -> str:
+    """How the predictions were made: samples/s, and on a GPU runner the batch it fitted to the
+    card and whether the rows ran sorted by length. '' when nothing was recorded."""
+    parts = []
+    rate = metrics.get("samples_per_s")
+    runtime = metrics.get("runtime_s")
+    if _number(rate) and _number(runtime):
+        parts.append(f"{rate:.2f} samples/s ({runtime:.0f} s generating)")
+    plan = metrics.get("eval_plan")
+    if isinstance(plan, dict) and _number(plan.get("batch")):
+        gpu = escape(str(plan.get("gpu") or "the GPU")).replace("NVIDIA ", "")
+        parts.append(f"batch {int(plan['batch'])} fitted to the {gpu}'s memory")
+    if metrics.get("eval_sorted") is True:
+        parts.append("rows sorted by length (predictions kept in their order)")
+    return "Generated: " + ", ".join(parts) + "." if parts else ""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def render_export(job: Job, location: str) -> dict[str, Any]:
