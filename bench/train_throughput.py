@@ -27,13 +27,13 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu.smi import GpuWatch  # noqa: E402
 from runners import datasets  # noqa: E402
 from runners.demo.tinymodel import ensure_model  # noqa: E402
 from runners.hardware import Gpu, Hardware, detect  # noqa: E402
@@ -66,6 +66,12 @@ RUNS: dict[str, tuple[str, dict[str, str], float | None, int | None]] = {
     # CUDA graphs over the compiled step (Inductor's cudagraph trees): the host no longer issues
     # each kernel; packs are padded to one length, so the shapes are static.
     "fast-compile-cg": ("fast", {"torch_compile_mode": "reduce-overhead"}, None, 120),
+    # the trainer logging every 5 steps as jobs do (the bench logs every step: a sync each step)
+    "fast-log5": ("fast", {"logging_steps": "5"}, None, 120),
+    "fast-compile-cg-log5": (
+        "fast", {"logging_steps": "5", "torch_compile_mode": "reduce-overhead"}, None, 120
+    ),
+    "seed-cli-20-log5": ("seed-cli", {"logging_steps": "5"}, None, 20),
     # LLaMA-Factory's per-step token count (a host sync each step) switched back on
     "fast-compile-tok": ("fast", {"include_num_input_tokens_seen": "non_padding"}, None, 120),
     "fast-purebf16": ("fast", {"compute": "pure_bf16"}, None, 120),
@@ -76,7 +82,7 @@ ARG_KEYS = (
     "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps", "packing", "neat_packing",
     "enable_liger_kernel", "optim", "disable_gradient_checkpointing", "flash_attn", "torch_compile",
     "learning_rate", "loraplus_lr_ratio", "bf16", "pure_bf16", "torch_compile_mode",
-    "include_num_input_tokens_seen",
+    "include_num_input_tokens_seen", "logging_nan_inf_filter", "logging_steps",
 )
 CARD_BYTES = {80.0: 81_559 * 2**20, 24.0: 24_564 * 2**20}  # H100 80GB HBM3, RTX 4090 / A10-class
 
@@ -212,36 +218,7 @@ def make_dataset(model: Path, rows: int) -> Path:
     return path
 
 
-# --- watching a run ----------------------------------------------------------------------------
-class GpuWatch:
-    """nvidia-smi every 0.5 s: (time, utilisation %, memory used MiB) of the whole card."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        exe = shutil.which("nvidia-smi")
-        while exe and not self._stop.wait(0.5):
-            try:
-                out = subprocess.run(
-                    [exe, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                ).stdout.splitlines()[0].split(",")
-                self.samples.append((time.time(), int(out[0]), int(out[1])))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-                continue
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(2)
+# --- watching a run: bench/gpu/smi.py's GpuWatch ------------------------------------------------
 
 
 def _cap_dir() -> Path:
@@ -414,7 +391,7 @@ def cmd_run(names: list[str]) -> int:
 
 
 def summary(results: dict) -> None:
-    base = (results["runs"].get("seed-cli") or {}).get("tokens_per_s")
+    base = next((r.get("tokens_per_s") for n, r in results["runs"].items() if n.startswith("seed-cli")), None)
     print("\n| run | state | tokens/s | × seed-cli | s/step | util % | MFU | card peak MiB "
           "| process peak / cap MiB | estimate s | actual s |")
     for name, r in results["runs"].items():

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from runners.errors import UserError, shorten
+from runners.kinds import Kind, submittable
 
 COMMAND = "/tune"
 
@@ -34,48 +36,6 @@ class CommandSpec:
 
 
 _SPECS = [
-    CommandSpec(
-        "train",
-        "train [preset] [key=value …]",
-        "Fine-tune a model (no arguments: open the form)",
-        "train seed model=/models/Meta-Llama-3-8B-Instruct dataset=train",
-        min_args=0,
-        max_args=1,
-        pairs=True,
-    ),
-    CommandSpec(
-        "eval",
-        "eval JOB [dataset=NAME] [key=value …]",
-        "Score a trained model (ROUGE, BLEU) on an eval set",
-        "eval 12 dataset=eval",
-        min_args=0,
-        max_args=1,
-        job_arg=True,
-        pairs=True,
-        model_instead_of_job=True,
-    ),
-    CommandSpec(
-        "export",
-        "export JOB [key=value …]",
-        "Merge the adapter into the base model and store it",
-        "export 12",
-        min_args=0,
-        max_args=1,
-        job_arg=True,
-        pairs=True,
-        model_instead_of_job=True,
-    ),
-    CommandSpec(
-        "deploy",
-        "deploy JOB [mode=api|webchat]",
-        "Serve a model: an OpenAI-compatible API and a chat page",
-        "deploy 12 mode=api",
-        min_args=0,
-        max_args=1,
-        job_arg=True,
-        pairs=True,
-        model_instead_of_job=True,
-    ),
     CommandSpec(
         "compare",
         "compare [dataset=NAME] [JOB …]",
@@ -171,17 +131,64 @@ _SPECS = [
     ),
     CommandSpec("help", "help [COMMAND]", "This help", "help train", min_args=0, max_args=2),
 ]
-SUBCOMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def kind_spec(kind: Kind) -> CommandSpec:
+    """A job kind's subcommand, from its declaration (runners/kinds/): `eval JOB …`, `train [preset] …`."""
+    return CommandSpec(
+        kind.name,
+        f"{kind.name} {kind.usage}".strip(),
+        kind.summary or f"Start a {kind.name} job",
+        f"{kind.name} {kind.example}".strip(),
+        min_args=0,
+        max_args=1,
+        job_arg=kind.from_job,
+        pairs=True,
+        model_instead_of_job=kind.from_job,
+    )
+
+
+class _Subcommands(Mapping[str, CommandSpec]):
+    """Every `/tune` subcommand: each job kind the engine declares (asked each time, so a kind
+    registered later is a command too), then the fixed ones (which keep their word: a kind named
+    `status` would not replace the command)."""
+
+    def _all(self) -> dict[str, CommandSpec]:
+        fixed = {spec.name: spec for spec in _SPECS}
+        kinds = {kind.name: kind_spec(kind) for kind in submittable() if kind.name not in fixed}
+        return {**kinds, **fixed}
+
+    def __getitem__(self, name: str) -> CommandSpec:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+SUBCOMMANDS: Mapping[str, CommandSpec] = _Subcommands()
 # Words that need a second word, and what that second word may be.
 GROUPS: dict[str, tuple[str, ...]] = {}
-for _name in SUBCOMMANDS:
-    if " " in _name:
-        _group, _sub = _name.split(" ", 1)
+for _spec in _SPECS:
+    if " " in _spec.name:
+        _group, _sub = _spec.name.split(" ", 1)
         GROUPS[_group] = (*GROUPS.get(_group, ()), _sub)
 ALIASES = {"dataset list": "datasets", "?": "help", "ls": "jobs", "schedules": "schedule list"}
 
-# In a job's thread, a reply that is just one of these words (plus key=value settings) acts on it.
-THREAD_COMMANDS = ("status", "cancel", "eval", "export", "deploy", "undeploy", "resume")
+
+def thread_commands() -> tuple[str, ...]:
+    """In a job's thread, a reply that is just one of these words (plus key=value settings) acts on
+    it: the kinds that start from a job (`eval`, `export`, …) and the verbs on a job."""
+    from_job = tuple(kind.name for kind in submittable() if kind.from_job)
+    return ("status", "cancel", *from_job, "undeploy", "resume")
+
+
+def takes_yaml(name: str) -> bool:
+    """Does the subcommand `name` take a pasted LLaMA-Factory YAML (`train`)?"""
+    return any(kind.name == name and kind.takes_yaml for kind in submittable())
+
 # Only when the bot is @-mentioned (in a deployed model's thread "help" may be a chat turn).
 THREAD_COMMANDS_MENTIONED = ("help",)
 
@@ -477,7 +484,7 @@ def parse_command(text: str) -> Command:
 
     spec = SUBCOMMANDS[name]
     args, pairs = _split_args(rest)
-    if yaml_text is not None and name != "train":
+    if yaml_text is not None and not takes_yaml(name):
         raise UserError(
             f"A pasted YAML goes with `train`, not `{name}`.",
             field="yaml",
@@ -542,7 +549,7 @@ def parse_thread_reply(text: str, bot_user_id: str | None = None) -> ThreadComma
     if not tokens or tokens[0].quoted:
         return None
     word = tokens[0].text.lower().rstrip(".!?。！？")
-    allowed = THREAD_COMMANDS + (THREAD_COMMANDS_MENTIONED if mentioned else ())
+    allowed = thread_commands() + (THREAD_COMMANDS_MENTIONED if mentioned else ())
     if word not in allowed:
         return None
     try:

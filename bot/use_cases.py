@@ -18,6 +18,7 @@ from runners import datasets
 from runners.deploy import keyed_chat_url, model_name
 from runners.errors import UserError, shorten
 from runners.job import ACTIVE_STATES, Job, JobState
+from runners.kinds import kind_of, submittable
 from runners.queue import Requester
 
 from .auth import audit
@@ -44,12 +45,26 @@ from .threads import channel_of, job_of_thread, jobs_in_thread, slack_origin, st
 
 log = logging.getLogger(__name__)
 
-# Commands that spend GPU time (or change what others train on): allowed users only.
-SPENDING = ("train", "eval", "export", "deploy", "resume", "dataset add")
+# Commands besides the job kinds' that spend GPU time (or change what others train on): allowed users only.
+SPENDING = ("resume", "dataset add")
 # Commands that change what tunebot posts to a channel: the same people (admins anywhere).
 MANAGING = ("schedule daily", "schedule weekly", "schedule cron", "schedule off")
-# Commands answered with "checking…" first, because the engine validates them (it may take seconds).
-CHECKED = ("train", "eval", "export", "deploy", "resume")
+
+
+def is_job_kind(name: str) -> bool:
+    """Is the command `name` a kind of job people ask for (runners/kinds/: train, eval, …)?"""
+    return name not in _HANDLERS and any(kind.name == name for kind in submittable())
+
+
+def spends(name: str) -> bool:
+    """Does the command spend GPU time: every job kind, `resume`, `dataset add`."""
+    return name in SPENDING or is_job_kind(name)
+
+
+def checked(name: str) -> bool:
+    """Is the command answered with "checking…" first (the engine validates it; it may take seconds)?"""
+    return name == "resume" or is_job_kind(name)
+
 BUTTON_COMMANDS = {
     ACTION_EVAL: "eval",
     ACTION_EXPORT: "export",
@@ -91,7 +106,7 @@ def answer_command(services: Services, command: Command, origin: Origin) -> dict
     try:
         return _answer(services, command, origin)
     except UserError as err:
-        if command.name in SPENDING or command.name in MANAGING:
+        if spends(command.name) or command.name in MANAGING:
             audit(services.store, origin.user, "refused", None, what=command.name, channel=origin.channel,
                   reason=shorten(err.message, 200))
         raise
@@ -99,16 +114,16 @@ def answer_command(services: Services, command: Command, origin: Origin) -> dict
 
 def _answer(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
     name = command.name
-    if name in SPENDING:
+    if spends(name):
         services.access.require(origin.user, origin.channel)
     elif name in MANAGING:
         services.access.require(origin.user, origin.channel, "manage this channel's digests")
-    handler = _HANDLERS.get(name)
+    handler = _submit if is_job_kind(name) else _HANDLERS.get(name)
     if handler is None:
         if name.startswith("schedule"):
             return _schedule(services, command, origin)
         raise UserError(f"`{name}` is not something I can do from here.", fix="/tune help")
-    if name in CHECKED:
+    if checked(name):
         with services.engine_slots:
             return handler(services, command, origin)
     return handler(services, command, origin)
@@ -133,19 +148,14 @@ def answer_thread_command(services: Services, root: Job, reply: ThreadCommand,
 # --- the commands ----------------------------------------------------------------------------
 
 
-def _train(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
-    preset = command.args[0] if command.args else None
-    again = origin.seen(services.store)
-    job = services.queue.submit_train(preset=preset, pairs=dict(command.pairs), yaml_text=command.yaml,
-                                      requester=origin.requester())
-    return replies.render_queued(job, position=services.queue.position(job), again=again)
-
-
-def _on_job(kind: str):
-    def submit(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
-        pairs = dict(command.pairs)
+def _submit(services: Services, command: Command, origin: Origin) -> dict[str, Any]:
+    """A job of the kind the command names (`train tiny`, `eval 12`), built by its declaration."""
+    kind = kind_of(command.name)
+    pairs = dict(command.pairs)
+    model, preset = None, None
+    channel, thread_ts, thread_of = origin.channel, origin.thread_ts, None
+    if kind.from_job:
         model = pairs.pop("model", None)
-        channel, thread_ts, thread_of = origin.channel, origin.thread_ts, None
         if command.job is not None:
             source = services.queue.get(command.job)
             source_channel = channel_of(source)
@@ -156,15 +166,13 @@ def _on_job(kind: str):
                 channel, thread_ts = source_channel, story_thread(services.store, source)
                 root = job_of_thread(services.store, channel, thread_ts)
                 thread_of = root.id if root is not None else source.id
-        again = origin.seen(services.store)
-        submit_fn = {"eval": services.queue.submit_eval, "export": services.queue.submit_export,
-                     "deploy": services.queue.submit_deploy}[kind]
-        job = submit_fn(command.job, model=model, pairs=pairs,
-                        requester=origin.requester(channel=channel, thread_ts=thread_ts))
-        return replies.render_queued(job, position=services.queue.position(job), thread_of=thread_of,
-                                     again=again)
-
-    return submit
+    else:
+        preset = command.args[0] if command.args else None
+    again = origin.seen(services.store)
+    job = services.queue.submit(kind.name, command.job if kind.from_job else None, model=model, preset=preset,
+                                pairs=pairs, yaml_text=command.yaml,
+                                requester=origin.requester(channel=channel, thread_ts=thread_ts))
+    return replies.render_queued(job, position=services.queue.position(job), thread_of=thread_of, again=again)
 
 
 def _require_story_channel(services: Services, source: Job, origin: Origin) -> None:
@@ -302,11 +310,8 @@ def _compare(services: Services, command: Command, origin: Origin) -> dict[str, 
                                f"is in #{target.id}'s thread.")
 
 
+# The job kinds' commands go to `_submit` (answer_command asks the kinds' registry).
 _HANDLERS = {
-    "train": _train,
-    "eval": _on_job("eval"),
-    "export": _on_job("export"),
-    "deploy": _on_job("deploy"),
     "cancel": _cancel,
     "undeploy": _undeploy,
     "resume": _resume,

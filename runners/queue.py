@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, deploy, events
+from . import artifacts, events, kinds
 from .errors import UserError
 from .events import EventKind
 from .hardware import Hardware, detect, slots_for
@@ -64,124 +64,58 @@ class JobQueue:
     def hardware(self) -> Hardware:
         return self.runner[0]
 
-    # --- submitting ---------------------------------------------------------------------
-    def submit_train(
+    # --- submitting ---------------------------------------------------------------------------
+    def submit(
         self,
+        kind: str,
+        source: int | str | None = None,
         *,
+        model: str | None = None,
         preset: str | None = None,
         pairs: dict[str, str] | None = None,
         yaml_text: str | None = None,
         requester: Requester = CLI,
     ) -> Job:
-        return self._submit(
-            requester,
-            lambda: recipes.train_recipe(
-                preset=preset,
-                pairs=pairs,
-                yaml_text=yaml_text,
-                default_model=self.settings.default_model,
-                default_dataset=self.settings.default_dataset,
-            ),
-        )
+        """A job of `kind`, built by that kind's declaration (runners/kinds/) from what was asked:
+        a source job or model=PATH, a preset, key=value settings, a YAML."""
+        declared = kinds.kind_of(kind)
+        if declared.recipe is None:
+            raise UserError(f"Jobs of kind {kind!r} are not asked for; tunebot starts them itself.",
+                            field="kind")
+        request = kinds.Request(source=source, model=model, preset=preset, pairs=dict(pairs or {}),
+                                yaml_text=yaml_text)
+        intake = kinds.Intake(self.settings, self.store, lambda: self.hardware)
+        return self._submit(requester, declared, lambda: declared.recipe(request, intake))
 
-    def submit_eval(
-        self,
-        source: int | str | None = None,
-        *,
-        model: str | None = None,
-        pairs: dict[str, str] | None = None,
-        requester: Requester = CLI,
-    ) -> Job:
-        return self._submit(
-            requester,
-            lambda: recipes.eval_recipe(
-                self._source(source, model, pairs, "evaluate"),
-                pairs,
-                default_dataset=self._default_eval_dataset(source, model),
-                gpu=self.hardware.has_gpu,
-            ),
-        )
+    # The names callers knew before kinds were declared: each is `submit` with its kind.
+    def submit_train(self, *, preset: str | None = None, pairs: dict[str, str] | None = None,
+                     yaml_text: str | None = None, requester: Requester = CLI) -> Job:
+        return self.submit("train", preset=preset, pairs=pairs, yaml_text=yaml_text, requester=requester)
 
-    def submit_export(
-        self,
-        source: int | str | None = None,
-        *,
-        model: str | None = None,
-        pairs: dict[str, str] | None = None,
-        requester: Requester = CLI,
-    ) -> Job:
-        return self._submit(
-            requester,
-            lambda: recipes.export_recipe(
-                self._source(source, model, pairs, "export"), pairs, gpu=self.hardware.has_gpu
-            ),
-        )
+    def submit_eval(self, source: int | str | None = None, *, model: str | None = None,
+                    pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+        return self.submit("eval", source, model=model, pairs=pairs, requester=requester)
 
-    def submit_deploy(
-        self,
-        source: int | str | None = None,
-        *,
-        model: str | None = None,
-        pairs: dict[str, str] | None = None,
-        requester: Requester = CLI,
-    ) -> Job:
-        return self._submit(requester, lambda: self._deploy_recipe(source, model, pairs))
+    def submit_export(self, source: int | str | None = None, *, model: str | None = None,
+                      pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+        return self.submit("export", source, model=model, pairs=pairs, requester=requester)
 
-    def _deploy_recipe(
-        self, source: int | str | None, model: str | None, pairs: dict[str, str] | None
-    ) -> Recipe:
-        recipe = recipes.deploy_recipe(self._source(source, model, pairs, "deploy"), pairs)
-        port = recipe.spec.get("port")
-        if port and deploy.port_in_use(self.settings.deploy_host, port):
-            raise UserError(
-                f"Port {port} is already in use on the runner.",
-                field="port",
-                fix="leave out port= to get a free one, or pick another",
-            )
-        if recipe.mode == "webchat" and not self.settings.webchat_cli:
-            raise UserError(
-                "mode=webchat needs LLaMA-Factory's Gradio chat in an environment of its own (gradio "
-                "downgrades packages tunebot needs), and the operator has not set TUNEBOT_WEBCHAT_CLI.",
-                field="mode",
-                fix="mode=api: every deployment already gets a chat page link",
-            )
-        return recipe
+    def submit_deploy(self, source: int | str | None = None, *, model: str | None = None,
+                      pairs: dict[str, str] | None = None, requester: Requester = CLI) -> Job:
+        return self.submit("deploy", source, model=model, pairs=pairs, requester=requester)
 
-    def _submit(self, requester: Requester, build: Callable[[], Recipe]) -> Job:
+    def _submit(self, requester: Requester, kind: kinds.Kind, build: Callable[[], Recipe]) -> Job:
         """A redelivered request returns its job; otherwise build, check and queue the recipe."""
         if requester.request_key:
             existing = self.store.find_by_request(requester.request_key)
             if existing is not None:
                 return existing
-        return self._queue(build(), requester)
-
-    def _source(
-        self, source: int | str | None, model: str | None, pairs: dict[str, str] | None, purpose: str
-    ) -> recipes.ModelSource:
-        if source is not None and model:
-            raise UserError(f"{purpose.capitalize()} takes a job or model=PATH, not both.", field="model")
-        if source is not None:
-            job = self.store.get(source)
-            return recipes.source_from_job(job, purpose)
-        if model:
-            template = (pairs or {}).get("template")
-            return recipes.source_from_model(model, template)
-        raise UserError(
-            f"What should I {purpose}?",
-            field="job",
-            fix=f"`{purpose_command(purpose)} 12` (a train job) or model=PATH",
-        )
-
-    def _default_eval_dataset(self, source: int | str | None, model: str | None) -> str | None:
-        if source is not None:
-            parent = self.store.get(source)
-            if parent.args.get("dataset") == recipes.DEMO_DATASET:
-                return recipes.DEMO_EVAL_DATASET
-        return None
+        return self._queue(kind, build(), requester)
 
     # --- the common path ----------------------------------------------------------------
-    def prepare(self, recipe: Recipe) -> Recipe:
+    def prepare(self, recipe: Recipe, kind: kinds.Kind | None = None) -> Recipe:
         """Resolve the model and datasets and check everything; raises UserError, queues nothing."""
+        kind = kind or kinds.kind_of(str(getattr(recipe.kind, "value", recipe.kind)))
         args = dict(recipe.args)
         parent = self.store.get(recipe.parent_id) if recipe.parent_id else None
         in_store = artifacts.missing_inputs(args, parent)  # fetched by the runner before it starts
@@ -214,8 +148,8 @@ class JobQueue:
                     self._require_dataset(name)
         recipe.args = args
         self._check_capacity(recipe)
-        if validation.llamafactory_available():
-            recipe.args = validation.check_with_llamafactory(recipe.kind.value, recipe.args)
+        if kind.llamafactory_args and validation.llamafactory_available():
+            recipe.args = validation.check_with_llamafactory(kind.name, recipe.args)
         keys.check_ranges(recipe.args, recipe.spec.get("pairs"))
         recipe.model = parent.model if parent else model  # the name people know it by
         return recipe
@@ -268,10 +202,10 @@ class JobQueue:
                 self.settings.data_dir, recipes.DEMO_EVAL_DATASET, files["eval"], builtin=True
             )
 
-    def _queue(self, recipe: Recipe, requester: Requester) -> Job:
-        recipe = self.prepare(recipe)
+    def _queue(self, kind: kinds.Kind, recipe: Recipe, requester: Requester) -> Job:
+        recipe = self.prepare(recipe, kind)
         job = Job(
-            kind=recipe.kind.value,
+            kind=kind.name,
             state=JobState.QUEUED.value,
             preset=recipe.preset,
             spec=recipe.spec,
@@ -448,7 +382,3 @@ class JobQueue:
     def position(self, job: Job) -> int | None:
         """1-based place in the queue, for 'waiting (3rd in line)'."""
         return self.store.queue_position(job.id)
-
-
-def purpose_command(purpose: str) -> str:
-    return {"evaluate": "eval"}.get(purpose, purpose)

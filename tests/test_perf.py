@@ -16,9 +16,10 @@ from runners.llamafactory import recipes
 from runners.runtime import Runtime
 from runners.speed import estimate as eta
 from runners.speed.fastplan import HEADROOM, ModelShape, plan_fast
-from runners.speed.throughput import bf16_peak_flops, mfu, param_count, sane_rate, true_progress
+from runners.speed.measure import measure
+from runners.speed.throughput import bf16_peak_flops, mfu, param_count, sane_rate, steady_rate, true_progress
 from runners.speed.tokencount import TokenCount, count_tokens
-from runners.speed.trainprep import apply_fast, tokens_per_epoch, user_keys
+from runners.speed.trainprep import apply_fast, is_compiled, tokens_per_epoch, user_keys
 from runners.worker import wait_for
 
 LLAMA3_8B = {
@@ -101,6 +102,7 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     counted = {**base, "include_num_input_tokens_seen": "non_padding"}
     assert apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, set())[0][
         "include_num_input_tokens_seen"] == "no"
+    assert args["logging_nan_inf_filter"] is False  # no sync on every micro-step's loss
     # ...unless the user asked for it
     kept, _ = apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, {"include_num_input_tokens_seen"})
     assert kept["include_num_input_tokens_seen"] == "non_padding"
@@ -182,6 +184,107 @@ def test_estimate_is_startup_plus_tokens_over_the_calibrated_rate():
     assert two.tokens_per_s == pytest.approx(18_000) and two.gpu_hours > est.gpu_hours
     assert eta.estimate({}, tokens=1, params=1, gpu_name="Some Card", recipe="fast") is None
     assert eta.estimate(table, tokens=1, params=1, gpu_name=None, recipe="fast") is None  # CPU: unmeasured
+
+
+def test_live_progress_measures_from_the_first_logged_step():
+    first = {"step": 5, "total": 240, "epoch": 0.02, "elapsed_s": 116.0, "remaining_s": 5452.0}
+    later = {"step": 40, "total": 240, "epoch": 0.16, "elapsed_s": 121.0, "remaining_s": 605.0}
+    # 5 s after the first point: too soon to tell; the log's own remaining time stays
+    assert true_progress(later, 100_000, since=first)["remaining_s"] == 605.0
+    late = {"step": 120, "total": 240, "epoch": 0.48, "elapsed_s": 131.5, "remaining_s": 131.5}
+    out = true_progress(late, 100_000, since=first)
+    assert out["remaining_s"] == pytest.approx(120 * 15.5 / 115, abs=0.05)  # ~16 s, not the log's 131 s
+    assert out["tokens_per_s"] == pytest.approx(0.46 * 100_000 / 15.5)
+    assert out["total_tokens"] == 48_000
+    assert true_progress(late, 100_000)["tokens_per_s"] == pytest.approx(48_000 / 131.5)  # no anchor
+    assert true_progress(late, 100_000, since={"step": "x"})["remaining_s"] == 131.5  # unreadable anchor
+    unknown_total = {**late, "total": None, "remaining_s": None}
+    assert true_progress(unknown_total, 100_000, since=first).get("remaining_s") is None
+
+
+def test_steady_rate_leaves_loading_and_compiling_out():
+    # the first logged step came after ~2 min of compiling; then 0.02 epoch every 5 s
+    points = [(121.0, 0.02), (126.0, 0.04), (131.0, 0.06), (136.0, 0.08)]
+    assert steady_rate(points, 1_000_000) == pytest.approx(0.06 * 1_000_000 / 15)
+    # a resumed run: the log's clock restarts; only the last run's points count
+    resumed = [(30.0, 0.01), (60.0, 0.03), (3.0, 0.03), (8.0, 0.05), (18.0, 0.09)]
+    assert steady_rate(resumed, 1_000_000) == pytest.approx(0.06 * 1_000_000 / 15)
+    # what the whole runtime would say instead: 80,000 tokens / 136 s
+    assert 80_000 / 136 < steady_rate(points, 1_000_000) / 6
+    assert steady_rate(points[:2], 1_000_000) is None  # 5 s of whole-second times: too short to tell
+    assert steady_rate(points[:1], 1_000_000) is None
+    assert steady_rate([(1.0, 0.5), (20.0, 0.5)], 1_000_000) is None  # no progress
+    assert steady_rate(points, None) is None and steady_rate(points, 0) is None
+    assert steady_rate([(float("nan"), 0.1), *points], 1_000_000) == pytest.approx(4000)
+    assert steady_rate([(0.0, 0.0), (100.0, 1e9)], 1e9) is None  # absurd: never shown
+
+
+def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_compiled_its_shapes():
+    config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
+    args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True}
+    key = eta.compile_key(config, args)
+    assert key == eta.compile_key(dict(config), {**args, "model_name_or_path": "/elsewhere"})
+    assert key != eta.compile_key(config, {**args, "cutoff_len": 2048})
+    assert key != eta.compile_key(config, {**args, "torch_compile_mode": "reduce-overhead"})
+    assert key != eta.compile_key({**config, "num_hidden_layers": 16}, args)
+    assert eta.compile_seconds({}, key) == eta.COLD_COMPILE_S
+    table = eta.record_compile({}, key, 21.9)
+    assert eta.compile_seconds(table, key) == pytest.approx(21.9)
+    assert eta.record_compile(table, key, float("nan")) == table
+    base = {"H200|fast|1": {"param_tokens_per_s": 8.0e13, "startup_s": 60.0, "runs": 3}}
+    cold = eta.estimate(base, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="fast",
+                        compile_s=eta.compile_seconds(base, key))
+    warm = eta.estimate({**base, **table}, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200",
+                        recipe="fast", compile_s=eta.compile_seconds(table, key))
+    assert cold.seconds == pytest.approx(60 + eta.COLD_COMPILE_S + 2400)
+    assert warm.seconds == pytest.approx(60 + 21.9 + 2400)
+    assert warm.to_dict()["compile_s"] == pytest.approx(21.9)
+    assert is_compiled(args) and is_compiled({"torch_compile_mode": "reduce-overhead"})
+    assert not is_compiled({"torch_compile": "false"}) and not is_compiled({})
+
+
+def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runner_its_compile_time():
+    config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
+    args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True}
+    # the bench's cold run: 120 steps = 0.48 epoch of 356,717 tokens; 131 s in the trainer, of
+    # which ~115 s compiling in step 1; the first log line at step 5
+    tpe = 356_717
+    points = [(116.0 + 0.131 * (s - 5), s / 250) for s in range(5, 121, 5)]
+    metrics = {"tokens_per_epoch": tpe, "epoch": 0.48, "train_runtime": 131.2, "params": 8_030_261_248,
+               "gpu": "NVIDIA H200"}
+    out = measure(metrics, points=points, args=args, config=config, preset="fast", n_gpus=1, wall_s=185.1,
+                  first_attempt=True, table={})
+    steady = (0.48 - 0.02) * tpe / (0.131 * 115)
+    assert out.metrics["tokens_per_s"] == pytest.approx(steady, rel=1e-3)  # not 171,224 / 131 s
+    assert out.metrics["mfu"] == pytest.approx(4 * 8_030_261_248 * steady / 989e12, rel=1e-3)
+    assert out.metrics["compile_s"] == pytest.approx(131.2 - 0.48 * tpe / steady, rel=1e-3)
+    assert out.metrics["actual_s"] == 185.1 and metrics.get("actual_s") is None  # input left alone
+    key = eta.compile_key(config, args)
+    assert eta.compile_seconds(out.table, key) == pytest.approx(out.metrics["compile_s"], abs=0.1)
+    assert out.table["H200|fast|1"]["startup_s"] == pytest.approx(185.1 - 131.2, abs=0.1)
+    # the next estimate of the same shapes on this runner: warm compile, the measured rate
+    est = eta.estimate(out.table, tokens=171_224, params=8_030_261_248, gpu_name="NVIDIA H200", recipe="fast",
+                       compile_s=eta.compile_seconds(out.table, key))
+    assert est.compile_s == pytest.approx(out.metrics["compile_s"], abs=0.1)
+    # a second job of the same shapes found the cache warm: 22 s; the one after expects that
+    warm_points = [(22.0 + 0.131 * (s - 5), s / 250) for s in range(5, 121, 5)]
+    warm = measure({**metrics, "train_runtime": 37.3}, points=warm_points, args=args, config=config,
+                   preset="fast", n_gpus=1, wall_s=91.0, first_attempt=True, table=out.table)
+    assert eta.compile_seconds(warm.table, key) == pytest.approx(37.3 - 0.48 * tpe / steady, abs=0.1)
+    assert eta.compile_seconds(warm.table, key) < 25
+    # a resumed run teaches no compile time; an eager run has none; too few points: runtime-based
+    again = measure(metrics, points=points, args=args, config=config, preset="fast", n_gpus=1, wall_s=185.1,
+                    first_attempt=False, table={})
+    assert "compile_s" not in again.metrics and key not in again.table
+    eager = measure(metrics, points=points, args={**args, "torch_compile": False}, config=config,
+                    preset="fast", n_gpus=1, wall_s=185.1, first_attempt=True, table={})
+    assert "compile_s" not in eager.metrics
+    short = measure(metrics, points=points[:1], args=args, config=config, preset="fast", n_gpus=1,
+                    wall_s=185.1, first_attempt=True, table={})
+    assert short.metrics["tokens_per_s"] == pytest.approx(0.48 * tpe / 131.2, rel=1e-3)
+    cpu = measure({**metrics, "gpu": None, "params": None}, points=points, args=args, config=config,
+                  preset="tiny", n_gpus=1, wall_s=10.0, first_attempt=True, table={})
+    assert cpu.table is None and "mfu" not in cpu.metrics and "compile_s" not in cpu.metrics
 
 
 def test_training_tokens_honours_a_step_limit():

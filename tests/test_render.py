@@ -394,6 +394,20 @@ def test_a_first_eval_has_no_change_column() -> None:
     assert "Change" not in text and "first eval" in text
 
 
+def test_an_eval_on_a_gpu_says_how_it_generated() -> None:
+    metrics = {"rouge-1": 4.7, "samples_per_s": 1.149, "runtime_s": 55.7, "eval_sorted": True,
+               "eval_plan": {"gpu": "NVIDIA H200", "batch": 64, "n_batches": 1}}
+    payload = render_eval_result(make_job(kind="eval", state="succeeded"), metrics, None, [])
+    assert_valid(payload)
+    text = all_text(payload)
+    assert "1.15 samples/s (56 s generating)" in text
+    assert "batch 64 fitted to the H200's memory" in text and "sorted by length" in text
+    cpu = all_text(render_eval_result(make_job(kind="eval", state="succeeded"), {"rouge-1": 4.7}, None, []))
+    assert "Generated:" not in cpu
+    odd = {"rouge-1": 4.7, "samples_per_s": True, "eval_plan": {"batch": "many"}, "eval_sorted": "yes"}
+    assert "Generated:" not in all_text(render_eval_result(make_job(kind="eval"), odd, None, []))
+
+
 def test_long_samples_are_cut_to_fit() -> None:
     samples = [{"prompt": "p" * 9000, "predict": "模" * 9000, "label": "l" * 9000}] * 3
     assert_valid(render_eval_result(make_job(kind="eval"), {"rouge-1": 1.0}, None, samples))

@@ -17,12 +17,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.gpu.smi import GpuWatch  # noqa: E402
 from runners import datasets  # noqa: E402
 from runners.demo.data import write_demo_datasets  # noqa: E402
 from runners.demo.tinymodel import ensure_model  # noqa: E402
@@ -45,37 +45,6 @@ def save() -> None:
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-class GpuMemoryWatch:
-    """Peak GPU memory used (nvidia-smi, whole card) while a phase runs."""
-
-    def __init__(self) -> None:
-        self.peak_mib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        exe = shutil.which("nvidia-smi")
-        while exe and not self._stop.wait(0.5):
-            try:
-                out = subprocess.run(
-                    [exe, "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                ).stdout.split(",")
-                self.peak_mib = max(self.peak_mib, int(out[0]))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-                continue
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(2)
 
 
 def bench_datasets(data_dir: Path) -> None:
@@ -102,7 +71,7 @@ def bench_datasets(data_dir: Path) -> None:
 def run_phase(runtime: Runtime, name: str, submit, until=FINAL_STATES, timeout: float = 1500.0):
     log(f"{name}: submitting")
     started = time.time()
-    with GpuMemoryWatch() as gpu:
+    with GpuWatch() as gpu:
         job = submit()
         log(f"{name}: job #{job.id} queued; args written to {job.work_dir}/config.yaml")
         job = wait_for(runtime.store, job.id, until, timeout=timeout, poll=0.5)

@@ -15,6 +15,7 @@ from typing import Any
 
 from runners.errors import UserError, shorten
 from runners.job import FINAL_STATES, Job, JobState
+from runners.kinds import kind_of, submittable
 from runners.settings import Settings
 
 from ..parsing import split_words
@@ -41,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="leave the deployment serving at the end")
 
-    run = sub.add_parser("run", help="run a job (train, eval, export, deploy)")
-    run.add_argument("kind", choices=["train", "eval", "export", "deploy"])
+    names = [kind.name for kind in submittable()]
+    run = sub.add_parser("run", help=f"run a job ({', '.join(names)})")
+    run.add_argument("kind", choices=names)
     run.add_argument(
         "items", nargs="*", help="train: [preset] [key=value ...]; others: [JOB] [key=value ...]"
     )
@@ -111,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 def for_terminal(text: str) -> str:
     """The engine's hints name Slack commands (`status 12`); at a terminal they are tunebot's."""
     text = re.sub(r"`status (#?\d+)`", r"`tunebot show \1`", text)
-    text = re.sub(r"`(eval|export|deploy) (#?\d+)`", r"`tunebot run \1 \2`", text)
+    from_job = "|".join(re.escape(kind.name) for kind in submittable() if kind.from_job)
+    if from_job:
+        text = re.sub(rf"`({from_job}) (#?\d+)`", r"`tunebot run \1 \2`", text)
     text = re.sub(r"`(resume|cancel|undeploy) (#?\d+)`", r"`tunebot \1 \2`", text)
     text = text.replace("`jobs`", "`tunebot jobs`").replace("`datasets`", "`tunebot dataset list`")
     text = text.replace("`help train`", "`tunebot run train --help`")
@@ -177,32 +181,23 @@ def cmd_run(settings: Settings, args) -> int:
     from runners.runtime import Runtime
 
     runtime = Runtime(settings)
+    kind = kind_of(args.kind)
     positional, pairs = split_words(args.items)
-    if args.kind == "train":
-        if len(positional) > 1:
-            raise UserError(
-                f"Unexpected words: {' '.join(positional[1:])}.", fix="tunebot run train seed lr=1e-4"
-            )
-        yaml_text = _read_config(args.config) if args.config else None
-        job = runtime.queue.submit_train(
-            preset=positional[0] if positional else None, pairs=pairs, yaml_text=yaml_text
+    if len(positional) > 1:
+        example = "12" if kind.from_job else kind.example
+        raise UserError(
+            f"Unexpected words: {' '.join(positional[1:])}.", fix=f"tunebot run {kind.name} {example}"
         )
-    else:
-        if len(positional) > 1:
-            raise UserError(
-                f"Unexpected words: {' '.join(positional[1:])}.", fix=f"tunebot run {args.kind} 12"
-            )
-        source = positional[0] if positional else None
+    first = positional[0] if positional else None
+    if kind.from_job:
         if "model" in pairs:  # `model=PATH` as in Slack, same as --model
             if args.model:
                 raise UserError("Give the model once: --model PATH or model=PATH.", field="model")
             args.model = pairs.pop("model")
-        submit = {
-            "eval": runtime.queue.submit_eval,
-            "export": runtime.queue.submit_export,
-            "deploy": runtime.queue.submit_deploy,
-        }[args.kind]
-        job = submit(source, model=args.model, pairs=pairs)
+        job = runtime.queue.submit(kind.name, first, model=args.model, pairs=pairs)
+    else:
+        yaml_text = _read_config(args.config) if args.config and kind.takes_yaml else None
+        job = runtime.queue.submit(kind.name, preset=first, pairs=pairs, yaml_text=yaml_text)
     return _follow(runtime, job, detach=args.detach)
 
 

@@ -182,7 +182,9 @@ def follow(
             if live_line:
                 out.write("\n")
                 live_line = False
-            text = describe_event(event.type, event.data, plot_path=_plot_path(store, job_id))
+            text = _kind_result(store, job_id, event) or describe_event(
+                event.type, event.data, plot_path=_plot_path(store, job_id)
+            )
             if text:
                 out.write(f"#{job_id} {text}\n")
                 out.flush()
@@ -203,6 +205,21 @@ def _plot_path(store: Store, job_id: int) -> str:
     """Where the runner keeps the job's loss plot (the terminal runs beside the runner)."""
     job = store.find(job_id)
     return str((job.artifacts or {}).get("plot") or "") if job is not None else ""
+
+
+def _kind_result(store: Store, job_id: int, event) -> str | None:
+    """A `result` the kind's own view renders (bot/render/kinds/), as the thread would show it."""
+    from ..render.kinds import view_of
+
+    if event.type != EventKind.RESULT:
+        return None
+    job = store.get(job_id)
+    view = view_of(str(event.data.get("kind") or job.kind))
+    if view.result is None:
+        return None
+    metrics = event.data.get("metrics") or job.metrics or {}
+    artifacts = {**(job.artifacts or {}), **(event.data.get("artifacts") or {})}
+    return blocks_to_text(view.result(job, metrics, artifacts))
 
 
 def describe_event(kind: str, data: dict[str, Any], *, plot_path: str = "") -> str | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.parsing import COMMAND, SUBCOMMANDS, THREAD_COMMANDS
+from bot.parsing import COMMAND, SUBCOMMANDS, thread_commands
 from runners.errors import UserError
+from runners.kinds import submittable
 
 from .blocks import (
     SECTION_TEXT_MAX,
@@ -19,6 +20,7 @@ from .blocks import (
     slack_len,
     truncate,
 )
+from .kinds import view_of
 
 _HELP_GROUPS = (
     ("Fine-tune", ("train",)),
@@ -30,6 +32,22 @@ _HELP_GROUPS = (
         ("schedule daily", "schedule weekly", "schedule cron", "schedule list", "schedule off"),
     ),
 )
+
+
+def help_groups() -> list[tuple[str, tuple[str, ...]]]:
+    """The help's sections; a job kind not placed above is listed in its view's group."""
+    groups = [(title, tuple(names)) for title, names in _HELP_GROUPS]
+    placed = {name for _title, names in groups for name in names}
+    for kind in submittable():
+        if kind.name in placed:
+            continue
+        title = view_of(kind.name).help_group
+        at = next((i for i, (t, _n) in enumerate(groups) if t == title), None)
+        if at is None:
+            groups.append((title, (kind.name,)))
+        else:
+            groups[at] = (title, (*groups[at][1], kind.name))
+    return groups
 
 
 def render_help(allowed_summary: str, topic: str | None = None) -> dict[str, Any]:
@@ -49,13 +67,13 @@ def render_help(allowed_summary: str, topic: str | None = None) -> dict[str, Any
             f"`{COMMAND} train` alone opens a form like LLaMA-Factory's WebUI."
         ),
     ]
-    for title, names in _HELP_GROUPS:
+    for title, names in help_groups():
         lines = [f"*{title}*"]
         for name in names:
             spec = SUBCOMMANDS[name]
             lines.append(f"{code(f'{COMMAND} {spec.usage}')} {escape(spec.summary)}")
         blocks.append(section("\n".join(lines)))
-    replies = ", ".join(f"`{word}`" for word in THREAD_COMMANDS)
+    replies = ", ".join(f"`{word}`" for word in thread_commands())
     blocks.append(
         section(
             f"*In a job's thread* reply {replies} to act on that job; `@tunebot help` answers anywhere. "

@@ -60,12 +60,14 @@ STATE_EMOJI = {
     JobState.SERVING.value: ":large_green_circle:",
     JobState.STOPPED.value: ":black_square_for_stop:",
 }
-KIND_EMOJI = {
-    JobKind.TRAIN.value: ":brain:",
-    JobKind.EVAL.value: ":bar_chart:",
-    JobKind.EXPORT.value: ":package:",
-    JobKind.DEPLOY.value: ":rocket:",
-}
+
+
+def kind_emoji(kind: str) -> str:
+    """The kind's emoji, from its view (bot/render/kinds/); "" for a kind without one."""
+    from .kinds import view_of
+
+    return view_of(kind).emoji
+
 METRIC_LABELS = (("rouge-1", "ROUGE-1"), ("rouge-2", "ROUGE-2"), ("rouge-l", "ROUGE-L"), ("bleu-4", "BLEU-4"))
 
 
@@ -255,7 +257,7 @@ def _job_fields(job: Job, queue_position: int | None = None) -> list[tuple[str, 
 def render_job_message(job: Job, *, queue_position: int | None = None) -> dict[str, Any]:
     """The job's root message, edited in place as the job moves."""
     blocks: list[dict[str, Any]] = [
-        header(f"{KIND_EMOJI.get(job.kind, '')} {kind_label(job)} · {short_model(job.model)}"),
+        header(f"{kind_emoji(job.kind)} {kind_label(job)} · {short_model(job.model)}"),
         fields_section(_job_fields(job, queue_position)),
     ]
     fallback = f"{kind_label(job)} {job.state}: {short_model(job.model)}"
@@ -462,7 +464,7 @@ def render_eval_result(
     table = "\n".join([title, *rows]) if rows else "No scores were written."
     on = f" on {code(job.dataset)}" if job.dataset else ""
     of = f" of #{job.parent_id}" if job.parent_id else ""
-    head = f"{KIND_EMOJI[JobKind.EVAL.value]} {mention(job.user)} *{kind_label(job)}{of}*{on}:"
+    head = f"{kind_emoji(JobKind.EVAL.value)} {mention(job.user)} *{kind_label(job)}{of}*{on}:"
     if compare:
         since = f" #{previous_job_id}" if previous_job_id else " the previous eval"
         note = f"Change against{since} of this model (positive is better)."
@@ -478,6 +480,9 @@ def render_eval_result(
     elif ((job.spec or {}).get("base") or {}).get("run"):
         blocks.append(context(f"The base model's eval failed, so there is no comparison; "
                               f"`logs {job.id}` shows why."))
+    speed = eval_speed_line(metrics)
+    if speed:
+        blocks.append(context(speed))
     for i, sample in enumerate(list(samples)[:3], start=1):
         prompt = " ".join(str(sample.get("prompt") or "").split())
         text = (
@@ -494,18 +499,39 @@ def render_eval_result(
     return message(f"{kind_label(job)}{of}: {scores or 'no scores'}", blocks)
 
 
+def eval_speed_line(metrics: dict[str, Any]) -> str:
+    """How the predictions were made: samples/s, and on a GPU runner the batch it fitted to the
+    card and whether the rows ran sorted by length. '' when nothing was recorded."""
+    parts = []
+    rate = metrics.get("samples_per_s")
+    runtime = metrics.get("runtime_s")
+    if _number(rate) and _number(runtime):
+        parts.append(f"{rate:.2f} samples/s ({runtime:.0f} s generating)")
+    plan = metrics.get("eval_plan")
+    if isinstance(plan, dict) and _number(plan.get("batch")):
+        gpu = escape(str(plan.get("gpu") or "the GPU")).replace("NVIDIA ", "")
+        parts.append(f"batch {int(plan['batch'])} fitted to the {gpu}'s memory")
+    if metrics.get("eval_sorted") is True:
+        parts.append("rows sorted by length (predictions kept in their order)")
+    return "Generated: " + ", ".join(parts) + "." if parts else ""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def render_export(job: Job, location: str) -> dict[str, Any]:
     """Where the merged model went."""
     where = link(location, truncate(location, 80)) if re.match(r"^https?://", location) else code(location)
     of = f" of #{job.parent_id}" if job.parent_id else ""
-    text = f"{KIND_EMOJI[JobKind.EXPORT.value]} {mention(job.user)} *{kind_label(job)}{of} is ready:* {where}"
+    text = f"{kind_emoji(JobKind.EXPORT.value)} {mention(job.user)} *{kind_label(job)}{of} is ready:* {where}"
     return message(f"{kind_label(job)}{of} is ready: {location}", _with_actions([section(text)], job))
 
 
 def render_deploy(job: Job, url: str | None, chat_url: str | None) -> dict[str, Any]:
     """The deployment's addresses (its API key goes to the requester alone: `render_deploy_key`)."""
     of = f" from #{job.parent_id}" if job.parent_id else ""
-    emoji = KIND_EMOJI[JobKind.DEPLOY.value]
+    emoji = kind_emoji(JobKind.DEPLOY.value)
     lines = [f"{emoji} {mention(job.user)} *{kind_label(job)}{of} is serving* {code(job.model)}"]
     if chat_url:
         lines.append(f"*Chat page:* {link(chat_url)}")

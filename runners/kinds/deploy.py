@@ -9,10 +9,32 @@ from typing import Any
 
 from .. import deploy as served
 from ..backends.joblog import log_written
+from ..errors import UserError
 from ..job import Job, JobKind, JobState, now
 from ..llamafactory.command import command_argv
+from ..llamafactory.recipes import Recipe, deploy_recipe
 from ..settings import Settings
-from .base import Kind, Watch, collect_nothing, register
+from .base import Intake, Kind, Request, Watch, collect_nothing, register
+
+
+def recipe(request: Request, intake: Intake) -> Recipe:
+    """Serve a job's model (or model=PATH); a taken port or a webchat nobody set up is refused here."""
+    built = deploy_recipe(intake.source(request, DEPLOY), request.pairs)
+    port = built.spec.get("port")
+    if port and served.port_in_use(intake.settings.deploy_host, port):
+        raise UserError(
+            f"Port {port} is already in use on the runner.",
+            field="port",
+            fix="leave out port= to get a free one, or pick another",
+        )
+    if built.mode == "webchat" and not intake.settings.webchat_cli:
+        raise UserError(
+            "mode=webchat needs LLaMA-Factory's Gradio chat in an environment of its own (gradio "
+            "downgrades packages tunebot needs), and the operator has not set TUNEBOT_WEBCHAT_CLI.",
+            field="mode",
+            fix="mode=api: every deployment already gets a chat page link",
+        )
+    return built
 
 
 class Deployment:
@@ -101,5 +123,11 @@ DEPLOY = register(
         collect=collect_nothing,
         first_state=JobState.STARTING.value,
         serving=Deployment(),
+        recipe=recipe,
+        from_job=True,
+        usage="JOB [mode=api|webchat]",
+        summary="Serve a model: an OpenAI-compatible API and a chat page",
+        example="12 mode=api",
+        order=40,
     )
 )

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..job import Job, JobKind
 from ..llamafactory.command import command_argv
-from .base import Kind, MissingOutput, register
+from ..llamafactory.recipes import Recipe, export_recipe
+from .base import Intake, Kind, MissingOutput, Request, register
 
 
 def collect(job: Job, folder: Path) -> dict[str, Any]:
@@ -20,4 +21,20 @@ def collect(job: Job, folder: Path) -> dict[str, Any]:
     return {"artifacts": artifacts, "metrics": metrics}
 
 
-EXPORT = register(Kind(JobKind.EXPORT.value, argv=command_argv, collect=collect))
+def recipe(request: Request, intake: Intake) -> Recipe:
+    return export_recipe(intake.source(request, EXPORT), request.pairs, gpu=intake.has_gpu)
+
+
+EXPORT = register(
+    Kind(
+        JobKind.EXPORT.value,
+        argv=command_argv,
+        collect=collect,
+        recipe=recipe,
+        from_job=True,
+        usage="JOB [key=value …]",
+        summary="Merge the adapter into the base model and store it",
+        example="12",
+        order=30,
+    )
+)

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..job import Job, JobKind
 from ..llamafactory.command import command_argv
-from .base import Kind, MissingOutput, register
+from ..llamafactory.recipes import Recipe, train_recipe
+from .base import Intake, Kind, MissingOutput, Request, register
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -35,6 +36,17 @@ def collect(job: Job, folder: Path) -> dict[str, Any]:
     return {"artifacts": artifacts, "metrics": metrics}
 
 
+def recipe(request: Request, intake: Intake) -> Recipe:
+    """A preset, key=value settings or a whole YAML; the operator's model and dataset by default."""
+    return train_recipe(
+        preset=request.preset,
+        pairs=request.pairs,
+        yaml_text=request.yaml_text,
+        default_model=intake.settings.default_model,
+        default_dataset=intake.settings.default_dataset,
+    )
+
+
 TRAIN = register(
     Kind(
         JobKind.TRAIN.value,
@@ -43,5 +55,11 @@ TRAIN = register(
         follows_trainer_log=True,
         resumable=True,
         estimated=True,
+        recipe=recipe,
+        takes_yaml=True,
+        usage="[preset] [key=value …]",
+        summary="Fine-tune a model (no arguments: open the form)",
+        example="seed model=/models/Meta-Llama-3-8B-Instruct dataset=train",
+        order=10,
     )
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..env import is_set
+from ..env import is_set, parse_flag
 from ..errors import UserError, shorten
 from ..inputs import bounded_yaml
 from ..job import Job, JobKind, JobState, state_phrase
@@ -212,7 +212,7 @@ _MANAGED = {"output_dir", "dataset_dir", "export_dir", "overwrite_output_dir", "
 class Recipe:
     """What a front end asked for, resolved: the LLaMA-Factory arguments and what to show."""
 
-    kind: JobKind
+    kind: JobKind | str  # a kind declared in runners/kinds/ (JobKind names the built-in ones)
     args: dict[str, Any]
     model: str
     dataset: str | None = None
@@ -522,6 +522,13 @@ def _require_template(args: dict[str, Any], purpose: str) -> None:
         )
 
 
+def _yes_no(key: str, value: Any) -> bool:
+    flag = parse_flag(value)  # the one table of yes/no words
+    if flag is None:
+        raise UserError(f"{key}={shorten(value)!r} is not true or false.", field=key, fix=f"{key}=true")
+    return flag
+
+
 def eval_recipe(
     source: ModelSource,
     pairs: dict[str, str] | None = None,
@@ -549,7 +556,15 @@ def eval_recipe(
     if gpu and source.compute in ("bf16", "fp16"):
         args[source.compute] = True
     pairs = dict(pairs or {})
-    n_slots = _apply_pairs(args, pairs, EVAL_KEYS)
+    rest = {k: v for k, v in pairs.items() if k.strip().lower() != "greedy"}
+    n_slots = _apply_pairs(args, rest, EVAL_KEYS)
+    greedy = [v for k, v in pairs.items() if k.strip().lower() == "greedy"]
+    if isinstance(args.get("do_sample"), str):
+        # A pair's "false" would reach LLaMA-Factory as a (true) string and keep sampling on.
+        args["do_sample"] = _yes_no("do_sample", args["do_sample"])
+    if greedy and _yes_no("greedy", greedy[-1]):
+        # Greedy decoding: the same answer every run, so scores compare across runs and recipes.
+        args["do_sample"] = False
     if not args.get("eval_dataset"):
         if not default_dataset:
             raise UserError(

@@ -12,6 +12,7 @@ Pure arithmetic except `load_table`/`save_table`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,18 +26,25 @@ from .throughput import short_gpu_name
 # Weight of a new measurement against what the table held (an exponential moving average).
 REFINE_WEIGHT = 0.5
 
-# Measured with bench/train_throughput.py on an H200, 2026-12-01 (docs/benchmarks.md): tokens/s x
-# params (8.03e9, random Llama-3-8B), and start-up s (loading the model; for `fast` also compiling
-# it: ~20 s with the compiler's cache warm, ~110 s cold). H100 entries are the H200's until a job
-# there replaces them (same compute; `runs: 0` means not measured).
+# Measured with bench/train_throughput.py on an H200, 2026-12-01 (docs/benchmarks.md, second
+# session's call 2): tokens/s while training x params (8.03e9, random Llama-3-8B), and start-up s
+# outside the trainer (the job's wall time minus the trainer's runtime: loading, saving). Compiling
+# is counted apart (`COLD_COMPILE_S`, `compile_seconds`). H100 entries are the H200's scaled by
+# their bf16 matmul rates until a job there replaces them (`runs: 0` means not measured).
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
-    "H200|fast|1": {"param_tokens_per_s": 7.59e13, "startup_s": 60.0, "runs": 1},
+    "H200|fast|1": {"param_tokens_per_s": 8.97e13, "startup_s": 54.0, "runs": 1},
     "H200|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 1},
-    "H200|seed-cli|1": {"param_tokens_per_s": 1.43e13, "startup_s": 30.0, "runs": 1},
-    "H100|fast|1": {"param_tokens_per_s": 7.2e13, "startup_s": 60.0, "runs": 0},
+    "H200|seed-cli|1": {"param_tokens_per_s": 1.52e13, "startup_s": 41.0, "runs": 1},
+    "H100|fast|1": {"param_tokens_per_s": 8.5e13, "startup_s": 54.0, "runs": 0},
     "H100|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 0},
-    "H100|seed-cli|1": {"param_tokens_per_s": 1.43e13, "startup_s": 30.0, "runs": 0},
+    "H100|seed-cli|1": {"param_tokens_per_s": 1.52e13, "startup_s": 41.0, "runs": 0},
 }
+
+# torch.compile's cost, paid inside the trainer's first step (same bench, Llama-3-8B with LoRA):
+# 106-120 s with an empty cache, ~22 s once this runner has compiled the same shapes (its cache is
+# kept under the data dir: runners/llamafactory/command.py). A runner records each compiled shape.
+COLD_COMPILE_S = 115.0
+COMPILED_PREFIX = "compiled|"
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class Estimate:
     n_gpus: int
     device: str
     key: str
+    compile_s: float = 0.0
 
     @property
     def gpu_hours(self) -> float:
@@ -95,6 +104,40 @@ def lookup(table: dict[str, dict[str, float]], key: str) -> dict[str, float] | N
     return None
 
 
+def compile_key(config: dict[str, Any], args: dict[str, Any]) -> str:
+    """What decides whether torch.compile's cache already holds a job's graphs: the model's
+    architecture, the batch shape and the compile mode (not the weights or the model's path)."""
+    config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    arch = {k: config.get(k) for k in (
+        "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "vocab_size", "head_dim",
+    )}
+    shape = {k: str(args.get(k)) for k in (
+        "cutoff_len", "per_device_train_batch_size", "torch_compile_mode", "finetuning_type", "lora_rank",
+        "lora_target", "bf16", "neat_packing",
+    )}
+    digest = hashlib.sha256(json.dumps([arch, shape], sort_keys=True).encode()).hexdigest()[:16]
+    return COMPILED_PREFIX + digest
+
+
+def compile_seconds(table: dict[str, dict[str, float]], key: str) -> float:
+    """Seconds compiling will take: what this runner measured for the same shapes, else a cold compile."""
+    entry = table.get(key)
+    if entry and isinstance(entry.get("compile_s"), (int, float)) and entry["compile_s"] >= 0:
+        return float(entry["compile_s"])
+    return COLD_COMPILE_S
+
+
+def record_compile(
+    table: dict[str, dict[str, float]], key: str, seconds: float
+) -> dict[str, dict[str, float]]:
+    """The table with a compiled shape's latest compile time (the next one finds the cache warm)."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        return dict(table)
+    runs = (table.get(key) or {}).get("runs", 0) + 1
+    return {**table, key: {"compile_s": round(seconds, 1), "runs": runs}}
+
+
 def estimate(
     table: dict[str, dict[str, float]],
     *,
@@ -103,8 +146,10 @@ def estimate(
     gpu_name: str | None,
     recipe: str | None,
     n_gpus: int = 1,
+    compile_s: float = 0.0,
 ) -> Estimate | None:
-    """Seconds the job should take, or None when nothing is known about this device and recipe."""
+    """Seconds the job should take, or None when nothing is known about this device and recipe.
+    `compile_s`: torch.compile's time for a compiled job (`compile_seconds`)."""
     device = device_name(gpu_name)
     key = table_key(device, recipe, n_gpus)
     entry = lookup(table, key)
@@ -114,14 +159,16 @@ def estimate(
     if not (rate > 0 and math.isfinite(rate)):
         return None
     startup = float(entry.get("startup_s", 0.0))
+    compile_s = max(0.0, float(compile_s))
     return Estimate(
-        seconds=startup + tokens / rate,
+        seconds=startup + compile_s + tokens / rate,
         tokens=tokens,
         tokens_per_s=rate,
         startup_s=startup,
         n_gpus=n_gpus,
         device=device,
         key=key,
+        compile_s=compile_s,
     )
 
 

@@ -48,6 +48,10 @@ GPU_FLAGS: dict[str, Any] = {
     # wrong under packing anyway; tunebot counts tokens itself (runners/speed/throughput.py), and
     # these flags are only applied once that count exists.
     "include_num_input_tokens_seen": "no",
+    # The trainer checks every micro-step's loss for nan/inf with a Python `if` on a GPU tensor: a
+    # sync that stops the host queuing the next step while the GPU works. Off, a nan loss shows as
+    # nan in the log (and in tunebot's posts) instead of being replaced by the running mean.
+    "logging_nan_inf_filter": False,
 }
 # Without checkpointing the step is bound by the host launching ~10k small kernels (profiler:
 # GPU busy 39% of a step); torch.compile fuses them: 0.156 s/step against 0.275 on an H200

@@ -141,11 +141,16 @@ def mfu(tokens_per_s: Any, params: Any, gpu_name: str | None, n_gpus: int = 1) -
     return 4.0 * params * rate / (peak * n_gpus)
 
 
-def true_progress(progress: dict[str, Any], tokens_per_epoch: int | None) -> dict[str, Any]:
+def true_progress(
+    progress: dict[str, Any], tokens_per_epoch: int | None, since: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A trainer-log progress dict with tokens seen and tokens/s counted by tunebot.
 
     With the dataset's token count known they come from the epoch; without it, LLaMA-Factory's own
-    figures are kept only when they are sane (never negative or absurd)."""
+    figures are kept only when they are sane (never negative or absurd). `since`: the run's first
+    logged point; once ten seconds have passed since it, tokens/s and the time remaining are
+    measured from it, so the minutes a compiled model spends compiling in its first step read as
+    start-up, not as a slow GPU and a far-off end."""
     out = dict(progress)
     seen = tokens_seen(progress.get("epoch"), tokens_per_epoch) if tokens_per_epoch else None
     if seen is not None:
@@ -155,4 +160,48 @@ def true_progress(progress: dict[str, Any], tokens_per_epoch: int | None) -> dic
         out["tokens_per_s"] = sane_rate(progress.get("tokens_per_s"))
         total = progress.get("total_tokens")
         out["total_tokens"] = total if isinstance(total, int) and 0 < total < 1e15 else None
+    if since:
+        out.update(_since(progress, since, tokens_per_epoch))
     return {k: v for k, v in out.items() if v is not None or k not in ("tokens_per_s", "total_tokens")}
+
+
+def _since(progress: dict[str, Any], since: dict[str, Any], tokens_per_epoch: int | None) -> dict[str, Any]:
+    numbers = [progress.get("elapsed_s"), since.get("elapsed_s"), progress.get("step"), since.get("step")]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+        return {}
+    t, t0, step, step0 = (float(x) for x in numbers)
+    if t - t0 < 10.0 or step <= step0:
+        return {}
+    out: dict[str, Any] = {}
+    total = progress.get("total")
+    if isinstance(total, int) and total >= step:
+        out["remaining_s"] = round((total - step) * (t - t0) / (step - step0), 1)
+    rate = steady_rate([(t0, since.get("epoch")), (t, progress.get("epoch"))], tokens_per_epoch)
+    if rate is not None:
+        out["tokens_per_s"] = rate
+    return out
+
+
+def steady_rate(
+    points: list[tuple[float, float]], tokens_per_epoch: Any, *, min_span_s: float = 10.0
+) -> float | None:
+    """Tokens/s while training, from the trainer log's (elapsed seconds, epoch) points in log order:
+    from the first logged step to the last, so loading and compiling (all in the first step) are
+    left out. A resumed run restarts the log's clock: only the points after the last restart count.
+    None when they span less than `min_span_s` (the log's times are whole seconds)."""
+    usable = [
+        (float(t), float(e)) for t, e in points
+        if isinstance(t, (int, float)) and isinstance(e, (int, float))
+        and not isinstance(t, bool) and not isinstance(e, bool)
+        and math.isfinite(t) and math.isfinite(e)
+    ]
+    for i in range(len(usable) - 1, 0, -1):
+        if usable[i][0] < usable[i - 1][0]:
+            usable = usable[i:]
+            break
+    if len(usable) < 2 or not isinstance(tokens_per_epoch, (int, float)) or tokens_per_epoch <= 0:
+        return None
+    (t0, e0), (t1, e1) = usable[0], usable[-1]
+    if t1 - t0 < min_span_s or e1 <= e0:
+        return None
+    return sane_rate((e1 - e0) * tokens_per_epoch / (t1 - t0))

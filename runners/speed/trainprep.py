@@ -65,6 +65,13 @@ def _gpu(hardware: Hardware, slots: list[str] | None):
     return hardware.gpus[0]
 
 
+def is_compiled(args: dict[str, Any]) -> bool:
+    """Whether the trainer will torch.compile the model (the flag, or a compile mode/backend)."""
+    flag = args.get("torch_compile")
+    on = flag is True or str(flag).strip().lower() in ("true", "1", "yes")
+    return on or bool(args.get("torch_compile_mode") or args.get("torch_compile_backend"))
+
+
 def tokens_per_epoch(count: TokenCount, args: dict[str, Any]) -> int:
     cutoff = int(args.get("cutoff_len") or count.cutoff)
     packing = bool(args.get("packing") or args.get("neat_packing"))
@@ -151,6 +158,7 @@ def prepare(
         tokens_per_step=step_tokens,
     )
     if params:
+        compiled = gpu is not None and is_compiled(args)
         est = eta.estimate(
             table,
             tokens=total,
@@ -158,6 +166,7 @@ def prepare(
             gpu_name=gpu.name if gpu else None,
             recipe=preset,
             n_gpus=n_gpus,
+            compile_s=eta.compile_seconds(table, eta.compile_key(config or {}, args)) if compiled else 0.0,
         )
         if est is not None:
             info["estimate"] = est.to_dict()

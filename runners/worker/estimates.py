@@ -113,36 +113,31 @@ class Estimates:
 
     def measure(self, job: Job, metrics: dict[str, Any]) -> None:
         """A finished train job's true tokens seen, tokens/s and MFU (into `metrics`); its speed
-        refines this runner's calibration table."""
+        refines this runner's calibration table (runners/speed/measure.py)."""
+        from ..llamafactory.progress import read_trainer_log
         from ..speed import estimate as eta
-        from ..speed.throughput import mfu, tokens_per_second, tokens_seen
+        from ..speed.measure import measure
+        from ..speed.trainprep import model_config
 
-        if metrics.get("tokens_per_epoch") and metrics.get("epoch") is not None:
-            seen = tokens_seen(metrics["epoch"], metrics["tokens_per_epoch"])
-            if seen is not None:
-                metrics["total_tokens"] = seen
-        seen = metrics.get("total_tokens")
-        runtime = metrics.get("train_runtime")  # the trainer's own, to the millisecond
-        rate = tokens_per_second(seen, runtime, min_seconds=0.01)
-        if rate is None:
-            return
-        metrics["tokens_per_s"] = round(rate, 1)
-        params = metrics.get("params")
-        gpu = metrics.get("gpu")
-        n_gpus = max(1, len(job.slots or []))
-        if gpu and isinstance(params, int):
-            value = mfu(rate, params, gpu, n_gpus)
-            if value is not None:
-                metrics["mfu"] = round(value, 4)
-        if job.started_at:
-            metrics["actual_s"] = round(now() - job.started_at, 1)
-        if isinstance(params, int) and params > 0:
-            key = eta.table_key(eta.device_name(gpu), job.preset, n_gpus)
-            startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics else None
-            path = self.calibration_path()
-            table = eta.refine(eta.load_table(path), key, tokens_per_s=rate, params=params, startup_s=startup)
+        log_file = Path(job.work_dir) / "output" / "trainer_log.jsonl"
+        points = [(p.elapsed_s, p.epoch) for p in read_trainer_log(log_file) if p.loss is not None]
+        path = self.calibration_path()
+        measured = measure(
+            metrics,
+            points=points,
+            args=job.args,
+            config=model_config(str(job.args.get("model_name_or_path", ""))),
+            preset=job.preset,
+            n_gpus=len(job.slots or []),
+            wall_s=now() - job.started_at if job.started_at else None,
+            first_attempt=job.attempt <= 1,
+            table=eta.load_table(path),
+        )
+        metrics.clear()
+        metrics.update(measured.metrics)
+        if measured.table is not None:
             try:
-                eta.save_table(path, table)
+                eta.save_table(path, measured.table)
             except OSError:
                 log.exception("recording the speed of job #%s failed", job.id)
 

@@ -102,9 +102,11 @@ class Launcher:
         work_dir = Path(job.work_dir or self.settings.jobs_dir / str(job.id))
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
+            kind = kind_of(job.kind)
+            if kind.fit_to_hardware is not None:
+                job = kind.fit_to_hardware(job, work_dir, self.hardware, slots, self.store)
             config = work_dir / "config.yaml"
             config.write_text(yaml.safe_dump(job.args, sort_keys=False, allow_unicode=True), encoding="utf-8")
-            kind = kind_of(job.kind)
             if kind.prepare is not None:
                 job = kind.prepare(job, work_dir, self.store)
             env = self.job_env(job, slots)

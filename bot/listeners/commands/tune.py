@@ -21,7 +21,7 @@ from ...parsing import COMMAND, Command, extract_yaml, parse_command
 from ...render import render_error, render_help, render_train_modal
 from ...render.replies import render_checking, render_dataset_prompt, render_text
 from ...services import Services, services_of
-from ...use_cases import CHECKED, Origin, answer_command
+from ...use_cases import Origin, answer_command, checked
 from ..answers import Reply, answering_errors
 
 _YAML_LINE = re.compile(r"^\s*[A-Za-z_][\w.\-]*\s*:\s*\S", re.MULTILINE)
@@ -63,7 +63,7 @@ def ack_tune(ack: Ack, command: dict[str, Any], respond: Respond, client: WebCli
         ack()
         # Not on the lazy listeners' pool: its threads may all be waiting for engine slots.
         services.forms.submit(_open_form_answering, services, client, command, respond, logger)
-    elif parsed.name in CHECKED:
+    elif checked(parsed.name):
         ack(**render_checking(f"{COMMAND} {text.strip()}"[:200]))
     else:
         ack()

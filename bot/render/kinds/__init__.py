@@ -1,0 +1,60 @@
+"""How each job kind looks in Slack and at the terminal: one module per kind here
+(bot/render/kinds/<kind>.py, found by `discover`), beside its declaration in runners/kinds/.
+
+A kind with no module here still works: its messages use the generic job rendering, and its
+success posts nothing beyond the root message's final state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runners.job import Job
+
+# (the job, its result's metrics, its artifacts) -> a message for the job's thread.
+ResultRenderer = Callable[[Job, dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class KindView:
+    name: str
+    emoji: str = ""  # beside the kind in a job's header (":brain: Train #12")
+    help_group: str = "Results"  # the help section it is listed in, unless help.py places it
+    # A successful run's post in its thread, from its `result` event; None: no such post.
+    result: ResultRenderer | None = None
+
+
+_VIEWS: dict[str, KindView] = {}
+_discovered = False
+
+
+def register_view(view: KindView) -> KindView:
+    _VIEWS[view.name] = view
+    return view
+
+
+def unregister_view(name: str) -> None:
+    _VIEWS.pop(name, None)
+
+
+def discover() -> list[str]:
+    """Import the modules of this package not imported yet (each registers its view); their names."""
+    global _discovered
+    _discovered = True
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+            found.append(module.name)
+    return found
+
+
+def view_of(kind: str) -> KindView:
+    """The kind's view, or a plain one for a kind that has none."""
+    if not _discovered:
+        discover()
+    return _VIEWS.get(kind) or KindView(kind)

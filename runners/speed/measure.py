@@ -1,0 +1,72 @@
+"""What a finished train job measured: tokens seen, tokens/s while training, MFU, and how its
+time splits into start-up (outside the trainer), compiling and training — and how that refines
+the runner's calibration table. Pure; the worker reads the inputs and saves the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import estimate as eta
+from .throughput import mfu, steady_rate, tokens_per_second, tokens_seen
+from .trainprep import is_compiled
+
+
+@dataclass
+class Measured:
+    metrics: dict[str, Any]  # the job's metrics with the figures added
+    table: dict[str, dict[str, float]] | None = None  # the refined table (None: nothing to record)
+    notes: list[str] = field(default_factory=list)
+
+
+def measure(
+    metrics: dict[str, Any],
+    *,
+    points: list[tuple[float, float]],
+    args: dict[str, Any],
+    config: dict[str, Any],
+    preset: str | None,
+    n_gpus: int,
+    wall_s: float | None,
+    first_attempt: bool,
+    table: dict[str, dict[str, float]],
+) -> Measured:
+    """`points`: the trainer log's (elapsed s, epoch) in log order; `wall_s`: the job's time from
+    start to now. The job's tokens/s is the steady rate (first logged step to last), so a compiled
+    job's ~2 min of compiling on a cold runner does not read as a slow GPU; without enough points
+    it is tokens over the trainer's runtime."""
+    metrics = dict(metrics)
+    if metrics.get("tokens_per_epoch") and metrics.get("epoch") is not None:
+        seen = tokens_seen(metrics["epoch"], metrics["tokens_per_epoch"])
+        if seen is not None:
+            metrics["total_tokens"] = seen
+    seen = metrics.get("total_tokens")
+    runtime = metrics.get("train_runtime")  # the trainer's own, to the millisecond
+    steady = steady_rate(points, metrics.get("tokens_per_epoch"))
+    rate = steady or tokens_per_second(seen, runtime, min_seconds=0.01)
+    if rate is None:
+        return Measured(metrics)
+    metrics["tokens_per_s"] = round(rate, 1)
+    params = metrics.get("params")
+    gpu = metrics.get("gpu")
+    n_gpus = max(1, n_gpus)
+    if gpu and isinstance(params, int):
+        value = mfu(rate, params, gpu, n_gpus)
+        if value is not None:
+            metrics["mfu"] = round(value, 4)
+    if wall_s is not None:
+        metrics["actual_s"] = round(wall_s, 1)
+    compiled = bool(gpu) and is_compiled(args)
+    compile_s = None
+    numbers = isinstance(runtime, (int, float)) and isinstance(seen, (int, float))
+    if compiled and steady and numbers and first_attempt:
+        compile_s = max(0.0, float(runtime) - seen / steady)  # the trainer's time not spent training
+        metrics["compile_s"] = round(compile_s, 1)
+    if not (isinstance(params, int) and params > 0):
+        return Measured(metrics)
+    key = eta.table_key(eta.device_name(gpu), preset, n_gpus)
+    startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics and runtime is not None else None
+    refined = eta.refine(table, key, tokens_per_s=rate, params=params, startup_s=startup)
+    if compile_s is not None:
+        refined = eta.record_compile(refined, eta.compile_key(config, args), compile_s)
+    return Measured(metrics, refined)
