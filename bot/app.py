@@ -17,7 +17,7 @@ from typing import Any
 from slack_bolt import App, BoltContext, BoltResponse
 from slack_sdk import WebClient
 
-from bot.outbox.delivery import make_client
+from bot.outbox.slack import make_client
 from bot.state.dedupe import EventLog, drop_redelivered_events
 from runners.runtime import Runtime
 

@@ -10,7 +10,8 @@ import time
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
-from bot.outbox.delivery import FAILED, Delivery, make_client
+from bot.outbox.delivery import FAILED, Delivery
+from bot.outbox.slack import make_client
 from runners.llamafactory.progress import Progress
 from runners.plots import render_loss_plot
 

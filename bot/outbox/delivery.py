@@ -35,13 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
-from slack_sdk.http_retry.handler import RetryHandler
 from sqlalchemy import JSON, BigInteger, Column, Integer, Text, delete, or_, update
 from sqlmodel import Field, Session, select
 
@@ -50,26 +43,11 @@ from runners.recovery.outage import Outage, is_database_error
 from runners.store import Store
 
 from . import landed
+from .slack import CONTENT_ERRORS, UNCERTAIN_ERRORS, Failure, classify, ensure_retry_handlers
 
 log = logging.getLogger(__name__)
 
 
-
-class _WithoutBodies(logging.Filter):
-    """At DEBUG slack_sdk logs whole request and response bodies (an ephemeral's API key with them):
-    keep only what was called and how it went."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        for start, cut in (("Sending a request", ", query_params:"), ("Received the following", ", headers")):
-            if message.startswith(start):
-                record.msg, record.args = message.split(cut, 1)[0] + " (body not logged)", None
-        return True
-
-
-# The WebClient's own logger, for make_client.
-_client_log = logging.getLogger("bot.outbox.delivery.slack_sdk")
-_client_log.addFilter(_WithoutBodies())
 
 # Makes a message from the reference it was queued with (`Delivery.ephemeral(render=...)`).
 Renderer = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -81,57 +59,7 @@ CLAIM_SECONDS = 120.0  # a claim older than this belongs to a sender that died
 FALLBACK_TEXT_MAX = 3000
 UPLOAD_INLINE_MAX = 16 * 1024 * 1024  # files up to this are copied into the outbox when queued
 
-# Slack's answers that no retry can fix: the message itself is wrong. Posts are then retried once
-# as plain text (no blocks, no metadata), then marked failed (kept in the table, logged).
-CONTENT_ERRORS = frozenset({
-    "invalid_blocks", "invalid_blocks_format", "msg_too_long", "no_text", "invalid_arguments",
-    "invalid_attachments", "too_many_attachments", "invalid_metadata_format", "invalid_metadata_schema",
-    "metadata_too_large", "metadata_must_be_sent_from_app", "invalid_arg_name", "invalid_array_arg",
-    "invalid_charset", "invalid_form_data", "invalid_post_type", "missing_post_type",
-    "markdown_text_conflict",
-})
-# The target is gone: an edit of a deleted message, an ephemeral to someone who left the channel.
-GONE_ERRORS = frozenset({
-    "message_not_found", "cant_update_message", "edit_window_closed", "user_not_in_channel",
-    "file_deleted",
-})
-
-
-# Failures after which the post may have reached Slack all the same (the answer was lost): before
-# sending it again, Slack is asked whether it is there (bot/outbox/landed.py).
-UNCERTAIN_ERRORS = frozenset({"timeout", "TimeoutError", "URLError", "ConnectionError",
-                              "ConnectionResetError", "RemoteDisconnected", "IncompleteRead", "OSError"})
-
-
 MAYBE_SENT = "_maybe_sent"  # in a post's payload: an attempt may have landed; look before sending
-
-
-def retry_handlers() -> list[RetryHandler]:
-    """Connection errors, 429 (sleeping Retry-After) and 500/503, each retried twice by the client.
-    A send may so last minutes under a long Retry-After: its claim is renewed while it runs."""
-    return [
-        ConnectionErrorRetryHandler(max_retry_count=2),
-        RateLimitErrorRetryHandler(max_retry_count=2),
-        ServerErrorRetryHandler(max_retry_count=2),
-    ]
-
-
-def make_client(token: str, base_url: str | None = None, *, timeout: int = 30) -> WebClient:
-    """The WebClient tunebot uses everywhere: retry handlers on, request bodies never logged."""
-    base = base_url or WebClient.BASE_URL
-    if not base.endswith("/"):
-        base += "/"
-    return WebClient(token=token, base_url=base, timeout=timeout, logger=_client_log,
-                     retry_handlers=retry_handlers())
-
-
-def ensure_retry_handlers(client: WebClient) -> WebClient:
-    """Add whichever of the rate-limit and server-error handlers a client lacks."""
-    have = {type(h) for h in client.retry_handlers}
-    for handler in retry_handlers():
-        if type(handler) not in have:
-            client.retry_handlers.append(handler)
-    return client
 
 
 class OutboxItem(BotModel, table=True):
@@ -163,49 +91,6 @@ class OutboxItem(BotModel, table=True):
 
 
 OUTBOX_TABLES = BotTables("outbox", (OutboxItem.__table__,))
-
-
-class _Failure(Exception):
-    """A call that did not go through: `code` is Slack's error (or the exception's name)."""
-
-    def __init__(self, code: str, *, permanent: bool, retry_after: float | None = None):
-        super().__init__(code)
-        self.code = code
-        self.permanent = permanent
-        self.retry_after = retry_after
-
-
-def _classify(exc: Exception) -> _Failure:
-    if isinstance(exc, _Failure):
-        return exc
-    if isinstance(exc, SlackApiError):
-        response = exc.response
-        status = getattr(response, "status_code", None)
-        code = ""
-        try:
-            code = str(response.get("error") or "")
-        except Exception:  # a body that was not JSON
-            code = ""
-        if status == 429 or code == "ratelimited":
-            return _Failure(code or "ratelimited", permanent=False, retry_after=_retry_after(response))
-        if status and status >= 500:
-            return _Failure(code or f"http_{status}", permanent=False)
-        return _Failure(code or f"http_{status}", permanent=code in CONTENT_ERRORS or code in GONE_ERRORS)
-    if isinstance(exc, FileNotFoundError):
-        return _Failure("file_missing", permanent=True)
-    return _Failure(type(exc).__name__, permanent=False)
-
-
-def _retry_after(response: Any) -> float | None:
-    headers = getattr(response, "headers", None) or {}
-    for name, value in dict(headers).items():
-        if str(name).lower() == "retry-after":
-            value = value[0] if isinstance(value, (list, tuple)) else value
-            try:
-                return max(0.0, float(value))
-            except (TypeError, ValueError):
-                return None
-    return None
 
 
 def _edit_lane(channel: str, ts: str | None, key: str | None) -> str:
@@ -603,7 +488,7 @@ class Delivery:
                 if not answer:
                     answer = self._call(row)
         except Exception as exc:  # every failure is recorded; none escapes to the caller
-            failure = _classify(exc)
+            failure = classify(exc)
             if row.action == POST and row.key and (uncertain or failure.code in UNCERTAIN_ERRORS):
                 # Kept until it is known: a later failure of another kind must not make it certain.
                 row.payload = {**row.payload, MAYBE_SENT: True}
@@ -656,7 +541,7 @@ class Delivery:
                     log.exception("on_sent callback for %s failed", row.key)
         return True
 
-    def _failed(self, row: OutboxItem, failure: _Failure) -> bool:
+    def _failed(self, row: OutboxItem, failure: Failure) -> bool:
         attempts = row.attempts + 1
         if failure.permanent:
             payload = row.payload
@@ -707,7 +592,7 @@ class Delivery:
             if p.get("render"):
                 renderer = self._renderers.get(p["render"].get("name"))
                 if renderer is None:
-                    raise _Failure("no_renderer", permanent=True)
+                    raise Failure("no_renderer", permanent=True)
                 made = renderer(p["render"])
                 if made is None:
                     return None  # nothing to show any more (the deployment stopped)
@@ -732,7 +617,7 @@ class Delivery:
             answer = self.client.files_upload_v2(**kwargs)
             files = answer.get("files") or []
             return files[0].get("id") if files else None
-        raise _Failure(f"unknown action {row.action}", permanent=True)
+        raise Failure(f"unknown action {row.action}", permanent=True)
 
 
 class _ClaimKeeper:
