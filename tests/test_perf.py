@@ -202,6 +202,40 @@ def test_live_progress_measures_from_the_first_logged_step():
     assert true_progress(unknown_total, 100_000, since=first).get("remaining_s") is None
 
 
+def test_the_runner_follows_a_compiled_run_from_its_first_logged_step(tmp_path):
+    from runners.job import Job
+    from runners.store import Store
+    from runners.worker.follow import JobFollower
+    from runners.worker.running import Running
+
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    job, _ = store.add_job(Job(kind="train", state="running", work_dir=str(tmp_path / "job")))
+    log = tmp_path / "job" / "output" / "trainer_log.jsonl"
+    log.parent.mkdir(parents=True)
+
+    def logged(step: int, elapsed: str, remaining: str) -> str:
+        return json.dumps({"current_steps": step, "total_steps": 240, "loss": 2.0, "lr": 1e-4,
+                           "epoch": step / 250, "percentage": step / 2.4, "elapsed_time": elapsed,
+                           "remaining_time": remaining}) + "\n"
+
+    follower = JobFollower(store, {job.id: 100_000})
+    run = Running(job.id, {})
+    run.follower = follower.trainer_log(store.get(job.id))
+    log.write_text(logged(5, "0:01:56", "1:30:52"))  # ~2 min compiling in step 1
+    follower.follow(store.get(job.id), run)
+    with log.open("a") as fh:
+        fh.write(logged(120, "0:02:11", "0:02:11"))
+    follower.follow(store.get(job.id), run)
+    events = [e.data for e in store.events_since(0, job_id=job.id) if e.type == "progress"]
+    assert [e["step"] for e in events] == [5, 120]
+    assert events[0]["remaining_s"] == 5452  # too early to measure: the trainer's own guess
+    assert events[-1]["remaining_s"] == pytest.approx(120 * 15 / 115, abs=0.05)
+    assert events[-1]["tokens_per_s"] == pytest.approx((0.48 - 0.02) * 100_000 / 15)
+    latest = store.get(job.id).progress
+    assert latest["remaining_s"] == events[-1]["remaining_s"] and latest["total_tokens"] == 48_000
+
+
 def test_steady_rate_leaves_loading_and_compiling_out():
     # the first logged step came after ~2 min of compiling; then 0.02 epoch every 5 s
     points = [(121.0, 0.02), (126.0, 0.04), (131.0, 0.06), (136.0, 0.08)]

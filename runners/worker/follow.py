@@ -82,7 +82,10 @@ class JobFollower:
             point = run.backlog[0]
             new = point.step > run.seen_step or point.eval_loss is not None and point.step >= run.seen_step
             if new and (point.step, point.is_eval) not in posted:
-                self.store.add_event(job.id, EventKind.PROGRESS, true_progress(point.to_dict(), per_epoch))
+                if run.first_point is None and point.loss is not None and not point.is_eval:
+                    run.first_point = point.to_dict()
+                shown = true_progress(point.to_dict(), per_epoch, since=run.first_point)
+                self.store.add_event(job.id, EventKind.PROGRESS, shown)
                 posted.add((point.step, point.is_eval))
                 run.seen_step = max(run.seen_step, point.step)
                 fresh.append(point)
@@ -94,7 +97,7 @@ class JobFollower:
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
             latest.update({k: v for k, v in point.to_dict().items() if v is not None})
-        latest = true_progress(latest, per_epoch)
+        latest = true_progress(latest, per_epoch, since=run.first_point)
         self.store.update(job.id, progress=latest)
         run.new_points = True
         if now() - run.last_plot_at >= PLOT_EVERY:

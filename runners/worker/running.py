@@ -24,6 +24,9 @@ class Running:
     final_plot_done: bool = False
     succeeded_with: dict[str, Any] | None = None  # the values its success was recorded with
     trouble_logged: bool = False  # a follow error of this job was logged once already
+    # The first training step this runner saw logged: live tokens/s and time left are measured
+    # from it, so compiling in the first step reads as start-up (speed/throughput.true_progress).
+    first_point: dict[str, Any] | None = None
 
 
 def checkpoint_step(path: Any) -> int:
