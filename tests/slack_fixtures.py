@@ -240,6 +240,25 @@ def start_bot(
         app.tunebot.close()  # type: ignore[attr-defined]
 
 
+def start_story(slack: SlackStandin, bot_settings: BotSettings, runtime: Runtime) -> Iterator[SlackBot]:
+    """The whole bot: the app over signed HTTP, the outbox and the notifier telling each job's story
+    from its events, and the runtime's runner (started here, stopped after)."""
+    from bot.outbox.delivery import Delivery
+    from bot.story.notifier import Notifier
+
+    delivery = Delivery(quick_client(slack), runtime.store, edit_every=bot_settings.status_edit_every)
+    notifier = Notifier(runtime, delivery, bot_settings, poll=0.2)
+    delivery.start()
+    notifier.start()
+    runtime.start(web=False)
+    try:
+        yield from start_bot(slack, bot_settings, runtime, delivery=delivery)
+    finally:
+        notifier.stop()
+        delivery.stop()
+        runtime.stop()
+
+
 @pytest.fixture
 def bot(slack: SlackStandin, bot_settings: BotSettings, runtime: Runtime) -> Iterator[SlackBot]:
     """The tunebot app over signed HTTP, posting through the real outbox (no notifier)."""

@@ -229,12 +229,9 @@ def sqlite_settings(tmp_path, shared_models) -> Settings:
 @pytest.fixture
 def slack_story(sqlite_settings, quantize):
     """The real app over signed HTTP, the runner, the notifier and the outbox, on the Slack stand-in."""
-    from bot.outbox.delivery import Delivery
     from bot.settings import BotSettings
-    from bot.story.notifier import Notifier
     from runners.runtime import Runtime
-    from tests.delivery_fixtures import quick_client
-    from tests.slack_fixtures import ADMIN_ID, OTHER_USER_ID, start_bot
+    from tests.slack_fixtures import ADMIN_ID, OTHER_USER_ID, start_story
     from tests.slack_signing import HUMAN_USER_ID, SIGNING_SECRET
     from tests.slack_standin import SlackStandin
 
@@ -245,17 +242,9 @@ def slack_story(sqlite_settings, quantize):
                                    admins=frozenset({ADMIN_ID}), status_edit_every=0.5)
         runtime = Runtime(sqlite_settings)
         runtime.worker.hardware = CPU
-        delivery = Delivery(quick_client(slack), runtime.store, edit_every=bot_settings.status_edit_every)
-        notifier = Notifier(runtime, delivery, bot_settings, poll=0.2)
-        delivery.start()
-        notifier.start()
-        runtime.start(web=False)
         try:
-            yield from start_bot(slack, bot_settings, runtime, delivery=delivery)
+            yield from start_story(slack, bot_settings, runtime)
         finally:
-            notifier.stop()
-            delivery.stop()
-            runtime.stop()
             runtime.store.engine.dispose()
 
 

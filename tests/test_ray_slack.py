@@ -9,12 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from bot.outbox.delivery import Delivery
-from bot.story.notifier import Notifier
 from bot.threads import root_ts
 from runners.runtime import Runtime
-from tests.delivery_fixtures import quick_client
-from tests.slack_fixtures import FINAL, SlackBot, bot_settings, db_url, slack, start_bot, texts, wait_job
+from tests.slack_fixtures import FINAL, SlackBot, bot_settings, db_url, slack, start_story, texts, wait_job
 from tests.slack_signing import CHANNEL_ID
 
 __all__ = ["bot_settings", "db_url", "slack"]  # fixtures
@@ -34,17 +31,7 @@ def story(settings, slack, bot_settings, ray_head, tmp_path) -> Iterator[SlackBo
         ray_shared_dir=tmp_path / "shared-artifacts",
     )
     runtime = Runtime(on_ray)
-    delivery = Delivery(quick_client(slack), runtime.store, edit_every=bot_settings.status_edit_every)
-    notifier = Notifier(runtime, delivery, bot_settings, poll=0.2)
-    delivery.start()
-    notifier.start()
-    runtime.start(web=False)
-    try:
-        yield from start_bot(slack, bot_settings, runtime, delivery=delivery)
-    finally:
-        notifier.stop()
-        delivery.stop()
-        runtime.stop()
+    yield from start_story(slack, bot_settings, runtime)
 
 
 def test_tune_train_tiny_from_slack_runs_as_a_ray_job_and_tells_the_same_story(story) -> None:

@@ -10,13 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.outbox.delivery import Delivery
-from bot.story.notifier import Notifier
 from bot.threads import root_ts
 from runners.hardware import Hardware
 from runners.runtime import Runtime
-from tests.delivery_fixtures import quick_client
-from tests.slack_fixtures import FINAL, SlackBot, bot_settings, db_url, slack, start_bot, texts, wait_job
+from tests.slack_fixtures import FINAL, SlackBot, bot_settings, db_url, slack, start_story, texts, wait_job
 from tests.slack_signing import CHANNEL_ID, HUMAN_USER_ID
 
 __all__ = ["bot_settings", "db_url", "slack"]  # fixtures
@@ -28,17 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def story(settings, slack, bot_settings) -> Iterator[SlackBot]:
     runtime = Runtime(settings)
     runtime.worker.hardware = Hardware(host="cpuhost", gpus=(), cpu_count=os.cpu_count() or 2)
-    delivery = Delivery(quick_client(slack), runtime.store, edit_every=bot_settings.status_edit_every)
-    notifier = Notifier(runtime, delivery, bot_settings, poll=0.2)
-    delivery.start()
-    notifier.start()
-    runtime.start(web=False)
-    try:
-        yield from start_bot(slack, bot_settings, runtime, delivery=delivery)
-    finally:
-        notifier.stop()
-        delivery.stop()
-        runtime.stop()
+    yield from start_story(slack, bot_settings, runtime)
 
 
 def test_train_tiny_from_slack_tells_its_story_in_its_message_and_thread(story) -> None:
