@@ -9,12 +9,12 @@ import pytest
 from runners.datasets import (
     DATASET_INFO,
     add_dataset,
-    check_dataset,
     dataset_dir,
     get_dataset,
     list_datasets,
 )
 from runners.errors import UserError
+from runners.inputs.dataset_rows import check_dataset
 
 ALPACA_ROWS = [
     {
