@@ -39,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.train_throughput import GpuWatch, environment, log, make_dataset  # noqa: E402
+from bench.gpu.smi import GpuWatch  # noqa: E402
+from bench.train_throughput import environment, log, make_dataset  # noqa: E402
 from runners import datasets  # noqa: E402
 from runners.demo.tinymodel import ensure_model  # noqa: E402
 from runners.hardware import Gpu, Hardware, detect  # noqa: E402
