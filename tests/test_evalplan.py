@@ -143,6 +143,11 @@ def test_predictions_go_back_to_the_original_order(tmp_path):
     lines = (out / "generated_predictions.jsonl").read_text().splitlines()
     back = [json.loads(line)["label"] for line in lines]
     assert back == [f"a{i}" for i in range(6)]
+    # a finish retried (database error, runner restart) restores again: the same order, not a reshuffle
+    assert evalprep.restore_order(out, order)
+    lines = (out / "generated_predictions.jsonl").read_text().splitlines()
+    again = [json.loads(line)["label"] for line in lines]
+    assert again == back
     # a file that does not match the order is left alone
     assert not evalprep.restore_order(out, [0, 1])
     assert not evalprep.restore_order(out, [0, 0, 1, 2, 3, 4])

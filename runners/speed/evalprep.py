@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SORTED_DIR = "eval-data"
 ORDER_FILE = "eval_order.json"
 PREDICTIONS = "generated_predictions.jsonl"
+SORTED_PREDICTIONS = "generated_predictions.sorted.jsonl"  # the run's own, in the order it ran
 MAX_SORT_BYTES = 64 * 2**20  # sorting runs on the runner's loop at launch: larger sets run unsorted
 BATCH_KEY = "per_device_eval_batch_size"
 DEFAULT_CUTOFF = 1024  # LLaMA-Factory's own default cutoff_len
@@ -91,21 +92,33 @@ def sorted_copy(dataset_dir: Path, name: str, max_samples: int | None, dest: Pat
 
 def restore_order(output_dir: Path, order: list[int]) -> bool:
     """Puts `generated_predictions.jsonl` back in the eval set's original row order; False (file
-    untouched) when its rows do not match the order file."""
+    untouched) when its rows do not match the order file. Repeatable: the run's own (sorted) file is
+    kept beside it as `generated_predictions.sorted.jsonl` and every call restores from that, so a
+    finish retried after a database error or a runner restart gives the same order, not a second
+    shuffle."""
     path = output_dir / PREDICTIONS
+    kept = output_dir / SORTED_PREDICTIONS
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        source = kept if kept.is_file() else path
+        text = source.read_text(encoding="utf-8")
     except OSError:
         return False
+    lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) != len(order) or sorted(order) != list(range(len(order))):
         return False
+    if source is path:
+        _write_atomically(kept, text)
     restored = [""] * len(order)
     for position, original in enumerate(order):
         restored[original] = lines[position]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("\n".join(restored) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write_atomically(path, "\n".join(restored) + "\n")
     return True
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_order(work_dir: Path) -> list[int] | None:
