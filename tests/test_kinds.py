@@ -162,6 +162,26 @@ def test_a_kind_registered_in_kinds_runs_through_the_worker(settings, store, qua
         assert done.error == "The quantization ended without a model."
 
 
+def test_a_job_of_a_kind_this_runner_does_not_know_waits_without_blocking_it(
+    settings, store, quantize, tmp_path
+):
+    """A front end may know a kind a runner's code does not have yet: the runner leaves that job
+    for another runner (it keeps no slot for it) and runs the jobs behind it."""
+    work = tmp_path / "job"
+    alien, _ = store.add_job(Job(kind="distill", model="m", args={}, work_dir=str(tmp_path / "alien")))
+    job, _ = store.add_job(Job(kind="quantize", model="m", args={"bits": 4}, work_dir=str(work),
+                               log_path=str(work / "job.log")))
+    worker = Worker(settings, store, hardware=CPU)
+    worker.start()
+    try:
+        done = wait_for(store, job.id, FINAL, timeout=30)
+        assert done.state == "succeeded", done.error
+        assert store.get(alien.id).state == "queued"
+        assert alien.id not in store.leased_slots(worker.host).values()
+    finally:
+        worker.stop()
+
+
 def test_an_unknown_kind_is_a_plain_error():
     with pytest.raises(Exception, match="does not know jobs of kind 'nope'"):
         kind_of("nope")

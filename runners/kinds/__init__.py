@@ -16,14 +16,15 @@ from .base import (
     Request,
     Serving,
     Watch,
+    is_known,
     kind_of,
     register,
     submittable,
     unregister,
 )
 
-__all__ = ["Intake", "Kind", "MissingOutput", "Request", "Serving", "Watch", "discover", "kind_of",
-           "register", "submittable", "unregister"]
+__all__ = ["Intake", "Kind", "MissingOutput", "Request", "Serving", "Watch", "discover", "is_known",
+           "kind_of", "register", "submittable", "unregister"]
 
 
 def discover() -> list[str]:

@@ -157,6 +157,11 @@ def submittable() -> list[Kind]:
     return sorted((k for k in _KINDS.values() if k.recipe is not None), key=lambda k: (k.order, k.name))
 
 
+def is_known(name: str) -> bool:
+    """Whether this process knows jobs of kind `name` (a front end may know kinds a runner does not)."""
+    return name in _KINDS
+
+
 def kind_of(name: str) -> Kind:
     try:
         return _KINDS[name]

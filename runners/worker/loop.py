@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..events import EventKind
 from ..hardware import Hardware, detect, slots_for
 from ..job import ACTIVE_STATES, Job, JobState, now
-from ..kinds import Watch, kind_of
+from ..kinds import Watch, is_known, kind_of
 from ..recovery.outage import Outage, is_database_error
 from ..settings import Settings
 from ..store import Store
@@ -188,6 +188,10 @@ class Worker:
                 continue
             if self.only_job is not None and job.id != self.only_job:
                 continue
+            if not is_known(job.kind):
+                log.warning("job #%s is of kind %r, which this runner does not know; left as it is",
+                            job.id, job.kind)
+                continue
             if not self.store.adopt(job.id, job.runner_id, self.runner_id):
                 continue  # another runner on this host adopted it first
             handle = job.handle or None
@@ -254,6 +258,8 @@ class Worker:
                     continue  # this user waits; others behind them may go
             if job.n_slots > len(self.slots):
                 continue  # more than this host has: another runner's job
+            if not is_known(job.kind):
+                continue  # a kind this runner's code does not have (a newer front end's): another runner's
             if job.n_slots > len(free):
                 return  # first in line waits for slots: FIFO
             slots = free[: job.n_slots]
