@@ -253,7 +253,7 @@ def test_steady_rate_leaves_loading_and_compiling_out():
     assert steady_rate([(0.0, 0.0), (100.0, 1e9)], 1e9) is None  # absurd: never shown
 
 
-def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_compiled_its_shapes():
+def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_compiled_its_shapes(tmp_path):
     config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
     args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True}
     key = eta.compile_key(config, args)
@@ -264,6 +264,9 @@ def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_co
     assert eta.compile_seconds({}, key) == eta.COLD_COMPILE_S
     table = eta.record_compile({}, key, 21.9)
     assert eta.compile_seconds(table, key) == pytest.approx(21.9)
+    saved = tmp_path / "calibration" / "host.json"  # what the runner keeps between jobs
+    eta.save_table(saved, table)
+    assert eta.compile_seconds(eta.load_table(saved), key) == pytest.approx(21.9)
     assert eta.record_compile(table, key, float("nan")) == table
     base = {"H200|fast|1": {"param_tokens_per_s": 8.0e13, "startup_s": 60.0, "runs": 3}}
     cold = eta.estimate(base, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="fast",

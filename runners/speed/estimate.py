@@ -227,11 +227,14 @@ def load_table(path: Path) -> dict[str, dict[str, float]]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {
-        str(k): v
-        for k, v in data.items()
-        if isinstance(v, dict) and isinstance(v.get("param_tokens_per_s"), (int, float))
-    }
+    def usable(key: str, entry: Any) -> bool:
+        if not isinstance(entry, dict):
+            return False
+        field = "compile_s" if key.startswith(COMPILED_PREFIX) else "param_tokens_per_s"
+        value = entry.get(field)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    return {str(k): v for k, v in data.items() if usable(str(k), v)}
 
 
 def save_table(path: Path, table: dict[str, dict[str, float]]) -> None:
