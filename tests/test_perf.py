@@ -198,6 +198,11 @@ def test_live_progress_measures_from_the_first_logged_step():
     assert out["total_tokens"] == 48_000
     assert true_progress(late, 100_000)["tokens_per_s"] == pytest.approx(48_000 / 131.5)  # no anchor
     assert true_progress(late, 100_000, since={"step": "x"})["remaining_s"] == 131.5  # unreadable anchor
+    # a resumed run: its log clock restarted, its epoch did not: no rate until one is measured
+    resumed_first = true_progress(first, 100_000, since=first, resumed=True)
+    assert "tokens_per_s" not in resumed_first and resumed_first["total_tokens"] == 2000
+    assert true_progress(late, 100_000, since=first, resumed=True)["tokens_per_s"] == pytest.approx(
+        0.46 * 100_000 / 15.5)
     unknown_total = {**late, "total": None, "remaining_s": None}
     assert true_progress(unknown_total, 100_000, since=first).get("remaining_s") is None
 
@@ -316,9 +321,16 @@ def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runn
     eager = measure(metrics, points=points, args={**args, "torch_compile": False}, config=config,
                     preset="fast", n_gpus=1, wall_s=185.1, first_attempt=True, table={})
     assert "compile_s" not in eager.metrics
-    short = measure(metrics, points=points[:1], args=args, config=config, preset="fast", n_gpus=1,
-                    wall_s=185.1, first_attempt=True, table={})
+    short = measure(metrics, points=points[:1], args={**args, "torch_compile": False}, config=config,
+                    preset="fast", n_gpus=1, wall_s=185.1, first_attempt=True, table={})
     assert short.metrics["tokens_per_s"] == pytest.approx(0.48 * tpe / 131.2, rel=1e-3)
+    # a resumed run whose last stretch logged too little to measure, or a short compiled run: no
+    # figure at all rather than a false one (tokens of the whole job over one attempt's runtime, or
+    # over a runtime that is mostly compiling), and nothing taught to the table
+    for first, how in ((False, {**args, "torch_compile": False}), (True, args)):
+        none = measure({**metrics, "epoch": 3.0, "train_runtime": 40.0}, points=points[:1], args=how,
+                       config=config, preset="fast", n_gpus=1, wall_s=60.0, first_attempt=first, table={})
+        assert "tokens_per_s" not in none.metrics and "mfu" not in none.metrics and none.table is None
     cpu = measure({**metrics, "gpu": None, "params": None}, points=points, args=args, config=config,
                   preset="tiny", n_gpus=1, wall_s=10.0, first_attempt=True, table={})
     assert cpu.table is None and "mfu" not in cpu.metrics and "compile_s" not in cpu.metrics

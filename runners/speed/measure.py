@@ -43,7 +43,12 @@ def measure(
     seen = metrics.get("total_tokens")
     runtime = metrics.get("train_runtime")  # the trainer's own, to the millisecond
     steady = steady_rate(points, metrics.get("tokens_per_epoch"))
-    rate = steady or tokens_per_second(seen, runtime, min_seconds=0.01)
+    compiled = bool(metrics.get("gpu")) and is_compiled(args)
+    rate = steady
+    if rate is None and first_attempt and not compiled:
+        # Too few log points to measure: tokens over the trainer's runtime is right only when that
+        # runtime covers every token seen (not a resumed run's last stretch) and holds no compiling.
+        rate = tokens_per_second(seen, runtime, min_seconds=0.01)
     if rate is None:
         return Measured(metrics)
     metrics["tokens_per_s"] = round(rate, 1)
@@ -56,7 +61,6 @@ def measure(
             metrics["mfu"] = round(value, 4)
     if wall_s is not None:
         metrics["actual_s"] = round(wall_s, 1)
-    compiled = bool(gpu) and is_compiled(args)
     compile_s = None
     numbers = isinstance(runtime, (int, float)) and isinstance(seen, (int, float))
     if compiled and steady and numbers and first_attempt:

@@ -142,7 +142,11 @@ def mfu(tokens_per_s: Any, params: Any, gpu_name: str | None, n_gpus: int = 1) -
 
 
 def true_progress(
-    progress: dict[str, Any], tokens_per_epoch: int | None, since: dict[str, Any] | None = None
+    progress: dict[str, Any],
+    tokens_per_epoch: int | None,
+    since: dict[str, Any] | None = None,
+    *,
+    resumed: bool = False,
 ) -> dict[str, Any]:
     """A trainer-log progress dict with tokens seen and tokens/s counted by tunebot.
 
@@ -150,12 +154,14 @@ def true_progress(
     figures are kept only when they are sane (never negative or absurd). `since`: the run's first
     logged point; once ten seconds have passed since it, tokens/s and the time remaining are
     measured from it, so the minutes a compiled model spends compiling in its first step read as
-    start-up, not as a slow GPU and a far-off end."""
+    start-up, not as a slow GPU and a far-off end. `resumed`: a resumed run's log clock restarted
+    while its epoch did not, so tokens since the start over that clock would be false: only the
+    rate measured from `since` is shown."""
     out = dict(progress)
     seen = tokens_seen(progress.get("epoch"), tokens_per_epoch) if tokens_per_epoch else None
     if seen is not None:
         out["total_tokens"] = seen
-        out["tokens_per_s"] = tokens_per_second(seen, progress.get("elapsed_s"))
+        out["tokens_per_s"] = None if resumed else tokens_per_second(seen, progress.get("elapsed_s"))
     else:
         out["tokens_per_s"] = sane_rate(progress.get("tokens_per_s"))
         total = progress.get("total_tokens")

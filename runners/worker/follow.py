@@ -45,13 +45,15 @@ class JobFollower:
         seen = int(job.progress.get("step") or 0)
         points = read_trainer_log(trainer_log_path(job))
         per_epoch = job.metrics.get("tokens_per_epoch")
+        resumed = job.attempt > 1
         latest = dict(job.progress)
         for point in points:
             if point.step > seen or point.eval_loss is not None and point.step >= seen:
-                self.store.add_event(job.id, EventKind.PROGRESS, true_progress(point.to_dict(), per_epoch))
+                shown = true_progress(point.to_dict(), per_epoch, resumed=resumed)
+                self.store.add_event(job.id, EventKind.PROGRESS, shown)
                 seen = max(seen, point.step)
                 latest.update({k: v for k, v in point.to_dict().items() if v is not None})
-        latest = true_progress(latest, per_epoch)
+        latest = true_progress(latest, per_epoch, resumed=resumed)
         if latest != job.progress:
             self.store.update(job.id, progress=latest)
 
@@ -84,7 +86,8 @@ class JobFollower:
             if new and (point.step, point.is_eval) not in posted:
                 if run.first_point is None and point.loss is not None and not point.is_eval:
                     run.first_point = point.to_dict()
-                shown = true_progress(point.to_dict(), per_epoch, since=run.first_point)
+                resumed = job.attempt > 1
+                shown = true_progress(point.to_dict(), per_epoch, since=run.first_point, resumed=resumed)
                 self.store.add_event(job.id, EventKind.PROGRESS, shown)
                 posted.add((point.step, point.is_eval))
                 run.seen_step = max(run.seen_step, point.step)
@@ -97,7 +100,7 @@ class JobFollower:
         latest = dict(job.progress)
         for point in fresh:  # the closing summary line has no loss: keep the last one logged
             latest.update({k: v for k, v in point.to_dict().items() if v is not None})
-        latest = true_progress(latest, per_epoch, since=run.first_point)
+        latest = true_progress(latest, per_epoch, since=run.first_point, resumed=job.attempt > 1)
         self.store.update(job.id, progress=latest)
         run.new_points = True
         if now() - run.last_plot_at >= PLOT_EVERY:
