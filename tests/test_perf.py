@@ -103,6 +103,9 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     assert apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, set())[0][
         "include_num_input_tokens_seen"] == "no"
     assert args["logging_nan_inf_filter"] is False  # no sync on every micro-step's loss
+    fp16 = {**counted, "bf16": False, "fp16": True}
+    half, _ = apply_fast(fp16, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    assert "logging_nan_inf_filter" not in half  # fp16: its scaler's inf steps stay filtered
     # ...unless the user asked for it
     kept, _ = apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, {"include_num_input_tokens_seen"})
     assert kept["include_num_input_tokens_seen"] == "non_padding"

@@ -289,3 +289,11 @@ def test_progress_bar(percent, width, bar):
 
 def test_progress_bar_default_width_is_twenty():
     assert len(progress_bar(12.5).split(" ")[0]) == 20
+
+
+def test_a_diverged_loss_is_no_figure():
+    line = ('{"current_steps": 3, "total_steps": 8, "loss": NaN, "lr": 1e-4, "epoch": 0.4, '
+            '"elapsed_time": "0:00:03", "remaining_time": "0:00:05", "grad_norm": Infinity}')
+    point = parse_trainer_log_line(line)
+    assert point is not None and point.step == 3 and point.loss is None
+    json.dumps(point.to_dict(), allow_nan=False)  # storable in a JSON column anywhere

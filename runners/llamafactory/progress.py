@@ -64,8 +64,9 @@ def parse_duration_text(text: Any) -> float | None:
 
 
 def _number(value: Any) -> float | None:
-    # bool is an int subclass; a true/false here is garbage, not 1/0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # bool is an int subclass; a true/false here is garbage, not 1/0. NaN/inf (a diverged loss) is
+    # no figure to show, and JSON columns (PostgreSQL's) refuse it: the line would never be recorded.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 

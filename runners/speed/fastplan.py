@@ -49,8 +49,9 @@ GPU_FLAGS: dict[str, Any] = {
     # these flags are only applied once that count exists.
     "include_num_input_tokens_seen": "no",
     # The trainer checks every micro-step's loss for nan/inf with a Python `if` on a GPU tensor: a
-    # sync that stops the host queuing the next step while the GPU works. Off, a nan loss shows as
-    # nan in the log (and in tunebot's posts) instead of being replaced by the running mean.
+    # sync that stops the host queuing the next step while the GPU works. Off, a nan/inf loss goes
+    # into the logged running loss (every later logged loss reads nan: the run has diverged, which
+    # with bf16 it has); fp16 runs keep the check (trainprep.apply_fast), their scaler skips inf steps.
     "logging_nan_inf_filter": False,
 }
 # Without checkpointing the step is bound by the host launching ~10k small kernels (profiler:

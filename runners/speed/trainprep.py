@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..env import is_set
 from ..errors import UserError
 from ..hardware import Hardware
 from ..llamafactory.recipes import TRAIN_KEYS, parse_yaml_spec
@@ -95,6 +96,10 @@ def apply_fast(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fast preset's arguments for this GPU, and what was decided (for the job's record)."""
     args = {**args, **{k: v for k, v in GPU_FLAGS.items() if k not in keep}}
+    if is_set(args.get("fp16")) and "logging_nan_inf_filter" not in keep:
+        # fp16's loss scaler meets inf losses routinely and skips those steps; unfiltered, one of
+        # them would make every later logged loss nan. Only bf16 runs skip the check.
+        args.pop("logging_nan_inf_filter", None)
     lora = str(args.get("finetuning_type", "lora")) == "lora" and not args.get("quantization_bit")
     if params is None or keep & set(_SHAPE_KEYS) or not lora:
         # The memory model is LoRA's on bf16 weights; other methods keep the seed's shape.
