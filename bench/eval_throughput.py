@@ -231,10 +231,12 @@ def evaluate(
     if not results and job.log_path:
         # Cut short: the progress bar says how far it got and how fast.
         bar = progress_from_log(Path(job.log_path).read_text(errors="replace"))
-        if bar and bar[0] and bar[2] > 0 and row["batch"]:
+        if bar and bar[0] > 1 and bar[2] > 0 and row["batch"]:
             done, total, seconds = bar
+            # transformers makes the predict bar at the end of the first batch: its clock covers
+            # the batches after the first, not all `done` of them.
             row["partial"] = {"batches_done": done, "batches": total, "seconds": seconds,
-                              "samples_per_s": round(done * int(row["batch"]) / seconds, 4)}
+                              "samples_per_s": round((done - 1) * int(row["batch"]) / seconds, 4)}
     if job.state != "succeeded" and job.log_path:
         row["log_tail"] = Path(job.log_path).read_text(errors="replace")[-3000:]
     log(f"{name}: {job.state} in {wall:.0f}s, batch {row['batch']}, {row['samples_per_s']} samples/s, "
