@@ -148,6 +148,13 @@ def test_predictions_go_back_to_the_original_order(tmp_path):
     lines = (out / "generated_predictions.jsonl").read_text().splitlines()
     again = [json.loads(line)["label"] for line in lines]
     assert again == back
+    # a prediction holding a raw line separator (valid JSON) is one row, not two
+    odd = [json.dumps({"predict": "a\u2028b", "label": f"a{i}"}, ensure_ascii=False) for i in order]
+    (out / "generated_predictions.sorted.jsonl").unlink()
+    (out / "generated_predictions.jsonl").write_text("\n".join(odd) + "\n", encoding="utf-8")
+    assert evalprep.restore_order(out, order)
+    lines = (out / "generated_predictions.jsonl").read_text(encoding="utf-8").split("\n")
+    assert [json.loads(line)["label"] for line in lines if line] == [f"a{i}" for i in range(6)]
     # a file that does not match the order is left alone
     assert not evalprep.restore_order(out, [0, 1])
     assert not evalprep.restore_order(out, [0, 0, 1, 2, 3, 4])
@@ -174,6 +181,7 @@ def test_on_a_gpu_the_eval_gets_the_planned_batch_and_the_sorted_set(tmp_path):
     args, info = evalprep.prepare_eval(_eval_args(tmp_path), {"pairs": {}}, work, GPU1, ["0"])
     assert args["per_device_eval_batch_size"] == 6  # all six samples at once
     assert args["dataset_dir"] == str(work / "eval-data") and info["eval_sorted"] is True
+    assert args["media_dir"] == str(tmp_path / "datasets")  # images stay where the registry has them
     assert info["eval_plan"]["batch"] == 6 and info["eval_plan"]["gpu"] == "NVIDIA H200"
     assert json.loads((work / "eval_order.json").read_text())["order"] == [1, 4, 3, 5, 0, 2]
 

@@ -402,6 +402,9 @@ def test_an_eval_on_a_gpu_says_how_it_generated() -> None:
     text = all_text(payload)
     assert "1.15 samples/s (56 s generating)" in text
     assert "batch 64 fitted to the H200's memory" in text and "sorted by length" in text
+    unrestored = all_text(render_eval_result(make_job(kind="eval", state="succeeded"),
+                                             {**metrics, "eval_order_restored": False}, None, []))
+    assert "stays in that order" in unrestored and "kept in their order" not in unrestored
     cpu = all_text(render_eval_result(make_job(kind="eval", state="succeeded"), {"rouge-1": 4.7}, None, []))
     assert "Generated:" not in cpu
     odd = {"rouge-1": 4.7, "samples_per_s": True, "eval_plan": {"batch": "many"}, "eval_sorted": "yes"}

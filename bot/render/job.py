@@ -512,7 +512,11 @@ def eval_speed_line(metrics: dict[str, Any]) -> str:
         gpu = escape(str(plan.get("gpu") or "the GPU")).replace("NVIDIA ", "")
         parts.append(f"batch {int(plan['batch'])} fitted to the {gpu}'s memory")
     if metrics.get("eval_sorted") is True:
-        parts.append("rows sorted by length (predictions kept in their order)")
+        if metrics.get("eval_order_restored") is False:
+            parts.append("rows sorted by length (the predictions file stays in that order: "
+                         "LLaMA-Factory left out rows)")
+        else:
+            parts.append("rows sorted by length (predictions kept in their order)")
     return "Generated: " + ", ".join(parts) + "." if parts else ""
 
 

@@ -32,6 +32,10 @@ _NOT_SETTINGS = {
     "dataset_dir",
     "overwrite_output_dir",
     "logging_dir",
+    # How many rows go through at once (planned from the runner's GPU memory) changes the speed,
+    # not greedy scores: base scores computed on another card or before planning still count.
+    "per_device_eval_batch_size",
+    "media_dir",  # where a sorted eval set's images are still found: the registry's folder
 }
 
 

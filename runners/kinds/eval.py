@@ -27,8 +27,10 @@ def collect(job: Job, folder: Path) -> dict[str, Any]:
     output = folder / "output"
     order = evalprep.read_order(folder)
     if order is not None:  # the run saw the eval set sorted by length: predictions back in order
-        for predictions in (output, folder / baseline.BASE_OUTPUT):
-            evalprep.restore_order(predictions, order)
+        restored = evalprep.restore_order(output, order)
+        evalprep.restore_order(folder / baseline.BASE_OUTPUT, order)
+        # What the post says: in their order, or (LLaMA-Factory dropped a row) left as they ran.
+        metrics["eval_order_restored"] = restored
     scores = read_predict_results(output)
     if not scores:
         raise MissingOutput("The evaluation ended without predict_results.json.")

@@ -46,7 +46,7 @@ def _read_rows(path: Path) -> list[Any]:
         if not isinstance(rows, list):
             raise ValueError("not a JSON array")
         return rows
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines: U+2028
 
 
 def row_length(row: Any) -> int:
@@ -103,7 +103,8 @@ def restore_order(output_dir: Path, order: list[int]) -> bool:
         text = source.read_text(encoding="utf-8")
     except OSError:
         return False
-    lines = [line for line in text.splitlines() if line.strip()]
+    # "\n" only: a prediction may hold U+2028 or \x85 raw, which str.splitlines() would split on.
+    lines = [line for line in text.split("\n") if line.strip()]
     if len(lines) != len(order) or sorted(order) != list(range(len(order))):
         return False
     if source is path:
@@ -183,6 +184,9 @@ def prepare_eval(
             (work_dir / ORDER_FILE).write_text(
                 json.dumps({"dataset": names[0], "order": order}), encoding="utf-8"
             )
+            # LLaMA-Factory looks for a dataset's images/audio under media_dir, which defaults to
+            # dataset_dir: they stay in the registry's folder, not in the sorted copy's.
+            args.setdefault("media_dir", str(args["dataset_dir"]))
             args["dataset_dir"] = str(work_dir / SORTED_DIR)
             info["eval_sorted"] = True
             samples = len(order)
