@@ -322,7 +322,7 @@ class JobQueue:
         if request_key and request_key in job.spec.get("resume_keys", []):
             return job  # a redelivered resume: the first one already did it
         self._check_owner(job, by, admin, "resume")
-        if job.kind != JobKind.TRAIN.value:
+        if not (kinds.is_known(job.kind) and kinds.kind_of(job.kind).resumable):
             raise UserError(
                 f"Only train jobs can be resumed; #{job.id} is {recipes.article(job.kind)} job.", field="job"
             )

@@ -45,6 +45,19 @@ def test_last_lines_reach_back_over_several_blocks(tmp_path):
     assert size == (tmp_path / "job.log").stat().st_size
 
 
+def test_a_tail_of_a_log_without_line_ends_is_bounded(tmp_path, monkeypatch):
+    from runners.backends import joblog
+
+    job = _job(tmp_path)
+    (tmp_path / "job.log").write_bytes(b"start\n" + b"y" * (3 * 2**20))  # one 3 MiB line at the end
+    monkeypatch.setattr(joblog, "_TAIL_MAX", 2**20)
+    tail = last_lines(job, 5)
+    assert len(tail) == 1 and 2**20 <= len(tail[0]) < 2**20 + joblog._BLOCK  # not the whole file
+    # a progress bar's carriage returns end lines too: ten bar updates are ten lines
+    (tmp_path / "job.log").write_bytes(b"head\n" + b"".join(b"\r%3d%%" % i for i in range(10)) + b"\n")
+    assert last_lines(job, 3) == ["  7%", "  8%", "  9%"]
+
+
 def test_follow_log_yields_only_new_lines_and_stops_when_done(tmp_path):
     job = _job(tmp_path)
     path = tmp_path / "job.log"

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..job import Job
 
 ATTEMPT_MARK = "=== tunebot:"
+_TAIL_MAX = 4 * 2**20  # bytes read back at most for a tail
 _BLOCK = 64 * 1024
 
 
@@ -55,11 +56,16 @@ def last_lines(job: Job, n: int) -> list[str] | None:
         return None
     with fh:
         end = fh.seek(0, os.SEEK_END)
-        data, start = b"", end
-        while start > 0 and data.count(b"\n") <= n:
-            start = max(0, start - _BLOCK)
+        data, start, breaks = b"", end, 0
+        # One block a pass, prepended; a line ends at \n or at a progress bar's \r. At most
+        # _TAIL_MAX bytes: a log of one endless line is not read whole to find its start.
+        while start > 0 and breaks <= n and end - start < _TAIL_MAX:
+            step = min(_BLOCK, start)
+            start -= step
             fh.seek(start)
-            data = fh.read(end - start)
+            block = fh.read(step)
+            breaks += block.count(b"\n") + block.count(b"\r")
+            data = block + data
     lines = data.decode("utf-8", "replace").splitlines()
     return lines[-n:] if n > 0 else []
 
