@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ class KindView:
 
 _VIEWS: dict[str, KindView] = {}
 _discovered = False
+_discovering = threading.RLock()  # re-entrant: a view module may ask for a view while imported
 
 
 def register_view(view: KindView) -> KindView:
@@ -42,14 +44,17 @@ def unregister_view(name: str) -> None:
 
 
 def discover() -> list[str]:
-    """Import the modules of this package not imported yet (each registers its view); their names."""
+    """Import the modules of this package not imported yet (each registers its view); their names.
+    Marked done only once every view is registered, under a lock: a second thread asking at
+    start-up (the notifier beside a listener) waits rather than get a plain view and lose a post."""
     global _discovered
-    _discovered = True
-    found = []
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-            found.append(module.name)
+    with _discovering:
+        found = []
+        for module in pkgutil.iter_modules(__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+                found.append(module.name)
+        _discovered = True
     return found
 
 
