@@ -155,8 +155,7 @@ class _Subcommands(Mapping[str, CommandSpec]):
 
     def _all(self) -> dict[str, CommandSpec]:
         fixed = {spec.name: spec for spec in _SPECS}
-        kinds = {kind.name: kind_spec(kind) for kind in submittable() if kind.name not in fixed}
-        return {**kinds, **fixed}
+        return {**{kind.name: kind_spec(kind) for kind in command_kinds()}, **fixed}
 
     def __getitem__(self, name: str) -> CommandSpec:
         return self._all()[name]
@@ -178,10 +177,18 @@ for _spec in _SPECS:
 ALIASES = {"dataset list": "datasets", "?": "help", "ls": "jobs", "schedules": "schedule list"}
 
 
+def command_kinds() -> list[Kind]:
+    """The job kinds that are `/tune` commands: every kind people may ask for whose name no fixed
+    command, command group (`dataset`, `schedule`) or alias (`ls`, `?`) already holds — those keep
+    their word. The one place this is decided (help, the parser, thread replies, the use cases)."""
+    taken = {spec.name.split(" ")[0] for spec in _SPECS} | set(GROUPS) | set(ALIASES)
+    return [kind for kind in submittable() if kind.name not in taken]
+
+
 def thread_commands() -> tuple[str, ...]:
     """In a job's thread, a reply that is just one of these words (plus key=value settings) acts on
     it: the kinds that start from a job (`eval`, `export`, …) and the verbs on a job."""
-    from_job = tuple(kind.name for kind in submittable() if kind.from_job)
+    from_job = tuple(kind.name for kind in command_kinds() if kind.from_job)
     return ("status", "cancel", *from_job, "undeploy", "resume")
 
 

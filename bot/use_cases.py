@@ -18,11 +18,11 @@ from runners import datasets
 from runners.deploy import keyed_chat_url, model_name
 from runners.errors import UserError, shorten
 from runners.job import ACTIVE_STATES, Job, JobState
-from runners.kinds import kind_of, submittable
+from runners.kinds import kind_of
 from runners.queue import Requester
 
 from .auth import audit
-from .parsing import Command, ThreadCommand
+from .parsing import Command, ThreadCommand, command_kinds
 from .render import (
     ACTION_CANCEL,
     ACTION_DEPLOY,
@@ -53,7 +53,7 @@ MANAGING = ("schedule daily", "schedule weekly", "schedule cron", "schedule off"
 
 def is_job_kind(name: str) -> bool:
     """Is the command `name` a kind of job people ask for (runners/kinds/: train, eval, …)?"""
-    return name not in _HANDLERS and any(kind.name == name for kind in submittable())
+    return any(kind.name == name for kind in command_kinds())
 
 
 def spends(name: str) -> bool:

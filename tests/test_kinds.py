@@ -182,6 +182,30 @@ def test_a_job_of_a_kind_this_runner_does_not_know_waits_without_blocking_it(
         worker.stop()
 
 
+@pytest.mark.parametrize(("name", "means"), [
+    ("status", "status"), ("ls", "jobs"), ("schedules", "schedule list"), ("dataset", None), ("help", "help"),
+])
+def test_a_kind_named_like_a_command_alias_or_group_does_not_take_its_word(name, means):
+    from bot.parsing import command_kinds, parse_command, thread_commands
+    from bot.use_cases import is_job_kind
+    from runners.errors import UserError
+    from runners.kinds import Kind, register, unregister
+    from runners.kinds.base import collect_nothing
+
+    register(Kind(name, argv=lambda job, config, settings: ["true"], collect=collect_nothing,
+                  recipe=lambda request, intake: None, from_job=True))
+    try:
+        assert name not in [k.name for k in command_kinds()] and not is_job_kind(name)
+        assert name not in thread_commands() or name == "status"  # `status` is a thread verb itself
+        if means is None:  # a group word: it still asks for its second word
+            with pytest.raises(UserError, match="dataset add"):
+                parse_command(name)
+        else:
+            assert parse_command(name).name == means
+    finally:
+        unregister(name)
+
+
 def test_an_unknown_kind_is_a_plain_error():
     with pytest.raises(Exception, match="does not know jobs of kind 'nope'"):
         kind_of("nope")
