@@ -263,6 +263,35 @@ def test_a_database_locked_past_its_busy_timeout_neither_kills_nor_fails_a_train
     assert "locked" in runner_lines[0].getMessage()
 
 
+def test_a_launch_whose_handle_write_meets_an_outage_still_follows_its_process(lite, db, monkeypatch):
+    """The process started, then the database went away before its handle was written: the runner
+    follows it all the same (a process no runner watches would hold its GPU), records the handle on
+    the next tick, and the job ends as it really ended."""
+    from sqlalchemy.exc import OperationalError
+
+    queue = JobQueue(lite, db, hardware=CPU)
+    worker = Worker(lite, db, hardware=CPU)
+    real, failed = db.update, []
+
+    def flaky(job_id, **values):
+        if "handle" in values and not failed:
+            failed.append(job_id)
+            raise OperationalError("UPDATE job", {}, Exception("database is locked"))
+        return real(job_id, **values)
+
+    monkeypatch.setattr(db, "update", flaky)
+    job = queue.submit_train(preset="tiny")
+    worker.start()
+    try:
+        done = wait_for(db, job.id, FINAL, timeout=60)
+    finally:
+        worker.stop()
+    assert failed == [job.id]
+    assert done.state == "succeeded", done.error
+    assert done.handle and done.exit_code == 0
+    assert progress_steps(db, job.id) == [1, 2, 3, 4, 5]
+
+
 # --- 6: PostgreSQL stopped while a job trains ------------------------------------------------------
 @pytest.fixture
 def own_pg(tmp_path_factory):

@@ -132,15 +132,18 @@ class Launcher:
             )
             self.finisher.fail_before_start(job, f"Could not start the job: {exc.strerror or exc}.", advice)
             return
-        self.store.update(job.id, handle=handle, **values)
-        config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
-        run = Running(job.id, handle)
+        # Followed from here on, before anything is written: a database outage on the writes
+        # below must not leave a live process that no runner watches (the next tick records its
+        # handle and launch values, `Worker._watch_one`).
+        run = Running(job.id, handle, launch_values=dict(values))
         if kind.follows_trainer_log:
             run.follower = self.follow.trainer_log(job)
             if job.attempt > 1:
                 # A resumed run appends to the log from its checkpoint's step on: skip the old lines.
                 run.follower.poll()
                 run.seen_step = checkpoint_step(job.args.get("resume_from_checkpoint"))
-        self.running[job.id] = run
         run.last_activity_at = now()
+        self.running[job.id] = run
+        self.store.update(job.id, handle=handle, **values)
+        config_key = self.store.put_file(job.id, "config.yaml", config.read_bytes())
         self.store.add_event(job.id, EventKind.STARTED, events.started(slots, job.attempt, config_key))

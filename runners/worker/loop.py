@@ -170,7 +170,9 @@ class Worker:
                 self.recover()
             self._watch()
             self._claim()
-            if self.settings.estimate:
+            if self.settings.estimate and self.only_job is None:
+                # A worker for one job (`tunebot cancel` settling it) estimates nobody's queue:
+                # its counting pool would outlive the command and hold its exit.
                 self.estimates.estimate_queued()
 
     # --- recovery -----------------------------------------------------------------------
@@ -306,6 +308,9 @@ class Worker:
     def _watch_one(self, job: Job, run: Running) -> None:
         """Follow one running job: progress, a served model's state, cancel, and its end."""
         try:
+            if not job.handle and run.handle:
+                # Its launch could not record the handle (the database was away): now.
+                self.store.update(job.id, handle=run.handle, **run.launch_values)
             if run.follower is not None:
                 self.follow.follow(job, run)
             serving = kind_of(job.kind).serving

@@ -27,6 +27,9 @@ class Running:
     # The first training step this runner saw logged: live tokens/s and time left are measured
     # from it, so compiling in the first step reads as start-up (speed/throughput.true_progress).
     first_point: dict[str, Any] | None = None
+    # What its launch recorded beside the handle (a deployment's port, API key): written again if
+    # the launch's own write met a database outage.
+    launch_values: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_step(path: Any) -> int:
