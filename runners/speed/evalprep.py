@@ -20,11 +20,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..env import is_set
 from ..hardware import Hardware
 from ..llamafactory.recipes import EVAL_KEYS
 from .evalplan import WEIGHT_BYTES, eval_shape_of, plan_eval
 from .throughput import param_count
-from .trainprep import model_config
+from .trainprep import model_config, user_keys
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,6 @@ def read_order(work_dir: Path) -> list[int] | None:
     return order if isinstance(order, list) and all(isinstance(i, int) for i in order) else None
 
 
-def user_eval_keys(spec: dict[str, Any]) -> set[str]:
-    keys = set()
-    for raw in spec.get("pairs") or {}:
-        key = str(raw).strip().lower().replace("-", "_")
-        keys.add(EVAL_KEYS.get(key, key))
-    return keys
-
-
 def _int(value: Any, default: int) -> int:
     try:
         number = int(value)
@@ -157,7 +150,7 @@ def _gpu_memory(hardware: Hardware, slots: list[str]) -> tuple[int, str] | None:
 
 def compute_of(args: dict[str, Any]) -> str:
     for key in ("pure_bf16", "bf16", "fp16"):
-        if str(args.get(key)).lower() in ("true", "1"):
+        if is_set(args.get(key)):
             return key
     return "fp32"
 
@@ -198,7 +191,7 @@ def prepare_eval(
     config = model_config(str(args.get("model_name_or_path", "")))
     params = param_count(config) if config else None
     compute = compute_of(args)
-    if BATCH_KEY in user_eval_keys(spec):
+    if BATCH_KEY in user_keys(spec, EVAL_KEYS):
         plan_info["note"] = "batch kept: you set it"
     elif params is None:
         plan_info["note"] = "batch kept: the model's size is unknown"

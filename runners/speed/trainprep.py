@@ -43,12 +43,13 @@ def model_config(model: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def user_keys(spec: dict[str, Any]) -> set[str]:
-    """LLaMA-Factory keys the user set explicitly (key=value pairs or a pasted YAML)."""
+def user_keys(spec: dict[str, Any], names: dict[str, str] = TRAIN_KEYS) -> set[str]:
+    """LLaMA-Factory keys the user set explicitly (key=value pairs or a pasted YAML); `names`: the
+    kind's friendly keys (`lr` → `learning_rate`; eval's `batch` → `per_device_eval_batch_size`)."""
     keys = set()
     for raw in (spec.get("pairs") or {}):
         key = str(raw).strip().lower().replace("-", "_")
-        keys.add(TRAIN_KEYS.get(key, key))
+        keys.add(names.get(key, key))
     if spec.get("yaml"):
         try:
             keys |= set(parse_yaml_spec(spec["yaml"]))
@@ -68,9 +69,8 @@ def _gpu(hardware: Hardware, slots: list[str] | None):
 
 def is_compiled(args: dict[str, Any]) -> bool:
     """Whether the trainer will torch.compile the model (the flag, or a compile mode/backend)."""
-    flag = args.get("torch_compile")
-    on = flag is True or str(flag).strip().lower() in ("true", "1", "yes")
-    return on or bool(args.get("torch_compile_mode") or args.get("torch_compile_backend"))
+    mode_or_backend = args.get("torch_compile_mode") or args.get("torch_compile_backend")
+    return is_set(args.get("torch_compile")) or bool(mode_or_backend)
 
 
 def tokens_per_epoch(count: TokenCount, args: dict[str, Any]) -> int:

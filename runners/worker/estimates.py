@@ -20,6 +20,7 @@ from ..kinds import kind_of
 from ..llamafactory.command import command_env
 from ..settings import Settings
 from ..store import Store
+from .follow import trainer_log_path
 
 log = logging.getLogger("runners.worker")
 
@@ -119,8 +120,8 @@ class Estimates:
         from ..speed.measure import measure
         from ..speed.trainprep import model_config
 
-        log_file = Path(job.work_dir) / "output" / "trainer_log.jsonl"
-        points = [(p.elapsed_s, p.epoch) for p in read_trainer_log(log_file) if p.loss is not None]
+        logged = read_trainer_log(trainer_log_path(job))
+        points = [(p.elapsed_s, p.epoch) for p in logged if p.loss is not None]
         path = self.calibration_path()
         measured = measure(
             metrics,
