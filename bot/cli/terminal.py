@@ -209,17 +209,12 @@ def _plot_path(store: Store, job_id: int) -> str:
 
 def _kind_result(store: Store, job_id: int, event) -> str | None:
     """A `result` the kind's own view renders (bot/render/kinds/), as the thread would show it."""
-    from ..render.kinds import view_of
+    from ..render.kinds import result_message
 
     if event.type != EventKind.RESULT:
         return None
-    job = store.get(job_id)
-    view = view_of(str(event.data.get("kind") or job.kind))
-    if view.result is None:
-        return None
-    metrics = event.data.get("metrics") or job.metrics or {}
-    artifacts = {**(job.artifacts or {}), **(event.data.get("artifacts") or {})}
-    return blocks_to_text(view.result(job, metrics, artifacts))
+    message = result_message(store.get(job_id), event.data)
+    return blocks_to_text(message) if message else None
 
 
 def describe_event(kind: str, data: dict[str, Any], *, plot_path: str = "") -> str | None:

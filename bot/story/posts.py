@@ -19,7 +19,7 @@ from runners.events import EventKind, kind_of
 from runners.job import Job, JobEvent, JobKind, JobState
 
 from .. import render
-from ..render.kinds import view_of
+from ..render.kinds import result_message
 
 EDIT_ROOT = "edit_root"  # re-render the job's root message (render_job_message) in place
 THREAD = "thread"  # a post in the job's thread
@@ -198,10 +198,8 @@ def _result_posts(job: Job, data: dict[str, Any], previous_eval: Job | None) -> 
         if local:
             message = _with_context(message, f"Also on the runner at {render.code(local)}")
         return [_thread(message)]
-    view = view_of(kind)  # another kind's post, from its module in bot/render/kinds/
-    if view.result is not None:
-        return [_thread(view.result(job, metrics, artifacts))]
-    return []  # train: the state event's post has it all
+    message = result_message(job, data)  # another kind's post, from its module in bot/render/kinds/
+    return [_thread(message)] if message else []  # train: the state event's post has it all
 
 
 def _plot_posts(job: Job, data: dict[str, Any]) -> list[Post]:

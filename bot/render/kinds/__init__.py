@@ -63,3 +63,14 @@ def view_of(kind: str) -> KindView:
     if not _discovered:
         discover()
     return _VIEWS.get(kind) or KindView(kind)
+
+
+def result_message(job: Job, data: dict[str, Any]) -> dict[str, Any] | None:
+    """A `result` event of a kind with its own result view, as a message (the thread's and the
+    terminal's): the event's metrics and artifacts over the job's. None when the view has none."""
+    view = view_of(str(data.get("kind") or job.kind))
+    if view.result is None:
+        return None
+    metrics = data.get("metrics") or job.metrics or {}
+    artifacts = {**(job.artifacts or {}), **(data.get("artifacts") or {})}
+    return view.result(job, metrics, artifacts)
