@@ -7,7 +7,9 @@ it is atomic on both databases without `SELECT ... FOR UPDATE`.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,23 @@ SCHEMA_VERSION = max(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any) -> str:
+    """How every JSON column is written: NaN/inf (a diverged loss, a broken rate) become null.
+    PostgreSQL refuses NaN in JSON outright — a progress line with a nan loss would never be
+    recorded — and SQLite would keep a value no other JSON reader accepts."""
+    return json.dumps(_finite(value), allow_nan=False)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -130,7 +149,8 @@ def make_engine(url: str) -> Engine:
                 ) from None
         # hide_parameters: a database error must not print row values (API keys, posts) into logs.
         engine = create_engine(
-            url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}, hide_parameters=True
+            url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}, hide_parameters=True,
+            json_serializer=json_dumps,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -143,7 +163,8 @@ def make_engine(url: str) -> Engine:
             fix="TUNEBOT_DATABASE_URL=postgresql+psycopg://user:password@host/tunebot (or leave it unset)",
         )
     try:
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True)
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True,
+                             json_serializer=json_dumps)
     except (ArgumentError, ImportError):
         raise UserError(
             "TUNEBOT_DATABASE_URL could not be read as a database URL.",

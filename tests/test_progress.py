@@ -291,9 +291,17 @@ def test_progress_bar_default_width_is_twenty():
     assert len(progress_bar(12.5).split(" ")[0]) == 20
 
 
-def test_a_diverged_loss_is_no_figure():
-    line = ('{"current_steps": 3, "total_steps": 8, "loss": NaN, "lr": 1e-4, "epoch": 0.4, '
-            '"elapsed_time": "0:00:03", "remaining_time": "0:00:05", "grad_norm": Infinity}')
-    point = parse_trainer_log_line(line)
-    assert point is not None and point.step == 3 and point.loss is None
-    json.dumps(point.to_dict(), allow_nan=False)  # storable in a JSON column anywhere
+def test_a_diverged_loss_is_stored_as_no_figure(store):
+    """The job store writes NaN/inf as null on both engines (PostgreSQL refuses NaN in JSON: a nan
+    loss line would otherwise never be recorded, and the runner would retry it for ever)."""
+    from runners.job import Job
+
+    point = parse_trainer_log_line(json.dumps({"current_steps": 3, "total_steps": 8, "loss": float("nan"),
+                                               "epoch": 0.4, "grad_norm": float("inf")}))
+    job, _ = store.add_job(Job(kind="train"))
+    store.add_event(job.id, "progress", point.to_dict())
+    store.update(job.id, progress=point.to_dict(), metrics={"rates": [1.0, float("-inf")]})
+    stored = store.get(job.id)
+    assert stored.progress["step"] == 3 and stored.progress["loss"] is None
+    assert stored.metrics == {"rates": [1.0, None]}
+    assert [e.data["loss"] for e in store.events_since(0, job_id=job.id) if e.type == "progress"] == [None]

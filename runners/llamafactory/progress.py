@@ -64,9 +64,9 @@ def parse_duration_text(text: Any) -> float | None:
 
 
 def _number(value: Any) -> float | None:
-    # bool is an int subclass; a true/false here is garbage, not 1/0. NaN/inf (a diverged loss) is
-    # no figure to show, and JSON columns (PostgreSQL's) refuse it: the line would never be recorded.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # bool is an int subclass; a true/false here is garbage, not 1/0. NaN stays NaN here (a
+    # diverged loss); the job store writes non-finite numbers as null (runners/store.py).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
 
