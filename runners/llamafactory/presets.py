@@ -48,36 +48,31 @@ _WEBUI_DEFAULTS: dict[str, Any] = {
     "plot_loss": True,
 }
 
+# The seed document's WebUI recipe; `fast` trains exactly this (its hyperparameters) sooner.
+_SEED: dict[str, Any] = {
+    **_WEBUI_DEFAULTS,
+    "template": "llama3",
+    "learning_rate": 1e-4,
+    "bf16": True,
+    "gradient_accumulation_steps": 2,
+    "loraplus_lr_ratio": 16.0,
+    "lora_target": "all",
+}
+
 PRESETS: dict[str, Preset] = {
     "seed": Preset(
         "seed",
         "The seed document's WebUI recipe: LoRA+ SFT of Llama-3-8B-Instruct "
         "(lr 1e-4, bf16, grad-accum 2, LoRA+ ratio 16, LoRA on all linear layers)",
-        {
-            **_WEBUI_DEFAULTS,
-            "template": "llama3",
-            "learning_rate": 1e-4,
-            "bf16": True,
-            "gradient_accumulation_steps": 2,
-            "loraplus_lr_ratio": 16.0,
-            "lora_target": "all",
-        },
+        dict(_SEED),
     ),
     "fast": Preset(
         "fast",
         "The seed recipe's training, sooner: same hyperparameters and tokens per optimizer step, "
-        "with packing without cross-attention, Liger kernels, fused AdamW and a batch shape "
-        "chosen by the runner from its GPU's memory and the model's size",
-        {
-            **_WEBUI_DEFAULTS,
-            "template": "llama3",
-            "learning_rate": 1e-4,
-            "bf16": True,
-            "gradient_accumulation_steps": 2,
-            "loraplus_lr_ratio": 16.0,
-            "lora_target": "all",
-            "flash_attn": "sdpa",
-        },
+        "with packing without cross-attention, fused AdamW, the model compiled (Liger kernels where "
+        "memory needs checkpointing) and a batch shape chosen by the runner from its GPU's memory "
+        "and the model's size",
+        {**_SEED, "flash_attn": "sdpa"},
     ),
     "seed-cli": Preset(
         "seed-cli",
