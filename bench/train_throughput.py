@@ -33,7 +33,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu.smi import GpuWatch  # noqa: E402
+from bench.gpu.smi import GpuWatch, card  # noqa: E402
 from runners import datasets  # noqa: E402
 from runners.demo.tinymodel import ensure_model  # noqa: E402
 from runners.hardware import Gpu, Hardware, detect  # noqa: E402
@@ -142,13 +142,9 @@ def environment() -> dict:
         }
     except Exception as exc:  # the figures still matter without the versions
         info["versions"] = {"error": str(exc)}
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        info["nvidia_smi"] = subprocess.run(
-            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+    gpu = card()
+    if gpu:
+        info["nvidia_smi"] = gpu
     return info
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.gpu.smi import GpuWatch  # noqa: E402
+from bench.gpu.smi import GpuWatch, card  # noqa: E402
 from runners import datasets  # noqa: E402
 from runners.demo.data import write_demo_datasets  # noqa: E402
 from runners.demo.tinymodel import ensure_model  # noqa: E402
@@ -118,13 +117,9 @@ def main(phases: list[str]) -> int:
         }
     except Exception as exc:  # the figures still matter without the versions
         results["versions"] = {"error": str(exc)}
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        results["nvidia_smi"] = subprocess.run(
-            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+    gpu = card()
+    if gpu:
+        results["nvidia_smi"] = gpu
     save()
 
     started = time.time()

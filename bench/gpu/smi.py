@@ -8,6 +8,18 @@ import threading
 import time
 
 
+def card() -> str | None:
+    """nvidia-smi's 'name, driver, memory' line for the benches' records; None without a GPU."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    return subprocess.run(
+        [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 class GpuWatch:
     """nvidia-smi every 0.5 s: (time, utilisation %, memory used MiB) of the whole card (GPU 0)."""
 
