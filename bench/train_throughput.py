@@ -10,7 +10,7 @@ process's own peak under a memory cap), mean GPU utilisation, MFU against the bf
 measured in the same call, tunebot's estimate beside the actual time, and loss vs tokens.
 
     python3 bench/train_throughput.py run seed-cli fast       # recipes by name (see RUNS)
-    python3 bench/train_throughput.py profile                 # torch.profiler over a few fast steps
+    python3 bench/train_throughput.py profile [run]           # a run's job: its syncs, then torch.profiler
     python3 bench/train_throughput.py plot a.json[:run,run=label] ... out.png  # loss vs tokens
     BENCH_SHAPE=tiny BENCH_ROWS=64 python3 bench/train_throughput.py run seed fast   # on a CPU
     BENCH_GPUS=2 python3 bench/train_throughput.py run seed-cli fast      # every run on 2 GPUs (DDP)
@@ -68,6 +68,10 @@ RUNS: dict[str, tuple[str, dict[str, str], float | None, int | None]] = {
     "fast-compile-cg": ("fast", {"torch_compile_mode": "reduce-overhead"}, None, 120),
     # the trainer logging every 5 steps as jobs do (the bench logs every step: a sync each step)
     "fast-log5": ("fast", {"logging_steps": "5"}, None, 120),
+    # the same with Accelerate's default blocking batch copy (`fast` queues it from pinned memory)
+    "fast-log5-blocking": (
+        "fast", {"logging_steps": "5", "accelerator_config": {"non_blocking": False}}, None, 120
+    ),
     "fast-compile-cg-log5": (
         "fast", {"logging_steps": "5", "torch_compile_mode": "reduce-overhead"}, None, 120
     ),
@@ -294,7 +298,7 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
                 late = time.time() - started > float(os.environ.get("BENCH_RUN_LIMIT", "560"))
                 if late and not job.cancel_requested:
                     runtime.queue.cancel(job.id, by="bench time limit")
-                time.sleep(0.2)
+                time.sleep(0.05)  # a step takes ~0.13 s on an H200: see each logged one soon
         wall = time.time() - started
         metrics = job.metrics
         points = read_trainer_log(trainer_log)
@@ -402,22 +406,27 @@ def summary(results: dict) -> None:
 
 
 # --- profiling ---------------------------------------------------------------------------------
-def cmd_profile() -> int:
-    """torch.profiler over steps 6-9 of the fast recipe, in LLaMA-Factory's own trainer."""
+def cmd_profile(run: str = "fast-log5") -> int:
+    """Two looks at steps of a `fast` job as the runner planned it, in LLaMA-Factory's own trainer:
+    every host-GPU sync in steps 6-9 (`torch.cuda.set_sync_debug_mode`, with where each came from),
+    then torch.profiler over steps 11-14 (GPU busy %, top kernels). `run`: the bench run whose job's
+    config.yaml is used (from $OUT/throughput.json; the latest uncompiled-by-hand `fast` job if absent)."""
     import yaml
 
     from runners.store import Store
 
     store = Store(Settings(data_dir=DATA).db_url)
-    # the latest uncapped `fast` job's arguments, as the runner planned them
-    fast = [j for j in store.list_jobs() if j.preset == "fast" and j.state == "succeeded"
-            and not j.spec.get("pairs", {}).get("torch_compile")]
-    config_path = Path(fast[0].work_dir) / "config.yaml"
-
-    args = yaml.safe_load(config_path.read_text())
+    job_id = load_results().get("runs", {}).get(run, {}).get("job")
+    if job_id:
+        job = store.get(job_id)
+    else:
+        job = next(j for j in store.list_jobs() if j.preset == "fast" and j.state == "succeeded"
+                   and not j.spec.get("pairs", {}).get("torch_compile"))
+    log(f"profile: job {job.id} ({run if job_id else 'latest fast'})")
+    args = yaml.safe_load((Path(job.work_dir) / "config.yaml").read_text())
     args.update(
-        output_dir=str(DATA / "profile-out"), max_steps=10, save_steps=100000, plot_loss=False,
-        overwrite_output_dir=True,
+        output_dir=str(DATA / "profile-out"), max_steps=15, save_steps=100000, plot_loss=False,
+        overwrite_output_dir=True, logging_steps=5,
     )
     spec = DATA / "profile.yaml"
     spec.write_text(yaml.safe_dump(args))
@@ -427,48 +436,78 @@ def cmd_profile() -> int:
         env=env, text=True, capture_output=True, timeout=500,
     )
     (OUT / "profile.txt").write_text(proc.stdout[-200000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
+    print("\n".join(x for x in proc.stdout.splitlines() if x.startswith(("SYNC", "PROFILE")))[-8000:])
     print(proc.stdout[-6000:])
     return proc.returncode
 
 
 def cmd_profile_child(spec: str) -> int:
+    import traceback
+    import warnings
+    from collections import Counter
+
     import torch
     import yaml
     from llamafactory.train.tuner import run_exp
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
-    class Profile(TrainerCallback):
+    syncs: Counter = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing" not in str(message):
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "/warnings.py" not in f.filename]
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-5:]))
+        syncs[where] += 1
+
+    class Look(TrainerCallback):
         def __init__(self) -> None:
             self.prof = None
             self.t0 = 0.0
+            self.shown = None
 
         def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == 5 and self.prof is None:
+            if state.global_step == 5:  # steps 6-9: every sync, and from where
+                torch.cuda.synchronize()
+                self.shown = warnings.showwarning
+                warnings.simplefilter("always")
+                warnings.showwarning = record
+                torch.cuda.set_sync_debug_mode("warn")
+            if state.global_step == 10 and self.prof is None:  # steps 11-14: the profiler
                 torch.cuda.synchronize()
                 self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
                 self.prof.__enter__()
                 self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 9 and self.prof is not None:
+            if state.global_step == 9 and self.shown is not None:
+                torch.cuda.set_sync_debug_mode(0)
+                warnings.showwarning = self.shown
+                total = sum(syncs.values())
+                print(f"SYNC steps 6-9: {total} host-GPU syncs ({total / 4:.1f} a step)")
+                for where, n in syncs.most_common(12):
+                    print(f"SYNC {n:4d}x {where}")
+            if state.global_step == 14 and self.prof is not None:
                 torch.cuda.synchronize()
                 wall = time.perf_counter() - self.t0
                 self.prof.__exit__(None, None, None)
                 events = self.prof.key_averages()
                 busy = sum(e.self_device_time_total for e in events) / 1e6
                 kernels = sum(e.count for e in events if e.self_device_time_total > 0)
-                print(f"PROFILE 4 steps: wall {wall:.3f}s, GPU kernel time {busy:.3f}s "
+                print(f"PROFILE steps 11-14: wall {wall:.3f}s, GPU kernel time {busy:.3f}s "
                       f"({100 * busy / wall:.0f}% busy), {kernels} kernels")
                 print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
                 print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
                 self.prof = None
 
-    run_exp(yaml.safe_load(Path(spec).read_text()), callbacks=[Profile()])
+    if not torch.cuda.is_available():
+        print("PROFILE needs a CUDA GPU; this machine has none")
+        return 0
+    run_exp(yaml.safe_load(Path(spec).read_text()), callbacks=[Look()])
     return 0
 
 
-# --- plot --------------------------------------------------------------------------------------
 def cmd_plot(files: list[str], dest: str) -> int:
     import matplotlib
 
@@ -501,7 +540,7 @@ if __name__ == "__main__":
     if command == "run":
         sys.exit(cmd_run(sys.argv[2:] or ["seed-cli", "seed", "fast"]))
     if command == "profile":
-        sys.exit(cmd_profile())
+        sys.exit(cmd_profile(*sys.argv[2:3]))
     if command == "profile-child":
         sys.exit(cmd_profile_child(sys.argv[2]))
     if command == "plot":

@@ -103,6 +103,14 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     assert apply_fast(counted, count, SHAPE_8B.params, LLAMA3_8B, H200, set())[0][
         "include_num_input_tokens_seen"] == "no"
     assert args["logging_nan_inf_filter"] is False  # no sync on every micro-step's loss
+    # batches reach the GPU by a queued copy from pinned memory, not a blocking one
+    assert args["accelerator_config"] == {"non_blocking": True} and args["dataloader_pin_memory"] is True
+    args["accelerator_config"]["non_blocking"] = False  # one job's copy, not the module's flags
+    again, _ = apply_fast(base, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    assert again["accelerator_config"] == {"non_blocking": True}
+    own = {**base, "accelerator_config": {"non_blocking": False, "split_batches": True}}
+    assert apply_fast(own, count, SHAPE_8B.params, LLAMA3_8B, H200, {"accelerator_config"})[0][
+        "accelerator_config"] == {"non_blocking": False, "split_batches": True}
     fp16 = {**counted, "bf16": False, "fp16": True}
     half, _ = apply_fast(fp16, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
     assert "logging_nan_inf_filter" not in half  # fp16: its scaler's inf steps stay filtered
@@ -118,6 +126,24 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     assert "neat_packing" not in full and "made for LoRA" in info["plan_note"]
     qlora, info = apply_fast({**base, "quantization_bit": 4}, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
     assert "neat_packing" not in qlora and info["plan"] is None
+
+
+def test_llamafactory_reads_the_fast_flags_from_the_config_the_runner_writes():
+    """The runner writes the job's arguments as YAML (worker/launch.py); LLaMA-Factory's own parser
+    must turn the nested accelerator_config into a non-blocking batch copy, and the rest as meant."""
+    import yaml
+    from llamafactory.hparams.parser import _parse_train_args
+
+    count = TokenCount(tuple(sorted([300] * 90 + [1400] * 10)), 2048)
+    base = {**recipes.PRESETS["fast"].values, "model_name_or_path": "/m", "dataset": "d"}
+    base["output_dir"] = "/tmp/o"
+    args, _ = apply_fast(base, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
+    written = yaml.safe_load(yaml.safe_dump(args, sort_keys=False, allow_unicode=True))
+    written["bf16"] = False  # this CPU cannot check bf16; the GPU runner keeps it
+    _, _, training, _, _ = _parse_train_args(written)
+    assert training.accelerator_config.non_blocking is True and training.dataloader_pin_memory is True
+    assert training.logging_nan_inf_filter is False and training.include_num_input_tokens_seen == "no"
+    assert training.torch_compile is True and training.optim == "adamw_torch_fused"
 
 
 def test_user_keys_read_pairs_and_yaml():

@@ -5,6 +5,7 @@ size, the `fast` plan for this GPU, and the time estimate. Glue over `tokencount
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ def apply_fast(
     keep: set[str],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fast preset's arguments for this GPU, and what was decided (for the job's record)."""
-    args = {**args, **{k: v for k, v in GPU_FLAGS.items() if k not in keep}}
+    args = {**args, **{k: copy.deepcopy(v) for k, v in GPU_FLAGS.items() if k not in keep}}
     if is_set(args.get("fp16")) and "logging_nan_inf_filter" not in keep:
         # fp16's loss scaler meets inf losses routinely and skips those steps; unfiltered, one of
         # them would make every later logged loss nan. Only bf16 runs skip the check.
