@@ -68,6 +68,8 @@ RUNS: dict[str, tuple[str, dict[str, str], float | None, int | None]] = {
     "fast-compile-cg": ("fast", {"torch_compile_mode": "reduce-overhead"}, None, 120),
     # the trainer logging every 5 steps as jobs do (the bench logs every step: a sync each step)
     "fast-log5": ("fast", {"logging_steps": "5"}, None, 120),
+    # `fast` without CUDA graphs (its plan adds them when a step is one micro-batch on one GPU)
+    "fast-log5-nocg": ("fast", {"logging_steps": "5", "torch_compile_mode": "default"}, None, 120),
     # the same with Accelerate's default blocking batch copy (`fast` queues it from pinned memory)
     "fast-log5-blocking": (
         "fast", {"logging_steps": "5", "accelerator_config": {"non_blocking": False}}, None, 120

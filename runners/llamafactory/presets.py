@@ -69,9 +69,9 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(
         "fast",
         "The seed recipe's training, sooner: same hyperparameters and tokens per optimizer step, "
-        "with packing without cross-attention, fused AdamW, the model compiled (Liger kernels where "
-        "memory needs checkpointing) and a batch shape chosen by the runner from its GPU's memory "
-        "and the model's size",
+        "with packing without cross-attention, fused AdamW, the model compiled and replayed as CUDA "
+        "graphs (Liger kernels where memory needs checkpointing), no per-step waits on the GPU, and "
+        "a batch shape chosen by the runner from its GPU's memory and the model's size",
         {**_SEED, "flash_attn": "sdpa"},
     ),
     "seed-cli": Preset(

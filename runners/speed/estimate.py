@@ -26,16 +26,17 @@ from .throughput import short_gpu_name
 # Weight of a new measurement against what the table held (an exponential moving average).
 REFINE_WEIGHT = 0.5
 
-# Measured with bench/train_throughput.py on an H200, 2026-12-01 (docs/benchmarks.md, second
-# session's call 2): tokens/s while training x params (8.03e9, random Llama-3-8B), and start-up s
+# Measured with bench/train_throughput.py on an H200, 2026-12-01 (docs/benchmarks.md; `fast`: the
+# third session's call 2, compiled with CUDA graphs, 12,795 tokens/s; the seed recipes: earlier
+# calls): tokens/s while training x params (8.03e9, random Llama-3-8B), and start-up s
 # outside the trainer (the job's wall time minus the trainer's runtime: loading, saving). Compiling
 # is counted apart (`COLD_COMPILE_S`, `compile_seconds`). H100 entries are the H200's scaled by
 # their bf16 matmul rates until a job there replaces them (`runs: 0` means not measured).
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
-    "H200|fast|1": {"param_tokens_per_s": 8.97e13, "startup_s": 54.0, "runs": 1},
+    "H200|fast|1": {"param_tokens_per_s": 1.027e14, "startup_s": 36.1, "runs": 1},
     "H200|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 1},
     "H200|seed-cli|1": {"param_tokens_per_s": 1.52e13, "startup_s": 41.0, "runs": 1},
-    "H100|fast|1": {"param_tokens_per_s": 8.5e13, "startup_s": 54.0, "runs": 0},
+    "H100|fast|1": {"param_tokens_per_s": 9.73e13, "startup_s": 36.1, "runs": 0},
     "H100|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 0},
     "H100|seed-cli|1": {"param_tokens_per_s": 1.52e13, "startup_s": 41.0, "runs": 0},
 }
@@ -44,6 +45,11 @@ DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
 # 106-120 s with an empty cache, ~22 s once this runner has compiled the same shapes (its cache is
 # kept under the data dir: runners/llamafactory/command.py). A runner records each compiled shape.
 COLD_COMPILE_S = 115.0
+# With CUDA graphs (`torch_compile_mode: reduce-overhead`) Inductor compiles more: 143 s cold.
+COLD_COMPILE_S_BY_MODE = {"reduce-overhead": 143.0}
+# A compile with the cache warm costs this share of the cold one (21.7 s after 110-115 s): what a
+# runner records after its first, cold compile of a shape, until it has measured a warm one.
+WARM_COMPILE_SHARE = 0.19
 COMPILED_PREFIX = "compiled|"
 
 
@@ -120,22 +126,30 @@ def compile_key(config: dict[str, Any], args: dict[str, Any]) -> str:
     return COMPILED_PREFIX + digest
 
 
-def compile_seconds(table: dict[str, dict[str, float]], key: str) -> float:
-    """Seconds compiling will take: what this runner measured for the same shapes, else a cold compile."""
+def cold_compile_seconds(args: dict[str, Any]) -> float:
+    """A first compile's seconds for a job's compile mode (Llama-3-8B-sized; the bench's figure)."""
+    return COLD_COMPILE_S_BY_MODE.get(str(args.get("torch_compile_mode") or ""), COLD_COMPILE_S)
+
+
+def compile_seconds(table: dict[str, dict[str, float]], key: str, cold: float = COLD_COMPILE_S) -> float:
+    """Seconds compiling will take: what this runner expects for the same shapes with its cache
+    warm (`record_compile`), else `cold`, a first compile."""
     entry = table.get(key)
     if entry and isinstance(entry.get("compile_s"), (int, float)) and entry["compile_s"] >= 0:
         return float(entry["compile_s"])
-    return COLD_COMPILE_S
+    return cold
 
 
 def record_compile(
     table: dict[str, dict[str, float]], key: str, seconds: float
 ) -> dict[str, dict[str, float]]:
-    """The table with a compiled shape's latest compile time (the next one finds the cache warm)."""
+    """The table with what the next compile of this shape should take: it finds the cache warm, so
+    after the first (cold) compile that is the warm share of it; after later ones, what was measured."""
     if not (math.isfinite(seconds) and seconds >= 0):
         return dict(table)
     runs = (table.get(key) or {}).get("runs", 0) + 1
-    return {**table, key: {"compile_s": round(seconds, 1), "runs": runs}}
+    expected = seconds * WARM_COMPILE_SHARE if runs == 1 else seconds
+    return {**table, key: {"compile_s": round(expected, 1), "runs": runs}}
 
 
 def estimate(

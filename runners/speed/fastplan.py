@@ -13,7 +13,8 @@ within 10%), in as few and as large forward passes as memory allows:
   unless it is longer than a whole step's tokens (then it is cut at the pack length; the plan
   says how many tokens that drops);
 - gradient checkpointing only when the micro-batch's activations do not fit without it;
-- without checkpointing the model is compiled (torch.compile) and Liger is off; with it, Liger on.
+- without checkpointing the model is compiled (torch.compile) and Liger is off; with it, Liger on;
+- compiled with one micro-batch a step, the compiled graphs are replayed as CUDA graphs.
 
 Memory model (measured on an H200 with Llama-3-8B, LoRA r8 on all linear layers, Liger kernels,
 SDPA, bf16; docs/benchmarks.md): activations ~ 51 bytes x hidden x layers per token without
@@ -64,6 +65,13 @@ GPU_FLAGS: dict[str, Any] = {
 # (Liger's kernels are opaque to the compiler and cost it 40% of that gain, so they go).
 # With checkpointing (small cards) Liger stays and nothing is compiled: that pairing is measured.
 COMPILED_FLAGS: dict[str, Any] = {"torch_compile": True, "enable_liger_kernel": False}
+# With the syncs gone the host still spent longer launching a compiled step's ~7,000 kernels than
+# the GPU took to run them (GPU busy 75-89%, and a slower host made it worse: 0.123 and 0.158 s/step
+# for the same recipe on one machine). CUDA graphs replay each compiled graph with one launch:
+# 0.114 s/step at 96% busy, 0.7 GB more memory (Inductor's cudagraph trees; docs/benchmarks.md).
+# Measured with one micro-batch per optimizer step only, so only planned there: with gradient
+# accumulation, a replay would reuse the buffers the previous micro-batch's gradients came from.
+CUDAGRAPH_FLAGS: dict[str, Any] = {"torch_compile_mode": "reduce-overhead"}
 CHECKPOINTED_FLAGS: dict[str, Any] = {"enable_liger_kernel": True}
 LOGITS_BYTES_PER_VOCAB = 12.0  # no Liger: fp32 logits, their gradient and the bf16 copy
 
@@ -97,8 +105,13 @@ class FastPlan:
             "per_device_train_batch_size": self.batch,
             "gradient_accumulation_steps": self.accum,
             "disable_gradient_checkpointing": not self.checkpointing,
-            **(CHECKPOINTED_FLAGS if self.checkpointing else COMPILED_FLAGS),
+            **self.flags(),
         }
+
+    def flags(self) -> dict[str, Any]:
+        if self.checkpointing:
+            return dict(CHECKPOINTED_FLAGS)
+        return {**COMPILED_FLAGS, **(CUDAGRAPH_FLAGS if self.accum == 1 else {})}
 
 
 def shape_of(config: dict[str, Any], params: int) -> ModelShape:

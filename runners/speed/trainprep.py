@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..hardware import Hardware
 from ..llamafactory.recipes import TRAIN_KEYS, parse_yaml_spec
 from . import estimate as eta
-from .fastplan import CHECKPOINTED_FLAGS, GPU_FLAGS, plan_fast, shape_of
+from .fastplan import CHECKPOINTED_FLAGS, CUDAGRAPH_FLAGS, GPU_FLAGS, plan_fast, shape_of
 from .throughput import param_count
 from .tokencount import TokenCount, count_tokens
 
@@ -94,8 +94,10 @@ def tokens_per_step(count: TokenCount, args: dict[str, Any], n_gpus: int) -> flo
 def apply_fast(
     args: dict[str, Any], count: TokenCount, params: int | None, config: dict[str, Any], memory_bytes: int,
     keep: set[str],
+    n_gpus: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The fast preset's arguments for this GPU, and what was decided (for the job's record)."""
+    """The fast preset's arguments for this GPU, and what was decided (for the job's record).
+    CUDA graphs are planned on one GPU only (measured there; data parallel is not)."""
     args = {**args, **{k: copy.deepcopy(v) for k, v in GPU_FLAGS.items() if k not in keep}}
     if is_set(args.get("fp16")) and "logging_nan_inf_filter" not in keep:
         # fp16's loss scaler meets inf losses routinely and skips those steps; unfiltered, one of
@@ -116,8 +118,12 @@ def apply_fast(
     except ValueError as exc:
         args.update({k: v for k, v in CHECKPOINTED_FLAGS.items() if k not in keep})
         return args, {"plan": None, "plan_note": f"seed's batch shape kept: {exc}"}
+    planned = plan.args()
+    if n_gpus > 1:
+        for key in CUDAGRAPH_FLAGS:
+            planned.pop(key, None)
     # Packing without cross-attention: each sample attends only to itself, as unpacked.
-    args.update({k: v for k, v in plan.args().items() if k not in keep}, packing=True, neat_packing=True)
+    args.update({k: v for k, v in planned.items() if k not in keep}, packing=True, neat_packing=True)
     return args, {"plan": plan.to_dict()}
 
 
@@ -151,7 +157,9 @@ def prepare(
     if gpu is not None:
         info["gpu"] = gpu.name
     if apply_plan and preset == FAST_PRESET and gpu is not None:
-        args, decided = apply_fast(args, count, params, config, gpu.memory_mib * 2**20, user_keys(spec))
+        args, decided = apply_fast(
+            args, count, params, config, gpu.memory_mib * 2**20, user_keys(spec), n_gpus=n_gpus
+        )
         info.update(decided)
     per_epoch = tokens_per_epoch(count, args)
     info["tokens_per_epoch"] = per_epoch
@@ -165,6 +173,10 @@ def prepare(
     )
     if params:
         compiled = gpu is not None and is_compiled(args)
+        compile_s = 0.0
+        if compiled:
+            key = eta.compile_key(config or {}, args)
+            compile_s = eta.compile_seconds(table, key, eta.cold_compile_seconds(args))
         est = eta.estimate(
             table,
             tokens=total,
@@ -172,7 +184,7 @@ def prepare(
             gpu_name=gpu.name if gpu else None,
             recipe=preset,
             n_gpus=n_gpus,
-            compile_s=eta.compile_seconds(table, eta.compile_key(config or {}, args)) if compiled else 0.0,
+            compile_s=compile_s,
         )
         if est is not None:
             info["estimate"] = est.to_dict()
