@@ -88,7 +88,7 @@ ARG_KEYS = (
     "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps", "packing", "neat_packing",
     "enable_liger_kernel", "optim", "disable_gradient_checkpointing", "flash_attn", "torch_compile",
     "learning_rate", "loraplus_lr_ratio", "bf16", "pure_bf16", "torch_compile_mode",
-    "include_num_input_tokens_seen", "logging_nan_inf_filter", "logging_steps",
+    "include_num_input_tokens_seen", "logging_nan_inf_filter", "logging_steps", "accelerator_config",
 )
 CARD_BYTES = {80.0: 81_559 * 2**20, 24.0: 24_564 * 2**20}  # H100 80GB HBM3, RTX 4090 / A10-class
 
@@ -451,6 +451,7 @@ def cmd_profile_child(spec: str) -> int:
     import torch
     import yaml
     from llamafactory.train.tuner import run_exp
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
@@ -495,10 +496,12 @@ def cmd_profile_child(spec: str) -> int:
                 wall = time.perf_counter() - self.t0
                 self.prof.__exit__(None, None, None)
                 events = self.prof.key_averages()
-                busy = sum(e.self_device_time_total for e in events) / 1e6
-                kernels = sum(e.count for e in events if e.self_device_time_total > 0)
-                print(f"PROFILE steps 11-14: wall {wall:.3f}s, GPU kernel time {busy:.3f}s "
-                      f"({100 * busy / wall:.0f}% busy), {kernels} kernels")
+                # the kernels themselves (an op's row counts its kernels' time again)
+                on_gpu = [e for e in events if e.device_type == DeviceType.CUDA]
+                busy = sum(e.self_device_time_total for e in on_gpu) / 1e6
+                kernels = sum(e.count for e in on_gpu)
+                print(f"PROFILE steps 11-14: wall {wall:.3f}s (stretched by the profiler), GPU kernel "
+                      f"time {busy:.3f}s ({100 * busy / wall:.0f}% of it), {kernels} kernels")
                 print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
                 print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
                 self.prof = None

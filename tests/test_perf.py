@@ -71,6 +71,13 @@ def test_cuda_graphs_only_with_one_micro_batch_a_step_on_one_gpu():
     mine, _ = apply_fast({**base, "torch_compile_mode": "default"}, count, SHAPE_8B.params, LLAMA3_8B, H200,
                          {"torch_compile_mode"})
     assert mine["torch_compile_mode"] == "default"  # the user's own mode wins
+    # a user who said whether or how to compile, or to checkpoint, gets no graphs added: any mode
+    # would turn compiling back on (transformers), a backend may not take one, graphs with
+    # checkpointing are not measured
+    for key, value in (("torch_compile", False), ("torch_compile_backend", "cudagraphs"),
+                       ("disable_gradient_checkpointing", False), ("gradient_checkpointing", True)):
+        theirs, _ = apply_fast({**base, key: value}, count, SHAPE_8B.params, LLAMA3_8B, H200, {key})
+        assert "torch_compile_mode" not in theirs and theirs[key] == value, key
 
 
 def test_a_24gb_card_checkpoints_and_keeps_liger():
@@ -146,22 +153,27 @@ def test_apply_fast_packs_without_cross_attention_and_keeps_what_the_user_set():
     assert "neat_packing" not in qlora and info["plan"] is None
 
 
-def test_llamafactory_reads_the_fast_flags_from_the_config_the_runner_writes():
-    """The runner writes the job's arguments as YAML (worker/launch.py); LLaMA-Factory's own parser
-    must turn the nested accelerator_config into a non-blocking batch copy, and the rest as meant."""
+def test_llamafactory_reads_the_fast_flags_from_the_config_the_runner_writes(tmp_path, monkeypatch):
+    """The runner writes the job's arguments as YAML (worker/launch.py) and runs `llamafactory-cli
+    train config.yaml`; LLaMA-Factory's own reading of that file (OmegaConf, then its parser and
+    checks) must give a non-blocking batch copy, CUDA graphs and the rest as meant."""
+    import sys
+
     import yaml
-    from llamafactory.hparams.parser import _parse_train_args
+    from llamafactory.hparams.parser import get_train_args, read_args
 
     count = TokenCount(tuple(sorted([300] * 90 + [1400] * 10)), 2048)
     base = {**recipes.PRESETS["fast"].values, "model_name_or_path": "/m", "dataset": "d"}
-    base["output_dir"] = "/tmp/o"
     args, _ = apply_fast(base, count, SHAPE_8B.params, LLAMA3_8B, H200, set())
-    written = yaml.safe_load(yaml.safe_dump(args, sort_keys=False, allow_unicode=True))
-    written["bf16"] = False  # this CPU cannot check bf16; the GPU runner keeps it
-    _, _, training, _, _ = _parse_train_args(written)
+    args.update(output_dir=str(tmp_path / "out"), bf16=False)  # this CPU cannot check bf16
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(args, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", str(config)])
+    _, _, training, _, _ = get_train_args(read_args())
     assert training.accelerator_config.non_blocking is True and training.dataloader_pin_memory is True
+    assert training.torch_compile is True and training.torch_compile_mode == "reduce-overhead"
     assert training.logging_nan_inf_filter is False and training.include_num_input_tokens_seen == "no"
-    assert training.torch_compile is True and training.optim == "adamw_torch_fused"
+    assert training.optim == "adamw_torch_fused"
 
 
 def test_user_keys_read_pairs_and_yaml():
@@ -228,7 +240,11 @@ def test_estimate_is_startup_plus_tokens_over_the_calibrated_rate():
     assert eta.describe(est) == "about 41 min on 1× H200 (0.7 GPU-h)"
     two = eta.estimate(table, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="fast",
                        n_gpus=2)
-    assert two.tokens_per_s == pytest.approx(18_000) and two.gpu_hours > est.gpu_hours
+    # 0.9 a GPU, and data parallel `fast` runs without the CUDA graphs the one-GPU figure has
+    assert two.tokens_per_s == pytest.approx(18_000 * eta.NO_GRAPHS_SHARE) and two.gpu_hours > est.gpu_hours
+    seed = {"H200|seed|1": {"param_tokens_per_s": 8.0e13, "startup_s": 60.0, "runs": 3}}
+    assert eta.estimate(seed, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="seed",
+                        n_gpus=2).tokens_per_s == pytest.approx(18_000)
     assert eta.estimate({}, tokens=1, params=1, gpu_name="Some Card", recipe="fast") is None
     assert eta.estimate(table, tokens=1, params=1, gpu_name=None, recipe="fast") is None  # CPU: unmeasured
 
@@ -317,11 +333,19 @@ def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_co
     graphs = {**args, "torch_compile_mode": "reduce-overhead"}  # CUDA graphs compile longer
     assert eta.cold_compile_seconds(graphs) == 143.0 and eta.cold_compile_seconds(args) == eta.COLD_COMPILE_S
     assert eta.compile_seconds({}, eta.compile_key(config, graphs), eta.cold_compile_seconds(graphs)) == 143.0
-    # the first compile of a shape was cold: the next finds the cache warm (the warm share of it)
+    # a cold compile of a shape: the next finds the cache warm (the warm share of it)
     first = eta.record_compile({}, key, 110.0)
     assert eta.compile_seconds(first, key) == pytest.approx(110.0 * eta.WARM_COMPILE_SHARE, abs=0.05)
     table = eta.record_compile(first, key, 21.9)  # a measured warm compile is what comes next
     assert eta.compile_seconds(table, key) == pytest.approx(21.9)
+    # cold or warm is told by the time, not by the record: a cache cleared under a record...
+    cleared = eta.record_compile(table, key, 112.0)
+    assert eta.compile_seconds(cleared, key) == pytest.approx(112.0 * eta.WARM_COMPILE_SHARE, abs=0.05)
+    # ...or warm with none (a failed first attempt compiled it, a lost calibration file)
+    assert eta.compile_seconds(eta.record_compile({}, key, 22.0), key) == pytest.approx(22.0)
+    # a CUDA-graph compile is judged against its own cold figure (143 s)
+    assert eta.compile_seconds(eta.record_compile({}, key, 60.0, 143.0), key) == pytest.approx(60.0)
+    assert eta.compile_seconds(eta.record_compile({}, key, 80.0, 143.0), key) == pytest.approx(15.2)
     saved = tmp_path / "calibration" / "host.json"  # what the runner keeps between jobs
     eta.save_table(saved, table)
     assert eta.compile_seconds(eta.load_table(saved), key) == pytest.approx(21.9)
@@ -336,6 +360,33 @@ def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_co
     assert warm.to_dict()["compile_s"] == pytest.approx(21.9)
     assert is_compiled(args) and is_compiled({"torch_compile_mode": "reduce-overhead"})
     assert not is_compiled({"torch_compile": "false"}) and not is_compiled({})
+
+
+def test_a_queued_fast_job_is_estimated_with_its_plans_compile(tmp_path, monkeypatch):
+    """prepare() as the runner calls it: the plan decides the compile mode, and the estimate counts
+    that mode's cold compile (CUDA graphs on one GPU: 143 s; two GPUs: no graphs, 115 s), or what
+    the runner expects once it has compiled the shape."""
+    from runners.hardware import Gpu, Hardware
+    from runners.speed import trainprep
+
+    count = TokenCount(tuple(sorted([300] * 900 + [1400] * 100)), 2048)
+    monkeypatch.setattr(trainprep, "count_tokens", lambda args, cache_dir, env=None: count)
+    monkeypatch.setattr(trainprep, "model_config", lambda model: dict(LLAMA3_8B))
+    cards = Hardware("h", (Gpu("0", "NVIDIA H200", 143_771, 9.0), Gpu("1", "NVIDIA H200", 143_771, 9.0)), 16)
+    base = {**recipes.PRESETS["fast"].values, "model_name_or_path": "/m", "dataset": "d"}
+
+    def prepared(slots, table):
+        return trainprep.prepare(dict(base), preset="fast", spec={}, hardware=cards, slots=slots,
+                                 cache_dir=tmp_path, table=table)
+
+    one = prepared(["0"], {})
+    assert one.args["torch_compile_mode"] == "reduce-overhead"
+    assert one.info["estimate"]["compile_s"] == pytest.approx(143.0)
+    two = prepared(["0", "1"], {})
+    assert "torch_compile_mode" not in two.args and two.info["estimate"]["compile_s"] == pytest.approx(115.0)
+    known = eta.record_compile({}, eta.compile_key(LLAMA3_8B, one.args), 150.0, 143.0)
+    warm = 150.0 * eta.WARM_COMPILE_SHARE
+    assert prepared(["0"], known).info["estimate"]["compile_s"] == pytest.approx(warm, abs=0.05)
 
 
 def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runner_its_compile_time():

@@ -65,10 +65,10 @@ GPU_FLAGS: dict[str, Any] = {
 # (Liger's kernels are opaque to the compiler and cost it 40% of that gain, so they go).
 # With checkpointing (small cards) Liger stays and nothing is compiled: that pairing is measured.
 COMPILED_FLAGS: dict[str, Any] = {"torch_compile": True, "enable_liger_kernel": False}
-# With the syncs gone the host still spent longer launching a compiled step's ~7,000 kernels than
-# the GPU took to run them (GPU busy 75-89%, and a slower host made it worse: 0.123 and 0.158 s/step
-# for the same recipe on one machine). CUDA graphs replay each compiled graph with one launch:
-# 0.114 s/step at 96% busy, 0.7 GB more memory (Inductor's cudagraph trees; docs/benchmarks.md).
+# With the syncs gone the GPU still waited for the host to launch a compiled step's ~3,800 kernels
+# (its kernels take ~0.103 s of a 0.123 s step; on the same machine minutes later, 0.158 s: a slower
+# host). CUDA graphs replay each compiled graph with one launch: 0.114 s/step, nvidia-smi 96% busy,
+# 0.7-1.5 GB more card memory (Inductor's cudagraph trees; docs/benchmarks.md).
 # Measured with one micro-batch per optimizer step only, so only planned there: with gradient
 # accumulation, a replay would reuse the buffers the previous micro-batch's gradients came from.
 CUDAGRAPH_FLAGS: dict[str, Any] = {"torch_compile_mode": "reduce-overhead"}

@@ -72,5 +72,7 @@ def measure(
     startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics and runtime is not None else None
     refined = eta.refine(table, key, tokens_per_s=rate, params=params, startup_s=startup)
     if compile_s is not None:
-        refined = eta.record_compile(refined, eta.compile_key(config, args), compile_s)
+        refined = eta.record_compile(
+            refined, eta.compile_key(config, args), compile_s, eta.cold_compile_seconds(args)
+        )
     return Measured(metrics, refined)

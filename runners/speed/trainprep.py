@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 FAST_PRESET = "fast"
 # Keys of the plan: a user who sets one of these keeps their own shape (the flags still apply).
 _SHAPE_KEYS = ("cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps")
+# Keys that, set by the user, mean no CUDA graphs: a compile mode implies compiling (transformers
+# turns torch_compile on for any mode), a backend of theirs may not take a mode, and graphs with
+# gradient checkpointing are not measured.
+_NO_GRAPHS_IF_SET = frozenset({
+    "torch_compile", "torch_compile_backend", "disable_gradient_checkpointing", "gradient_checkpointing",
+})
 # The fill LLaMA-Factory's greedy packing reaches on realistic length spreads (measured ~0.97).
 PACK_FILL = 0.97
 
@@ -97,7 +103,8 @@ def apply_fast(
     n_gpus: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fast preset's arguments for this GPU, and what was decided (for the job's record).
-    CUDA graphs are planned on one GPU only (measured there; data parallel is not)."""
+    CUDA graphs are planned on one GPU only (measured there; data parallel is not), and not when the
+    user set how (or whether) to compile or checkpoint."""
     args = {**args, **{k: copy.deepcopy(v) for k, v in GPU_FLAGS.items() if k not in keep}}
     if is_set(args.get("fp16")) and "logging_nan_inf_filter" not in keep:
         # fp16's loss scaler meets inf losses routinely and skips those steps; unfiltered, one of
@@ -119,7 +126,7 @@ def apply_fast(
         args.update({k: v for k, v in CHECKPOINTED_FLAGS.items() if k not in keep})
         return args, {"plan": None, "plan_note": f"seed's batch shape kept: {exc}"}
     planned = plan.args()
-    if n_gpus > 1:
+    if n_gpus > 1 or keep & _NO_GRAPHS_IF_SET:
         for key in CUDAGRAPH_FLAGS:
             planned.pop(key, None)
     # Packing without cross-attention: each sample attends only to itself, as unpacked.
