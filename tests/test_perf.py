@@ -467,6 +467,118 @@ def test_refine_folds_each_finished_job_into_the_table(tmp_path):
     assert eta.load_table(path) == {}
 
 
+def test_a_short_compiled_run_shows_no_false_speed_but_its_time_beside_the_estimate():
+    # fast-80g on the H200: 40 steps at 0.122 s after 27 s of compiling; logged every step, so the
+    # log spans ~5 s (too little to measure); the live progress's last figure, tokens over a
+    # runtime that is mostly compiling, was 2,091 tokens/s and used to stay in the job's record
+    config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
+    args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True,
+            "torch_compile_mode": "reduce-overhead"}
+    points = [(24.0 + 0.122 * s, s / 250) for s in range(1, 41)]
+    points = [(float(int(t)), e) for t, e in points]  # the trainer log's whole seconds
+    metrics = {"tokens_per_epoch": 354_290, "epoch": 0.16, "train_runtime": 28.5, "params": 8_030_261_248,
+               "gpu": "NVIDIA H200", "tokens_per_s": 2091.4, "mfu": 0.068}
+    out = measure(metrics, points=points, args=args, config=config, preset="fast", n_gpus=1, wall_s=58.9,
+                  first_attempt=True, table={})
+    assert "tokens_per_s" not in out.metrics and "mfu" not in out.metrics
+    assert out.metrics["actual_s"] == 58.9 and out.table is None
+    # the same run measured over enough of its log keeps its steady figure
+    longer = [(24.0 + 0.122 * s, s / 250) for s in range(1, 241)]
+    full = measure({**metrics, "epoch": 0.96, "train_runtime": 53.3}, points=longer, args=args, config=config,
+                   preset="fast", n_gpus=1, wall_s=84.0, first_attempt=True, table={})
+    assert full.metrics["tokens_per_s"] == pytest.approx(354_290 / 250 / 0.122, rel=1e-3)
+
+
+def test_an_eager_runs_startup_counts_its_first_step_and_final_save():
+    # seed-cli-20 on the H200: 140.7 s wall, 87.0 s in the trainer, of which 74.5 s training at the
+    # steady rate: the 12.5 s left in the trainer (warm-up, saving) belongs to start-up, or every
+    # estimate of an eager run is short by it
+    tpe = 347_692
+    rate = 1494.0
+    epoch = 111_261 / tpe
+    points = [(3.0 + 3.724 * (s - 1), epoch * s / 20) for s in range(1, 21)]
+    metrics = {"tokens_per_epoch": tpe, "epoch": epoch, "train_runtime": 87.0, "params": 8_030_261_248,
+               "gpu": "NVIDIA H200"}
+    out = measure(metrics, points=points, args={"cutoff_len": 1024}, config={}, preset="seed-cli", n_gpus=1,
+                  wall_s=140.7, first_attempt=True, table={})
+    steady = out.metrics["tokens_per_s"]
+    assert steady == pytest.approx(rate, rel=0.01)
+    startup = 140.7 - 111_261 / steady
+    shipped = eta.DEFAULT_CALIBRATION["H200|seed-cli|1"]
+    w = eta.REFINE_WEIGHT
+    assert out.table["H200|seed-cli|1"]["startup_s"] == pytest.approx(
+        (1 - w) * shipped["startup_s"] + w * startup, abs=0.1)
+    # estimated again from what it taught, the same job comes out at the same time
+    own = {"H200|seed-cli|1": {"param_tokens_per_s": steady * 8_030_261_248, "startup_s": startup, "runs": 1}}
+    again = eta.estimate(own, tokens=111_261, params=8_030_261_248, gpu_name="NVIDIA H200", recipe="seed-cli")
+    assert again.seconds == pytest.approx(140.7, abs=0.5)
+    # a resumed attempt's wall time is not its start-up
+    resumed = measure(metrics, points=points, args={"cutoff_len": 1024}, config={}, preset="seed-cli",
+                      n_gpus=1, wall_s=140.7, first_attempt=False, table={})
+    assert resumed.table["H200|seed-cli|1"]["startup_s"] == shipped["startup_s"]
+
+
+def test_a_runner_scales_the_defaults_of_recipes_it_has_not_run_by_how_its_host_compares():
+    params = 8_030_261_248
+    shipped = eta.DEFAULT_CALIBRATION
+    seed_rate = shipped["H200|seed|1"]["param_tokens_per_s"] / params
+    fresh = eta.estimate({}, tokens=85_030, params=params, gpu_name="NVIDIA H200", recipe="seed")
+    assert fresh.tokens_per_s == pytest.approx(seed_rate)
+    # this runner's host ran `seed-cli` (eager, host-bound) at 0.8x its default, start-up 1.2x
+    cli = shipped["H200|seed-cli|1"]
+    table = eta.refine({}, "H200|seed-cli|1", tokens_per_s=0.8 * cli["param_tokens_per_s"] / params,
+                       params=params, startup_s=1.2 * cli["startup_s"])
+    table = eta.record_host(table, "H200", False, "H200|seed-cli|1",
+                            tokens_per_s=0.8 * cli["param_tokens_per_s"] / params, params=params,
+                            startup_s=1.2 * cli["startup_s"])
+    assert eta.host_factors(table, "H200", False) == pytest.approx((0.8, 1.2))
+    seed = eta.estimate(table, tokens=85_030, params=params, gpu_name="NVIDIA H200", recipe="seed")
+    assert seed.tokens_per_s == pytest.approx(0.8 * seed_rate)
+    assert seed.startup_s == pytest.approx(1.2 * shipped["H200|seed|1"]["startup_s"])
+    # a compiled recipe is bound by the GPU, not the host: its default stands
+    fast = eta.estimate(table, tokens=85_030, params=params, gpu_name="NVIDIA H200", recipe="fast",
+                        compiled=True)
+    assert fast.tokens_per_s == pytest.approx(shipped["H200|fast|1"]["param_tokens_per_s"] / params)
+    # the runner's own measurement of a recipe is not scaled again
+    cli_again = eta.estimate(table, tokens=85_030, params=params, gpu_name="NVIDIA H200", recipe="seed-cli")
+    assert cli_again.tokens_per_s == pytest.approx(table["H200|seed-cli|1"]["param_tokens_per_s"] / params)
+    # a second job folds in; a broken ratio is held to the range; a recipe with no default adds nothing
+    table = eta.record_host(table, "H200", False, "H200|seed|1", tokens_per_s=seed_rate, params=params,
+                            startup_s=None)
+    assert eta.host_factors(table, "H200", False)[0] == pytest.approx(0.9)
+    assert eta.host_factors(table, "H200", False)[1] == pytest.approx(1.2)
+    wild = eta.record_host({}, "H200", False, "H200|seed|1", tokens_per_s=1e6, params=params, startup_s=None)
+    assert eta.host_factors(wild, "H200", False)[0] == eta.HOST_FACTOR_RANGE[1]
+    assert eta.record_host({}, "H200", False, "H200|custom|1", tokens_per_s=10.0, params=params,
+                           startup_s=1.0) == {}
+    # measure() records it for a finished job, and the table keeps it through save and load
+    tpe = 354_290
+    points = [(2.0 + 1.0 * s, s * 1417 / tpe) for s in range(1, 61)]
+    out = measure({"tokens_per_epoch": tpe, "epoch": 60 * 1417 / tpe, "train_runtime": 66.0, "params": params,
+                   "gpu": "NVIDIA H200"}, points=points, args={}, config={}, preset="seed", n_gpus=1,
+                  wall_s=110.0, first_attempt=True, table={})
+    factor = 1417.0 / seed_rate
+    assert eta.host_factors(out.table, "H200", False)[0] == pytest.approx(factor, rel=1e-3)
+    assert eta.host_factors(out.table, "H200", True) == (1.0, 1.0)
+
+
+def test_host_factors_survive_the_tables_save_and_load(tmp_path):
+    table = eta.record_host({}, "H200", True, "H200|fast|1", tokens_per_s=11_000.0, params=8_030_261_248,
+                            startup_s=30.0)
+    path = tmp_path / "cal.json"
+    eta.save_table(path, table)
+    assert eta.load_table(path) == table
+    path.write_text(json.dumps({"host|H200|eager": {"rate": "fast"}, "host|H200|compiled": {"rate": 0.9}}))
+    assert list(eta.load_table(path)) == ["host|H200|compiled"]
+
+
+def test_checkpointing_changes_what_a_compile_cache_holds():
+    config = {"model_type": "llama", "hidden_size": 4096}
+    args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True}
+    checkpointing_off = {**args, "disable_gradient_checkpointing": True}
+    assert eta.compile_key(config, args) != eta.compile_key(config, checkpointing_off)
+
+
 # --- the runner's count, and a packed run on a CPU (real LLaMA-Factory) ------------------------
 def test_the_runner_counts_tokens_with_llamafactory_and_caches_them(settings, monkeypatch):
     runtime = Runtime(settings)

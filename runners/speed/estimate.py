@@ -26,20 +26,30 @@ from .throughput import short_gpu_name
 # Weight of a new measurement against what the table held (an exponential moving average).
 REFINE_WEIGHT = 0.5
 
-# Measured with bench/train_throughput.py on an H200, 2026-12-01 (docs/benchmarks.md; `fast`: the
-# third session's call 2, compiled with CUDA graphs, 12,795 tokens/s; the seed recipes: earlier
-# calls): tokens/s while training x params (8.03e9, random Llama-3-8B), and start-up s
-# outside the trainer (the job's wall time minus the trainer's runtime: loading, saving). Compiling
-# is counted apart (`COLD_COMPILE_S`, `compile_seconds`). H100 entries are the H200's scaled by
-# their bf16 matmul rates until a job there replaces them (`runs: 0` means not measured).
+# Measured with bench/train_throughput.py on H200s, 2026-12-01 (docs/benchmarks.md), the mean of
+# the calls that ran each recipe: tokens/s while training x params (8.03e9, random Llama-3-8B), and
+# start-up s: everything in the job's wall time but training and compiling (loading and saving
+# outside the trainer, the first step's warm-up and the final save inside it). `fast` (compiled,
+# CUDA graphs): 12,795 and 13,040 tokens/s; `seed-cli`: 1,873 / 1,889 / 1,735 / 1,494 (host-bound:
+# the host's speed moves it); `seed`: 1,812 / 1,368. Compiling is counted apart (`COLD_COMPILE_S`,
+# `compile_seconds`). H100 entries are the H200's, `fast` scaled by the two cards' bf16 matmul
+# rates, until a job there replaces them (`runs: 0` means not measured).
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
-    "H200|fast|1": {"param_tokens_per_s": 1.027e14, "startup_s": 36.1, "runs": 1},
-    "H200|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 1},
-    "H200|seed-cli|1": {"param_tokens_per_s": 1.52e13, "startup_s": 41.0, "runs": 1},
-    "H100|fast|1": {"param_tokens_per_s": 9.73e13, "startup_s": 36.1, "runs": 0},
-    "H100|seed|1": {"param_tokens_per_s": 1.40e13, "startup_s": 25.0, "runs": 0},
-    "H100|seed-cli|1": {"param_tokens_per_s": 1.52e13, "startup_s": 41.0, "runs": 0},
+    "H200|fast|1": {"param_tokens_per_s": 1.037e14, "startup_s": 35.5, "runs": 1},
+    "H200|seed|1": {"param_tokens_per_s": 1.277e13, "startup_s": 41.5, "runs": 1},
+    "H200|seed-cli|1": {"param_tokens_per_s": 1.404e13, "startup_s": 55.8, "runs": 1},
+    "H100|fast|1": {"param_tokens_per_s": 9.82e13, "startup_s": 35.5, "runs": 0},
+    "H100|seed|1": {"param_tokens_per_s": 1.277e13, "startup_s": 41.5, "runs": 0},
+    "H100|seed-cli|1": {"param_tokens_per_s": 1.404e13, "startup_s": 55.8, "runs": 0},
 }
+
+# How this runner's machine compares with the one the defaults were measured on, learnt from every
+# finished job whose recipe has a default: its rate and start-up over the default's. An estimate
+# from a default (a recipe this runner has not run yet) is scaled by it. Kept apart for eager and
+# compiled runs: eager steps are bound by the host's CPU (the same `seed-cli` ran at 1,494 and
+# 1,889 tokens/s on two H200 hosts), compiled ones with CUDA graphs by the GPU.
+HOST_PREFIX = "host|"
+HOST_FACTOR_RANGE = (0.2, 5.0)  # beyond this a ratio says more about a broken job than a host
 
 # torch.compile's cost, paid inside the trainer's first step (same bench, Llama-3-8B with LoRA):
 # 106-120 s with an empty cache, ~22 s once this runner has compiled the same shapes (its cache is
@@ -102,18 +112,72 @@ def training_tokens(
 
 def lookup(table: dict[str, dict[str, float]], key: str) -> dict[str, float] | None:
     """The entry for `key`; for an unseen GPU count, the one-GPU entry scaled by the GPU count."""
-    entry = table.get(key) or DEFAULT_CALIBRATION.get(key)
-    if entry:
-        return entry
+    return _lookup(table, key)[0]
+
+
+def _lookup(table: dict[str, dict[str, float]], key: str) -> tuple[dict[str, float] | None, bool]:
+    """`lookup`, and whether the entry is this runner's own measurement (not a shipped default)."""
+    if table.get(key):
+        return table[key], True
+    if DEFAULT_CALIBRATION.get(key):
+        return dict(DEFAULT_CALIBRATION[key]), False
     device, recipe, gpus = key.split("|")
-    single = table.get(f"{device}|{recipe}|1") or DEFAULT_CALIBRATION.get(f"{device}|{recipe}|1")
+    single_key = f"{device}|{recipe}|1"
+    single = table.get(single_key) or DEFAULT_CALIBRATION.get(single_key)
     if single and int(gpus) > 1:
         # Data parallel scales well below linear on a shared host; 0.9 per extra GPU is a guess
         # the first real job of that shape replaces. It also runs without CUDA graphs, which the
         # one-GPU `fast` figure has: without them the best same-machine run was 0.93 of it.
         graphs = NO_GRAPHS_SHARE if recipe == "fast" else 1.0
-        return {**single, "param_tokens_per_s": single["param_tokens_per_s"] * int(gpus) * 0.9 * graphs}
-    return None
+        scaled = {**single, "param_tokens_per_s": single["param_tokens_per_s"] * int(gpus) * 0.9 * graphs}
+        return scaled, bool(table.get(single_key))
+    return None, False
+
+
+def host_key(device: str, compiled: bool) -> str:
+    return f"{HOST_PREFIX}{device}|{'compiled' if compiled else 'eager'}"
+
+
+def host_factors(table: dict[str, dict[str, float]], device: str, compiled: bool) -> tuple[float, float]:
+    """(rate, start-up) of this runner's machine over the defaults' machine; (1, 1) until a job
+    with a default has finished here."""
+    entry = table.get(host_key(device, compiled)) or {}
+    return float(entry.get("rate", 1.0)), float(entry.get("startup", 1.0))
+
+
+def _clamp(value: float) -> float:
+    low, high = HOST_FACTOR_RANGE
+    return min(high, max(low, value))
+
+
+def record_host(
+    table: dict[str, dict[str, float]],
+    device: str,
+    compiled: bool,
+    key: str,
+    *,
+    tokens_per_s: float,
+    params: int,
+    startup_s: float | None,
+) -> dict[str, dict[str, float]]:
+    """The table with one finished job's speed against its recipe's default folded into this
+    runner's host factors (nothing when the recipe has no default to compare with)."""
+    reference, _ = _lookup({}, key)
+    if not reference or not (tokens_per_s > 0 and math.isfinite(tokens_per_s)) or params <= 0:
+        return dict(table)
+    rate = _clamp(tokens_per_s * params / reference["param_tokens_per_s"])
+    base = float(reference.get("startup_s") or 0.0)
+    startup = _clamp(startup_s / base) if startup_s is not None and startup_s > 0 and base > 0 else None
+    hkey = host_key(device, compiled)
+    old = table.get(hkey)
+    if old:
+        w = REFINE_WEIGHT
+        rate = (1 - w) * old["rate"] + w * rate
+        was = float(old.get("startup", 1.0))
+        startup = was if startup is None else (1 - w) * was + w * startup
+    entry = {"rate": round(rate, 4), "startup": round(startup if startup is not None else 1.0, 4),
+             "runs": (old or {}).get("runs", 0) + 1}
+    return {**table, hkey: entry}
 
 
 def compile_key(config: dict[str, Any], args: dict[str, Any]) -> str:
@@ -126,7 +190,7 @@ def compile_key(config: dict[str, Any], args: dict[str, Any]) -> str:
     )}
     shape = {k: str(args.get(k)) for k in (
         "cutoff_len", "per_device_train_batch_size", "torch_compile_mode", "finetuning_type", "lora_rank",
-        "lora_target", "bf16", "neat_packing",
+        "lora_target", "bf16", "neat_packing", "disable_gradient_checkpointing",
     )}
     digest = hashlib.sha256(json.dumps([arch, shape], sort_keys=True).encode()).hexdigest()[:16]
     return COMPILED_PREFIX + digest
@@ -169,18 +233,21 @@ def estimate(
     recipe: str | None,
     n_gpus: int = 1,
     compile_s: float = 0.0,
+    compiled: bool = False,
 ) -> Estimate | None:
     """Seconds the job should take, or None when nothing is known about this device and recipe.
-    `compile_s`: torch.compile's time for a compiled job (`compile_seconds`)."""
+    `compile_s`: torch.compile's time for a compiled job (`compile_seconds`); `compiled`: which of
+    this runner's host factors scales a default entry."""
     device = device_name(gpu_name)
     key = table_key(device, recipe, n_gpus)
-    entry = lookup(table, key)
+    entry, own = _lookup(table, key)
     if not entry or params <= 0 or tokens < 0:
         return None
-    rate = entry["param_tokens_per_s"] / params
+    rate_factor, startup_factor = (1.0, 1.0) if own else host_factors(table, device, compiled)
+    rate = entry["param_tokens_per_s"] * rate_factor / params
     if not (rate > 0 and math.isfinite(rate)):
         return None
-    startup = float(entry.get("startup_s", 0.0))
+    startup = float(entry.get("startup_s", 0.0)) * startup_factor
     compile_s = max(0.0, float(compile_s))
     return Estimate(
         seconds=startup + compile_s + tokens / rate,
@@ -252,7 +319,12 @@ def load_table(path: Path) -> dict[str, dict[str, float]]:
     def usable(key: str, entry: Any) -> bool:
         if not isinstance(entry, dict):
             return False
-        field = "compile_s" if key.startswith(COMPILED_PREFIX) else "param_tokens_per_s"
+        if key.startswith(HOST_PREFIX):
+            field = "rate"
+        elif key.startswith(COMPILED_PREFIX):
+            field = "compile_s"
+        else:
+            field = "param_tokens_per_s"
         value = entry.get(field)
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

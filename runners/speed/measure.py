@@ -49,7 +49,14 @@ def measure(
         # Too few log points to measure: tokens over the trainer's runtime is right only when that
         # runtime covers every token seen (not a resumed run's last stretch) and holds no compiling.
         rate = tokens_per_second(seen, runtime, min_seconds=0.01)
+    if wall_s is not None:
+        metrics["actual_s"] = round(wall_s, 1)  # beside the estimate, with or without a speed
     if rate is None:
+        # The live progress's last figure (copied in when the job ended) may be tokens over a
+        # runtime that is mostly compiling (a 40-step compiled run: 2,091 tokens/s while it
+        # trained at 11,983): no figure rather than a false one.
+        metrics.pop("tokens_per_s", None)
+        metrics.pop("mfu", None)
         return Measured(metrics)
     metrics["tokens_per_s"] = round(rate, 1)
     params = metrics.get("params")
@@ -59,8 +66,6 @@ def measure(
         value = mfu(rate, params, gpu, n_gpus)
         if value is not None:
             metrics["mfu"] = round(value, 4)
-    if wall_s is not None:
-        metrics["actual_s"] = round(wall_s, 1)
     compile_s = None
     numbers = isinstance(runtime, (int, float)) and isinstance(seen, (int, float))
     if compiled and steady and numbers and first_attempt:
@@ -69,8 +74,19 @@ def measure(
     if not (isinstance(params, int) and params > 0):
         return Measured(metrics)
     key = eta.table_key(eta.device_name(gpu), preset, n_gpus)
-    startup = metrics["actual_s"] - float(runtime) if "actual_s" in metrics and runtime is not None else None
+    startup = None
+    if "actual_s" in metrics and first_attempt and not (compiled and compile_s is None):
+        # Everything the estimate's training time (tokens / steady rate) leaves out but compiling:
+        # loading and saving outside the trainer, and inside it the first step's warm-up and the
+        # final save (7-12 s of an eager seed run on an H200, which the runtime alone missed).
+        if isinstance(seen, (int, float)) and seen > 0:
+            startup = max(0.0, metrics["actual_s"] - seen / rate - (compile_s or 0.0))
+        elif isinstance(runtime, (int, float)):
+            startup = max(0.0, metrics["actual_s"] - float(runtime))
     refined = eta.refine(table, key, tokens_per_s=rate, params=params, startup_s=startup)
+    refined = eta.record_host(
+        refined, eta.device_name(gpu), compiled, key, tokens_per_s=rate, params=params, startup_s=startup
+    )
     if compile_s is not None:
         refined = eta.record_compile(
             refined, eta.compile_key(config, args), compile_s, eta.cold_compile_seconds(args)

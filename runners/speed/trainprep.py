@@ -192,6 +192,7 @@ def prepare(
             recipe=preset,
             n_gpus=n_gpus,
             compile_s=compile_s,
+            compiled=compiled,
         )
         if est is not None:
             info["estimate"] = est.to_dict()
