@@ -65,6 +65,7 @@ RUNS: dict[str, tuple[str, dict[str, str], float | None, int | None]] = {
     "seed-cli-20": ("seed-cli", {}, None, 20),
     # the WebUI's recipe long enough for its steady rate and a loss curve beside the others
     "seed-60": ("seed", {}, None, 60),
+    "seed-120": ("seed", {}, None, 120),  # the schedule of `fast-log5`'s 120 steps: loss side by side
     # CUDA graphs over the compiled step (Inductor's cudagraph trees): the host no longer issues
     # each kernel; packs are padded to one length, so the shapes are static.
     "fast-compile-cg": ("fast", {"torch_compile_mode": "reduce-overhead"}, None, 120),
