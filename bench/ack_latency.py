@@ -194,8 +194,7 @@ def log_to_slack(steps: int, step_seconds: float, data: Path) -> dict[str, Any]:
     settings = replace(Settings(data_dir=data, web_port=0), llamafactory_cli=f"{sys.executable} {fake}",
                        job_env={"FAKE_STEPS": str(steps), "FAKE_STEP_SECONDS": str(step_seconds)})
     with SlackStandin() as slack:
-        runtime = Runtime(settings)
-        runtime.worker.hardware = Hardware(host="bench", gpus=(), cpu_count=os.cpu_count() or 2)
+        runtime = Runtime(settings, hardware=Hardware(host="bench", gpus=(), cpu_count=os.cpu_count() or 2))
         delivery = Delivery(quick_client(slack), runtime.store, edit_every=bot_settings.status_edit_every)
         notifier = Notifier(runtime, delivery, bot_settings)
         delivery.start()

@@ -178,14 +178,12 @@ def train(runtime: Runtime, model: Path, dataset: str, compute: str) -> dict:
 
 def evaluate(
     runtime: Runtime, name: str, model: Path, adapter: str, dataset: str, samples: int, extra: dict,
-    tokenizer, hardware: Hardware | None = None,
+    tokenizer,
 ) -> dict:
     pairs = {
         "adapter_name_or_path": adapter, "template": "llama3", "dataset": dataset, "samples": str(samples),
         "max_new_tokens": str(NEW_TOKENS), "do_sample": "false", **extra,
     }
-    if hardware is not None:
-        runtime.worker.hardware = hardware
     limit = phase_limit(name)
     log(f"{name}: eval of {samples} samples {extra}, limit {limit:.0f}s")
     started = time.time()
@@ -305,15 +303,18 @@ def main() -> int:
             log("train failed: no adapter to evaluate")
             return 1
         fast_pairs: dict[str, str] = {"greedy": "true", "compute": compute}
-        pretend = None
         if not hardware.has_gpu:
-            # Dry run on a CPU: the runner plans only on a GPU, so it is told it has one.
+            # Dry run on a CPU: the runner plans only on a GPU, so the evals' runner is told it has
+            # one (a runner's hardware is fixed when it is built: a new one, on the same store).
             pretend = Hardware(hardware.host, (Gpu("0", "pretend H200 (CPU dry run)", 143_771, 9.0),),
                                hardware.cpu_count)
             if os.environ.get("BENCH_FAST_BATCH"):
                 fast_pairs["batch"] = os.environ["BENCH_FAST_BATCH"]
+            runtime.stop()
+            runtime = Runtime(settings, hardware=pretend)
+            runtime.start(web=False)
         results["evals"]["fast"] = evaluate(
-            runtime, "fast", model, row["adapter"], eval_set, EVAL_SAMPLES, fast_pairs, tokenizer, pretend
+            runtime, "fast", model, row["adapter"], eval_set, EVAL_SAMPLES, fast_pairs, tokenizer
         )
         save(results)
         # The baseline is LLaMA-Factory as its WebUI runs it: the runner neither sorts nor plans.
@@ -322,7 +323,7 @@ def main() -> int:
         try:
             results["evals"]["webui"] = evaluate(
                 runtime, "webui", model, row["adapter"], eval_set, BASE_SAMPLES,
-                {"batch": "2", "compute": compute}, tokenizer, pretend,
+                {"batch": "2", "compute": compute}, tokenizer,
             )
         finally:
             register(planned)

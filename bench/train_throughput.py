@@ -267,8 +267,7 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
         capped = Gpu(g.index, g.name, card // 2**20, g.compute_capability)
         hardware = Hardware(hardware.host, (capped,), hardware.cpu_count)
     settings = Settings(data_dir=DATA, poll_interval=0.5, web_port=0, estimate=True, job_env=job_env)
-    runtime = Runtime(settings)
-    runtime.worker.hardware = hardware
+    runtime = Runtime(settings, hardware=hardware)
     runtime.start(web=False)
     pairs = {
         "model": str(model),

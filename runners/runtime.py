@@ -11,6 +11,7 @@ from typing import Any
 
 from . import deploy
 from .errors import UserError
+from .hardware import Hardware
 from .job import JobKind, JobState, now
 from .queue import JobQueue
 from .settings import Settings
@@ -21,12 +22,21 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, store: Store | None = None, only_job: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        only_job: int | None = None,
+        hardware: Hardware | None = None,
+    ):
+        """`hardware`: what the runner plans for (detected when not given; the bench passes a card
+        capped to 80 or 24 GB so the `fast` plan is made for that card)."""
         self.settings = settings
         self.store = store or Store(settings.db_url)
         self.store.migrate()
         self.queue = JobQueue(settings, self.store)
-        self.worker = Worker(settings, self.store, only_job=only_job)
+        self.worker = Worker(settings, self.store, only_job=only_job, hardware=hardware)
         self._web_server = None
         self.web_port: int | None = None
 

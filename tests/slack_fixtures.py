@@ -92,8 +92,7 @@ def fake_cli_settings(settings: Settings, **env: str) -> Settings:
 @pytest.fixture
 def runtime(settings: Settings) -> Iterator[Runtime]:
     """The engine (fake CLI), its runner not started: jobs stay queued unless a test runs them."""
-    rt = Runtime(fake_cli_settings(settings))
-    rt.worker.hardware = CPU
+    rt = Runtime(fake_cli_settings(settings), hardware=CPU)
     yield rt
     rt.stop()
     rt.store.engine.dispose()

@@ -41,8 +41,7 @@ def _get(url: str, key: str | None) -> int:
 
 
 def test_train_eval_export_deploy_chat_with_llamafactory(settings):
-    runtime = Runtime(settings)
-    runtime.worker.hardware = CPU
+    runtime = Runtime(settings, hardware=CPU)
     store, queue = runtime.store, runtime.queue
     runtime.start(web=False)
     try:
@@ -287,8 +286,7 @@ def test_cpu_runner_hardware_is_what_validation_uses(settings, store):
 
 def test_an_idle_deployment_is_stopped_and_frees_its_slot(settings):
     settings = replace(settings, deploy_idle=3.0)
-    runtime = Runtime(settings)
-    runtime.worker.hardware = CPU
+    runtime = Runtime(settings, hardware=CPU)
     runtime.start(web=False)
     try:
         model = str(settings.models_dir / "tiny-llama3")

@@ -284,8 +284,7 @@ def slack_story(sqlite_settings, quantize):
                                    app_token=slack.app_token, api_url=slack.base_url,
                                    allowed_users=frozenset({HUMAN_USER_ID, OTHER_USER_ID}),
                                    admins=frozenset({ADMIN_ID}), status_edit_every=0.5)
-        runtime = Runtime(sqlite_settings)
-        runtime.worker.hardware = CPU
+        runtime = Runtime(sqlite_settings, hardware=CPU)
         try:
             yield from start_story(slack, bot_settings, runtime)
         finally:

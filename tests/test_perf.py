@@ -389,6 +389,38 @@ def test_a_queued_fast_job_is_estimated_with_its_plans_compile(tmp_path, monkeyp
     assert prepared(["0"], known).info["estimate"]["compile_s"] == pytest.approx(warm, abs=0.05)
 
 
+def test_a_runner_plans_fast_for_the_card_it_was_built_with(settings, monkeypatch):
+    """The bench proves the 80/24 GB plans by giving the runner a capped card. Setting
+    `worker.hardware` after construction once reached none of the runner's parts (the 24 GB run was
+    planned for the whole H200 and ran out of memory under its cap): a runner's hardware is given
+    when it is built, and cannot be swapped later."""
+    from runners.hardware import Gpu
+    from runners.queue import JobQueue
+    from runners.speed import trainprep
+
+    count = TokenCount(tuple(sorted([300] * 900 + [1400] * 100)), 2048)
+    monkeypatch.setattr(trainprep, "count_tokens", lambda args, cache_dir, env=None: count)
+    monkeypatch.setattr(trainprep, "model_config", lambda model: dict(LLAMA3_8B))
+    planned = {}
+    for name, mib in (("NVIDIA H200", 143_771), ("NVIDIA GeForce RTX 4090", 24_564)):
+        card = Hardware("h", (Gpu("0", name, mib, 8.9),), 16)
+        runtime = Runtime(settings, hardware=card)
+        queue = JobQueue(settings, runtime.store, card)  # judged as that runner would judge it
+        queue.ensure_demo_datasets()
+        tiny = str(settings.models_dir / "tiny-llama3")
+        job = queue.submit_train(preset="fast", pairs={"model": tiny, "dataset": "demo"})
+        runtime.worker.estimates.prepare_launch(job, ["0"])
+        planned[mib] = runtime.store.get(job.id)
+        with pytest.raises(AttributeError):
+            runtime.worker.hardware = Hardware("h", (), 16)
+    big, small = planned[143_771], planned[24_564]
+    assert big.metrics["plan"]["checkpointing"] is False
+    assert big.args["disable_gradient_checkpointing"] is True
+    assert small.metrics["plan"]["checkpointing"] is True
+    assert not small.args.get("disable_gradient_checkpointing")
+    assert small.metrics["plan"]["est_peak_bytes"] <= 24_564 * 2**20 < big.metrics["plan"]["est_peak_bytes"]
+
+
 def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runner_its_compile_time():
     config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
     args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True}
@@ -609,8 +641,7 @@ def test_the_runner_counts_tokens_with_llamafactory_and_caches_them(settings, mo
 
 def test_a_neat_packing_run_reports_true_throughput_and_a_second_job_gets_an_estimate(settings):
     settings.estimate = True
-    runtime = Runtime(settings)
-    runtime.worker.hardware = Hardware(host="cpuhost", gpus=(), cpu_count=2)
+    runtime = Runtime(settings, hardware=Hardware(host="cpuhost", gpus=(), cpu_count=2))
     store, queue = runtime.store, runtime.queue
     runtime.start(web=False)
     try:

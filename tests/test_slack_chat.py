@@ -22,8 +22,7 @@ __all__ = ["bot", "bot_settings", "db_url", "slack"]  # fixtures
 @pytest.fixture
 def runtime(settings) -> Iterator[Runtime]:
     """The engine with the real llamafactory-cli (this module only)."""
-    rt = Runtime(settings)
-    rt.worker.hardware = Hardware(host="cpuhost", gpus=(), cpu_count=os.cpu_count() or 2)
+    rt = Runtime(settings, hardware=Hardware(host="cpuhost", gpus=(), cpu_count=os.cpu_count() or 2))
     yield rt
     rt.stop()
 

@@ -23,8 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def story(settings, slack, bot_settings) -> Iterator[SlackBot]:
-    runtime = Runtime(settings)
-    runtime.worker.hardware = Hardware(host="cpuhost", gpus=(), cpu_count=os.cpu_count() or 2)
+    runtime = Runtime(settings, hardware=Hardware(host="cpuhost", gpus=(), cpu_count=os.cpu_count() or 2))
     yield from start_story(slack, bot_settings, runtime)
 
 

@@ -53,7 +53,7 @@ class Worker:
     ):
         self.settings = settings
         self.store = store
-        self.hardware = hardware or detect()
+        self._hardware = hardware or detect()
         self.backend = backend or open_backend(settings.backend, settings, self.hardware)
         self.host = self.hardware.host or socket.gethostname()
         self.slots = self.backend.capacity() or slots_for(self.hardware, settings.gpus, settings.cpu_slots)
@@ -102,6 +102,13 @@ class Worker:
         )
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def hardware(self) -> Hardware:
+        """What this runner plans and leases for, fixed at construction: its parts (backend,
+        estimates, launcher) were built with it, so it cannot be swapped afterwards (pass
+        `hardware=` to `Worker` or `Runtime`)."""
+        return self._hardware
     def start(self) -> None:
         self.store.beat(
             self.runner_id, self.host, os.getpid(), hardware={**self.hardware.to_dict(), "slots": self.slots}
