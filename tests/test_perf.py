@@ -395,7 +395,6 @@ def test_a_runner_plans_fast_for_the_card_it_was_built_with(settings, monkeypatc
     planned for the whole H200 and ran out of memory under its cap): a runner's hardware is given
     when it is built, and cannot be swapped later."""
     from runners.hardware import Gpu
-    from runners.queue import JobQueue
     from runners.speed import trainprep
 
     count = TokenCount(tuple(sorted([300] * 900 + [1400] * 100)), 2048)
@@ -405,7 +404,7 @@ def test_a_runner_plans_fast_for_the_card_it_was_built_with(settings, monkeypatc
     for name, mib in (("NVIDIA H200", 143_771), ("NVIDIA GeForce RTX 4090", 24_564)):
         card = Hardware("h", (Gpu("0", name, mib, 8.9),), 16)
         runtime = Runtime(settings, hardware=card)
-        queue = JobQueue(settings, runtime.store, card)  # judged as that runner would judge it
+        queue = runtime.queue  # judges requests by that card too (bf16 here on a CPU machine)
         queue.ensure_demo_datasets()
         tiny = str(settings.models_dir / "tiny-llama3")
         job = queue.submit_train(preset="fast", pairs={"model": tiny, "dataset": "demo"})
@@ -440,10 +439,9 @@ def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runn
     key = eta.compile_key(config, args)
     warm_share = out.metrics["compile_s"] * eta.WARM_COMPILE_SHARE
     assert eta.compile_seconds(out.table, key) == pytest.approx(warm_share, abs=0.1)
-    shipped = eta.DEFAULT_CALIBRATION["H200|fast|1"]["startup_s"]  # folded with the bench's figure
-    w = eta.REFINE_WEIGHT
-    folded = (1 - w) * shipped + w * (185.1 - 131.2)
-    assert out.table["H200|fast|1"]["startup_s"] == pytest.approx(folded, abs=0.1)
+    # the runner's first job of the recipe replaces the shipped default (another machine's)
+    assert out.table["H200|fast|1"]["startup_s"] == pytest.approx(185.1 - 131.2, abs=0.1)
+    assert out.table["H200|fast|1"]["param_tokens_per_s"] == pytest.approx(steady * 8_030_261_248)
     # the next estimate of the same shapes on this runner: the cache is warm now, the measured rate
     est = eta.estimate(out.table, tokens=171_224, params=8_030_261_248, gpu_name="NVIDIA H200", recipe="fast",
                        compile_s=eta.compile_seconds(out.table, key))
@@ -491,7 +489,9 @@ def test_refine_folds_each_finished_job_into_the_table(tmp_path):
     assert eta.refine(table, key, tokens_per_s=float("nan"), params=1000, startup_s=1.0) == table
     # A default (bench) entry is replaced by the first real measurement on this runner.
     fresh = eta.refine({}, "H200|fast|1", tokens_per_s=5000.0, params=8_000_000_000, startup_s=30.0)
-    assert fresh["H200|fast|1"]["runs"] == 2
+    assert fresh["H200|fast|1"] == {"param_tokens_per_s": 4.0e13, "startup_s": 30.0, "runs": 1}
+    kept = eta.refine({}, "H200|fast|1", tokens_per_s=5000.0, params=8_000_000_000, startup_s=None)
+    assert kept["H200|fast|1"]["startup_s"] == eta.DEFAULT_CALIBRATION["H200|fast|1"]["startup_s"]
     path = tmp_path / "cal" / "host.json"
     eta.save_table(path, table)
     assert eta.load_table(path) == table
@@ -535,18 +535,16 @@ def test_an_eager_runs_startup_counts_its_first_step_and_final_save():
                   wall_s=140.7, first_attempt=True, table={})
     steady = out.metrics["tokens_per_s"]
     assert steady == pytest.approx(rate, rel=0.01)
-    startup = 140.7 - 111_261 / steady
-    shipped = eta.DEFAULT_CALIBRATION["H200|seed-cli|1"]
-    w = eta.REFINE_WEIGHT
-    assert out.table["H200|seed-cli|1"]["startup_s"] == pytest.approx(
-        (1 - w) * shipped["startup_s"] + w * startup, abs=0.1)
-    # estimated again from what it taught, the same job comes out at the same time
-    own = {"H200|seed-cli|1": {"param_tokens_per_s": steady * 8_030_261_248, "startup_s": startup, "runs": 1}}
-    again = eta.estimate(own, tokens=111_261, params=8_030_261_248, gpu_name="NVIDIA H200", recipe="seed-cli")
+    # estimated again from what it taught the runner, the same job comes out at its own time (with
+    # start-up as wall - runtime it came out 12.5 s short)
+    again = eta.estimate(out.table, tokens=111_261, params=8_030_261_248, gpu_name="NVIDIA H200",
+                         recipe="seed-cli")
     assert again.seconds == pytest.approx(140.7, abs=0.5)
+    assert out.table["H200|seed-cli|1"]["startup_s"] == pytest.approx(140.7 - 111_261 / steady, abs=0.1)
     # a resumed attempt's wall time is not its start-up
     resumed = measure(metrics, points=points, args={"cutoff_len": 1024}, config={}, preset="seed-cli",
                       n_gpus=1, wall_s=140.7, first_attempt=False, table={})
+    shipped = eta.DEFAULT_CALIBRATION["H200|seed-cli|1"]
     assert resumed.table["H200|seed-cli|1"]["startup_s"] == shipped["startup_s"]
 
 
@@ -592,6 +590,32 @@ def test_a_runner_scales_the_defaults_of_recipes_it_has_not_run_by_how_its_host_
     factor = 1417.0 / seed_rate
     assert eta.host_factors(out.table, "H200", False)[0] == pytest.approx(factor, rel=1e-3)
     assert eta.host_factors(out.table, "H200", True) == (1.0, 1.0)
+
+
+def test_host_factors_learn_only_from_jobs_that_say_something_about_the_host():
+    params = eta.REFERENCE_PARAMS
+    cli = eta.DEFAULT_CALIBRATION["H200|seed-cli|1"]
+    slow = 0.8 * cli["param_tokens_per_s"] / params
+
+    def record(key, compiled=False, size=params, startup=None):
+        return eta.record_host({}, "H200", compiled, key, tokens_per_s=slow * params / size, params=size,
+                               startup_s=startup)
+
+    assert host_key_of(record("H200|seed-cli|1")) == ["host|H200|eager"]
+    assert record("H200|fast|2", compiled=True) == {}  # data parallel: its default is a guess
+    assert record("H200|seed-cli|1", size=500_000_000) == {}  # a 0.5B model tells about itself
+    assert record("H200|seed|1", compiled=True) == {}  # a `seed` the user compiled
+    # a job without a start-up figure (resumed) leaves start-up unknown, not "as the defaults"
+    first = record("H200|seed-cli|1")
+    assert "startup" not in first["host|H200|eager"]
+    then = eta.record_host(first, "H200", False, "H200|seed-cli|1", tokens_per_s=slow, params=params,
+                           startup_s=1.2 * cli["startup_s"])
+    assert then["host|H200|eager"]["startup"] == pytest.approx(1.2)
+    assert then["host|H200|eager"]["rate"] == pytest.approx(0.8) and then["host|H200|eager"]["runs"] == 2
+
+
+def host_key_of(table):
+    return [k for k in table if k.startswith(eta.HOST_PREFIX)]
 
 
 def test_host_factors_survive_the_tables_save_and_load(tmp_path):
@@ -660,6 +684,8 @@ def test_a_neat_packing_run_reports_true_throughput_and_a_second_job_gets_an_est
             if point.get("tokens_per_s") is not None:
                 assert 0 < point["tokens_per_s"] <= 10 * per_epoch
         assert job.metrics["total_tokens"] == round(job.metrics["epoch"] * per_epoch)
+        # the finished job's progress shows the measured figure, not the last live one
+        assert job.progress["tokens_per_s"] == job.metrics["tokens_per_s"]
         # a tiny run may train in under a second: the rate comes from the trainer's precise runtime
         expected = job.metrics["total_tokens"] / job.metrics["train_runtime"]
         assert job.metrics["tokens_per_s"] == pytest.approx(expected, rel=0.01)

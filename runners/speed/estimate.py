@@ -27,29 +27,36 @@ from .throughput import short_gpu_name
 REFINE_WEIGHT = 0.5
 
 # Measured with bench/train_throughput.py on H200s, 2026-12-01 (docs/benchmarks.md), the mean of
-# the calls that ran each recipe: tokens/s while training x params (8.03e9, random Llama-3-8B), and
-# start-up s: everything in the job's wall time but training and compiling (loading and saving
-# outside the trainer, the first step's warm-up and the final save inside it). `fast` (compiled,
-# CUDA graphs): 12,795 and 13,040 tokens/s; `seed-cli`: 1,873 / 1,889 / 1,735 / 1,494 (host-bound:
-# the host's speed moves it); `seed`: 1,812 / 1,368. Compiling is counted apart (`COLD_COMPILE_S`,
-# `compile_seconds`). H100 entries are the H200's, `fast` scaled by the two cards' bf16 matmul
-# rates, until a job there replaces them (`runs: 0` means not measured).
+# the calls that ran each recipe, as a runner measures a job (`measure.py`: the steady rate from the
+# first logged step, the bench's `tunebot_tokens_per_s`): tokens/s while training x params (8.03e9,
+# random Llama-3-8B), and start-up s: everything in the job's wall time but training and compiling
+# (loading and saving outside the trainer, the first step's warm-up and the final save inside it).
+# `fast` (compiled, CUDA graphs): 12,951 and 12,951 tokens/s (two calls); `seed-cli`: 1,786 /
+# 1,650 / 1,660 / 1,568 / 1,626 / 1,391 (host-bound: the host's speed moves it); `seed`: 1,739 /
+# 1,327. Compiling is counted apart (`COLD_COMPILE_S`, `compile_seconds`). `compiled`: how the
+# recipe ran there. H100 entries are the H200's, `fast` scaled by the two cards' bf16 matmul rates,
+# until a job there replaces them (`runs: 0` means not measured).
+REFERENCE_PARAMS = 8_030_261_248
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
-    "H200|fast|1": {"param_tokens_per_s": 1.037e14, "startup_s": 35.5, "runs": 1},
-    "H200|seed|1": {"param_tokens_per_s": 1.277e13, "startup_s": 41.5, "runs": 1},
-    "H200|seed-cli|1": {"param_tokens_per_s": 1.404e13, "startup_s": 55.8, "runs": 1},
-    "H100|fast|1": {"param_tokens_per_s": 9.82e13, "startup_s": 35.5, "runs": 0},
-    "H100|seed|1": {"param_tokens_per_s": 1.277e13, "startup_s": 41.5, "runs": 0},
-    "H100|seed-cli|1": {"param_tokens_per_s": 1.404e13, "startup_s": 55.8, "runs": 0},
+    "H200|fast|1": {"param_tokens_per_s": 1.040e14, "startup_s": 35.5, "runs": 1, "compiled": 1},
+    "H200|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.5, "runs": 1, "compiled": 0},
+    "H200|seed-cli|1": {"param_tokens_per_s": 1.296e13, "startup_s": 42.8, "runs": 1, "compiled": 0},
+    "H100|fast|1": {"param_tokens_per_s": 9.85e13, "startup_s": 35.5, "runs": 0, "compiled": 1},
+    "H100|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.5, "runs": 0, "compiled": 0},
+    "H100|seed-cli|1": {"param_tokens_per_s": 1.296e13, "startup_s": 42.8, "runs": 0, "compiled": 0},
 }
 
 # How this runner's machine compares with the one the defaults were measured on, learnt from every
-# finished job whose recipe has a default: its rate and start-up over the default's. An estimate
-# from a default (a recipe this runner has not run yet) is scaled by it. Kept apart for eager and
+# finished job whose recipe has a one-GPU default, run as it was there (compiled or not) on a model
+# of about the same size (`HOST_MODEL_RANGE`): its rate and start-up over the default's. An
+# estimate from a default (a recipe this runner has not run yet) is scaled by it. Kept apart for eager and
 # compiled runs: eager steps are bound by the host's CPU (the same `seed-cli` ran at 1,494 and
 # 1,889 tokens/s on two H200 hosts), compiled ones with CUDA graphs by the GPU.
 HOST_PREFIX = "host|"
 HOST_FACTOR_RANGE = (0.2, 5.0)  # beyond this a ratio says more about a broken job than a host
+# A model this far from the defaults' size tells about itself, not the host (a 0.5B model's eager
+# steps are launch-bound at any size: its rate x params is far below an 8B's on the same host).
+HOST_MODEL_RANGE = (0.5, 2.0)
 
 # torch.compile's cost, paid inside the trainer's first step (same bench, Llama-3-8B with LoRA):
 # 106-120 s with an empty cache, ~22 s once this runner has compiled the same shapes (its cache is
@@ -161,22 +168,32 @@ def record_host(
     startup_s: float | None,
 ) -> dict[str, dict[str, float]]:
     """The table with one finished job's speed against its recipe's default folded into this
-    runner's host factors (nothing when the recipe has no default to compare with)."""
-    reference, _ = _lookup({}, key)
-    if not reference or not (tokens_per_s > 0 and math.isfinite(tokens_per_s)) or params <= 0:
+    runner's host factors; unchanged when the job says nothing about the host: no one-GPU default
+    for its recipe, run otherwise than the default was (compiled or not), or a model of another size."""
+    reference = DEFAULT_CALIBRATION.get(key)
+    low, high = HOST_MODEL_RANGE
+    if (
+        not reference
+        or bool(reference.get("compiled")) != bool(compiled)
+        or not (tokens_per_s > 0 and math.isfinite(tokens_per_s))
+        or not (low * REFERENCE_PARAMS <= params <= high * REFERENCE_PARAMS)
+    ):
         return dict(table)
     rate = _clamp(tokens_per_s * params / reference["param_tokens_per_s"])
     base = float(reference.get("startup_s") or 0.0)
     startup = _clamp(startup_s / base) if startup_s is not None and startup_s > 0 and base > 0 else None
     hkey = host_key(device, compiled)
-    old = table.get(hkey)
-    if old:
-        w = REFINE_WEIGHT
-        rate = (1 - w) * old["rate"] + w * rate
-        was = float(old.get("startup", 1.0))
-        startup = was if startup is None else (1 - w) * was + w * startup
-    entry = {"rate": round(rate, 4), "startup": round(startup if startup is not None else 1.0, 4),
-             "runs": (old or {}).get("runs", 0) + 1}
+    old = dict(table.get(hkey) or {})
+    w = REFINE_WEIGHT
+    entry = {
+        "rate": round((1 - w) * old["rate"] + w * rate if old else rate, 4),
+        "runs": old.get("runs", 0) + 1,
+    }
+    # Start-up blends only with measured start-ups (a resumed job has none).
+    if startup is not None:
+        entry["startup"] = round((1 - w) * old["startup"] + w * startup if "startup" in old else startup, 4)
+    elif "startup" in old:
+        entry["startup"] = old["startup"]
     return {**table, hkey: entry}
 
 
@@ -273,16 +290,20 @@ def refine(
     if not (tokens_per_s > 0 and math.isfinite(tokens_per_s)) or params <= 0:
         return dict(table)
     measured = tokens_per_s * params
-    old = table.get(key) or DEFAULT_CALIBRATION.get(key)
-    if old and old.get("runs", 0) > 0:
+    old = table.get(key)
+    if old:
         rate = (1 - REFINE_WEIGHT) * old["param_tokens_per_s"] + REFINE_WEIGHT * measured
         startup = old.get("startup_s", 0.0)
         if startup_s is not None and startup_s >= 0:
             startup = (1 - REFINE_WEIGHT) * startup + REFINE_WEIGHT * startup_s
+        runs = old.get("runs", 0) + 1
     else:
+        # The runner's first job of this recipe replaces the shipped default: that was measured on
+        # another machine, this on the runner's own.
         rate = measured
-        startup = startup_s if startup_s is not None and startup_s >= 0 else (old or {}).get("startup_s", 0.0)
-    runs = (old or {}).get("runs", 0) + 1
+        default = (DEFAULT_CALIBRATION.get(key) or {}).get("startup_s", 0.0)
+        startup = startup_s if startup_s is not None and startup_s >= 0 else default
+        runs = 1
     return {**table, key: {"param_tokens_per_s": rate, "startup_s": round(startup, 1), "runs": runs}}
 
 

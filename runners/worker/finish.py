@@ -69,6 +69,13 @@ class Finisher:
                     values["artifacts"][UPLOAD_PENDING] = True
                 if kind.estimated:
                     self.estimates.measure(job, values["metrics"])
+                    # The last live figure gives way to the measured one (or to none: a short
+                    # compiled run's live figure counted its compiling), wherever progress is shown.
+                    progress = dict(job.progress or {})
+                    progress.pop("tokens_per_s", None)
+                    if values["metrics"].get("tokens_per_s") is not None:
+                        progress["tokens_per_s"] = values["metrics"]["tokens_per_s"]
+                    values["progress"] = progress
             except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)

@@ -101,14 +101,14 @@ class Worker:
             estimates=self.estimates,
         )
 
-    # --- lifecycle ----------------------------------------------------------------------
-
     @property
     def hardware(self) -> Hardware:
         """What this runner plans and leases for, fixed at construction: its parts (backend,
         estimates, launcher) were built with it, so it cannot be swapped afterwards (pass
         `hardware=` to `Worker` or `Runtime`)."""
         return self._hardware
+
+    # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         self.store.beat(
             self.runner_id, self.host, os.getpid(), hardware={**self.hardware.to_dict(), "slots": self.slots}
