@@ -41,15 +41,23 @@ CLI = Requester()
 
 
 class JobQueue:
-    def __init__(self, settings: Settings, store: Store, hardware: Hardware | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        hardware: Hardware | None = None,
+        *,
+        local: Hardware | None = None,
+    ):
         self.settings = settings
         self.store = store
         self._fixed_hardware = hardware  # tests and single-purpose tools pin it
+        self._local = local  # this process's runner's, when it was given one (else detected)
 
     @property
     def runner(self) -> tuple[Hardware, list[str]]:
         """The hardware and slots requests are judged against: the largest live runner's (it may be
-        on another host), else this machine's."""
+        on another host), else this process's runner's (this machine's)."""
         if self._fixed_hardware is not None:
             hw = self._fixed_hardware
             return hw, slots_for(hw, self.settings.gpus, self.settings.cpu_slots)
@@ -57,7 +65,7 @@ class JobQueue:
         if published:
             best = max(published, key=lambda h: (len(h.get("gpus", [])), len(h.get("slots", []))))
             return Hardware.from_dict(best), list(best.get("slots", []))
-        hw = detect()
+        hw = self._local or detect()
         return hw, slots_for(hw, self.settings.gpus, self.settings.cpu_slots)
 
     @property

@@ -35,7 +35,7 @@ class Runtime:
         self.settings = settings
         self.store = store or Store(settings.db_url)
         self.store.migrate()
-        self.queue = JobQueue(settings, self.store, hardware)
+        self.queue = JobQueue(settings, self.store, local=hardware)
         self.worker = Worker(settings, self.store, only_job=only_job, hardware=hardware)
         self._web_server = None
         self.web_port: int | None = None
