@@ -35,8 +35,9 @@ class Runtime:
         self.settings = settings
         self.store = store or Store(settings.db_url)
         self.store.migrate()
-        self.queue = JobQueue(settings, self.store, local=hardware)
         self.worker = Worker(settings, self.store, only_job=only_job, hardware=hardware)
+        # With no runner live, requests are judged by this process's runner's hardware.
+        self.queue = JobQueue(settings, self.store, local=self.worker.hardware)
         self._web_server = None
         self.web_port: int | None = None
 

@@ -13,6 +13,7 @@ import pytest
 from runners.hardware import Hardware
 from runners.job import Job
 from runners.llamafactory import recipes
+from runners.llamafactory.progress import read_trainer_log
 from runners.runtime import Runtime
 from runners.speed import estimate as eta
 from runners.speed.fastplan import HEADROOM, FastPlan, ModelShape, plan_fast
@@ -614,6 +615,53 @@ def test_host_factors_learn_only_from_jobs_that_say_something_about_the_host():
     assert then["host|H200|eager"]["rate"] == pytest.approx(0.8) and then["host|H200|eager"]["runs"] == 2
 
 
+def test_a_job_unlike_the_default_does_not_stand_for_it():
+    # a runner's first `fast` job on a 0.5B model would otherwise become the 8B `fast` figure
+    small = eta.refine({}, "H200|fast|1", tokens_per_s=60_000.0, params=500_000_000, startup_s=20.0,
+                       compiled=True)
+    assert small == {}
+    eager = eta.refine({}, "H200|fast|1", tokens_per_s=5_000.0, params=eta.REFERENCE_PARAMS, startup_s=20.0,
+                       compiled=False)
+    assert eager == {}
+    like = eta.refine({}, "H200|fast|1", tokens_per_s=12_000.0, params=eta.REFERENCE_PARAMS, startup_s=20.0,
+                      compiled=True)
+    assert like["H200|fast|1"]["runs"] == 1
+    # a recipe with no default learns from any job, as before
+    assert eta.refine({}, "H200|custom|1", tokens_per_s=60_000.0, params=500_000_000, startup_s=20.0,
+                      compiled=True)["H200|custom|1"]["runs"] == 1
+
+
+def test_a_finish_measures_a_job_once_and_a_failed_measurement_costs_no_success():
+    from runners.worker.finish import Finisher
+    from runners.worker.running import Running
+
+    class Estimates:
+        calls = 0
+        fail = False
+
+        def measure(self, job, metrics):
+            self.calls += 1
+            if self.fail:
+                raise ValueError("a broken trainer log")
+            metrics["tokens_per_s"] = 11_983.1
+
+    est = Estimates()
+    finisher = Finisher(None, None, follow=None, estimates=est, uploads=None)
+    job = Job(id=7, kind="train", progress={"step": 40, "tokens_per_s": 2091.4})
+    run = Running(job_id=7, handle={})
+    values = {"metrics": {"train_runtime": 28.5}}
+    finisher._measure(job, run, values)
+    assert values["progress"] == {"step": 40, "tokens_per_s": 11_983.1}
+    # the finish retried after a database error: the same figures, the table not taught twice
+    again = {"metrics": {"train_runtime": 28.5}}
+    finisher._measure(job, run, again)
+    assert est.calls == 1 and again["metrics"]["tokens_per_s"] == 11_983.1
+    est.fail = True
+    broken = {"metrics": {"train_runtime": 28.5}}
+    finisher._measure(job, Running(job_id=7, handle={}), broken)  # logged, not raised
+    assert broken == {"metrics": {"train_runtime": 28.5}}
+
+
 def host_key_of(table):
     return [k for k in table if k.startswith(eta.HOST_PREFIX)]
 
@@ -686,8 +734,11 @@ def test_a_neat_packing_run_reports_true_throughput_and_a_second_job_gets_an_est
         assert job.metrics["total_tokens"] == round(job.metrics["epoch"] * per_epoch)
         # the finished job's progress shows the measured figure, not the last live one
         assert job.progress["tokens_per_s"] == job.metrics["tokens_per_s"]
-        # a tiny run may train in under a second: the rate comes from the trainer's precise runtime
-        expected = job.metrics["total_tokens"] / job.metrics["train_runtime"]
+        # the steady rate when the log spans 10 s or more; a shorter run (a tiny one may train in
+        # under a second): tokens over the trainer's precise runtime
+        points = [(p.elapsed_s, p.epoch) for p in read_trainer_log(log_file) if p.loss is not None]
+        steady = steady_rate(points, per_epoch)
+        expected = steady or job.metrics["total_tokens"] / job.metrics["train_runtime"]
         assert job.metrics["tokens_per_s"] == pytest.approx(expected, rel=0.01)
         assert "estimate" not in job.metrics or job.metrics["estimate"] is None  # CPU: nothing measured yet
         table = eta.load_table(settings.calibration_dir / f"{runtime.worker.host}.json")

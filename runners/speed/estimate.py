@@ -39,10 +39,10 @@ REFINE_WEIGHT = 0.5
 REFERENCE_PARAMS = 8_030_261_248
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
     "H200|fast|1": {"param_tokens_per_s": 1.040e14, "startup_s": 35.5, "runs": 1, "compiled": 1},
-    "H200|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.5, "runs": 1, "compiled": 0},
+    "H200|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.4, "runs": 1, "compiled": 0},
     "H200|seed-cli|1": {"param_tokens_per_s": 1.296e13, "startup_s": 42.8, "runs": 1, "compiled": 0},
     "H100|fast|1": {"param_tokens_per_s": 9.85e13, "startup_s": 35.5, "runs": 0, "compiled": 1},
-    "H100|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.5, "runs": 0, "compiled": 0},
+    "H100|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.4, "runs": 0, "compiled": 0},
     "H100|seed-cli|1": {"param_tokens_per_s": 1.296e13, "startup_s": 42.8, "runs": 0, "compiled": 0},
 }
 
@@ -157,6 +157,19 @@ def _clamp(value: float) -> float:
     return min(high, max(low, value))
 
 
+def like_default(key: str, compiled: bool, params: int) -> bool:
+    """Whether a job under `key` ran as its shipped default was measured (compiled or not, a model
+    within `HOST_MODEL_RANGE` of its size), so its speed can stand for that default's. True for a
+    key without a default (nothing to keep apart from)."""
+    reference = DEFAULT_CALIBRATION.get(key)
+    if reference is None:
+        return True
+    low, high = HOST_MODEL_RANGE
+    return bool(reference.get("compiled")) == bool(compiled) and (
+        low * REFERENCE_PARAMS <= params <= high * REFERENCE_PARAMS
+    )
+
+
 def record_host(
     table: dict[str, dict[str, float]],
     device: str,
@@ -171,12 +184,8 @@ def record_host(
     runner's host factors; unchanged when the job says nothing about the host: no one-GPU default
     for its recipe, run otherwise than the default was (compiled or not), or a model of another size."""
     reference = DEFAULT_CALIBRATION.get(key)
-    low, high = HOST_MODEL_RANGE
-    if (
-        not reference
-        or bool(reference.get("compiled")) != bool(compiled)
-        or not (tokens_per_s > 0 and math.isfinite(tokens_per_s))
-        or not (low * REFERENCE_PARAMS <= params <= high * REFERENCE_PARAMS)
+    if not reference or not like_default(key, compiled, params) or not (
+        tokens_per_s > 0 and math.isfinite(tokens_per_s)
     ):
         return dict(table)
     rate = _clamp(tokens_per_s * params / reference["param_tokens_per_s"])
@@ -285,9 +294,14 @@ def refine(
     tokens_per_s: float,
     params: int,
     startup_s: float | None,
+    compiled: bool | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The table with one finished job's measurement folded into `key` (a new dict)."""
+    """The table with one finished job's measurement folded into `key` (a new dict). A job unlike
+    the key's shipped default (`like_default`; `compiled` None: not checked) leaves it alone: a
+    0.5B model's `fast` run would otherwise stand for every 8B `fast` estimate after it."""
     if not (tokens_per_s > 0 and math.isfinite(tokens_per_s)) or params <= 0:
+        return dict(table)
+    if compiled is not None and not like_default(key, compiled, params):
         return dict(table)
     measured = tokens_per_s * params
     old = table.get(key)

@@ -83,7 +83,7 @@ def measure(
             startup = max(0.0, metrics["actual_s"] - seen / rate - (compile_s or 0.0))
         elif isinstance(runtime, (int, float)):
             startup = max(0.0, metrics["actual_s"] - float(runtime))
-    refined = eta.refine(table, key, tokens_per_s=rate, params=params, startup_s=startup)
+    refined = eta.refine(table, key, tokens_per_s=rate, params=params, startup_s=startup, compiled=compiled)
     refined = eta.record_host(
         refined, eta.device_name(gpu), compiled, key, tokens_per_s=rate, params=params, startup_s=startup
     )

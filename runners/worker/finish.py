@@ -3,6 +3,7 @@ or that it was cancelled or stopped; then its result event and the upload of its
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from .estimates import Estimates
 from .follow import JobFollower
 from .running import Running
 from .uploads import UPLOAD_PENDING, Uploads
+
+log = logging.getLogger("runners.worker")
 
 
 class Finisher:
@@ -68,14 +71,7 @@ class Finisher:
                 if self.uploads.storage is not None:  # cleared when the upload ends; a later runner retries
                     values["artifacts"][UPLOAD_PENDING] = True
                 if kind.estimated:
-                    self.estimates.measure(job, values["metrics"])
-                    # The last live figure gives way to the measured one (or to none: a short
-                    # compiled run's live figure counted its compiling), wherever progress is shown.
-                    progress = dict(job.progress or {})
-                    progress.pop("tokens_per_s", None)
-                    if values["metrics"].get("tokens_per_s") is not None:
-                        progress["tokens_per_s"] = values["metrics"]["tokens_per_s"]
-                    values["progress"] = progress
+                    self._measure(job, run, values)
             except (MissingOutput, UserError) as exc:
                 values.update(error=str(exc), advice="see `logs` for what LLaMA-Factory printed")
                 self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
@@ -106,6 +102,28 @@ class Finisher:
                     f"`resume {job.id}` continues from the last checkpoint."
                 )
         self.store.transition(job.id, ACTIVE_STATES, JobState.FAILED.value, **values)
+
+    def _measure(self, job: Job, run: Running | None, values: dict[str, Any]) -> None:
+        """A finished train job's true figures into `values` (and this runner's calibration table,
+        once per job: a finish retried after a database error does not count it twice). The last
+        live tokens/s gives way to the measured one, or to none (a short compiled run's live figure
+        counted its compiling), wherever progress is shown. A measurement that fails costs the job
+        its figures, never its success."""
+        if run is not None and run.measured is not None:
+            values["metrics"], values["progress"] = dict(run.measured[0]), dict(run.measured[1])
+            return
+        try:
+            self.estimates.measure(job, values["metrics"])
+        except Exception:
+            log.exception("measuring job #%s failed", job.id)
+            return
+        progress = dict(job.progress or {})
+        progress.pop("tokens_per_s", None)
+        if values["metrics"].get("tokens_per_s") is not None:
+            progress["tokens_per_s"] = values["metrics"]["tokens_per_s"]
+        values["progress"] = progress
+        if run is not None:
+            run.measured = (dict(values["metrics"]), dict(progress))
 
     def outputs(self, job: Job) -> Path:
         """The folder holding what the job wrote, as its backend hands it over (a local run: its

@@ -23,6 +23,7 @@ class Running:
     backlog: list = field(default_factory=list)  # trainer_log points read but not yet recorded
     final_plot_done: bool = False
     succeeded_with: dict[str, Any] | None = None  # the values its success was recorded with
+    measured: tuple[dict[str, Any], dict[str, Any]] | None = None  # its measured metrics, progress
     trouble_logged: bool = False  # a follow error of this job was logged once already
     # The first training step this runner saw logged: live tokens/s and time left are measured
     # from it, so compiling in the first step reads as start-up (speed/throughput.true_progress).
