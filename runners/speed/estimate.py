@@ -117,13 +117,9 @@ def training_tokens(
     return int(round(total))
 
 
-def lookup(table: dict[str, dict[str, float]], key: str) -> dict[str, float] | None:
-    """The entry for `key`; for an unseen GPU count, the one-GPU entry scaled by the GPU count."""
-    return _lookup(table, key)[0]
-
-
-def _lookup(table: dict[str, dict[str, float]], key: str) -> tuple[dict[str, float] | None, bool]:
-    """`lookup`, and whether the entry is this runner's own measurement (not a shipped default)."""
+def lookup(table: dict[str, dict[str, float]], key: str) -> tuple[dict[str, float] | None, bool]:
+    """The entry for `key` (for an unseen GPU count, the one-GPU entry scaled by the GPU count), and
+    whether it is this runner's own measurement (not a shipped default)."""
     if table.get(key):
         return table[key], True
     if DEFAULT_CALIBRATION.get(key):
@@ -266,7 +262,7 @@ def estimate(
     this runner's host factors scales a default entry."""
     device = device_name(gpu_name)
     key = table_key(device, recipe, n_gpus)
-    entry, own = _lookup(table, key)
+    entry, own = lookup(table, key)
     if not entry or params <= 0 or tokens < 0:
         return None
     rate_factor, startup_factor = (1.0, 1.0) if own else host_factors(table, device, compiled)
