@@ -58,6 +58,13 @@ HOST_FACTOR_RANGE = (0.2, 5.0)  # beyond this a ratio says more about a broken j
 # steps are launch-bound at any size: its rate x params is far below an 8B's on the same host).
 HOST_MODEL_RANGE = (0.5, 2.0)
 
+# Before any job has finished here, an eager estimate from a default is scaled by the host probe
+# (hostprobe.py): a probe step's ms on a host whose eager jobs run at the defaults' rate, over this
+# host's. Start-up scales inversely with it: the bench's slow hosts were slow at both (seed-cli at
+# 0.77x the default rate took 1.44x its start-up). Measured on the device: docs/benchmarks.md.
+PROBE_PREFIX = "probe|"
+PROBE_REFERENCE_MS: dict[str, float] = {}
+
 # torch.compile's cost, paid inside the trainer's first step (same bench, Llama-3-8B with LoRA):
 # 106-120 s with an empty cache, ~22 s once this runner has compiled the same shapes (its cache is
 # kept under the data dir: runners/llamafactory/command.py). A runner records each compiled shape.
@@ -84,6 +91,10 @@ class Estimate:
     device: str
     key: str
     compile_s: float = 0.0
+    # where the speed came from: "runner" (this runner's own jobs of the recipe), "host" (a default
+    # scaled by what this runner's other jobs showed), "probe" (a default scaled by the host
+    # probe), "default" (the shipped figure as it is)
+    basis: str = "default"
 
     @property
     def gpu_hours(self) -> float:
@@ -142,10 +153,45 @@ def host_key(device: str, compiled: bool) -> str:
 
 
 def host_factors(table: dict[str, dict[str, float]], device: str, compiled: bool) -> tuple[float, float]:
-    """(rate, start-up) of this runner's machine over the defaults' machine; (1, 1) until a job
-    with a default has finished here."""
-    entry = table.get(host_key(device, compiled)) or {}
-    return float(entry.get("rate", 1.0)), float(entry.get("startup", 1.0))
+    """(rate, start-up) of this runner's machine over the defaults' machine: learnt from finished
+    jobs (`record_host`); before any, for eager runs, from the host probe (`probe_factor`); else
+    (1, 1)."""
+    return _host_factors(table, device, compiled)[:2]
+
+
+Table = dict[str, dict[str, float]]
+
+
+def _host_factors(table: Table, device: str, compiled: bool) -> tuple[float, float, str]:
+    entry = table.get(host_key(device, compiled))
+    if entry:
+        return float(entry.get("rate", 1.0)), float(entry.get("startup", 1.0)), "host"
+    factor = None if compiled else probe_factor(table, device)
+    if factor is not None:
+        return factor, 1.0 / factor, "probe"
+    return 1.0, 1.0, "default"
+
+
+def probe_key(device: str) -> str:
+    return f"{PROBE_PREFIX}{device}"
+
+
+def record_probe(table: Table, device: str, ms: float | None) -> Table:
+    """The table with this host's latest probe (ms a probe step took on its `device` GPU)."""
+    if not (isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0):
+        return dict(table)
+    runs = (table.get(probe_key(device)) or {}).get("runs", 0) + 1
+    return {**table, probe_key(device): {"ms": float(f"{ms:.5g}"), "runs": runs}}
+
+
+def probe_factor(table: dict[str, dict[str, float]], device: str) -> float | None:
+    """How fast this host issues an eager step's kernels over the defaults' host (its probe against
+    the reference), or None without a probe or a reference for this device."""
+    reference = PROBE_REFERENCE_MS.get(device)
+    ms = (table.get(probe_key(device)) or {}).get("ms")
+    if not reference or not isinstance(ms, (int, float)) or not (ms > 0 and math.isfinite(ms)):
+        return None
+    return _clamp(reference / ms)
 
 
 def _clamp(value: float) -> float:
@@ -265,7 +311,10 @@ def estimate(
     entry, own = lookup(table, key)
     if not entry or params <= 0 or tokens < 0:
         return None
-    rate_factor, startup_factor = (1.0, 1.0) if own else host_factors(table, device, compiled)
+    if own:
+        rate_factor, startup_factor, basis = 1.0, 1.0, "runner"
+    else:
+        rate_factor, startup_factor, basis = _host_factors(table, device, compiled)
     rate = entry["param_tokens_per_s"] * rate_factor / params
     if not (rate > 0 and math.isfinite(rate)):
         return None
@@ -280,6 +329,7 @@ def estimate(
         device=device,
         key=key,
         compile_s=compile_s,
+        basis=basis,
     )
 
 
@@ -352,6 +402,8 @@ def load_table(path: Path) -> dict[str, dict[str, float]]:
             return False
         if key.startswith(HOST_PREFIX):
             field = "rate"
+        elif key.startswith(PROBE_PREFIX):
+            field = "ms"
         elif key.startswith(COMPILED_PREFIX):
             field = "compile_s"
         else:

@@ -65,7 +65,8 @@ def user_keys(spec: dict[str, Any], names: dict[str, str] = TRAIN_KEYS) -> set[s
     return keys
 
 
-def _gpu(hardware: Hardware, slots: list[str] | None):
+def gpu_for(hardware: Hardware, slots: list[str] | None):
+    """The GPU a job on `slots` plans for: its first slot's, else the host's first; None without."""
     if not hardware.gpus:
         return None
     for gpu in hardware.gpus:
@@ -151,7 +152,7 @@ def prepare(
     n_gpus = max(1, len(slots or []) or 1)
     config = model_config(str(args.get("model_name_or_path", "")))
     params = param_count(config) if config else None
-    gpu = _gpu(hardware, slots)
+    gpu = gpu_for(hardware, slots)
     try:
         count = count_tokens(args, cache_dir, env=env)
     except Exception as exc:  # an estimate is a nicety: the job runs without one
