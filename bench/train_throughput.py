@@ -41,7 +41,6 @@ from runners.job import FINAL_STATES  # noqa: E402
 from runners.llamafactory.progress import read_trainer_log  # noqa: E402
 from runners.runtime import Runtime  # noqa: E402
 from runners.settings import Settings  # noqa: E402
-from runners.speed.estimate import device_name, load_table, probe_key  # noqa: E402
 from runners.speed.throughput import param_count  # noqa: E402
 
 OUT = Path(os.environ.get("OUT") or "/tmp/train-throughput-out")
@@ -355,10 +354,6 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
                 util = [u for t, u, _ in gpu.samples if step_seen[first] <= t <= step_seen[last]]
                 row["gpu_util"] = round(sum(util) / len(util), 1) if util else None
         row["gpu_peak_mib"] = max((m for _, _, m in gpu.samples), default=None)
-        # the runner's host probe at its start (what scales an eager estimate before any job here)
-        table = load_table(settings.calibration_dir / f"{runtime.worker.host}.json")
-        row["host_probe_ms"] = (table.get(probe_key(device_name(hardware.gpus[0].name))) or {}).get("ms") \
-            if hardware.gpus else None
         row["cpu_affinity"] = len(os.sched_getaffinity(0))
         if peak_file.exists():
             reserved, allocated = (int(x) for x in peak_file.read_text().split()[:2])
@@ -375,7 +370,7 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
             row["log_tail"] = tail
             shutil.copy(job.log_path, OUT / f"{name}.log")
         shown = ("tokens_per_s", "tunebot_tokens_per_s", "s_per_step", "gpu_util", "mfu_measured",
-                 "gpu_peak_mib", "process_peak_mib", "host_probe_ms", "estimate", "actual_s")
+                 "gpu_peak_mib", "process_peak_mib", "estimate", "actual_s")
         log(f"{name}: {job.state} in {wall:.0f}s  " + json.dumps({k: row.get(k) for k in shown}, default=str))
         return row
     finally:

@@ -423,7 +423,8 @@ def test_a_runner_plans_fast_for_the_card_it_was_built_with(settings, monkeypatc
 
 def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runner_its_compile_time():
     config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
-    args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True}
+    args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True,
+            "disable_gradient_checkpointing": True}
     # the bench's cold run: 120 steps = 0.48 epoch of 356,717 tokens; 131 s in the trainer, of
     # which ~115 s compiling in step 1; the first log line at step 5
     tpe = 356_717
@@ -629,6 +630,55 @@ def test_a_job_unlike_the_default_does_not_stand_for_it():
     # a recipe with no default learns from any job, as before
     assert eta.refine({}, "H200|custom|1", tokens_per_s=60_000.0, params=500_000_000, startup_s=20.0,
                       compiled=True)["H200|custom|1"]["runs"] == 1
+
+
+def test_a_job_run_slower_than_its_default_is_estimated_slower(tmp_path, monkeypatch):
+    """`fast` planned for a 24 GB card runs eager with checkpointing; its default was measured
+    compiled without: the bench's capped H200 run was estimated at 15,707 tokens/s and trained at
+    3,860. A job that should run faster than its default keeps the default's rate (not measured)."""
+    from runners.hardware import Gpu
+    from runners.speed import trainprep
+
+    params = eta.REFERENCE_PARAMS
+    fast = eta.DEFAULT_CALIBRATION["H200|fast|1"]["param_tokens_per_s"] / params
+    seed = eta.DEFAULT_CALIBRATION["H200|seed|1"]["param_tokens_per_s"] / params
+
+    def rate(recipe, compiled, checkpointing):
+        return eta.estimate({}, tokens=10_000, params=params, gpu_name="NVIDIA H200", recipe=recipe,
+                            compiled=compiled, checkpointing=checkpointing).tokens_per_s
+
+    assert rate("fast", True, False) == pytest.approx(fast)
+    assert rate("fast", False, False) == pytest.approx(fast * eta.EAGER_SHARE)
+    assert rate("fast", False, True) == pytest.approx(fast * eta.EAGER_SHARE * eta.CHECKPOINTING_SHARE)
+    assert rate("fast", True, None) == pytest.approx(fast)  # checkpointing unknown: not guessed
+    assert rate("seed", True, False) == pytest.approx(seed)  # faster than measured: kept, errs long
+    # the runner's own figure for the recipe is what it measured, whatever the default was
+    own = eta.refine({}, "H200|custom|1", tokens_per_s=3_000.0, params=params, startup_s=30.0)
+    assert eta.estimate(own, tokens=10_000, params=params, gpu_name="NVIDIA H200", recipe="custom",
+                        compiled=False, checkpointing=True).tokens_per_s == pytest.approx(3_000.0)
+    # such a job teaches neither its recipe's default nor the host
+    for changed in ({"compiled": False}, {"checkpointing": True}):
+        how = {"compiled": True, "checkpointing": False, **changed}
+        assert eta.refine({}, "H200|fast|1", tokens_per_s=3_860.0, params=params, startup_s=60.0, **how) == {}
+        assert eta.record_host({}, "H200", how["compiled"], "H200|fast|1", tokens_per_s=3_860.0,
+                               params=params, startup_s=60.0, checkpointing=how["checkpointing"]) == {}
+    no_ckpt = eta.refine({}, "H200|seed-cli|1", tokens_per_s=2_500.0, params=params, startup_s=40.0,
+                         compiled=False, checkpointing=False)
+    assert no_ckpt == {}
+
+    # prepare() as the runner calls it, for the bench's capped card: the plan checkpoints, runs eager
+    count = TokenCount(tuple(sorted([300] * 900 + [1400] * 100)), 2048)
+    monkeypatch.setattr(trainprep, "count_tokens", lambda args, cache_dir, env=None: count)
+    monkeypatch.setattr(trainprep, "model_config", lambda model: dict(LLAMA3_8B))
+    capped = Hardware("h", (Gpu("0", "NVIDIA H200", 24_564, 9.0),), 16)
+    base = {**recipes.PRESETS["fast"].values, "model_name_or_path": "/m", "dataset": "d"}
+    out = trainprep.prepare(dict(base), preset="fast", spec={}, hardware=capped, slots=["0"],
+                            cache_dir=tmp_path, table={})
+    assert out.info["plan"]["checkpointing"] is True and not is_compiled(out.args)
+    assert out.info["estimate"]["tokens_per_s"] == pytest.approx(
+        fast * eta.EAGER_SHARE * eta.CHECKPOINTING_SHARE * params / 8_030_261_248, rel=0.02
+    )
+    assert out.info["estimate"]["compile_s"] == 0.0
 
 
 def test_a_finish_measures_a_job_once_and_a_failed_measurement_costs_no_success():

@@ -32,18 +32,21 @@ REFINE_WEIGHT = 0.5
 # random Llama-3-8B), and start-up s: everything in the job's wall time but training and compiling
 # (loading and saving outside the trainer, the first step's warm-up and the final save inside it).
 # `fast` (compiled, CUDA graphs): 12,951 and 12,951 tokens/s (two calls); `seed-cli`: 1,786 /
-# 1,650 / 1,660 / 1,568 / 1,626 / 1,391 (host-bound: the host's speed moves it); `seed`: 1,739 /
-# 1,327. Compiling is counted apart (`COLD_COMPILE_S`, `compile_seconds`). `compiled`: how the
-# recipe ran there. H100 entries are the H200's, `fast` scaled by the two cards' bf16 matmul rates,
-# until a job there replaces them (`runs: 0` means not measured).
+# 1,650 / 1,660 / 1,568 / 1,626 / 1,391 / 1,243 / 1,957 (host-bound: the host's speed moves it;
+# start-up 24-62 s, mean 46.7); `seed`: 1,739 / 1,327. Compiling is counted apart
+# (`COLD_COMPILE_S`, `compile_seconds`). `compiled`, `checkpointing`: how the recipe ran there.
+# H100 entries are the H200's, `fast` scaled by the two cards' bf16 matmul rates, until a job
+# there replaces them (`runs: 0` means not measured).
 REFERENCE_PARAMS = 8_030_261_248
+_FAST = {"runs": 1, "compiled": 1, "checkpointing": 0}
+_EAGER = {"runs": 1, "compiled": 0, "checkpointing": 1}
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
-    "H200|fast|1": {"param_tokens_per_s": 1.040e14, "startup_s": 35.5, "runs": 1, "compiled": 1},
-    "H200|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.4, "runs": 1, "compiled": 0},
-    "H200|seed-cli|1": {"param_tokens_per_s": 1.296e13, "startup_s": 42.8, "runs": 1, "compiled": 0},
-    "H100|fast|1": {"param_tokens_per_s": 9.85e13, "startup_s": 35.5, "runs": 0, "compiled": 1},
-    "H100|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.4, "runs": 0, "compiled": 0},
-    "H100|seed-cli|1": {"param_tokens_per_s": 1.296e13, "startup_s": 42.8, "runs": 0, "compiled": 0},
+    "H200|fast|1": {"param_tokens_per_s": 1.040e14, "startup_s": 35.5, **_FAST},
+    "H200|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.4, **_EAGER},
+    "H200|seed-cli|1": {"param_tokens_per_s": 1.293e13, "startup_s": 46.7, **_EAGER},
+    "H100|fast|1": {"param_tokens_per_s": 9.85e13, "startup_s": 35.5, **_FAST, "runs": 0},
+    "H100|seed|1": {"param_tokens_per_s": 1.231e13, "startup_s": 36.4, **_EAGER, "runs": 0},
+    "H100|seed-cli|1": {"param_tokens_per_s": 1.293e13, "startup_s": 46.7, **_EAGER, "runs": 0},
 }
 
 # How this runner's machine compares with the one the defaults were measured on, learnt from every
@@ -58,13 +61,6 @@ HOST_FACTOR_RANGE = (0.2, 5.0)  # beyond this a ratio says more about a broken j
 # steps are launch-bound at any size: its rate x params is far below an 8B's on the same host).
 HOST_MODEL_RANGE = (0.5, 2.0)
 
-# Before any job has finished here, an eager estimate from a default is scaled by the host probe
-# (hostprobe.py): a probe step's ms on a host whose eager jobs run at the defaults' rate, over this
-# host's. Start-up scales inversely with it: the bench's slow hosts were slow at both (seed-cli at
-# 0.77x the default rate took 1.44x its start-up). Measured on the device: docs/benchmarks.md.
-PROBE_PREFIX = "probe|"
-PROBE_REFERENCE_MS: dict[str, float] = {}
-
 # torch.compile's cost, paid inside the trainer's first step (same bench, Llama-3-8B with LoRA):
 # 106-120 s with an empty cache, ~22 s once this runner has compiled the same shapes (its cache is
 # kept under the data dir: runners/llamafactory/command.py). A runner records each compiled shape.
@@ -78,6 +74,13 @@ WARM_COMPILE_SHARE = 0.19
 # A measured compile over this share of the cold figure was cold (the cache did not hold it).
 COLD_IF_OVER = 0.5
 COMPILED_PREFIX = "compiled|"
+# A default measured compiled stands for an eager run of its recipe at this share: `fast` eager on
+# an H200 (Liger, packing, no checkpointing) trained at 4,454 and 4,838 tokens/s beside 12,951
+# compiled with CUDA graphs (docs/benchmarks.md). Without this, a `fast` job planned for a 24 GB
+# card (eager, checkpointing) was estimated at 15,707 tokens/s and trained at 3,860.
+EAGER_SHARE = 0.36
+# Checkpointing recomputes each forward in the backward: ~4/3 the work (and the kernels) a step.
+CHECKPOINTING_SHARE = 0.75
 NO_GRAPHS_SHARE = 0.93  # `fast` without CUDA graphs vs with: 11,866 vs 12,795 tokens/s (H200)
 
 
@@ -92,8 +95,7 @@ class Estimate:
     key: str
     compile_s: float = 0.0
     # where the speed came from: "runner" (this runner's own jobs of the recipe), "host" (a default
-    # scaled by what this runner's other jobs showed), "probe" (a default scaled by the host
-    # probe), "default" (the shipped figure as it is)
+    # scaled by what this runner's other jobs showed), "default" (the shipped figure as it is)
     basis: str = "default"
 
     @property
@@ -153,45 +155,10 @@ def host_key(device: str, compiled: bool) -> str:
 
 
 def host_factors(table: dict[str, dict[str, float]], device: str, compiled: bool) -> tuple[float, float]:
-    """(rate, start-up) of this runner's machine over the defaults' machine: learnt from finished
-    jobs (`record_host`); before any, for eager runs, from the host probe (`probe_factor`); else
-    (1, 1)."""
-    return _host_factors(table, device, compiled)[:2]
-
-
-Table = dict[str, dict[str, float]]
-
-
-def _host_factors(table: Table, device: str, compiled: bool) -> tuple[float, float, str]:
-    entry = table.get(host_key(device, compiled))
-    if entry:
-        return float(entry.get("rate", 1.0)), float(entry.get("startup", 1.0)), "host"
-    factor = None if compiled else probe_factor(table, device)
-    if factor is not None:
-        return factor, 1.0 / factor, "probe"
-    return 1.0, 1.0, "default"
-
-
-def probe_key(device: str) -> str:
-    return f"{PROBE_PREFIX}{device}"
-
-
-def record_probe(table: Table, device: str, ms: float | None) -> Table:
-    """The table with this host's latest probe (ms a probe step took on its `device` GPU)."""
-    if not (isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0):
-        return dict(table)
-    runs = (table.get(probe_key(device)) or {}).get("runs", 0) + 1
-    return {**table, probe_key(device): {"ms": float(f"{ms:.5g}"), "runs": runs}}
-
-
-def probe_factor(table: dict[str, dict[str, float]], device: str) -> float | None:
-    """How fast this host issues an eager step's kernels over the defaults' host (its probe against
-    the reference), or None without a probe or a reference for this device."""
-    reference = PROBE_REFERENCE_MS.get(device)
-    ms = (table.get(probe_key(device)) or {}).get("ms")
-    if not reference or not isinstance(ms, (int, float)) or not (ms > 0 and math.isfinite(ms)):
-        return None
-    return _clamp(reference / ms)
+    """(rate, start-up) of this runner's machine over the defaults' machine; (1, 1) until a job
+    with a default has finished here."""
+    entry = table.get(host_key(device, compiled)) or {}
+    return float(entry.get("rate", 1.0)), float(entry.get("startup", 1.0))
 
 
 def _clamp(value: float) -> float:
@@ -199,17 +166,32 @@ def _clamp(value: float) -> float:
     return min(high, max(low, value))
 
 
-def like_default(key: str, compiled: bool, params: int) -> bool:
-    """Whether a job under `key` ran as its shipped default was measured (compiled or not, a model
-    within `HOST_MODEL_RANGE` of its size), so its speed can stand for that default's. True for a
-    key without a default (nothing to keep apart from)."""
+def like_default(key: str, compiled: bool, params: int, checkpointing: bool | None = None) -> bool:
+    """Whether a job under `key` ran as its shipped default was measured (compiled or not, with
+    gradient checkpointing or not (None: not checked), a model within `HOST_MODEL_RANGE` of its
+    size), so its speed can stand for that default's. True for a key without a default (nothing to
+    keep apart from)."""
     reference = DEFAULT_CALIBRATION.get(key)
     if reference is None:
         return True
     low, high = HOST_MODEL_RANGE
-    return bool(reference.get("compiled")) == bool(compiled) and (
+    same_checkpointing = checkpointing is None or bool(reference.get("checkpointing")) == bool(checkpointing)
+    return bool(reference.get("compiled")) == bool(compiled) and same_checkpointing and (
         low * REFERENCE_PARAMS <= params <= high * REFERENCE_PARAMS
     )
+
+
+def unlike_default_share(entry: dict[str, float], compiled: bool, checkpointing: bool | None) -> float:
+    """What a default's rate becomes for a job run slower than it was measured: eager where it was
+    compiled (`EAGER_SHARE`), checkpointing where it did not (`CHECKPOINTING_SHARE`). A job that
+    should run faster (compiled or without checkpointing where the default was not) keeps the
+    default's rate: that gain is not measured, so its estimate errs long, not short."""
+    share = 1.0
+    if entry.get("compiled") and not compiled:
+        share *= EAGER_SHARE
+    if checkpointing and "checkpointing" in entry and not entry["checkpointing"]:
+        share *= CHECKPOINTING_SHARE
+    return share
 
 
 def record_host(
@@ -221,12 +203,13 @@ def record_host(
     tokens_per_s: float,
     params: int,
     startup_s: float | None,
+    checkpointing: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """The table with one finished job's speed against its recipe's default folded into this
     runner's host factors; unchanged when the job says nothing about the host: no one-GPU default
     for its recipe, run otherwise than the default was (compiled or not), or a model of another size."""
     reference = DEFAULT_CALIBRATION.get(key)
-    if not reference or not like_default(key, compiled, params) or not (
+    if not reference or not like_default(key, compiled, params, checkpointing) or not (
         tokens_per_s > 0 and math.isfinite(tokens_per_s)
     ):
         return dict(table)
@@ -302,10 +285,12 @@ def estimate(
     n_gpus: int = 1,
     compile_s: float = 0.0,
     compiled: bool = False,
+    checkpointing: bool | None = None,
 ) -> Estimate | None:
     """Seconds the job should take, or None when nothing is known about this device and recipe.
     `compile_s`: torch.compile's time for a compiled job (`compile_seconds`); `compiled`: which of
-    this runner's host factors scales a default entry."""
+    this runner's host factors scales a default entry, and with `checkpointing`, how a job run
+    otherwise than its default was measured compares with it (`unlike_default_share`)."""
     device = device_name(gpu_name)
     key = table_key(device, recipe, n_gpus)
     entry, own = lookup(table, key)
@@ -314,7 +299,10 @@ def estimate(
     if own:
         rate_factor, startup_factor, basis = 1.0, 1.0, "runner"
     else:
-        rate_factor, startup_factor, basis = _host_factors(table, device, compiled)
+        rate_factor, startup_factor = host_factors(table, device, compiled)
+        basis = "host" if table.get(host_key(device, compiled)) else "default"
+    if not own:
+        rate_factor *= unlike_default_share(entry, compiled, checkpointing)
     rate = entry["param_tokens_per_s"] * rate_factor / params
     if not (rate > 0 and math.isfinite(rate)):
         return None
@@ -341,13 +329,14 @@ def refine(
     params: int,
     startup_s: float | None,
     compiled: bool | None = None,
+    checkpointing: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """The table with one finished job's measurement folded into `key` (a new dict). A job unlike
     the key's shipped default (`like_default`; `compiled` None: not checked) leaves it alone: a
     0.5B model's `fast` run would otherwise stand for every 8B `fast` estimate after it."""
     if not (tokens_per_s > 0 and math.isfinite(tokens_per_s)) or params <= 0:
         return dict(table)
-    if compiled is not None and not like_default(key, compiled, params):
+    if compiled is not None and not like_default(key, compiled, params, checkpointing):
         return dict(table)
     measured = tokens_per_s * params
     old = table.get(key)
@@ -402,8 +391,6 @@ def load_table(path: Path) -> dict[str, dict[str, float]]:
             return False
         if key.startswith(HOST_PREFIX):
             field = "rate"
-        elif key.startswith(PROBE_PREFIX):
-            field = "ms"
         elif key.startswith(COMPILED_PREFIX):
             field = "compile_s"
         else:

@@ -65,8 +65,7 @@ def user_keys(spec: dict[str, Any], names: dict[str, str] = TRAIN_KEYS) -> set[s
     return keys
 
 
-def gpu_for(hardware: Hardware, slots: list[str] | None):
-    """The GPU a job on `slots` plans for: its first slot's, else the host's first; None without."""
+def _gpu(hardware: Hardware, slots: list[str] | None):
     if not hardware.gpus:
         return None
     for gpu in hardware.gpus:
@@ -79,6 +78,11 @@ def is_compiled(args: dict[str, Any]) -> bool:
     """Whether the trainer will torch.compile the model (the flag, or a compile mode/backend)."""
     mode_or_backend = args.get("torch_compile_mode") or args.get("torch_compile_backend")
     return is_set(args.get("torch_compile")) or bool(mode_or_backend)
+
+
+def uses_checkpointing(args: dict[str, Any]) -> bool:
+    """Whether the trainer recomputes activations (LLaMA-Factory checkpoints unless told not to)."""
+    return not is_set(args.get("disable_gradient_checkpointing"))
 
 
 def tokens_per_epoch(count: TokenCount, args: dict[str, Any]) -> int:
@@ -152,7 +156,7 @@ def prepare(
     n_gpus = max(1, len(slots or []) or 1)
     config = model_config(str(args.get("model_name_or_path", "")))
     params = param_count(config) if config else None
-    gpu = gpu_for(hardware, slots)
+    gpu = _gpu(hardware, slots)
     try:
         count = count_tokens(args, cache_dir, env=env)
     except Exception as exc:  # an estimate is a nicety: the job runs without one
@@ -194,6 +198,7 @@ def prepare(
             n_gpus=n_gpus,
             compile_s=compile_s,
             compiled=compiled,
+            checkpointing=uses_checkpointing(args),
         )
         if est is not None:
             info["estimate"] = est.to_dict()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from ..job import Job, JobState, now
 from ..kinds import kind_of
 from ..llamafactory.command import command_env
 from ..settings import Settings
-from ..speed.hostprobe import PROBE_TIMEOUT_S, probe_host
 from ..store import Store
 from .follow import trainer_log_path
 
@@ -47,46 +46,6 @@ class Estimates:
         self._estimating: set[int] = set()
         # Tokens per epoch of the train jobs launched here (true progress: epoch × this).
         self.tokens_per_epoch: dict[int, int] = {}
-        # The calibration table is read, changed and written by the finisher and the probe.
-        self._table_lock = threading.Lock()
-        self._probing: Future | None = None
-
-    def probe_host(self) -> None:
-        """Time how fast this host issues GPU work (runners/speed/hostprobe.py), off the runner
-        loop and ahead of any estimate: until a job has finished here, eager estimates scale the
-        defaults by it. Not while a job runs on this host (its kernels would be in the probe's)."""
-        if self.hardware.has_gpu and self.slots:
-            self._probing = self._counting.submit(self._probe)
-
-    def _await_probe(self) -> None:
-        """A job about to launch waits for a probe under way (seconds): its estimate uses it, and
-        the probe is not timed beside the job's start."""
-        probing, self._probing = self._probing, None
-        if probing is not None:
-            try:
-                probing.result(timeout=PROBE_TIMEOUT_S)
-            except Exception:  # timed out or failed: the estimate goes without it
-                log.warning("host probe unfinished at a launch; estimating without it")
-
-    def _probe(self) -> None:
-        from ..speed import estimate as eta
-        from ..speed.trainprep import gpu_for
-
-        try:
-            running = self.store.list_jobs(states=[JobState.RUNNING.value], limit=50)
-            if any(job.host == self.host for job in running):
-                log.info("host probe skipped: a job is running on this host")
-                return
-            gpu = gpu_for(self.hardware, self.slots)
-            ms = probe_host(gpu.index if gpu else None) if gpu else None
-            if ms is None:
-                return
-            with self._table_lock:
-                path = self.calibration_path()
-                eta.save_table(path, eta.record_probe(eta.load_table(path), eta.device_name(gpu.name), ms))
-            log.info("host probe: %.3f ms a step on %s", ms, gpu.name)
-        except Exception:  # a thread of the pool: the probe is never worth a failed runner
-            log.exception("host probe failed")
 
     def shutdown(self) -> None:
         self._counting.shutdown(wait=False, cancel_futures=True)
@@ -115,7 +74,6 @@ class Estimates:
         if job.attempt > 1 and job.metrics.get("tokens_per_epoch"):
             self.tokens_per_epoch[job.id] = int(job.metrics["tokens_per_epoch"])
             return  # a resumed run keeps the plan it started with
-        self._await_probe()
         prepared = self._prepare(job, slots, apply_plan=True)
         metrics = {**self.store.get(job.id).metrics, **prepared.info}
         self.store.update(job.id, args=prepared.args, metrics=metrics)
@@ -158,18 +116,13 @@ class Estimates:
         """A finished train job's true tokens seen, tokens/s and MFU (into `metrics`); its speed
         refines this runner's calibration table (runners/speed/measure.py)."""
         from ..llamafactory.progress import read_trainer_log
-
-        logged = read_trainer_log(trainer_log_path(job))
-        points = [(p.elapsed_s, p.epoch) for p in logged if p.loss is not None]
-        path = self.calibration_path()
-        with self._table_lock:
-            self._measure(job, metrics, points, path)
-
-    def _measure(self, job: Job, metrics: dict[str, Any], points: list, path: Path) -> None:
         from ..speed import estimate as eta
         from ..speed.measure import measure
         from ..speed.trainprep import model_config
 
+        logged = read_trainer_log(trainer_log_path(job))
+        points = [(p.elapsed_s, p.epoch) for p in logged if p.loss is not None]
+        path = self.calibration_path()
         measured = measure(
             metrics,
             points=points,

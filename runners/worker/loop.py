@@ -114,10 +114,6 @@ class Worker:
             self.runner_id, self.host, os.getpid(), hardware={**self.hardware.to_dict(), "slots": self.slots}
         )
         self.recover()
-        if self.settings.estimate and self.only_job is None and self.backend.name == "local":
-            # Jobs run on this host's GPUs: how fast it drives them scales eager estimates
-            # until its own jobs have shown it (a Ray runner's jobs run on other hosts).
-            self.estimates.probe_host()
         self._thread = threading.Thread(target=self._loop, name="tunebot-worker", daemon=True)
         self._thread.start()
         # The heartbeat has its own thread: a slow tick must not make this runner look dead.
