@@ -156,7 +156,7 @@ def environment() -> dict:
         info["nvidia_smi"] = gpu
     try:  # hosts differ by CPU, and eager recipes are bound by it
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        names = [x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")]
+        names = [x.partition(":")[2].strip() for x in lines if x.startswith("model name")]
         info["cpu_model"] = names[0] if names else None
     except OSError:
         pass
@@ -354,7 +354,7 @@ def run_one(name: str, model: Path, dataset: str, matmul: dict | None, params: i
                 util = [u for t, u, _ in gpu.samples if step_seen[first] <= t <= step_seen[last]]
                 row["gpu_util"] = round(sum(util) / len(util), 1) if util else None
         row["gpu_peak_mib"] = max((m for _, _, m in gpu.samples), default=None)
-        row["cpu_affinity"] = len(os.sched_getaffinity(0))
+        row["cpus_allowed"] = len(os.sched_getaffinity(0))
         if peak_file.exists():
             reserved, allocated = (int(x) for x in peak_file.read_text().split()[:2])
             row["process_peak_mib"] = reserved // 2**20

@@ -353,9 +353,9 @@ def test_a_compiled_job_is_estimated_with_a_cold_compile_until_the_runner_has_co
     assert eta.record_compile(table, key, float("nan")) == table
     base = {"H200|fast|1": {"param_tokens_per_s": 8.0e13, "startup_s": 60.0, "runs": 3}}
     cold = eta.estimate(base, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200", recipe="fast",
-                        compile_s=eta.compile_seconds(base, key))
+                        compile_s=eta.compile_seconds(base, key), compiled=True)
     warm = eta.estimate({**base, **table}, tokens=24_000_000, params=8_000_000_000, gpu_name="NVIDIA H200",
-                        recipe="fast", compile_s=eta.compile_seconds(table, key))
+                        recipe="fast", compile_s=eta.compile_seconds(table, key), compiled=True)
     assert cold.seconds == pytest.approx(60 + eta.COLD_COMPILE_S + 2400)
     assert warm.seconds == pytest.approx(60 + 21.9 + 2400)
     assert warm.to_dict()["compile_s"] == pytest.approx(21.9)
@@ -643,19 +643,48 @@ def test_a_job_run_slower_than_its_default_is_estimated_slower(tmp_path, monkeyp
     fast = eta.DEFAULT_CALIBRATION["H200|fast|1"]["param_tokens_per_s"] / params
     seed = eta.DEFAULT_CALIBRATION["H200|seed|1"]["param_tokens_per_s"] / params
 
-    def rate(recipe, compiled, checkpointing):
-        return eta.estimate({}, tokens=10_000, params=params, gpu_name="NVIDIA H200", recipe=recipe,
-                            compiled=compiled, checkpointing=checkpointing).tokens_per_s
+    def est(recipe, compiled, checkpointing, table=None, gpus=1):
+        return eta.estimate(table or {}, tokens=10_000, params=params, gpu_name="NVIDIA H200", recipe=recipe,
+                            compiled=compiled, checkpointing=checkpointing, n_gpus=gpus)
+
+    def rate(*how, **kw):
+        return est(*how, **kw).tokens_per_s
 
     assert rate("fast", True, False) == pytest.approx(fast)
+    assert est("fast", False, True).basis == "default"
     assert rate("fast", False, False) == pytest.approx(fast * eta.EAGER_SHARE)
     assert rate("fast", False, True) == pytest.approx(fast * eta.EAGER_SHARE * eta.CHECKPOINTING_SHARE)
     assert rate("fast", True, None) == pytest.approx(fast)  # checkpointing unknown: not guessed
+    assert rate("fast", None, None) == pytest.approx(fast)  # nor compiling
     assert rate("seed", True, False) == pytest.approx(seed)  # faster than measured: kept, errs long
-    # the runner's own figure for the recipe is what it measured, whatever the default was
-    own = eta.refine({}, "H200|custom|1", tokens_per_s=3_000.0, params=params, startup_s=30.0)
-    assert eta.estimate(own, tokens=10_000, params=params, gpu_name="NVIDIA H200", recipe="custom",
-                        compiled=False, checkpointing=True).tokens_per_s == pytest.approx(3_000.0)
+    # two GPUs: no CUDA graphs either way, so an eager job is not charged for losing them twice
+    two = eta.lookup({}, "H200|fast|2")[0]["param_tokens_per_s"] / params
+    assert rate("fast", True, False, gpus=2) == pytest.approx(two)
+    assert rate("fast", False, False, gpus=2) == pytest.approx(two * eta.EAGER_SHARE / eta.NO_GRAPHS_SHARE)
+    # the runner's own figure of a recipe stands for jobs run as it ran, and is shared out the same
+    # way for a job run slower (the first finished `fast` job must not make an eager one look fast)
+    own = eta.refine({}, "H200|fast|1", tokens_per_s=12_000.0, params=params, startup_s=30.0,
+                     compiled=True, checkpointing=False)
+    assert own["H200|fast|1"]["compiled"] == 1 and own["H200|fast|1"]["checkpointing"] == 0
+    assert est("fast", True, False, own).basis == "runner"
+    assert rate("fast", True, False, own) == pytest.approx(12_000.0)
+    slower = eta.EAGER_SHARE * eta.CHECKPOINTING_SHARE
+    assert rate("fast", False, True, own) == pytest.approx(12_000.0 * slower)
+    # an entry kept before the flags were: it ran as its recipe's default
+    older = {"H200|fast|1": {"param_tokens_per_s": 12_000.0 * params, "startup_s": 30.0, "runs": 1}}
+    assert rate("fast", False, False, older) == pytest.approx(12_000.0 * eta.EAGER_SHARE)
+    # under a key with no default, a job run otherwise replaces the entry instead of blending
+    custom = eta.refine({}, "H200|custom|1", tokens_per_s=3_000.0, params=params, startup_s=30.0,
+                        compiled=False, checkpointing=True)
+    assert rate("custom", False, True, custom) == pytest.approx(3_000.0)
+    assert rate("custom", True, False, custom) == pytest.approx(3_000.0)  # faster: not measured, kept
+    same = eta.refine(custom, "H200|custom|1", tokens_per_s=5_000.0, params=params, startup_s=30.0,
+                      compiled=False, checkpointing=True)
+    assert same["H200|custom|1"]["param_tokens_per_s"] == pytest.approx(4_000.0 * params)
+    other = eta.refine(custom, "H200|custom|1", tokens_per_s=9_000.0, params=params, startup_s=30.0,
+                       compiled=True, checkpointing=False)
+    assert other["H200|custom|1"]["param_tokens_per_s"] == pytest.approx(9_000.0 * params)
+    assert other["H200|custom|1"]["compiled"] == 1 and other["H200|custom|1"]["runs"] == 1
     # such a job teaches neither its recipe's default nor the host
     for changed in ({"compiled": False}, {"checkpointing": True}):
         how = {"compiled": True, "checkpointing": False, **changed}
@@ -675,8 +704,9 @@ def test_a_job_run_slower_than_its_default_is_estimated_slower(tmp_path, monkeyp
     out = trainprep.prepare(dict(base), preset="fast", spec={}, hardware=capped, slots=["0"],
                             cache_dir=tmp_path, table={})
     assert out.info["plan"]["checkpointing"] is True and not is_compiled(out.args)
+    shipped = eta.DEFAULT_CALIBRATION["H200|fast|1"]["param_tokens_per_s"]
     assert out.info["estimate"]["tokens_per_s"] == pytest.approx(
-        fast * eta.EAGER_SHARE * eta.CHECKPOINTING_SHARE * params / 8_030_261_248, rel=0.02
+        shipped * eta.EAGER_SHARE * eta.CHECKPOINTING_SHARE / out.info["params"], rel=1e-9
     )
     assert out.info["estimate"]["compile_s"] == 0.0
 

@@ -146,6 +146,8 @@ def lookup(table: dict[str, dict[str, float]], key: str) -> tuple[dict[str, floa
         # one-GPU `fast` figure has: without them the best same-machine run was 0.93 of it.
         graphs = NO_GRAPHS_SHARE if recipe == "fast" else 1.0
         scaled = {**single, "param_tokens_per_s": single["param_tokens_per_s"] * int(gpus) * 0.9 * graphs}
+        if graphs != 1.0:
+            scaled["no_graphs_share"] = graphs  # an eager job has no graphs to lose (`unlike_share`)
         return scaled, bool(table.get(single_key))
     return None, False
 
@@ -166,29 +168,36 @@ def _clamp(value: float) -> float:
     return min(high, max(low, value))
 
 
-def like_default(key: str, compiled: bool, params: int, checkpointing: bool | None = None) -> bool:
+def _same(flag: str, entry: dict[str, float], value: bool | None) -> bool:
+    """Whether a job's `value` of a flag matches an entry's; either unknown (None, or an entry
+    without the flag) counts as a match."""
+    return value is None or flag not in entry or bool(entry[flag]) == bool(value)
+
+
+def like_default(key: str, compiled: bool | None, params: int, checkpointing: bool | None = None) -> bool:
     """Whether a job under `key` ran as its shipped default was measured (compiled or not, with
-    gradient checkpointing or not (None: not checked), a model within `HOST_MODEL_RANGE` of its
-    size), so its speed can stand for that default's. True for a key without a default (nothing to
+    gradient checkpointing or not: None, not checked), on a model within `HOST_MODEL_RANGE` of its
+    size, so its speed can stand for that default's. True for a key without a default (nothing to
     keep apart from)."""
     reference = DEFAULT_CALIBRATION.get(key)
     if reference is None:
         return True
     low, high = HOST_MODEL_RANGE
-    same_checkpointing = checkpointing is None or bool(reference.get("checkpointing")) == bool(checkpointing)
-    return bool(reference.get("compiled")) == bool(compiled) and same_checkpointing and (
+    return _same("compiled", reference, compiled) and _same("checkpointing", reference, checkpointing) and (
         low * REFERENCE_PARAMS <= params <= high * REFERENCE_PARAMS
     )
 
 
-def unlike_default_share(entry: dict[str, float], compiled: bool, checkpointing: bool | None) -> float:
-    """What a default's rate becomes for a job run slower than it was measured: eager where it was
-    compiled (`EAGER_SHARE`), checkpointing where it did not (`CHECKPOINTING_SHARE`). A job that
-    should run faster (compiled or without checkpointing where the default was not) keeps the
-    default's rate: that gain is not measured, so its estimate errs long, not short."""
+def unlike_share(entry: dict[str, float], compiled: bool | None, checkpointing: bool | None) -> float:
+    """What an entry's rate becomes for a job run slower than it was measured: eager where it was
+    compiled (`EAGER_SHARE`, measured against compiled with CUDA graphs, so a figure already
+    scaled for their loss is unscaled first), checkpointing where it did not
+    (`CHECKPOINTING_SHARE`). A job that should run faster (compiled, or without checkpointing,
+    where the entry was not) keeps the entry's rate: that gain is not measured, so its estimate
+    errs long, not short. An entry without a flag, or a job's flag None, says nothing of it."""
     share = 1.0
-    if entry.get("compiled") and not compiled:
-        share *= EAGER_SHARE
+    if compiled is not None and entry.get("compiled") and not compiled:
+        share *= EAGER_SHARE / float(entry.get("no_graphs_share") or 1.0)
     if checkpointing and "checkpointing" in entry and not entry["checkpointing"]:
         share *= CHECKPOINTING_SHARE
     return share
@@ -207,7 +216,8 @@ def record_host(
 ) -> dict[str, dict[str, float]]:
     """The table with one finished job's speed against its recipe's default folded into this
     runner's host factors; unchanged when the job says nothing about the host: no one-GPU default
-    for its recipe, run otherwise than the default was (compiled or not), or a model of another size."""
+    for its recipe, run otherwise than the default was (compiled or not, gradient checkpointing or
+    not), or a model of another size."""
     reference = DEFAULT_CALIBRATION.get(key)
     if not reference or not like_default(key, compiled, params, checkpointing) or not (
         tokens_per_s > 0 and math.isfinite(tokens_per_s)
@@ -284,13 +294,14 @@ def estimate(
     recipe: str | None,
     n_gpus: int = 1,
     compile_s: float = 0.0,
-    compiled: bool = False,
+    compiled: bool | None = None,
     checkpointing: bool | None = None,
 ) -> Estimate | None:
     """Seconds the job should take, or None when nothing is known about this device and recipe.
-    `compile_s`: torch.compile's time for a compiled job (`compile_seconds`); `compiled`: which of
-    this runner's host factors scales a default entry, and with `checkpointing`, how a job run
-    otherwise than its default was measured compares with it (`unlike_default_share`)."""
+    `compile_s`: torch.compile's time for a compiled job (`compile_seconds`); `compiled` and
+    `checkpointing` (None: not known): how the job runs — which of this runner's host factors
+    scales a default entry, and what share of its entry's rate a job run slower than the entry
+    was measured gets (`unlike_share`)."""
     device = device_name(gpu_name)
     key = table_key(device, recipe, n_gpus)
     entry, own = lookup(table, key)
@@ -299,10 +310,11 @@ def estimate(
     if own:
         rate_factor, startup_factor, basis = 1.0, 1.0, "runner"
     else:
-        rate_factor, startup_factor = host_factors(table, device, compiled)
-        basis = "host" if table.get(host_key(device, compiled)) else "default"
-    if not own:
-        rate_factor *= unlike_default_share(entry, compiled, checkpointing)
+        rate_factor, startup_factor = host_factors(table, device, bool(compiled))
+        basis = "host" if table.get(host_key(device, bool(compiled))) else "default"
+    # an entry without the flags (a table written before they were kept) ran as its recipe's default
+    ran = {**(DEFAULT_CALIBRATION.get(table_key(device, recipe, 1)) or {}), **entry}
+    rate_factor *= unlike_share(ran, compiled, checkpointing)
     rate = entry["param_tokens_per_s"] * rate_factor / params
     if not (rate > 0 and math.isfinite(rate)):
         return None
@@ -331,15 +343,21 @@ def refine(
     compiled: bool | None = None,
     checkpointing: bool | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The table with one finished job's measurement folded into `key` (a new dict). A job unlike
-    the key's shipped default (`like_default`; `compiled` None: not checked) leaves it alone: a
-    0.5B model's `fast` run would otherwise stand for every 8B `fast` estimate after it."""
+    """The table with one finished job's measurement folded into `key` (a new dict), with how it
+    ran (`compiled`, `checkpointing`; None: not known, not checked). A job unlike the key's shipped
+    default (`like_default`) leaves it alone: a 0.5B model's `fast` run would otherwise stand for
+    every 8B `fast` estimate after it. Under a key without a default, a job run otherwise than the
+    entry's last one replaces it rather than blending two different speeds."""
     if not (tokens_per_s > 0 and math.isfinite(tokens_per_s)) or params <= 0:
         return dict(table)
-    if compiled is not None and not like_default(key, compiled, params, checkpointing):
+    if not like_default(key, compiled, params, checkpointing):
         return dict(table)
     measured = tokens_per_s * params
     old = table.get(key)
+    if old and not (_same("compiled", old, compiled) and _same("checkpointing", old, checkpointing)):
+        old = None
+    flags = {name: int(value) for name, value in (("compiled", compiled), ("checkpointing", checkpointing))
+             if value is not None}
     if old:
         rate = (1 - REFINE_WEIGHT) * old["param_tokens_per_s"] + REFINE_WEIGHT * measured
         startup = old.get("startup_s", 0.0)
@@ -348,12 +366,14 @@ def refine(
         runs = old.get("runs", 0) + 1
     else:
         # The runner's first job of this recipe replaces the shipped default: that was measured on
-        # another machine, this on the runner's own.
+        # another machine, this on the runner's own (and a job run otherwise replaces the last).
         rate = measured
         default = (DEFAULT_CALIBRATION.get(key) or {}).get("startup_s", 0.0)
         startup = startup_s if startup_s is not None and startup_s >= 0 else default
         runs = 1
-    return {**table, key: {"param_tokens_per_s": rate, "startup_s": round(startup, 1), "runs": runs}}
+    kept = {name: old[name] for name in ("compiled", "checkpointing") if old and name in old}
+    entry = {"param_tokens_per_s": rate, "startup_s": round(startup, 1), "runs": runs, **kept, **flags}
+    return {**table, key: entry}
 
 
 def describe(est: dict[str, Any] | Estimate, *, prefix: str = "about") -> str:

@@ -81,8 +81,10 @@ def is_compiled(args: dict[str, Any]) -> bool:
 
 
 def uses_checkpointing(args: dict[str, Any]) -> bool:
-    """Whether the trainer recomputes activations (LLaMA-Factory checkpoints unless told not to)."""
-    return not is_set(args.get("disable_gradient_checkpointing"))
+    """Whether the trainer recomputes activations: LLaMA-Factory checkpoints unless told not to,
+    and the HF trainer does when its own flag asks, whatever LLaMA-Factory was told."""
+    asked = is_set(args.get("gradient_checkpointing"))
+    return asked or not is_set(args.get("disable_gradient_checkpointing"))
 
 
 def tokens_per_epoch(count: TokenCount, args: dict[str, Any]) -> int:
