@@ -424,7 +424,8 @@ def test_a_runner_plans_fast_for_the_card_it_was_built_with(settings, monkeypatc
 def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runner_its_compile_time():
     config = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
     args = {"cutoff_len": 1472, "per_device_train_batch_size": 1, "torch_compile": True,
-            "disable_gradient_checkpointing": True}
+            "torch_compile_mode": "reduce-overhead", "disable_gradient_checkpointing": True}
+    eager_args = {**args, "torch_compile": False, "torch_compile_mode": None}
     # the bench's cold run: 120 steps = 0.48 epoch of 356,717 tokens; 131 s in the trainer, of
     # which ~115 s compiling in step 1; the first log line at step 5
     tpe = 356_717
@@ -458,16 +459,16 @@ def test_a_finished_compiled_job_reports_its_training_speed_and_teaches_the_runn
     again = measure(metrics, points=points, args=args, config=config, preset="fast", n_gpus=1, wall_s=185.1,
                     first_attempt=False, table={})
     assert "compile_s" not in again.metrics and key not in again.table
-    eager = measure(metrics, points=points, args={**args, "torch_compile": False}, config=config,
+    eager = measure(metrics, points=points, args=eager_args, config=config,
                     preset="fast", n_gpus=1, wall_s=185.1, first_attempt=True, table={})
     assert "compile_s" not in eager.metrics
-    short = measure(metrics, points=points[:1], args={**args, "torch_compile": False}, config=config,
+    short = measure(metrics, points=points[:1], args=eager_args, config=config,
                     preset="fast", n_gpus=1, wall_s=185.1, first_attempt=True, table={})
     assert short.metrics["tokens_per_s"] == pytest.approx(0.48 * tpe / 131.2, rel=1e-3)
     # a resumed run whose last stretch logged too little to measure, or a short compiled run: no
     # figure at all rather than a false one (tokens of the whole job over one attempt's runtime, or
     # over a runtime that is mostly compiling), and nothing taught to the table
-    for first, how in ((False, {**args, "torch_compile": False}), (True, args)):
+    for first, how in ((False, eager_args), (True, args)):
         none = measure({**metrics, "epoch": 3.0, "train_runtime": 40.0}, points=points[:1], args=how,
                        config=config, preset="fast", n_gpus=1, wall_s=60.0, first_attempt=first, table={})
         assert "tokens_per_s" not in none.metrics and "mfu" not in none.metrics and none.table is None
@@ -709,6 +710,50 @@ def test_a_job_run_slower_than_its_default_is_estimated_slower(tmp_path, monkeyp
         shipped * eta.EAGER_SHARE * eta.CHECKPOINTING_SHARE / out.info["params"], rel=1e-9
     )
     assert out.info["estimate"]["compile_s"] == 0.0
+
+
+def test_cuda_graphs_unknown_flags_and_several_gpus_in_the_shares():
+    from runners.speed.trainprep import uses_checkpointing, uses_graphs
+
+    params = eta.REFERENCE_PARAMS
+    fast = eta.DEFAULT_CALIBRATION["H200|fast|1"]["param_tokens_per_s"] / params
+
+    def est(table, compiled, checkpointing=False, graphs=None, gpus=1):
+        return eta.estimate(table, tokens=10_000, params=params, gpu_name="NVIDIA H200", recipe="fast",
+                            compiled=compiled, checkpointing=checkpointing, graphs=graphs, n_gpus=gpus)
+
+    # compiled without the CUDA graphs the default had (a key the user set leaves them out)
+    assert est({}, True, graphs=False).tokens_per_s == pytest.approx(fast * eta.NO_GRAPHS_SHARE)
+    assert est({}, True, graphs=True).tokens_per_s == pytest.approx(fast)
+    # not known whether it compiles: the host factor of the way the entry ran, no share
+    hosts = {"host|H200|eager": {"rate": 0.5, "runs": 1}, "host|H200|compiled": {"rate": 1.0, "runs": 1}}
+    assert est(hosts, None).tokens_per_s == pytest.approx(fast)
+    assert est(hosts, False).tokens_per_s == pytest.approx(fast * 0.5 * eta.EAGER_SHARE)
+    unknown = eta.record_host({}, "H200", None, "H200|fast|1", tokens_per_s=1e4, params=params, startup_s=9.0)
+    assert unknown == {}
+    # two GPUs: the runner's own entry from a compiled run (no graphs there) charges an eager job
+    # the eager share over what graphs would have given, once
+    two = eta.refine({}, "H200|fast|2", tokens_per_s=20_000.0, params=params, startup_s=40.0,
+                     compiled=True, checkpointing=False, graphs=False)
+    assert two["H200|fast|2"]["graphs"] == 0
+    assert est(two, True, gpus=2).tokens_per_s == pytest.approx(20_000.0)
+    once = 20_000.0 * eta.EAGER_SHARE / eta.NO_GRAPHS_SHARE
+    assert est(two, False, gpus=2).tokens_per_s == pytest.approx(once)
+    # and a small model's run on two GPUs does not stand for every 8B one after it
+    assert eta.refine({}, "H200|fast|2", tokens_per_s=60_000.0, params=500_000_000, startup_s=20.0,
+                      compiled=True, checkpointing=False, graphs=False) == {}
+    assert eta.refine({}, "H200|custom|2", tokens_per_s=60_000.0, params=500_000_000, startup_s=20.0,
+                      compiled=True)["H200|custom|2"]["runs"] == 1  # no default: anything goes
+    # how a job runs, read from its arguments
+    assert uses_graphs({"torch_compile": True, "torch_compile_mode": "reduce-overhead"})
+    assert not uses_graphs({"torch_compile": True}) and not uses_graphs({"torch_compile_mode": "default"})
+    assert uses_checkpointing({}) and not uses_checkpointing({"disable_gradient_checkpointing": True})
+    assert uses_checkpointing({"disable_gradient_checkpointing": True, "gradient_checkpointing": True})
+    config = {"model_type": "llama", "hidden_size": 4096}
+    plain = {"cutoff_len": 1472, "torch_compile": True}
+    key = eta.compile_key(config, plain)
+    assert key == eta.compile_key(config, {**plain, "gradient_checkpointing": None})  # recorded keys stay
+    assert key != eta.compile_key(config, {**plain, "gradient_checkpointing": True})
 
 
 def test_a_finish_measures_a_job_once_and_a_failed_measurement_costs_no_success():

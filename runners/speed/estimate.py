@@ -34,11 +34,12 @@ REFINE_WEIGHT = 0.5
 # `fast` (compiled, CUDA graphs): 12,951 and 12,951 tokens/s (two calls); `seed-cli`: 1,786 /
 # 1,650 / 1,660 / 1,568 / 1,626 / 1,391 / 1,243 / 1,957 (host-bound: the host's speed moves it;
 # start-up 24-62 s, mean 46.7); `seed`: 1,739 / 1,327. Compiling is counted apart
-# (`COLD_COMPILE_S`, `compile_seconds`). `compiled`, `checkpointing`: how the recipe ran there.
+# (`COLD_COMPILE_S`, `compile_seconds`). `compiled`, `checkpointing`, `graphs` (CUDA graphs): how
+# the recipe ran there.
 # H100 entries are the H200's, `fast` scaled by the two cards' bf16 matmul rates, until a job
 # there replaces them (`runs: 0` means not measured).
 REFERENCE_PARAMS = 8_030_261_248
-_FAST = {"runs": 1, "compiled": 1, "checkpointing": 0}
+_FAST = {"runs": 1, "compiled": 1, "checkpointing": 0, "graphs": 1}
 _EAGER = {"runs": 1, "compiled": 0, "checkpointing": 1}
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
     "H200|fast|1": {"param_tokens_per_s": 1.040e14, "startup_s": 35.5, **_FAST},
@@ -50,9 +51,10 @@ DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
 }
 
 # How this runner's machine compares with the one the defaults were measured on, learnt from every
-# finished job whose recipe has a one-GPU default, run as it was there (compiled or not) on a model
-# of about the same size (`HOST_MODEL_RANGE`): its rate and start-up over the default's. An
-# estimate from a default (a recipe this runner has not run yet) is scaled by it. Kept apart for eager and
+# finished job whose recipe has a one-GPU default, run as it was there (compiled or not, with
+# checkpointing or not, CUDA graphs or not) on a model of about the same size (`HOST_MODEL_RANGE`):
+# its rate and start-up over the default's. An estimate from a default (a recipe this runner has
+# not run yet) is scaled by it. Kept apart for eager and
 # compiled runs: eager steps are bound by the host's CPU (the same `seed-cli` ran at 1,494 and
 # 1,889 tokens/s on two H200 hosts), compiled ones with CUDA graphs by the GPU.
 HOST_PREFIX = "host|"
@@ -131,8 +133,9 @@ def training_tokens(
 
 
 def lookup(table: dict[str, dict[str, float]], key: str) -> tuple[dict[str, float] | None, bool]:
-    """The entry for `key` (for an unseen GPU count, the one-GPU entry scaled by the GPU count), and
-    whether it is this runner's own measurement (not a shipped default)."""
+    """The entry for `key` (for an unseen GPU count, the one-GPU entry scaled by the GPU count and,
+    where it ran with CUDA graphs, by their loss: data parallel runs without them), and whether it
+    is this runner's own measurement (not a shipped default)."""
     if table.get(key):
         return table[key], True
     if DEFAULT_CALIBRATION.get(key):
@@ -144,10 +147,12 @@ def lookup(table: dict[str, dict[str, float]], key: str) -> tuple[dict[str, floa
         # Data parallel scales well below linear on a shared host; 0.9 per extra GPU is a guess
         # the first real job of that shape replaces. It also runs without CUDA graphs, which the
         # one-GPU `fast` figure has: without them the best same-machine run was 0.93 of it.
-        graphs = NO_GRAPHS_SHARE if recipe == "fast" else 1.0
-        scaled = {**single, "param_tokens_per_s": single["param_tokens_per_s"] * int(gpus) * 0.9 * graphs}
-        if graphs != 1.0:
-            scaled["no_graphs_share"] = graphs  # an eager job has no graphs to lose (`unlike_share`)
+        # (an entry kept before flags were: `fast`'s one-GPU figure had graphs)
+        had_graphs = single.get("graphs", 1 if recipe == "fast" else 0)
+        share = NO_GRAPHS_SHARE if had_graphs else 1.0
+        scaled = {**single, "param_tokens_per_s": single["param_tokens_per_s"] * int(gpus) * 0.9 * share}
+        if "compiled" in single or had_graphs:
+            scaled["graphs"] = 0
         return scaled, bool(table.get(single_key))
     return None, False
 
@@ -174,30 +179,43 @@ def _same(flag: str, entry: dict[str, float], value: bool | None) -> bool:
     return value is None or flag not in entry or bool(entry[flag]) == bool(value)
 
 
-def like_default(key: str, compiled: bool | None, params: int, checkpointing: bool | None = None) -> bool:
-    """Whether a job under `key` ran as its shipped default was measured (compiled or not, with
-    gradient checkpointing or not: None, not checked), on a model within `HOST_MODEL_RANGE` of its
-    size, so its speed can stand for that default's. True for a key without a default (nothing to
-    keep apart from)."""
+def like_default(
+    key: str, compiled: bool | None, params: int, checkpointing: bool | None = None,
+    graphs: bool | None = None,
+) -> bool:
+    """Whether a job under `key` ran as its shipped default was measured (compiled or not, gradient
+    checkpointing or not, CUDA graphs or not: each None, not checked), on a model within
+    `HOST_MODEL_RANGE` of its size, so its speed can stand for that default's. A key for several
+    GPUs is judged by its recipe's one-GPU default on the model's size alone (it runs without
+    graphs). True for a recipe without a default (nothing to keep apart from)."""
     reference = DEFAULT_CALIBRATION.get(key)
-    if reference is None:
-        return True
     low, high = HOST_MODEL_RANGE
-    return _same("compiled", reference, compiled) and _same("checkpointing", reference, checkpointing) and (
-        low * REFERENCE_PARAMS <= params <= high * REFERENCE_PARAMS
+    sized = low * REFERENCE_PARAMS <= params <= high * REFERENCE_PARAMS
+    if reference is None:
+        device, recipe, _ = key.split("|")
+        return sized if DEFAULT_CALIBRATION.get(table_key(device, recipe, 1)) else True
+    return sized and all(
+        _same(flag, reference, value)
+        for flag, value in (("compiled", compiled), ("checkpointing", checkpointing), ("graphs", graphs))
     )
 
 
-def unlike_share(entry: dict[str, float], compiled: bool | None, checkpointing: bool | None) -> float:
+def unlike_share(
+    entry: dict[str, float], compiled: bool | None, checkpointing: bool | None, graphs: bool | None = None
+) -> float:
     """What an entry's rate becomes for a job run slower than it was measured: eager where it was
-    compiled (`EAGER_SHARE`, measured against compiled with CUDA graphs, so a figure already
-    scaled for their loss is unscaled first), checkpointing where it did not
-    (`CHECKPOINTING_SHARE`). A job that should run faster (compiled, or without checkpointing,
-    where the entry was not) keeps the entry's rate: that gain is not measured, so its estimate
-    errs long, not short. An entry without a flag, or a job's flag None, says nothing of it."""
+    compiled (`EAGER_SHARE`, measured against compiled with CUDA graphs: against an entry without
+    them, that share over `NO_GRAPHS_SHARE`), compiled without CUDA graphs where it had them
+    (`NO_GRAPHS_SHARE`), checkpointing where it did not (`CHECKPOINTING_SHARE`). A job that should
+    run faster keeps the entry's rate: that gain is not measured, so its estimate errs long, not
+    short. An entry without a flag says nothing of it (an entry kept before flags were is taken to
+    have run with graphs if compiled); a job's flag None is not known and costs nothing."""
     share = 1.0
-    if compiled is not None and entry.get("compiled") and not compiled:
-        share *= EAGER_SHARE / float(entry.get("no_graphs_share") or 1.0)
+    had_graphs = bool(entry.get("graphs", 1))
+    if compiled is False and entry.get("compiled"):
+        share *= EAGER_SHARE / (1.0 if had_graphs else NO_GRAPHS_SHARE)
+    elif compiled and graphs is False and entry.get("compiled") and had_graphs:
+        share *= NO_GRAPHS_SHARE
     if checkpointing and "checkpointing" in entry and not entry["checkpointing"]:
         share *= CHECKPOINTING_SHARE
     return share
@@ -213,13 +231,15 @@ def record_host(
     params: int,
     startup_s: float | None,
     checkpointing: bool | None = None,
+    graphs: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """The table with one finished job's speed against its recipe's default folded into this
     runner's host factors; unchanged when the job says nothing about the host: no one-GPU default
     for its recipe, run otherwise than the default was (compiled or not, gradient checkpointing or
-    not), or a model of another size."""
+    not, CUDA graphs or not), or a model of another size."""
     reference = DEFAULT_CALIBRATION.get(key)
-    if not reference or not like_default(key, compiled, params, checkpointing) or not (
+    like = compiled is not None and like_default(key, compiled, params, checkpointing, graphs)
+    if not reference or not like or not (
         tokens_per_s > 0 and math.isfinite(tokens_per_s)
     ):
         return dict(table)
@@ -253,6 +273,8 @@ def compile_key(config: dict[str, Any], args: dict[str, Any]) -> str:
         "cutoff_len", "per_device_train_batch_size", "torch_compile_mode", "finetuning_type", "lora_rank",
         "lora_target", "bf16", "neat_packing", "disable_gradient_checkpointing",
     )}
+    if args.get("gradient_checkpointing") is not None:  # HF's own switch (keys of jobs without it stay)
+        shape["gradient_checkpointing"] = str(args.get("gradient_checkpointing"))
     digest = hashlib.sha256(json.dumps([arch, shape], sort_keys=True).encode()).hexdigest()[:16]
     return COMPILED_PREFIX + digest
 
@@ -296,25 +318,28 @@ def estimate(
     compile_s: float = 0.0,
     compiled: bool | None = None,
     checkpointing: bool | None = None,
+    graphs: bool | None = None,
 ) -> Estimate | None:
     """Seconds the job should take, or None when nothing is known about this device and recipe.
-    `compile_s`: torch.compile's time for a compiled job (`compile_seconds`); `compiled` and
-    `checkpointing` (None: not known): how the job runs — which of this runner's host factors
-    scales a default entry, and what share of its entry's rate a job run slower than the entry
-    was measured gets (`unlike_share`)."""
+    `compile_s`: torch.compile's time for a compiled job (`compile_seconds`); `compiled`,
+    `checkpointing`, `graphs` (None: not known): how the job runs — which of this runner's host
+    factors scales a default entry (unknown: as the entry ran), and what share of its entry's rate
+    a job run slower than the entry was measured gets (`unlike_share`)."""
     device = device_name(gpu_name)
     key = table_key(device, recipe, n_gpus)
     entry, own = lookup(table, key)
     if not entry or params <= 0 or tokens < 0:
         return None
+    # an entry without the flags (a table written before they were kept) ran as its recipe's default
+    default = DEFAULT_CALIBRATION.get(table_key(device, recipe, 1)) or {}
+    ran = {**{k: default[k] for k in ("compiled", "checkpointing", "graphs") if k in default}, **entry}
     if own:
         rate_factor, startup_factor, basis = 1.0, 1.0, "runner"
     else:
-        rate_factor, startup_factor = host_factors(table, device, bool(compiled))
-        basis = "host" if table.get(host_key(device, bool(compiled))) else "default"
-    # an entry without the flags (a table written before they were kept) ran as its recipe's default
-    ran = {**(DEFAULT_CALIBRATION.get(table_key(device, recipe, 1)) or {}), **entry}
-    rate_factor *= unlike_share(ran, compiled, checkpointing)
+        bucket = bool(ran.get("compiled")) if compiled is None else compiled
+        rate_factor, startup_factor = host_factors(table, device, bucket)
+        basis = "host" if table.get(host_key(device, bucket)) else "default"
+    rate_factor *= unlike_share(ran, compiled, checkpointing, graphs)
     rate = entry["param_tokens_per_s"] * rate_factor / params
     if not (rate > 0 and math.isfinite(rate)):
         return None
@@ -342,22 +367,24 @@ def refine(
     startup_s: float | None,
     compiled: bool | None = None,
     checkpointing: bool | None = None,
+    graphs: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """The table with one finished job's measurement folded into `key` (a new dict), with how it
-    ran (`compiled`, `checkpointing`; None: not known, not checked). A job unlike the key's shipped
+    ran (`compiled`, `checkpointing`, `graphs`; None: not known, not checked). A job unlike the key's shipped
     default (`like_default`) leaves it alone: a 0.5B model's `fast` run would otherwise stand for
     every 8B `fast` estimate after it. Under a key without a default, a job run otherwise than the
-    entry's last one replaces it rather than blending two different speeds."""
+    entry's last one replaces it rather than blending two different speeds (an entry kept before
+    flags were blends with any job, as it always did)."""
     if not (tokens_per_s > 0 and math.isfinite(tokens_per_s)) or params <= 0:
         return dict(table)
-    if not like_default(key, compiled, params, checkpointing):
+    if not like_default(key, compiled, params, checkpointing, graphs):
         return dict(table)
     measured = tokens_per_s * params
+    how = (("compiled", compiled), ("checkpointing", checkpointing), ("graphs", graphs))
     old = table.get(key)
-    if old and not (_same("compiled", old, compiled) and _same("checkpointing", old, checkpointing)):
+    if old and not all(_same(flag, old, value) for flag, value in how):
         old = None
-    flags = {name: int(value) for name, value in (("compiled", compiled), ("checkpointing", checkpointing))
-             if value is not None}
+    flags = {flag: int(value) for flag, value in how if value is not None}
     if old:
         rate = (1 - REFINE_WEIGHT) * old["param_tokens_per_s"] + REFINE_WEIGHT * measured
         startup = old.get("startup_s", 0.0)
@@ -371,7 +398,7 @@ def refine(
         default = (DEFAULT_CALIBRATION.get(key) or {}).get("startup_s", 0.0)
         startup = startup_s if startup_s is not None and startup_s >= 0 else default
         runs = 1
-    kept = {name: old[name] for name in ("compiled", "checkpointing") if old and name in old}
+    kept = {flag: old[flag] for flag, _ in how if old and flag in old}
     entry = {"param_tokens_per_s": rate, "startup_s": round(startup, 1), "runs": runs, **kept, **flags}
     return {**table, key: entry}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import estimate as eta
 from .throughput import mfu, steady_rate, tokens_per_second, tokens_seen
-from .trainprep import is_compiled, uses_checkpointing
+from .trainprep import is_compiled, uses_checkpointing, uses_graphs
 
 
 @dataclass
@@ -83,12 +83,12 @@ def measure(
             startup = max(0.0, metrics["actual_s"] - seen / rate - (compile_s or 0.0))
         elif isinstance(runtime, (int, float)):
             startup = max(0.0, metrics["actual_s"] - float(runtime))
-    checkpointing = uses_checkpointing(args)
+    how = {"checkpointing": uses_checkpointing(args), "graphs": compiled and uses_graphs(args)}
     refined = eta.refine(table, key, tokens_per_s=rate, params=params, startup_s=startup, compiled=compiled,
-                         checkpointing=checkpointing)
+                         **how)
     refined = eta.record_host(
         refined, eta.device_name(gpu), compiled, key, tokens_per_s=rate, params=params, startup_s=startup,
-        checkpointing=checkpointing,
+        **how,
     )
     if compile_s is not None:
         refined = eta.record_compile(

@@ -80,6 +80,11 @@ def is_compiled(args: dict[str, Any]) -> bool:
     return is_set(args.get("torch_compile")) or bool(mode_or_backend)
 
 
+def uses_graphs(args: dict[str, Any]) -> bool:
+    """Whether the compiled step is replayed as CUDA graphs (Inductor's `reduce-overhead` mode)."""
+    return is_compiled(args) and str(args.get("torch_compile_mode") or "") == "reduce-overhead"
+
+
 def uses_checkpointing(args: dict[str, Any]) -> bool:
     """Whether the trainer recomputes activations: LLaMA-Factory checkpoints unless told not to,
     and the HF trainer does when its own flag asks, whatever LLaMA-Factory was told."""
@@ -201,6 +206,7 @@ def prepare(
             compile_s=compile_s,
             compiled=compiled,
             checkpointing=uses_checkpointing(args),
+            graphs=uses_graphs(args),
         )
         if est is not None:
             info["estimate"] = est.to_dict()
