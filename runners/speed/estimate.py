@@ -39,6 +39,8 @@ REFINE_WEIGHT = 0.5
 # H100 entries are the H200's, `fast` scaled by the two cards' bf16 matmul rates, until a job
 # there replaces them (`runs: 0` means not measured).
 REFERENCE_PARAMS = 8_030_261_248
+# How an entry's job ran, kept beside its figures (`unlike_share`, `like_default`).
+RUN_FLAGS = ("compiled", "checkpointing", "graphs")
 _FAST = {"runs": 1, "compiled": 1, "checkpointing": 0, "graphs": 1}
 _EAGER = {"runs": 1, "compiled": 0, "checkpointing": 1}
 DEFAULT_CALIBRATION: dict[str, dict[str, float]] = {
@@ -196,7 +198,7 @@ def like_default(
         return sized if DEFAULT_CALIBRATION.get(table_key(device, recipe, 1)) else True
     return sized and all(
         _same(flag, reference, value)
-        for flag, value in (("compiled", compiled), ("checkpointing", checkpointing), ("graphs", graphs))
+        for flag, value in zip(RUN_FLAGS, (compiled, checkpointing, graphs), strict=True)
     )
 
 
@@ -332,7 +334,7 @@ def estimate(
         return None
     # an entry without the flags (a table written before they were kept) ran as its recipe's default
     default = DEFAULT_CALIBRATION.get(table_key(device, recipe, 1)) or {}
-    ran = {**{k: default[k] for k in ("compiled", "checkpointing", "graphs") if k in default}, **entry}
+    ran = {**{flag: default[flag] for flag in RUN_FLAGS if flag in default}, **entry}
     if own:
         rate_factor, startup_factor, basis = 1.0, 1.0, "runner"
     else:
@@ -380,7 +382,7 @@ def refine(
     if not like_default(key, compiled, params, checkpointing, graphs):
         return dict(table)
     measured = tokens_per_s * params
-    how = (("compiled", compiled), ("checkpointing", checkpointing), ("graphs", graphs))
+    how = tuple(zip(RUN_FLAGS, (compiled, checkpointing, graphs), strict=True))
     old = table.get(key)
     if old and not all(_same(flag, old, value) for flag, value in how):
         old = None
