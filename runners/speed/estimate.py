@@ -134,23 +134,30 @@ def training_tokens(
     return int(round(total))
 
 
+def _with_flags(entry: dict[str, float], single_key: str) -> dict[str, float]:
+    """The entry with the run flags it lacks (kept before they were) taken from its recipe's
+    one-GPU default: it ran as that was measured."""
+    default = DEFAULT_CALIBRATION.get(single_key) or {}
+    return {**{flag: default[flag] for flag in RUN_FLAGS if flag in default}, **entry}
+
+
 def lookup(table: dict[str, dict[str, float]], key: str) -> tuple[dict[str, float] | None, bool]:
     """The entry for `key` (for an unseen GPU count, the one-GPU entry scaled by the GPU count and,
-    where it ran with CUDA graphs, by their loss: data parallel runs without them), and whether it
-    is this runner's own measurement (not a shipped default)."""
-    if table.get(key):
-        return table[key], True
-    if DEFAULT_CALIBRATION.get(key):
-        return dict(DEFAULT_CALIBRATION[key]), False
+    where it ran with CUDA graphs, by their loss: data parallel runs without them), with how its
+    job ran (`RUN_FLAGS`), and whether it is this runner's own measurement (not a shipped default)."""
     device, recipe, gpus = key.split("|")
     single_key = f"{device}|{recipe}|1"
+    if table.get(key):
+        return _with_flags(table[key], single_key), True
+    if DEFAULT_CALIBRATION.get(key):
+        return dict(DEFAULT_CALIBRATION[key]), False
     single = table.get(single_key) or DEFAULT_CALIBRATION.get(single_key)
     if single and int(gpus) > 1:
         # Data parallel scales well below linear on a shared host; 0.9 per extra GPU is a guess
         # the first real job of that shape replaces. It also runs without CUDA graphs, which the
         # one-GPU `fast` figure has: without them the best same-machine run was 0.93 of it.
-        # (an entry kept before flags were: `fast`'s one-GPU figure had graphs)
-        had_graphs = single.get("graphs", 1 if recipe == "fast" else 0)
+        single = _with_flags(single, single_key)
+        had_graphs = bool(single.get("graphs"))
         share = NO_GRAPHS_SHARE if had_graphs else 1.0
         scaled = {**single, "param_tokens_per_s": single["param_tokens_per_s"] * int(gpus) * 0.9 * share}
         if "compiled" in single or had_graphs:
@@ -332,16 +339,13 @@ def estimate(
     entry, own = lookup(table, key)
     if not entry or params <= 0 or tokens < 0:
         return None
-    # an entry without the flags (a table written before they were kept) ran as its recipe's default
-    default = DEFAULT_CALIBRATION.get(table_key(device, recipe, 1)) or {}
-    ran = {**{flag: default[flag] for flag in RUN_FLAGS if flag in default}, **entry}
     if own:
         rate_factor, startup_factor, basis = 1.0, 1.0, "runner"
     else:
-        bucket = bool(ran.get("compiled")) if compiled is None else compiled
+        bucket = bool(entry.get("compiled")) if compiled is None else compiled
         rate_factor, startup_factor = host_factors(table, device, bucket)
         basis = "host" if table.get(host_key(device, bucket)) else "default"
-    rate_factor *= unlike_share(ran, compiled, checkpointing, graphs)
+    rate_factor *= unlike_share(entry, compiled, checkpointing, graphs)
     rate = entry["param_tokens_per_s"] * rate_factor / params
     if not (rate > 0 and math.isfinite(rate)):
         return None
